@@ -1,0 +1,46 @@
+# Quick start: `make demo`, `make test`. Both set everything up on first run.
+SHELL := /bin/bash
+.DEFAULT_GOAL := demo
+
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+
+# The first Python >= 3.12 found: python3.13, python3.12, python3 (pyenv's .python-version
+# selects 3.12 on images whose python3 is older), then pyenv's own installs.
+PYTHON ?= $(shell for p in python3.13 python3.12 python3 $$HOME/.pyenv/versions/3.1[2-9]*/bin/python3; do \
+	if command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; \
+	then command -v $$p; break; fi; done)
+
+.PHONY: demo test lint bench chromium clean
+
+$(STAMP): pyproject.toml
+	@if [ -z "$(PYTHON)" ]; then \
+		echo "error: mitm_wsroute needs Python >= 3.12 (mitmproxy 12 does); none found as python3.13," \
+		     "python3.12 or python3. Install one, or run: make PYTHON=/path/to/python3.12 test" >&2; \
+		exit 1; fi
+	@echo "== setting up $(VENV) with $(PYTHON) ($$($(PYTHON) --version))"
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+# Debian's Chromium for the browser tests (Playwright's own browser download is not used).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "== installing Debian's chromium"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
+test: $(STAMP) chromium
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy --strict mitm_wsroute
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,19 @@
+"""mitm_wsroute: Playwright's `WebSocketRoute` for every client that goes through mitmproxy.
+
+A route script::
+
+    from mitm_wsroute import WebSocketRoute, route_web_socket
+
+    @route_web_socket("wss://example.com/ws")
+    def handle(ws: WebSocketRoute) -> None:
+        ws.on_message(lambda m: ws.send("response") if m == "request" else None)
+
+run with ``mitmdump -s addons/wsroute.py --set wsroute_scripts=routes.py``.
+"""
+
+from .connection import Error
+from .route import WebSocketRoute
+from .router import route_web_socket
+from .urlmatch import URLMatch
+
+__all__ = ["Error", "URLMatch", "WebSocketRoute", "route_web_socket"]

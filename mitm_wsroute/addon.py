@@ -1,0 +1,197 @@
+"""The mitmproxy addon: options, the route decision per WebSocket, and running user code.
+
+In the ``request`` hook a WebSocket upgrade whose URL matches a route gets a `Connection`, and
+the route handler runs (awaited when async) while mitmproxy holds the request. A handler that
+called `connect_to_server()` lets the request go upstream (intercept); any other is a mock:
+the addon answers the upgrade with its own 101, and no upstream connection is ever attempted.
+From then on `layer.py` carries the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.addonmanager import Loader
+from mitmproxy.proxy import events
+from mitmproxy.utils import asyncio_utils
+from mitmproxy.websocket import WebSocketData
+from wsproto.utilities import generate_accept_token, split_comma_header
+
+from . import layer
+from .connection import SERVER, Connection, State
+from .route import WebSocketRoute
+from .router import Router
+from .scripts import RouteScripts, user_traceback
+from .urlmatch import parse_base_url, websocket_url
+
+__all__ = ["WsRoute"]
+
+logger = logging.getLogger(__name__)
+
+#: How often route scripts are checked for changes, in seconds.
+POLL_INTERVAL = 0.5
+
+
+def is_websocket_upgrade(request: http.Request) -> bool:
+    """An RFC 6455 §4.1 opening handshake that mitmproxy would upgrade."""
+    return (
+        request.headers.get("upgrade", "").lower() == "websocket"
+        and request.headers.get("sec-websocket-version", "") == "13"
+        and "sec-websocket-key" in request.headers
+    )
+
+
+def requested_protocols(request: http.Request) -> list[str]:
+    """The subprotocols of ``Sec-WebSocket-Protocol`` (all header lines), in order."""
+    values = request.headers.get_all("sec-websocket-protocol")
+    return [p for v in values for p in split_comma_header(v.encode())]
+
+
+def accept(request: http.Request, protocols: list[str]) -> http.Response:
+    """The 101 a mock answers with: the first requested subprotocol, no extension (as
+    Playwright's mock: ``protocols[0]``, ``extensions == ''``)."""
+    key = request.headers["sec-websocket-key"].encode()
+    headers = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Accept": generate_accept_token(key).decode(),
+    }
+    if protocols:
+        headers["Sec-WebSocket-Protocol"] = protocols[0]
+    response = http.Response.make(101, b"", headers)
+    del response.headers["content-length"]
+    return response
+
+
+class WsRoute:
+    """Routes WebSockets through the route scripts of ``wsroute_scripts``."""
+
+    def __init__(self) -> None:
+        self.router = Router()
+        self.scripts = RouteScripts(self.router)
+        self._poller: asyncio.Task[None] | None = None
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "wsroute_scripts",
+            Sequence[str],
+            [],
+            """
+            Route scripts: Python files that call route_web_socket(url, handler). May be passed
+            several times; a later script's routes win. A changed script is reloaded for new
+            sockets within a second; live sockets keep their handlers.
+            """,
+        )
+        loader.add_option(
+            "wsroute_base_url",
+            str | None,
+            None,
+            """
+            Playwright's baseURL for relative globs (e.g. "/ws"). http(s) is matched as ws(s).
+            """,
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "wsroute_scripts" in updated or "wsroute_base_url" in updated:
+            base_url = ctx.options.wsroute_base_url
+            try:
+                base_url = parse_base_url(base_url) if base_url else None
+            except ValueError as e:
+                raise exceptions.OptionsError(
+                    f"Cannot parse wsroute_base_url option {base_url}: {e}"
+                ) from e
+            try:
+                self.scripts.configure(list(ctx.options.wsroute_scripts), base_url)
+            except ValueError as e:
+                raise exceptions.OptionsError(f"Cannot load wsroute_scripts: {e}") from e
+        if ctx.options.connection_strategy != "lazy":
+            # Eager connects go upstream (and do TLS) before the URL is known, so a mock of a
+            # host that does not exist would fail with 502 (internals memo, Q1).
+            logger.info("wsroute: setting connection_strategy=lazy, so that mocks never connect")
+            ctx.options.update(connection_strategy="lazy")
+
+    def running(self) -> None:
+        layer.install()
+        if self._poller is None:
+            self._poller = asyncio_utils.create_task(
+                self._poll(), name="wsroute script watcher", keep_ref=True
+            )
+
+    def done(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            self._poller = None
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            self.scripts.poll()
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        if not is_websocket_upgrade(flow.request) or not ctx.options.websocket:
+            return
+        req = flow.request
+        url = websocket_url(req.scheme, req.pretty_host, req.port, req.path)
+        route = self.router.find(url)
+        if route is None:
+            return
+        connection = Connection(url, requested_protocols(req))
+        layer.routed_socket(flow, layer.RoutedSocket(connection, self._call_user, self._inject))
+        flow.metadata["wsroute"] = {"url": url, "route": route.origin}
+        try:
+            result = route.handler(WebSocketRoute(connection))
+            if inspect.isawaitable(result):
+                await result
+        except Exception as e:
+            logger.error(f"{url}: route handler failed:\n{user_traceback(e, 'request')}")
+            connection.receive_handler_error(e)
+        if connection.states[SERVER] is State.CONNECTING:
+            flow.metadata["wsroute"]["mode"] = "intercept"
+            return
+        flow.metadata["wsroute"]["mode"] = "mock"
+        flow.response = accept(req, connection.protocols)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        socket = layer.routed_socket(flow)
+        if socket is None or flow.websocket is not None or flow.response is None:
+            return
+        # An intercepted socket whose upstream refused the upgrade.
+        if socket.connection.receive_upstream_failed():
+            logger.info(
+                f"{socket.connection.url}: upstream answered {flow.response.status_code}, "
+                "the route's server-side on_close takes over"
+            )
+            flow.response = accept(flow.request, socket.connection.protocols)
+            flow.websocket = WebSocketData()
+            flow.metadata["wsroute"]["mode"] = "mock (upstream failed)"
+
+    def _inject(self, event: events.MessageInjected[Any]) -> None:
+        ctx.master.addons.get("proxyserver").inject_event(event)
+
+    def _call_user(self, handler: Callable[..., Any], args: tuple[Any, ...], url: str) -> None:
+        try:
+            result = handler(*args)
+        except Exception as e:
+            logger.error(f"{url}: handler {_name(handler)} failed:\n{user_traceback(e, '_call_user')}")
+            return
+        if inspect.isawaitable(result):
+            asyncio_utils.create_task(
+                self._await_user(result, handler, url), name=f"wsroute {url}", keep_ref=True
+            )
+
+    async def _await_user(self, result: Awaitable[Any], handler: Callable[..., Any], url: str) -> None:
+        try:
+            await result
+        except Exception as e:
+            logger.error(f"{url}: handler {_name(handler)} failed:\n{user_traceback(e, '_await_user')}")
+
+
+def _name(handler: Callable[..., Any]) -> str:
+    return getattr(handler, "__qualname__", repr(handler))

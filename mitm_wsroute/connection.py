@@ -1,0 +1,322 @@
+"""The state machine of one routed WebSocket: Playwright's forwarding and close rules.
+
+Pure: this module imports neither mitmproxy nor asyncio. The adapter (`layer.py`) feeds it what
+happened on the wire through the ``receive_*()`` methods; the route objects (`route.py`) record
+what user code asked for through `send`, `close` and `connect_to_server`. Both only append
+`Command` values, which the adapter drains with `commands_to_execute()` and carries out in order.
+
+The rules are Playwright's (`client/network.ts`, class `WebSocketRoute`), summed up in SPEC §3:
+
+- a message goes to the `on_message` handler of the side it came from if one is set; otherwise
+  it is forwarded to the other side when that side is open, else dropped;
+- a close from a side (the peer's close frame, a dropped connection, or the route's own
+  ``close()`` on that side) goes to that side's `on_close` handler if one is set; otherwise the
+  other side is closed with the same code and reason.
+
+Every side is in one `State`. The page side is the client of the proxy; the server side is the
+upstream, and stays `State.NONE` for a mock (a route that never called `connect_to_server`).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ABNORMAL_CLOSURE",
+    "CallHandler",
+    "Close",
+    "CloseSide",
+    "Command",
+    "Connection",
+    "Error",
+    "Forward",
+    "Message",
+    "MessageHandler",
+    "CloseHandler",
+    "Send",
+    "Side",
+    "State",
+    "check_close",
+]
+
+logger = logging.getLogger(__name__)
+
+Message = str | bytes
+MessageHandler = Callable[[Message], Any]
+CloseHandler = Callable[[int | None, str | None], Any]
+
+#: RFC 6455 §7.4.1: "designated for use in applications expecting a status code to indicate that
+#: the connection was closed abnormally". Never sent in a frame; mirrored as a dropped connection.
+ABNORMAL_CLOSURE = 1006
+
+
+class Error(Exception):
+    """Playwright's `Error`: raised for API misuse, with Playwright's own texts."""
+
+
+class Side(enum.Enum):
+    """The two legs of a routed socket."""
+
+    #: The client of the proxy (Playwright's "page").
+    PAGE = "page"
+    #: The upstream WebSocket server.
+    SERVER = "server"
+
+    @property
+    def other(self) -> Side:
+        return SERVER if self is PAGE else PAGE
+
+
+PAGE = Side.PAGE
+SERVER = Side.SERVER
+
+
+class State(enum.IntEnum):
+    """What one side of a routed socket is doing."""
+
+    #: Server side of a mock: never connected, never will be.
+    NONE = 0
+    #: Page side: the route handler runs, no 101 sent yet. Server side: `connect_to_server` was
+    #: called, the upstream has not answered yet. Sends queue up and go out when the side opens.
+    CONNECTING = 1
+    OPEN = 2
+    #: Closed as far as the route is concerned: by its peer, by the route, or by a dropped
+    #: connection. Nothing is sent or forwarded to it any more.
+    CLOSED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """A close as handlers see it: ``(None, None)`` for an empty close payload."""
+
+    code: int | None = None
+    reason: str | None = None
+
+
+# --- commands: what the adapter must do, in order ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send a new message (text for `str`, binary for `bytes`) to a side."""
+
+    to: Side
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Forward the message just received, unchanged and with its framing, to a side."""
+
+    to: Side
+
+
+@dataclass(frozen=True, slots=True)
+class CloseSide:
+    """Close one side. Code 1006 means: drop the connection without a close frame."""
+
+    side: Side
+    close: Close
+
+
+@dataclass(frozen=True, slots=True)
+class CallHandler:
+    """Run a user handler (it may return an awaitable, which the adapter schedules)."""
+
+    handler: Callable[..., Any]
+    args: tuple[Any, ...]
+
+
+Command = Send | Forward | CloseSide | CallHandler
+
+
+def check_close(code: int | None, reason: str | None) -> Close:
+    """Validate a close requested by a route.
+
+    Raises:
+        ValueError: the code may not be sent on the wire (RFC 6455 §7.4: 1000-1003, 1007-1014
+            and 3000-4999 may), the reason is longer than 123 UTF-8 bytes (§5.5: a control
+            frame's payload is at most 125 bytes), or a reason comes without a code.
+    """
+    if code is None:
+        if reason:
+            raise ValueError(f"close reason {reason!r} needs a code, e.g. close(code=1000, ...)")
+        return Close()
+    if isinstance(code, bool) or not isinstance(code, int):
+        raise ValueError(f"close code must be an int, not {type(code).__name__}")
+    if not (1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999):
+        raise ValueError(
+            f"close code {code} cannot be sent; use 1000-1003, 1007-1014 or 3000-4999 "
+            "(1005, 1006 and 1015 are reserved for reporting, RFC 6455 section 7.4.1)"
+        )
+    reason = reason or ""
+    if len(reason.encode()) > 123:
+        raise ValueError(f"close reason is {len(reason.encode())} UTF-8 bytes; at most 123 fit")
+    return Close(code, reason)
+
+
+@dataclass(slots=True)
+class _Handlers:
+    message: MessageHandler | None = None
+    close: CloseHandler | None = None
+
+
+@dataclass(eq=False)
+class Connection:
+    """One routed WebSocket, both sides.
+
+    Args:
+        url: the normalised ws(s) URL the route matched.
+        protocols: the subprotocols the client asked for, in order.
+    """
+
+    url: str
+    protocols: list[str]
+    states: dict[Side, State] = field(
+        default_factory=lambda: {PAGE: State.CONNECTING, SERVER: State.NONE}
+    )
+    handlers: dict[Side, _Handlers] = field(
+        default_factory=lambda: {PAGE: _Handlers(), SERVER: _Handlers()}
+    )
+    #: The first close seen on this socket, as reported to mitmproxy's `websocket_end`.
+    first_close: tuple[Side, Close] | None = None
+    #: Called whenever a command is recorded, so that an idle adapter can wake up to drain it.
+    wakeup: Callable[[], None] | None = None
+    _commands: list[Command] = field(default_factory=list)
+
+    # --- what user code asks for (through route.py) -----------------------------------------------
+
+    def connect_to_server(self) -> None:
+        if self.states[SERVER] is not State.NONE:
+            raise Error("Already connected to the server")
+        if self.states[PAGE] is not State.CONNECTING:
+            # proxy: the 101 of a mock is already sent; there is no upstream handshake to add.
+            raise Error(
+                "connect_to_server must be called before the route handler returns "
+                f"(the page side is {self.states[PAGE].name.lower()})"
+            )
+        self.states[SERVER] = State.CONNECTING
+
+    def send(self, to: Side, message: Message) -> None:
+        if not isinstance(message, str | bytes):
+            raise TypeError(f"send() takes str or bytes, not {type(message).__name__}")
+        state = self.states[to]
+        if state in (State.OPEN, State.CONNECTING):
+            self._record(Send(to, message))
+        else:
+            # proxy: Playwright drops these silently; users asked for feedback (issues #34280, #36304).
+            what = "never connected" if state is State.NONE else "closed"
+            logger.warning(f"{self.url}: send() to the {to.value} ignored, that side is {what}")
+
+    def close(self, side: Side, code: int | None = None, reason: str | None = None) -> None:
+        """Close one side, then act as if that side had closed (its `on_close`, or the mirror)."""
+        close = check_close(code, reason)
+        if self.states[side] in (State.NONE, State.CLOSED):
+            logger.debug(f"{self.url}: close() of the {side.value} ignored, already closed")
+            return
+        self._record(CloseSide(side, close))
+        self._closed(side, close)
+
+    # --- what happened on the wire (through layer.py and addon.py) -----------------------------
+
+    def receive_open(self) -> None:
+        """The client got its 101 (and, when connected, the upstream gave its own)."""
+        if self.states[PAGE] is State.CONNECTING:
+            self.states[PAGE] = State.OPEN
+        if self.states[SERVER] is State.CONNECTING:
+            self.states[SERVER] = State.OPEN
+
+    def receive_handler_error(self, error: BaseException) -> None:
+        """The route handler raised: accept the client and close it with 1011 (internal error)
+        and a reason naming the exception type; never connect upstream."""
+        if self.states[SERVER] is State.CONNECTING:
+            self.states[SERVER] = State.NONE
+        if self.states[PAGE] is not State.CONNECTING:
+            return  # the handler closed the page itself before it raised
+        reason = f"route handler raised {type(error).__name__}".encode()[:123].decode(errors="ignore")
+        self.states[PAGE] = State.CLOSED
+        close = Close(1011, reason)
+        self.first_close = self.first_close or (PAGE, close)
+        self._record(CloseSide(PAGE, close))
+
+    def receive_upstream_failed(self) -> bool:
+        """The upstream handshake failed. Returns whether the route takes over the client.
+
+        With a server-side `on_close` the handler gets ``(1006, "")`` and the client is accepted
+        and served by the route; without one, the client's handshake fails as it would without
+        the proxy.
+        """
+        if self.states[SERVER] is not State.CONNECTING:
+            raise Error(f"no upstream handshake to fail (server side is {self.states[SERVER].name})")
+        self.states[SERVER] = State.CLOSED
+        on_close = self.handlers[SERVER].close
+        if on_close is None:
+            self.states[PAGE] = State.CLOSED
+            return False
+        self._record(CallHandler(on_close, (ABNORMAL_CLOSURE, "")))
+        return True
+
+    def receive_message(self, side: Side, message: Message) -> None:
+        """A complete message arrived from a side's peer."""
+        if self.states[side] is not State.OPEN:
+            return
+        on_message = self.handlers[side].message
+        if on_message is not None:
+            self._record(CallHandler(on_message, (message,)))
+        elif self.states[side.other] is State.OPEN:
+            self._record(Forward(side.other))
+        # else: a mock, or the other side is gone; Playwright drops it silently.
+
+    def receive_close(self, side: Side, code: int | None, reason: str | None) -> None:
+        """A side's peer closed: a close frame (``(None, None)`` if empty), or 1006 for a drop."""
+        if self.states[side] is not State.OPEN:
+            return
+        self._closed(side, Close(code, reason if code is not None else None))
+
+    def receive_connection_lost(self, side: Side) -> None:
+        """A side's TCP connection is gone, perhaps long after its close handshake.
+
+        proxy: mitmproxy cannot keep an upstream connection once the client's connection is gone,
+        so an upstream left open by a page `on_close` handler is closed with 1001 (going away).
+        """
+        if self.states[side] is State.OPEN:
+            self.receive_close(side, ABNORMAL_CLOSURE, "")
+        if side is PAGE and self.states[SERVER] in (State.OPEN, State.CONNECTING):
+            self.states[SERVER] = State.CLOSED
+            self._record(CloseSide(SERVER, Close(1001, "client connection gone")))
+
+    def _record(self, command: Command) -> None:
+        self._commands.append(command)
+        if self.wakeup is not None:
+            self.wakeup()
+
+    def commands_to_execute(self) -> list[Command]:
+        """Drain the commands recorded so far, oldest first."""
+        commands, self._commands = self._commands, []
+        return commands
+
+    @property
+    def has_commands(self) -> bool:
+        return bool(self._commands)
+
+    @property
+    def finished(self) -> bool:
+        """Both sides are closed (or the server side never existed)."""
+        return all(s in (State.NONE, State.CLOSED) for s in self.states.values())
+
+    # --- the one close rule -----------------------------------------------------------------------
+
+    def _closed(self, side: Side, close: Close) -> None:
+        self.states[side] = State.CLOSED
+        if self.first_close is None:
+            self.first_close = (side, close)
+        on_close = self.handlers[side].close
+        if on_close is not None:
+            self._record(CallHandler(on_close, (close.code, close.reason)))
+        elif self.states[side.other] in (State.OPEN, State.CONNECTING):
+            self.states[side.other] = State.CLOSED
+            self._record(CloseSide(side.other, close))

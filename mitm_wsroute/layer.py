@@ -1,0 +1,371 @@
+"""The only module that touches mitmproxy's internals: a `WebsocketLayer` for routed sockets.
+
+mitmproxy 12 has no public way to answer a WebSocket without an upstream, to close one side
+with a chosen code, or to keep one side open when the other closes (its layer mirrors every
+close to both sides, mitmproxy issue 4711). So we subclass `WebsocketLayer` and install it by
+rebinding ``mitmproxy.proxy.layers.websocket.WebsocketLayer``, which `HttpStream.flow_done`
+looks up at call time. A flow without a route runs mitmproxy's own code, untouched.
+
+For a routed flow the layer feeds what the wire says into the flow's `Connection` (which
+decides), then carries out the commands it drains: data flows one way, wire → connection →
+commands → wire. Calls that user code makes outside our events (from an async handler, later)
+wake the layer with an injected `RouteWakeup` event, which `HttpLayer` routes by flow like
+``inject.websocket``.
+
+`check_internals()` refuses to run on a mitmproxy whose internals moved (see README).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import wsproto.events as wse
+from mitmproxy import http, websocket
+from mitmproxy.proxy import commands, events, layer
+from mitmproxy.proxy.layers import websocket as wsl
+from mitmproxy.proxy.layers.http import HttpStream
+from mitmproxy.proxy.utils import expect
+from wsproto import ConnectionState
+from wsproto.frame_protocol import CloseReason, Opcode
+
+from .connection import (
+    ABNORMAL_CLOSURE,
+    PAGE,
+    SERVER,
+    CallHandler,
+    CloseSide,
+    Command,
+    Connection,
+    Forward,
+    Send,
+    Side,
+    State,
+)
+
+__all__ = ["RouteWakeup", "RoutedSocket", "check_internals", "install", "routed_socket"]
+
+logger = logging.getLogger(__name__)
+
+# Hot-reloading the addon re-imports this module: always subclass mitmproxy's own class.
+_ORIGINAL: type[wsl.WebsocketLayer] = getattr(wsl, "_wsroute_original", wsl.WebsocketLayer)
+
+_NO_MESSAGE = websocket.WebSocketMessage(Opcode.TEXT, True, b"")
+
+
+class RouteWakeup(wsl.WebSocketMessageInjected):
+    """Wakes a routed layer to carry out commands recorded while it was idle.
+
+    A `WebSocketMessageInjected` so that `HttpLayer` routes it by flow, also for a mock, whose
+    server connection mitmproxy never opened (it falls back to the client connection).
+    """
+
+
+CallUser = Callable[[Callable[..., object], tuple[object, ...], str], None]
+
+
+@dataclass(eq=False)
+class RoutedSocket:
+    """What the layer needs for one routed flow, set up by the addon before the 101."""
+
+    connection: Connection
+    #: Runs a user handler: logs its exceptions, schedules what it returns if awaitable.
+    call_user: CallUser
+    #: Hands an event to mitmproxy's connection handler (``Proxyserver.inject_event``).
+    inject: Callable[[events.MessageInjected], None]
+    flow: http.HTTPFlow | None = None
+    busy: bool = False
+    wakeup_pending: bool = False
+    layer_started: bool = field(default=False)
+
+    def wake(self) -> None:
+        """Called by the connection for every command recorded; wakes an idle layer once."""
+        if self.busy or self.wakeup_pending or not self.layer_started or self.flow is None:
+            return  # the layer drains at the end of the event it is handling, or at start
+        self.wakeup_pending = True
+        try:
+            self.inject(RouteWakeup(self.flow, _NO_MESSAGE))
+        except ValueError:  # "Flow is not from a live connection."
+            logger.debug(f"{self.connection.url}: connection already gone")
+
+
+_routed: weakref.WeakKeyDictionary[http.HTTPFlow, RoutedSocket] = weakref.WeakKeyDictionary()
+
+
+def routed_socket(flow: http.HTTPFlow, socket: RoutedSocket | None = None) -> RoutedSocket | None:
+    """Attach `socket` to `flow` (when given) and return what is attached."""
+    if socket is not None:
+        socket.flow = flow
+        socket.connection.wakeup = socket.wake
+        _routed[flow] = socket
+    return _routed.get(flow)
+
+
+@dataclass(slots=True)
+class _Reassembly:
+    """A message being received, kept as chunks so that joining it is linear (mitmproxy's
+    ``bytes +=`` is quadratic: 26 s for 64 MiB)."""
+
+    chunks: list[str | bytes] = field(default_factory=list)
+    frame_sizes: list[int] = field(default_factory=list)
+    frame: int = 0
+
+    def add(self, event: wse.Message) -> str | bytes | None:  # type: ignore[type-arg]
+        data = event.data
+        self.chunks.append(data)
+        self.frame += len(data)
+        if event.frame_finished:
+            self.frame_sizes.append(self.frame)
+            self.frame = 0
+        if not event.message_finished:
+            return None
+        message: str | bytes = "".join(self.chunks) if isinstance(data, str) else b"".join(self.chunks)  # type: ignore[arg-type]
+        self.chunks.clear()
+        return message
+
+
+def _frames(message: str | bytes, sizes: list[int]) -> list[wse.Message]:  # type: ignore[type-arg]
+    """`message` cut into frames of the given sizes (the original framing), or one frame."""
+    if sum(sizes) != len(message) or len(sizes) <= 1:
+        sizes = [len(message)]
+    cls = wse.TextMessage if isinstance(message, str) else wse.BytesMessage
+    out, offset = [], 0
+    for i, size in enumerate(sizes):
+        out.append(cls(message[offset : offset + size], message_finished=i == len(sizes) - 1))
+        offset += size
+    return out
+
+
+class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
+    """mitmproxy's `WebsocketLayer`, with Playwright's semantics for routed flows."""
+
+    socket: RoutedSocket | None
+
+    def __init__(self, context: layer.Context, flow: http.HTTPFlow) -> None:
+        super().__init__(context, flow)
+        self.socket = _routed.get(flow)
+        self.tcp_open = {PAGE: True, SERVER: False}
+        self.reassembly = {PAGE: _Reassembly(), SERVER: _Reassembly()}
+
+    @expect(events.Start)
+    def start(self, event: events.Event) -> layer.CommandGenerator[None]:
+        yield from super().start(event)  # wsproto connections, extensions, websocket_start hook
+        if self.socket is None:
+            self._handle_event = super().relay_messages  # unrouted: mitmproxy's code, as is
+            return
+        connection = self.socket.connection
+        self.tcp_open[SERVER] = connection.states[SERVER] is State.CONNECTING
+        self.socket.layer_started = True
+        connection.receive_open()
+        self.socket.busy = True
+        yield from self._drain()
+        self.socket.busy = False
+
+    _handle_event = start
+
+    @expect(events.DataReceived, events.ConnectionClosed, wsl.WebSocketMessageInjected)
+    def relay_messages(self, event: events.Event) -> layer.CommandGenerator[None]:
+        assert self.socket is not None
+        self.socket.busy = True
+        if isinstance(event, RouteWakeup):
+            self.socket.wakeup_pending = False
+        elif isinstance(event, wsl.WebSocketMessageInjected):
+            yield from self._injected(event.message)
+        elif isinstance(event, events.ConnectionEvent):
+            side = PAGE if event.connection == self.context.client else SERVER
+            yield from self._receive(side, event)
+        yield from self._drain()
+        self.socket.busy = False
+
+    def _ws(self, side: Side) -> wsl.WebsocketConnection:
+        return self.client_ws if side is PAGE else self.server_ws
+
+    def _receive(self, side: Side, event: events.ConnectionEvent) -> layer.CommandGenerator[None]:
+        assert self.socket is not None
+        connection = self.socket.connection
+        ws = self._ws(side)
+        if isinstance(event, events.DataReceived):
+            if ws.state is ConnectionState.CLOSED:
+                return  # after the close handshake; nothing more to read
+            ws.receive_data(event.data)
+        else:
+            ws.receive_data(None)  # we still close our end, in _close_connections
+        for ev in ws.events():
+            if isinstance(ev, wse.Message):
+                message = self.reassembly[side].add(ev)
+                if message is not None:
+                    yield from self._message(side, message)
+            elif isinstance(ev, wse.Ping):
+                # RFC 6455 §5.5.2: answered by the other side when there is one, else by us.
+                if connection.states[side.other] is State.OPEN:
+                    yield self._ws(side.other).send2(ev)
+                elif ws.state is ConnectionState.OPEN:
+                    yield ws.send2(ev.response())
+            elif isinstance(ev, wse.Pong):
+                if connection.states[side.other] is State.OPEN:
+                    yield self._ws(side.other).send2(ev)
+            elif isinstance(ev, wse.CloseConnection):
+                yield from self._close_received(side, ev)
+        if isinstance(event, events.ConnectionClosed):
+            connection.receive_connection_lost(side)
+
+    def _close_received(self, side: Side, ev: wse.CloseConnection) -> layer.CommandGenerator[None]:
+        assert self.socket is not None
+        ws = self._ws(side)
+        if ws.state is ConnectionState.REMOTE_CLOSING:
+            yield ws.send2(ev.response())  # RFC 6455 §5.5.1: echo the close, handshake done
+        elif ws.state is ConnectionState.OPEN:
+            # wsproto reports a protocol violation (1002, 1007, 1009) as a close event without
+            # sending anything: fail the connection (RFC 6455 §7.1.7) with that code.
+            logger.info(f"{self.socket.connection.url}: {side.value} protocol error: {ev.reason}")
+            yield ws.send2(wse.CloseConnection(ev.code, ev.reason))
+        code: int | None = int(ev.code)
+        if code == CloseReason.NO_STATUS_RCVD:
+            code = None
+        reason = "" if code == ABNORMAL_CLOSURE else ev.reason
+        self.socket.connection.receive_close(side, code, reason)
+
+    def _message(self, side: Side, data: str | bytes) -> layer.CommandGenerator[None]:
+        assert self.socket is not None and self.flow.websocket is not None
+        connection = self.socket.connection
+        content = data.encode() if isinstance(data, str) else data
+        message = websocket.WebSocketMessage(
+            Opcode.TEXT if isinstance(data, str) else Opcode.BINARY, side is PAGE, content
+        )
+        frame_sizes = self.reassembly[side].frame_sizes
+        self.reassembly[side].frame_sizes = []
+        self.flow.websocket.messages.append(message)
+
+        yield from self._drain()  # what is older than this message goes first
+        connection.receive_message(side, data)
+        decision = connection.commands_to_execute()
+        if not any(isinstance(c, Forward) for c in decision):
+            message.drop()  # consumed by a handler, or dropped by the rules: show it in mitmweb
+        yield wsl.WebsocketMessageHook(self.flow)  # other addons may modify or drop it
+        for command in decision:
+            if isinstance(command, Forward):
+                if message.dropped or connection.states[command.to] is not State.OPEN:
+                    continue
+                if message.content is not content:  # modified by another addon
+                    data = message.text if isinstance(data, str) else message.content
+                    frame_sizes = []
+                for frame in _frames(data, frame_sizes):
+                    yield self._ws(command.to).send2(frame)
+            else:
+                yield from self._execute(command)
+
+    def _injected(self, message: websocket.WebSocketMessage) -> layer.CommandGenerator[None]:
+        """``inject.websocket`` from another addon: a message to the client or the server."""
+        assert self.socket is not None and self.flow.websocket is not None
+        to = SERVER if message.from_client else PAGE
+        if self.socket.connection.states[to] is not State.OPEN:
+            logger.warning(f"Cannot inject a WebSocket message: the {to.value} side is closed.")
+            return
+        self.flow.websocket.messages.append(message)
+        yield wsl.WebsocketMessageHook(self.flow)
+        if not message.dropped:
+            data = message.text if message.is_text else message.content
+            yield from self._send(to, data)
+
+    def _drain(self) -> layer.CommandGenerator[None]:
+        assert self.socket is not None
+        connection = self.socket.connection
+        while connection.has_commands:
+            for command in connection.commands_to_execute():
+                yield from self._execute(command)
+        yield from self._close_connections()
+
+    def _execute(self, command: Command) -> layer.CommandGenerator[None]:
+        assert self.socket is not None and self.flow.websocket is not None
+        if isinstance(command, CallHandler):
+            self.socket.call_user(command.handler, command.args, self.socket.connection.url)
+        elif isinstance(command, Send):
+            data = command.message
+            self.flow.websocket.messages.append(
+                websocket.WebSocketMessage(
+                    Opcode.TEXT if isinstance(data, str) else Opcode.BINARY,
+                    command.to is SERVER,
+                    data.encode() if isinstance(data, str) else data,
+                    injected=True,
+                )
+            )
+            yield from self._send(command.to, data)
+        elif isinstance(command, CloseSide):
+            ws = self._ws(command.side)
+            code = command.close.code
+            if code == ABNORMAL_CLOSURE:
+                if self.tcp_open[command.side]:  # mirror an abnormal end as one: no close frame
+                    self.tcp_open[command.side] = False
+                    yield commands.CloseConnection(ws.conn)
+            elif ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+                yield ws.send2(
+                    wse.CloseConnection(
+                        CloseReason.NO_STATUS_RCVD if code is None else code,
+                        command.close.reason or "",
+                    )
+                )
+        # Forward only happens in _message, for the message it concerns.
+
+    def _send(self, to: Side, data: str | bytes) -> layer.CommandGenerator[None]:
+        ws = self._ws(to)
+        if ws.state is ConnectionState.OPEN:
+            cls = wse.TextMessage if isinstance(data, str) else wse.BytesMessage
+            yield ws.send2(cls(data))
+
+    def _close_connections(self) -> layer.CommandGenerator[None]:
+        """Close TCP of the sides the route is done with: the server first, the client last.
+
+        mitmproxy tears down every server connection with its client connection, and closing
+        the client first leaked the server socket (CLOSE-WAIT) in the internals memo.
+        """
+        assert self.socket is not None and self.flow.websocket is not None
+        if self._handle_event == self.done:
+            return
+        connection = self.socket.connection
+        if connection.states[SERVER] in (State.NONE, State.CLOSED) and self.tcp_open[SERVER]:
+            self.tcp_open[SERVER] = False
+            yield commands.CloseConnection(self.server_ws.conn)
+        if not connection.finished:
+            return
+        if self.tcp_open[PAGE]:
+            self.tcp_open[PAGE] = False
+            yield commands.CloseConnection(self.client_ws.conn)
+        if connection.first_close is not None:
+            side, close = connection.first_close
+            self.flow.websocket.closed_by_client = side is PAGE
+            self.flow.websocket.close_code = CloseReason.NO_STATUS_RCVD if close.code is None else close.code
+            self.flow.websocket.close_reason = close.reason or ""
+        self.flow.websocket.timestamp_end = time.time()
+        self._handle_event = self.done
+        self.socket.busy = False
+        yield wsl.WebsocketEndHook(self.flow)
+        self.flow.live = False
+
+
+def check_internals() -> None:
+    """Raise `RuntimeError` unless mitmproxy's internals are the ones this layer was built on."""
+    problems = []
+    for owner, names in (
+        (_ORIGINAL, ("start", "relay_messages", "done", "_handle_event")),
+        (wsl.WebsocketConnection, ("send2",)),
+        (wsl, ("WebsocketStartHook", "WebsocketMessageHook", "WebsocketEndHook")),
+    ):
+        problems += [f"{getattr(owner, '__name__', owner)}.{n}" for n in names if not hasattr(owner, n)]
+    if "websocket.WebsocketLayer(" not in inspect.getsource(HttpStream.flow_done):
+        problems.append("HttpStream.flow_done no longer creates websocket.WebsocketLayer")
+    if problems:
+        raise RuntimeError(
+            "mitm_wsroute needs mitmproxy 12.3's WebSocket internals, which changed in this "
+            f"mitmproxy ({', '.join(problems)} missing); install mitmproxy>=12.3,<13"
+        )
+
+
+def install() -> None:
+    """Make mitmproxy create our layer for every WebSocket (routed or not). Idempotent."""
+    check_internals()
+    wsl._wsroute_original = _ORIGINAL  # type: ignore[attr-defined]
+    wsl.WebsocketLayer = RoutedWebsocketLayer  # type: ignore[misc]

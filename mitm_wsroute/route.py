@@ -1,0 +1,121 @@
+"""`WebSocketRoute`: Playwright's public object, as a thin view over one `Connection`.
+
+Pure: this module imports neither mitmproxy nor asyncio. Every method only records intent on
+the connection; the adapter carries it out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+from .connection import (
+    PAGE,
+    SERVER,
+    CloseHandler,
+    Connection,
+    Error,
+    Message,
+    MessageHandler,
+    Side,
+)
+
+__all__ = ["WebSocketRoute"]
+
+
+class _Closed:
+    """What `close()` returns: awaitable, already done, so ``await ws.close()`` and a bare
+    ``ws.close()`` both work (handlers written for playwright-python's async or sync API)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # pragma: no cover - makes this a generator
+
+
+class WebSocketRoute:
+    """One routed WebSocket, seen from one side.
+
+    The route handler gets the page side: `send` reaches the client, `close` closes the client,
+    `on_message`/`on_close` handle what the client sends. `connect_to_server()` returns the
+    server side, whose methods do the same towards the upstream server.
+
+    By default a routed WebSocket does not connect to the server, so you can mock the entire
+    WebSocket communication (Playwright's words for `connect_to_server`).
+    """
+
+    __slots__ = ("_connection", "_server", "_side")
+
+    def __init__(self, connection: Connection, side: Side = PAGE) -> None:
+        self._connection = connection
+        self._side = side
+        self._server: WebSocketRoute | None = None
+
+    def __repr__(self) -> str:
+        return f"<WebSocketRoute {self._side.value} {self.url}>"
+
+    @property
+    def url(self) -> str:
+        """The ws(s) URL, normalised like a browser's (lowercase host, no default port, `/` path)."""
+        return self._connection.url
+
+    @property
+    def protocols(self) -> list[str]:
+        """The subprotocols the client requested, in order (a copy)."""
+        return list(self._connection.protocols)
+
+    def connect_to_server(self) -> WebSocketRoute:
+        """Connect to the real server and return the server side of the route.
+
+        Call it from the route handler, before it returns. Messages and closes are forwarded
+        both ways by default; an `on_message`/`on_close` handler on a side takes that side over.
+
+        Raises:
+            Error: called twice (``Already connected to the server``), or on the server side.
+        """
+        if self._side is SERVER:
+            raise Error("connectToServer must be called on the page-side WebSocketRoute")
+        self._connection.connect_to_server()
+        self._server = WebSocketRoute(self._connection, SERVER)
+        return self._server
+
+    def on_message(self, handler: MessageHandler) -> None:
+        """Handle each message from this side (`str` for text, `bytes` for binary).
+
+        Replaces an earlier handler and stops the default forwarding of this side's messages.
+        An async handler is scheduled, not awaited before the next message.
+        """
+        self._connection.handlers[self._side].message = handler
+
+    def on_close(self, handler: CloseHandler) -> None:
+        """Handle this side's close: ``handler(code, reason)``, ``(None, None)`` for no code.
+
+        Replaces an earlier handler and stops the default mirroring of the close to the other
+        side, which then stays open until a route closes it.
+        """
+        self._connection.handlers[self._side].close = handler
+
+    def send(self, message: Message) -> None:
+        """Send a message to this side: `str` as a text frame, `bytes` as a binary frame.
+
+        Never blocks; messages to one side go out in call order. Ignored (with a warning in the
+        log) once that side is closed.
+        """
+        self._connection.send(self._side, message)
+
+    def close(self, *, code: int | None = None, reason: str | None = None) -> _Closed:
+        """Close this side, then, as if this side had closed: run its `on_close` handler if set,
+        else close the other side with the same code and reason.
+
+        Without a code the close frame is empty (a browser reports 1005). The close happens
+        whether or not the result is awaited.
+
+        Raises:
+            ValueError: the code is not valid on the wire (1000-1003, 1007-1014, 3000-4999), the
+                reason is over 123 UTF-8 bytes, or a reason comes without a code.
+        """
+        # proxy: Playwright's page side accepts any code and its server side silently ignores
+        # invalid ones; we refuse them at the call, where the mistake is.
+        self._connection.close(self._side, code, reason)
+        return _Closed()

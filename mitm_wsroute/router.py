@@ -1,0 +1,135 @@
+"""The route table: which handler serves which WebSocket URL.
+
+Pure: this module imports neither mitmproxy nor asyncio. Route scripts call
+`route_web_socket()` while `scripts.py` imports them inside `Router.collect()`; the table keeps
+one group of routes per script, so that a script's routes can be replaced on reload.
+
+Precedence is Playwright's: the last registered route wins, and across scripts a later script
+in ``wsroute_scripts`` wins. Exactly one handler runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, overload
+
+from .urlmatch import URLMatch, compile_url_match
+
+if TYPE_CHECKING:
+    from .route import WebSocketRoute
+
+__all__ = ["Route", "RouteHandler", "Router", "route_web_socket"]
+
+logger = logging.getLogger(__name__)
+
+RouteHandler = Callable[["WebSocketRoute"], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One registered route."""
+
+    url: URLMatch
+    matches: Callable[[str], bool]
+    handler: RouteHandler
+    #: Where it was registered, ``file:line``, for the log.
+    origin: str
+
+
+@dataclass(slots=True)
+class _Collector:
+    base_url: str | None
+    routes: list[Route]
+
+
+_collector: _Collector | None = None
+
+
+class Router:
+    """Ordered groups of routes, one group per route script."""
+
+    def __init__(self) -> None:
+        self._groups: dict[str, list[Route]] = {}
+        self._order: list[str] = []
+
+    def set_order(self, groups: list[str]) -> None:
+        """Set which groups count, earliest first (a later group wins). Others are dropped."""
+        self._order = list(groups)
+        self._groups = {g: self._groups[g] for g in groups if g in self._groups}
+
+    def replace(self, group: str, routes: list[Route]) -> None:
+        """Make `routes` (in registration order) the routes of `group`."""
+        self._groups[group] = list(routes)
+
+    def __contains__(self, group: str) -> bool:
+        return group in self._groups
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self._groups.values())
+
+    def find(self, url: str) -> Route | None:
+        """The route that serves `url`, or None. A predicate that raises is logged, not matched."""
+        for group in reversed(self._order):
+            for route in reversed(self._groups.get(group, [])):
+                try:
+                    if route.matches(url):
+                        return route
+                except Exception:
+                    logger.exception(f"URL predicate of the route at {route.origin} failed on {url}")
+        return None
+
+    @staticmethod
+    @contextlib.contextmanager
+    def collect(base_url: str | None) -> Iterator[list[Route]]:
+        """Collect the routes that `route_web_socket` registers inside this block, in order."""
+        global _collector
+        outer, _collector = _collector, _Collector(base_url, [])
+        try:
+            yield _collector.routes
+        finally:
+            _collector = outer
+
+
+@overload
+def route_web_socket(url: URLMatch) -> Callable[[RouteHandler], RouteHandler]: ...
+@overload
+def route_web_socket(url: URLMatch, handler: RouteHandler) -> None: ...
+def route_web_socket(
+    url: URLMatch, handler: RouteHandler | None = None
+) -> Callable[[RouteHandler], RouteHandler] | None:
+    """Route the WebSockets whose URL matches `url` to `handler`. Call it from a route script.
+
+    Args:
+        url: a glob (Playwright's syntax; relative globs resolve against ``wsroute_base_url``),
+            an `re.Pattern` (searched, not anchored), or a predicate called with the URL string.
+        handler: called with the page-side `WebSocketRoute` of each matching socket; sync or
+            async, awaited before the socket opens. Without it, `route_web_socket` is a decorator.
+
+    Raises:
+        ValueError: `url` is an invalid glob.
+        RuntimeError: called outside a route script that ``wsroute_scripts`` loads.
+    """
+    collector = _collector
+    if collector is None:
+        raise RuntimeError(
+            "route_web_socket() registers routes from a route script; load the script with "
+            "mitmdump -s addons/wsroute.py --set wsroute_scripts=PATH"
+        )
+    matches = compile_url_match(url, collector.base_url)
+    frame = sys._getframe(1)
+    origin = f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+    def register(h: RouteHandler) -> RouteHandler:
+        if not callable(h):
+            raise TypeError(f"route handler must be callable, not {type(h).__name__}")
+        collector.routes.append(Route(url, matches, h, origin))
+        return h
+
+    if handler is None:
+        return register
+    register(handler)
+    return None

@@ -1,0 +1,267 @@
+"""Fixtures for end-to-end tests: a real mitmdump with the addon, real WebSocket peers.
+
+Everything binds 127.0.0.1 on ephemeral ports, and every process a test starts is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import pytest_asyncio  # noqa: F401  (plugin presence check)
+from websockets.asyncio.server import Server, ServerConnection, serve
+
+ROOT = Path(__file__).resolve().parent.parent
+MITMDUMP = str(Path(sys.executable).with_name("mitmdump"))
+
+
+@dataclass
+class Proc:
+    """A mitmdump subprocess and what it printed so far."""
+
+    proc: subprocess.Popen[str]
+    port: int
+    confdir: Path
+    lines: list[str] = field(default_factory=list)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+
+    @property
+    def proxy(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def output(self) -> str:
+        with self._cond:
+            return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 10) -> re.Match[str]:
+        """Block until a line of output matches `pattern` (a regex)."""
+        rx = re.compile(pattern)
+        with self._cond:
+            found = None
+
+            def check() -> bool:
+                nonlocal found
+                found = next((m for line in self.lines if (m := rx.search(line))), None)
+                return found is not None or self.proc.poll() is not None
+
+            self._cond.wait_for(check, timeout)
+            if found is None:
+                raise AssertionError(f"mitmdump never printed {pattern!r}; output:\n{self.output}")
+            return found
+
+    async def async_wait_for(self, pattern: str, timeout: float = 10) -> re.Match[str]:
+        return await asyncio.to_thread(self.wait_for, pattern, timeout)
+
+    def ca(self) -> ssl.SSLContext:
+        """A client TLS context that trusts mitmproxy's CA."""
+        ctx = ssl.create_default_context(cafile=str(self.confdir / "mitmproxy-ca-cert.pem"))
+        return ctx
+
+
+def _reader(p: Proc) -> None:
+    assert p.proc.stdout is not None
+    for line in p.proc.stdout:
+        with p._cond:
+            p.lines.append(line)
+            p._cond.notify_all()
+    with p._cond:
+        p._cond.notify_all()
+
+
+def start_mitmdump(tmp: Path, *args: str) -> Proc:
+    """Start mitmdump with the addon on an ephemeral port and wait until it listens."""
+    confdir = tmp / "confdir"
+    confdir.mkdir(exist_ok=True)
+    cmd = [
+        MITMDUMP,
+        "--listen-host", "127.0.0.1",
+        "--listen-port", "0",
+        "--set", f"confdir={confdir}",
+        "--set", "ssl_insecure=true",
+        "--set", "termlog_verbosity=debug",
+        "-s", str(ROOT / "addons" / "wsroute.py"),
+        *args,
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    p = Proc(proc, 0, confdir)
+    threading.Thread(target=_reader, args=(p,), daemon=True).start()
+    m = p.wait_for(r"listening at [\d.]+:(\d+)", timeout=30)
+    p.port = int(m.group(1))
+    return p
+
+
+def stop(p: Proc) -> None:
+    if p.proc.poll() is None:
+        os.killpg(p.proc.pid, signal.SIGTERM)
+        try:
+            p.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.proc.pid, signal.SIGKILL)
+            p.proc.wait()
+
+
+@pytest.fixture
+def mitmdump(tmp_path: Path) -> Iterator[object]:
+    """``mitmdump(script_text, *args)`` starts a mitmdump whose route script is `script_text`."""
+    procs: list[Proc] = []
+
+    def start(script: str | None = None, *args: str) -> Proc:
+        extra = list(args)
+        if script is not None:
+            path = tmp_path / f"routes{len(procs)}.py"
+            path.write_text(textwrap.dedent(script))
+            extra += ["--set", f"wsroute_scripts={path}"]
+        p = start_mitmdump(tmp_path, *extra)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        stop(p)
+
+
+def make_cert(tmp: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "server.pem", tmp / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@dataclass
+class Upstream:
+    """A real websockets server that echoes and records what it sees."""
+
+    server: Server
+    tls: bool
+    accepted: int = 0
+    received: list[str | bytes] = field(default_factory=list)
+    closes: list[tuple[int | None, str | None]] = field(default_factory=list)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def port(self) -> int:
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def url(self, path: str = "/") -> str:
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}{path}"
+
+
+@pytest_asyncio.fixture
+async def upstream(tmp_path: Path) -> AsyncIterator[object]:
+    """``await upstream(tls=False)``: an echo server; ``cmd:close:CODE:REASON`` closes."""
+    servers: list[Upstream] = []
+
+    async def start(tls: bool = False) -> Upstream:
+        ssl_ctx = None
+        if tls:
+            cert, key = make_cert(tmp_path)
+            ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ssl_ctx.load_cert_chain(cert, key)
+        up: Upstream
+
+        async def handler(ws: ServerConnection) -> None:
+            up.accepted += 1
+            try:
+                async for message in ws:
+                    up.received.append(message)
+                    if isinstance(message, str) and message.startswith("cmd:close:"):
+                        _, _, code, reason = message.split(":", 3)
+                        await ws.close(int(code), reason)
+                        break
+                    await ws.send(message)
+            finally:
+                await ws.wait_closed()
+                up.closes.append((ws.close_code, ws.close_reason))
+                up.closed.set()
+
+        server = await serve(
+            handler,
+            "127.0.0.1",
+            0,
+            ssl=ssl_ctx,
+            ping_interval=None,
+            max_size=None,
+            select_subprotocol=lambda ws, offered: offered[0] if offered else None,
+        )
+        up = Upstream(server, tls)
+        servers.append(up)
+        return up
+
+    yield start
+    for s in servers:
+        s.server.close()
+        await s.server.wait_closed()
+
+
+@pytest_asyncio.fixture
+async def sentinel() -> AsyncIterator[object]:
+    """A TCP listener that counts accepted connections (must stay 0 for mocks)."""
+
+    class Counter:
+        accepted = 0
+        port = 0
+
+    counter = Counter()
+
+    def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        counter.accepted += 1
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    counter.port = server.sockets[0].getsockname()[1]
+    yield counter
+    server.close()
+    await server.wait_closed()

@@ -1,0 +1,363 @@
+"""Transcripts of the pure state machine: events in, drained commands out."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from mitm_wsroute.connection import (
+    PAGE,
+    SERVER,
+    CallHandler,
+    Close,
+    CloseSide,
+    Connection,
+    Error,
+    Forward,
+    Send,
+    State,
+    check_close,
+)
+from mitm_wsroute.route import WebSocketRoute
+
+
+def record(log: list[Any], name: str) -> Any:
+    def handler(*args: Any) -> None:
+        log.append((name, *args))
+
+    return handler
+
+
+def mock() -> tuple[Connection, WebSocketRoute]:
+    c = Connection("ws://h/ws", ["a", "b"])
+    return c, WebSocketRoute(c)
+
+
+def connected() -> tuple[Connection, WebSocketRoute, WebSocketRoute]:
+    c, ws = mock()
+    server = ws.connect_to_server()
+    c.receive_open()
+    c.commands_to_execute()
+    return c, ws, server
+
+
+# --- open -----------------------------------------------------------------------------------
+
+
+def test_mock_sends_in_handler_queue_until_open() -> None:
+    c, ws = mock()
+    ws.send("one")
+    ws.send(b"two")
+    assert c.states == {PAGE: State.CONNECTING, SERVER: State.NONE}
+    c.receive_open()
+    assert c.commands_to_execute() == [Send(PAGE, "one"), Send(PAGE, b"two")]
+    assert c.states == {PAGE: State.OPEN, SERVER: State.NONE}
+
+
+def test_server_sends_before_upstream_open_go_first() -> None:
+    c, ws = mock()
+    server = ws.connect_to_server()
+    server.send("fake")
+    assert c.states[SERVER] is State.CONNECTING
+    c.receive_open()
+    assert c.commands_to_execute() == [Send(SERVER, "fake")]
+    assert c.states == {PAGE: State.OPEN, SERVER: State.OPEN}
+
+
+def test_url_and_protocols_same_on_both_sides() -> None:
+    c, ws = mock()
+    server = ws.connect_to_server()
+    assert (ws.url, ws.protocols) == (server.url, server.protocols) == ("ws://h/ws", ["a", "b"])
+    ws.protocols.append("x")
+    assert ws.protocols == ["a", "b"]
+
+
+def test_connect_errors_are_playwrights() -> None:
+    c, ws = mock()
+    server = ws.connect_to_server()
+    with pytest.raises(Error, match="^Already connected to the server$"):
+        ws.connect_to_server()
+    with pytest.raises(Error, match="^connectToServer must be called on the page-side"):
+        server.connect_to_server()
+
+
+def test_connect_after_open_of_a_mock_is_refused() -> None:
+    c, ws = mock()
+    c.receive_open()
+    with pytest.raises(Error, match="before the route handler returns"):
+        ws.connect_to_server()
+
+
+# --- messages (SPEC §3 table) ---------------------------------------------------------------
+
+
+def test_client_message_with_page_handler_goes_to_handler_only() -> None:
+    c, ws, server = connected()
+    h = record([], "h")
+    ws.on_message(h)
+    c.receive_message(PAGE, "hi")
+    assert c.commands_to_execute() == [CallHandler(h, ("hi",))]
+
+
+def test_client_message_without_handler_connected_is_forwarded() -> None:
+    c, ws, server = connected()
+    c.receive_message(PAGE, b"bin")
+    assert c.commands_to_execute() == [Forward(SERVER)]
+
+
+def test_client_message_without_handler_mock_is_dropped() -> None:
+    c, ws = mock()
+    c.receive_open()
+    c.receive_message(PAGE, "hi")
+    assert c.commands_to_execute() == []
+
+
+def test_server_message_with_server_handler_goes_to_handler_only() -> None:
+    c, ws, server = connected()
+    h = record([], "h")
+    server.on_message(h)
+    c.receive_message(SERVER, "s")
+    assert c.commands_to_execute() == [CallHandler(h, ("s",))]
+
+
+def test_server_message_without_handler_is_forwarded_to_client() -> None:
+    c, ws, server = connected()
+    ws.on_message(record([], "page"))  # a page handler does not affect the other direction
+    c.receive_message(SERVER, "s")
+    assert c.commands_to_execute() == [Forward(PAGE)]
+
+
+def test_handlers_are_looked_up_per_message_and_replaced() -> None:
+    c, ws, server = connected()
+    c.receive_message(PAGE, "1")
+    first, second = record([], "1"), record([], "2")
+    ws.on_message(first)
+    c.receive_message(PAGE, "2")
+    ws.on_message(second)
+    c.receive_message(PAGE, "3")
+    assert c.commands_to_execute() == [
+        Forward(SERVER),
+        CallHandler(first, ("2",)),
+        CallHandler(second, ("3",)),
+    ]
+
+
+def test_send_type_checked_and_ignored_when_closed(caplog: pytest.LogCaptureFixture) -> None:
+    c, ws = mock()
+    with pytest.raises(TypeError, match="str or bytes"):
+        ws.send(42)  # type: ignore[arg-type]
+    c.receive_open()
+    c.receive_close(PAGE, 1000, "")
+    c.commands_to_execute()
+    ws.send("late")
+    assert c.commands_to_execute() == []
+    assert "send() to the page ignored, that side is closed" in caplog.text
+
+
+# --- close (SPEC §3 "Close") ----------------------------------------------------------------
+
+
+def test_client_close_mirrors_to_server() -> None:
+    c, ws, server = connected()
+    c.receive_close(PAGE, 4003, "bye")
+    assert c.commands_to_execute() == [CloseSide(SERVER, Close(4003, "bye"))]
+    assert c.finished
+
+
+def test_server_close_mirrors_to_client_empty_payload() -> None:
+    c, ws, server = connected()
+    c.receive_close(SERVER, None, None)
+    assert c.commands_to_execute() == [CloseSide(PAGE, Close(None, None))]
+
+
+def test_abnormal_close_mirrors_as_1006() -> None:
+    c, ws, server = connected()
+    c.receive_close(SERVER, 1006, "")
+    assert c.commands_to_execute() == [CloseSide(PAGE, Close(1006, ""))]
+
+
+def test_server_on_close_keeps_client_open() -> None:
+    c, ws, server = connected()
+    h = record([], "closed")
+    server.on_close(h)
+    c.receive_close(SERVER, 4005, "gone")
+    assert c.commands_to_execute() == [CallHandler(h, (4005, "gone"))]
+    assert c.states == {PAGE: State.OPEN, SERVER: State.CLOSED}
+    ws.send("server left")
+    c.receive_message(PAGE, "anyone?")  # no handler, server closed: dropped
+    ws.close(code=4006, reason="later")
+    assert c.commands_to_execute() == [
+        Send(PAGE, "server left"),
+        CloseSide(PAGE, Close(4006, "later")),
+    ]
+    assert c.finished
+
+
+def test_page_on_close_keeps_server_open() -> None:
+    c, ws, server = connected()
+    h = record([], "closed")
+    ws.on_close(h)
+    c.receive_close(PAGE, None, None)
+    server.send("last words")
+    server.close(code=4011, reason="translated")
+    assert c.commands_to_execute() == [
+        CallHandler(h, (None, None)),
+        Send(SERVER, "last words"),
+        CloseSide(SERVER, Close(4011, "translated")),
+    ]
+
+
+def test_route_close_of_page_mirrors_to_server() -> None:
+    c, ws, server = connected()
+    ws.close(code=3009, reason="oops")
+    assert c.commands_to_execute() == [
+        CloseSide(PAGE, Close(3009, "oops")),
+        CloseSide(SERVER, Close(3009, "oops")),
+    ]
+
+
+def test_route_close_of_page_runs_page_on_close_instead() -> None:
+    c, ws, server = connected()
+    h = record([], "closed")
+    ws.on_close(h)
+    ws.close(code=3000, reason="bye")
+    assert c.commands_to_execute() == [
+        CloseSide(PAGE, Close(3000, "bye")),
+        CallHandler(h, (3000, "bye")),
+    ]
+    assert c.states[SERVER] is State.OPEN
+
+
+def test_server_close_by_route_then_mirror() -> None:
+    c, ws, server = connected()
+    server.close(code=1008, reason="policy")
+    assert c.commands_to_execute() == [
+        CloseSide(SERVER, Close(1008, "policy")),
+        CloseSide(PAGE, Close(1008, "policy")),
+    ]
+
+
+def test_close_twice_is_a_no_op() -> None:
+    c, ws = mock()
+    c.receive_open()
+    ws.close()
+    ws.close(code=4000)
+    assert c.commands_to_execute() == [CloseSide(PAGE, Close(None, None))]
+
+
+def test_peer_close_after_route_close_is_the_handshake_reply() -> None:
+    c, ws = mock()
+    h = record([], "closed")
+    ws.on_close(h)
+    c.receive_open()
+    ws.close(code=4001, reason="x")
+    c.receive_close(PAGE, 4001, "x")
+    assert c.commands_to_execute() == [CloseSide(PAGE, Close(4001, "x")), CallHandler(h, (4001, "x"))]
+
+
+def test_client_connection_lost_closes_server_left_open() -> None:
+    c, ws, server = connected()
+    ws.on_close(record([], "closed"))
+    c.receive_close(PAGE, 1000, "")
+    c.commands_to_execute()
+    c.receive_connection_lost(PAGE)
+    assert c.commands_to_execute() == [CloseSide(SERVER, Close(1001, "client connection gone"))]
+    assert c.finished
+
+
+def test_close_awaitable_either_way() -> None:
+    c, ws = mock()
+    result = ws.close(code=1000)
+
+    async def use() -> None:
+        await result
+
+    coro = use()
+    with pytest.raises(StopIteration):
+        coro.send(None)
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "error"),
+    [
+        (999, None, "close code 999 cannot be sent"),
+        (1004, None, "1004 cannot be sent"),
+        (1005, None, "1005 cannot be sent"),
+        (1006, None, "1006 cannot be sent"),
+        (1015, None, "1015 cannot be sent"),
+        (2999, None, "2999 cannot be sent"),
+        (5000, None, "5000 cannot be sent"),
+        (None, "why", "needs a code"),
+        (1000, "x" * 124, "124 UTF-8 bytes"),
+        (1000, "é" * 62, "124 UTF-8 bytes"),
+        ("1000", None, "must be an int"),
+    ],
+)
+def test_invalid_close_raises_at_the_call(code: Any, reason: Any, error: str) -> None:
+    c, ws = mock()
+    with pytest.raises(ValueError, match=error):
+        ws.close(code=code, reason=reason)
+    assert c.commands_to_execute() == []
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1002, 1003, 1007, 1011, 1014, 3000, 4999])
+def test_valid_close_codes(code: int) -> None:
+    assert check_close(code, "x" * 123) == Close(code, "x" * 123)
+
+
+# --- failures -------------------------------------------------------------------------------
+
+
+def test_handler_error_closes_page_1011_and_never_connects() -> None:
+    c, ws = mock()
+    ws.connect_to_server()
+    ws.send("before the error")
+    c.receive_handler_error(ZeroDivisionError())
+    c.receive_open()
+    assert c.states == {PAGE: State.CLOSED, SERVER: State.NONE}
+    assert c.commands_to_execute() == [
+        Send(PAGE, "before the error"),
+        CloseSide(PAGE, Close(1011, "route handler raised ZeroDivisionError")),
+    ]
+    assert c.finished
+
+
+def test_upstream_failure_without_server_on_close() -> None:
+    c, ws = mock()
+    ws.connect_to_server()
+    assert c.receive_upstream_failed() is False
+    assert c.finished
+
+
+def test_upstream_failure_with_server_on_close_degrades_to_mock() -> None:
+    c, ws = mock()
+    server = ws.connect_to_server()
+    h = record([], "closed")
+    server.on_close(h)
+    assert c.receive_upstream_failed() is True
+    c.receive_open()
+    assert c.states == {PAGE: State.OPEN, SERVER: State.CLOSED}
+    assert c.commands_to_execute() == [CallHandler(h, (1006, ""))]
+
+
+def test_wakeup_called_for_every_command() -> None:
+    calls: list[int] = []
+    c, ws = mock()
+    c.wakeup = lambda: calls.append(1)
+    ws.send("a")
+    ws.close()
+    assert len(calls) == 2
+
+
+def test_pure_modules_import_neither_mitmproxy_nor_asyncio() -> None:
+    code = (
+        "import sys; import mitm_wsroute.connection, mitm_wsroute.route, mitm_wsroute.router, "
+        "mitm_wsroute.urlmatch; bad = [m for m in ('mitmproxy', 'asyncio') if m in sys.modules]; "
+        "print(bad); sys.exit(bool(bad))"
+    )
+    # the package __init__ must stay pure too, so route scripts import nothing heavy
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,229 @@
+"""End to end: a real mitmdump with the addon, python-websockets clients, mocked routes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.sockets import open_tcp_connections
+
+MOCK = """
+    import logging
+    from mitm_wsroute import route_web_socket
+
+    log = logging.getLogger("routes")
+
+    @route_web_socket("**/mock*")
+    def mock(ws):
+        ws.send("hello 1")
+        ws.send(b"hello 2")
+        def on_message(m):
+            if m == "close-me":
+                ws.close(code=4001, reason="bye from the route")
+            elif m == "raise":
+                raise ValueError("boom in on_message")
+            else:
+                ws.send(m)  # echo, keeping text and binary
+        ws.on_message(on_message)
+        ws.on_close(lambda code, reason: log.warning(f"on_close {code} {reason!r}"))
+
+    @route_web_socket("**/async-mock")
+    async def async_mock(ws):
+        import asyncio
+        await asyncio.sleep(0.05)
+        ws.send(f"url={ws.url} protocols={ws.protocols}")
+        async def later(m):
+            await asyncio.sleep(0.05)
+            ws.send(f"later {m}")
+        ws.on_message(later)
+
+    @route_web_socket("**/broken")
+    def broken(ws):
+        ws.send("never seen?")
+        1 / 0
+
+    @route_web_socket("**/silent")
+    def silent(ws):
+        pass
+"""
+
+
+async def recv_all(ws: Any, n: int) -> list[str | bytes]:
+    return [await asyncio.wait_for(ws.recv(), 5) for _ in range(n)]
+
+
+@pytest.fixture
+async def mock_proxy(mitmdump: Any) -> Any:
+    return mitmdump(MOCK)
+
+
+async def test_mock_never_touches_upstream(mock_proxy: Any, sentinel: Any) -> None:
+    url = f"ws://127.0.0.1:{sentinel.port}/mock"
+    async with connect(url, proxy=mock_proxy.proxy) as ws:
+        assert await recv_all(ws, 2) == ["hello 1", b"hello 2"]
+        await ws.send("text")
+        await ws.send(b"\x00\x01binary")
+        assert await recv_all(ws, 2) == ["text", b"\x00\x01binary"]
+    assert sentinel.accepted == 0
+
+
+async def test_mock_of_unresolvable_host_ws_and_wss(mock_proxy: Any) -> None:
+    for url, tls in (("ws://chat.invalid/mock", None), ("wss://chat.invalid/mock", mock_proxy.ca())):
+        async with connect(url, proxy=mock_proxy.proxy, ssl=tls) as ws:
+            assert await recv_all(ws, 2) == ["hello 1", b"hello 2"]
+            await ws.send("ping over " + url)
+            assert await ws.recv() == "ping over " + url
+
+
+async def test_mock_answers_pings(mock_proxy: Any) -> None:
+    async with connect("ws://chat.invalid/mock", proxy=mock_proxy.proxy) as ws:
+        pong = await ws.ping(b"are you there")
+        await asyncio.wait_for(pong, 5)
+
+
+async def test_mock_echoes_first_subprotocol(mock_proxy: Any) -> None:
+    async with connect(
+        "ws://chat.invalid/async-mock", proxy=mock_proxy.proxy, subprotocols=["chat.v2", "chat.v1"]
+    ) as ws:
+        assert ws.subprotocol == "chat.v2"
+        assert await ws.recv() == "url=ws://chat.invalid/async-mock protocols=['chat.v2', 'chat.v1']"
+        await ws.send("a")
+        await ws.send("b")
+        assert await recv_all(ws, 2) == ["later a", "later b"]
+
+
+async def test_route_close_with_code(mock_proxy: Any) -> None:
+    async with connect("ws://chat.invalid/mock", proxy=mock_proxy.proxy) as ws:
+        await recv_all(ws, 2)
+        await ws.send("close-me")
+        with pytest.raises(ConnectionClosed) as e:
+            await asyncio.wait_for(ws.recv(), 5)
+    assert (e.value.rcvd.code, e.value.rcvd.reason) == (4001, "bye from the route")
+    # the route's own close reaches its on_close too, as in Playwright
+    await mock_proxy.async_wait_for(r"on_close 4001 'bye from the route'")
+    await mock_proxy.async_wait_for(r"WebSocket Error: \w+=4001 \(reason: bye from the route\)")
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "seen"), [(4002, "client bye", "4002 'client bye'"), (None, "", "None None")]
+)
+async def test_client_close_reaches_on_close(
+    mock_proxy: Any, code: int | None, reason: str, seen: str
+) -> None:
+    async with connect("ws://chat.invalid/mock", proxy=mock_proxy.proxy) as ws:
+        await recv_all(ws, 2)
+        if code:
+            await ws.close(code, reason)
+        else:  # an empty close payload, which websockets' close() cannot send
+            ws.protocol.send_close()
+            ws.send_data()
+            await ws.wait_closed()
+    assert ws.close_code == (code or 1005)  # the handshake completed
+    await mock_proxy.async_wait_for(f"on_close {seen}")
+
+
+async def test_handler_exception_closes_1011(mock_proxy: Any) -> None:
+    async with connect("ws://chat.invalid/broken", proxy=mock_proxy.proxy) as ws:
+        with pytest.raises(ConnectionClosed) as e:
+            while True:
+                await asyncio.wait_for(ws.recv(), 5)
+    assert e.value.rcvd.code == 1011
+    assert e.value.rcvd.reason == "route handler raised ZeroDivisionError"
+    m = await mock_proxy.async_wait_for(r'routes0.py", line (\d+), in broken')
+    assert int(m.group(1)) == MOCK.splitlines().index("        1 / 0") + 1
+
+
+async def test_on_message_exception_is_logged_and_socket_goes_on(mock_proxy: Any) -> None:
+    async with connect("ws://chat.invalid/mock", proxy=mock_proxy.proxy) as ws:
+        await recv_all(ws, 2)
+        await ws.send("raise")
+        await ws.send("still alive")
+        assert await ws.recv() == "still alive"
+    await mock_proxy.async_wait_for("ValueError: boom in on_message")
+
+
+async def test_empty_handler_drops_client_messages(mock_proxy: Any) -> None:
+    async with connect("ws://chat.invalid/silent", proxy=mock_proxy.proxy) as ws:
+        await ws.send("into the void")
+        pong = await ws.ping()
+        await asyncio.wait_for(pong, 5)  # the socket is open and served
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.recv(), 0.3)
+
+
+async def test_unmatched_passes_through(mock_proxy: Any, upstream: Any) -> None:
+    up = await upstream()
+    async with connect(up.url("/plain"), proxy=mock_proxy.proxy) as ws:
+        await ws.send("to the real server")
+        assert await ws.recv() == "to the real server"
+    assert up.accepted == 1
+
+
+async def test_reverse_mode(mitmdump: Any, sentinel: Any) -> None:
+    p = mitmdump(MOCK, "--mode", f"reverse:http://127.0.0.1:{sentinel.port}")
+    async with connect(f"ws://127.0.0.1:{p.port}/mock") as ws:
+        assert await recv_all(ws, 2) == ["hello 1", b"hello 2"]
+        await ws.send("reverse")
+        assert await ws.recv() == "reverse"
+    async with connect(f"ws://127.0.0.1:{p.port}/async-mock") as ws:
+        assert await ws.recv() == f"url=ws://127.0.0.1:{sentinel.port}/async-mock protocols=[]"
+    assert sentinel.accepted == 0
+
+
+async def test_reverse_mode_wss(mitmdump: Any, sentinel: Any) -> None:
+    p = mitmdump(MOCK, "--mode", f"reverse:https://127.0.0.1:{sentinel.port}")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    async with connect(f"wss://127.0.0.1:{p.port}/mock", ssl=ctx) as ws:
+        assert await recv_all(ws, 2) == ["hello 1", b"hello 2"]
+    assert sentinel.accepted == 0
+
+
+async def test_absolute_form_request(mock_proxy: Any, sentinel: Any) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", mock_proxy.port)
+    writer.write(
+        f"GET http://127.0.0.1:{sentinel.port}/mock HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{sentinel.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101")
+    assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head
+    first = await asyncio.wait_for(reader.readexactly(9), 5)
+    assert first == b"\x81\x07hello 1"  # unmasked text frame from the server side
+    writer.close()
+    assert sentinel.accepted == 0
+
+
+async def test_no_sockets_left_after_closes(mock_proxy: Any) -> None:
+    for i in range(3):
+        async with connect("ws://chat.invalid/mock", proxy=mock_proxy.proxy) as ws:
+            await recv_all(ws, 2)
+            if i == 0:
+                await ws.send("close-me")
+                await ws.wait_closed()
+            if i == 2:
+                ws.transport.abort()  # a TCP drop
+    for _ in range(50):
+        if not open_tcp_connections(mock_proxy.proc.pid):
+            break
+        await asyncio.sleep(0.1)
+    assert open_tcp_connections(mock_proxy.proc.pid) == []
+
+
+def test_sockets_helper_sees_connections() -> None:
+    import os
+
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        c = socket.create_connection(srv.getsockname())
+        s, _ = srv.accept()
+        assert len(open_tcp_connections(os.getpid())) == 2
+        c.close()
+        s.close()
