@@ -35,7 +35,7 @@ async def echo(ws: ServerConnection) -> None:
 
 async def start_mitmdump(confdir: str) -> tuple[subprocess.Popen[str], int]:
     args = [str(Path(sys.executable).with_name("mitmdump")), "--listen-host", "127.0.0.1",
-            "--listen-port", "0", "--set", f"confdir={confdir}", "-q",
+            "--listen-port", "0", "--set", f"confdir={confdir}", "--set", "flow_detail=0",
             "--set", "termlog_verbosity=info", "-s", str(ROOT / "addons" / "wsroute.py")]
     args += [a for s in SCRIPTS for a in ("--set", f"wsroute_scripts={s}")]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -83,6 +83,18 @@ async def main() -> int:
                         assert e.rcvd is not None
                         show("<- close", f"{e.rcvd.code} {e.rcvd.reason!r}")
                         expect((e.rcvd.code, e.rcvd.reason), (4001, "mock says bye"))
+
+                url = f"ws://127.0.0.1:{up_port}/echo-intercepted"
+                print(f"\n-- INTERCEPT {url}: the real echo server, rewritten both ways")
+                async with connect(url, proxy=proxy) as ws:
+                    show("<-", first := await ws.recv())
+                    expect(first, "fake")  # the route's server.send() before the open, echoed
+                    for message, want in (("to-respond", "response"), ("to-modify", "modified again"),
+                                          ("plain", "plain")):  # fmt: skip
+                        show("->", message)
+                        await ws.send(message)
+                        show("<-", reply := await ws.recv())
+                        expect(reply, want)
 
                 url = f"ws://127.0.0.1:{up_port}/echo"
                 print(f"\n-- PASS-THROUGH {url}: no route matches, the real server answers")

@@ -4,8 +4,11 @@
 """
 
 import json
+import logging
 
 from mitm_wsroute import WebSocketRoute, route_web_socket
+
+log = logging.getLogger(__name__)
 
 
 @route_web_socket("ws://chat.invalid/**")
@@ -21,4 +24,4 @@ def chat(ws: WebSocketRoute) -> None:
             ws.send(f"echo: {message}")
 
     ws.on_message(on_message)
-    ws.on_close(lambda code, reason: print(f"client closed the mock: {code} {reason!r}"))
+    ws.on_close(lambda code, reason: log.info(f"client closed the mock: {code} {reason!r}"))

@@ -18,10 +18,12 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio  # noqa: F401  (plugin presence check)
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 ROOT = Path(__file__).resolve().parent.parent
 MITMDUMP = str(Path(sys.executable).with_name("mitmdump"))
@@ -221,16 +223,27 @@ async def upstream(tmp_path: Path) -> AsyncIterator[object]:
                         _, _, code, reason = message.split(":", 3)
                         await ws.close(int(code), reason)
                         break
+                    if message == "cmd:abort":
+                        ws.transport.abort()
+                        break
                     await ws.send(message)
+            except ConnectionClosed:
+                pass  # any close code is fine here; the tests look at up.closes
             finally:
                 await ws.wait_closed()
                 up.closes.append((ws.close_code, ws.close_reason))
                 up.closed.set()
 
+        def process_request(ws: ServerConnection, request: Any) -> Any:
+            if request.path.startswith("/forbidden"):
+                return ws.respond(403, "no entry\n")
+            return None
+
         server = await serve(
             handler,
             "127.0.0.1",
             0,
+            process_request=process_request,
             ssl=ssl_ctx,
             ping_interval=None,
             max_size=None,

@@ -1,0 +1,238 @@
+"""End to end: intercept routes between python-websockets clients and a real upstream server,
+for ws and wss, through mitmdump in regular, reverse and upstream mode."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.sockets import open_tcp_connections
+
+ROUTES = """
+    import logging
+    from mitm_wsroute import route_web_socket
+
+    log = logging.getLogger("routes")
+
+    @route_web_socket("**/plain")
+    def plain(ws):
+        ws.connect_to_server()
+
+    @route_web_socket("**/rewrite")
+    def rewrite(ws):
+        server = ws.connect_to_server()
+        def from_client(m):
+            if m == "to-respond":
+                ws.send("response")
+            elif m == "to-block":
+                pass
+            elif m == "to-modify":
+                server.send("modified")
+            else:
+                server.send(m)
+        def from_server(m):
+            if m == "to-block":
+                pass
+            elif m == "modified":
+                ws.send("modified again")
+            else:
+                ws.send(m)
+        ws.on_message(from_client)
+        server.on_message(from_server)
+        server.send("fake")
+
+    @route_web_socket("**/server-on-close")
+    def server_on_close(ws):
+        server = ws.connect_to_server()
+        def closed(code, reason):
+            log.warning(f"server on_close {code} {reason!r}")
+            ws.send(f"server closed with {code} {reason}")
+        server.on_close(closed)
+        ws.on_message(lambda m: ws.close(code=4006, reason="later") if m == "close-me" else server.send(m))
+
+    @route_web_socket("**/page-on-close")
+    def page_on_close(ws):
+        server = ws.connect_to_server()
+        def closed(code, reason):
+            log.warning(f"page on_close {code} {reason!r}")
+            server.send("page-closed-goodbye")
+            server.close(code=4011, reason="translated")
+        ws.on_close(closed)
+
+    @route_web_socket("**/route-closes")
+    def route_closes(ws):
+        server = ws.connect_to_server()
+        def from_client(m):
+            if m == "close-page":
+                ws.close(code=4012, reason="page only")
+            elif m == "close-server":
+                server.close(code=1008, reason="policy")
+            else:
+                server.send(m)
+        ws.on_message(from_client)
+
+    @route_web_socket("**/forbidden")
+    def forbidden(ws):
+        ws.connect_to_server()
+
+    @route_web_socket("**/forbidden-degrade")
+    def forbidden_degrade(ws):
+        server = ws.connect_to_server()
+        server.on_close(lambda code, reason: ws.send(f"upstream failed {code} {reason!r}"))
+"""
+
+Connect = Callable[..., Any]
+
+
+@pytest.fixture(params=["regular", "reverse", "upstream"])
+async def via(request: pytest.FixtureRequest, mitmdump: Any, upstream: Any) -> Any:
+    """``await via(tls)`` → (connect(path, **kw), upstream server, proxy process)."""
+    mode = request.param
+
+    async def make(tls: bool = False) -> tuple[Connect, Any, Any]:
+        up = await upstream(tls=tls)
+        if mode == "reverse":
+            scheme = "https" if tls else "http"
+            p = mitmdump(ROUTES, "--mode", f"reverse:{scheme}://127.0.0.1:{up.port}")
+
+            def conn(path: str, **kw: Any) -> Any:
+                return connect(f"ws://127.0.0.1:{p.port}{path}", **kw)
+
+            return conn, up, p
+        if mode == "upstream":
+            outer = mitmdump(None)
+            p = mitmdump(ROUTES, "--mode", f"upstream:{outer.proxy}")
+        else:
+            p = mitmdump(ROUTES)
+
+        def conn(path: str, **kw: Any) -> Any:
+            return connect(up.url(path), proxy=p.proxy, ssl=p.ca() if tls else None, **kw)
+
+        return conn, up, p
+
+    return make
+
+
+async def closed_with(ws: ClientConnection) -> tuple[int | None, str | None]:
+    with pytest.raises(ConnectionClosed) as e:
+        while True:
+            await asyncio.wait_for(ws.recv(), 5)
+    if e.value.rcvd is None:
+        return 1006, None
+    return e.value.rcvd.code, e.value.rcvd.reason
+
+
+async def no_leaks(p: Any) -> None:
+    for _ in range(50):
+        if not open_tcp_connections(p.proc.pid):
+            return
+        await asyncio.sleep(0.1)
+    assert open_tcp_connections(p.proc.pid) == []
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+async def test_forwarding_and_rewriting(via: Any, tls: bool) -> None:
+    conn, up, p = await via(tls)
+    async with conn("/plain", subprotocols=["chat.v1", "chat.v2"]) as ws:
+        assert ws.subprotocol == "chat.v1"  # the upstream's choice
+        await ws.send("text")
+        await ws.send(b"\x00bin")
+        assert [await ws.recv(), await ws.recv()] == ["text", b"\x00bin"]
+    async with conn("/rewrite") as ws:
+        assert await ws.recv() == "fake"  # queued before the upstream opened, sent first
+        for message, want in [("to-respond", "response"), ("to-modify", "modified again")]:
+            await ws.send(message)
+            assert await ws.recv() == want
+        await ws.send("to-block")
+        await ws.send("after")
+        assert await ws.recv() == "after"
+    assert "to-respond" not in up.received and "to-block" not in up.received
+    assert up.received[:3] == ["text", b"\x00bin", "fake"]
+    await no_leaks(p)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+async def test_default_close_mirroring(via: Any, tls: bool) -> None:
+    conn, up, p = await via(tls)
+    async with conn("/plain") as ws:
+        await ws.send("cmd:close:4001:bye")
+        assert await closed_with(ws) == (4001, "bye")
+    await asyncio.wait_for(up.closed.wait(), 5)
+    up.closed.clear()
+    async with conn("/plain") as ws:
+        await ws.close(4003, "client bye")
+    await asyncio.wait_for(up.closed.wait(), 5)
+    assert (4003, "client bye") in up.closes
+    await no_leaks(p)
+
+
+async def test_server_abort_reaches_client_as_tcp_drop(via: Any, request: Any) -> None:
+    conn, up, p = await via(False)
+    async with conn("/plain") as ws:
+        await ws.send("cmd:abort")
+        # no close frame, as the server gave none; in upstream mode the next proxy is a stock
+        # mitmproxy, which turns the drop into a clean 1000 close (internals memo, Q3)
+        drop = (1000, "") if "upstream" in request.node.name else (1006, None)
+        assert await closed_with(ws) == drop
+    await no_leaks(p)
+
+
+async def test_server_on_close_keeps_client_open(via: Any) -> None:
+    conn, up, p = await via(False)
+    async with conn("/server-on-close") as ws:
+        await ws.send("cmd:close:4005:gone")
+        assert await ws.recv() == "server closed with 4005 gone"
+        pong = await ws.ping()
+        await asyncio.wait_for(pong, 5)  # answered by the proxy: the server is gone
+        await ws.send("close-me")
+        assert await closed_with(ws) == (4006, "later")
+    await p.async_wait_for("server on_close 4005 'gone'")
+    await no_leaks(p)
+
+
+async def test_page_on_close_sends_last_words_then_closes_server(via: Any) -> None:
+    conn, up, p = await via(False)
+    async with conn("/page-on-close") as ws:
+        await ws.send("hi")
+        assert await ws.recv() == "hi"
+    assert ws.close_code == 1000  # the client's handshake completed
+    await asyncio.wait_for(up.closed.wait(), 5)
+    assert up.received[-1] == "page-closed-goodbye"
+    assert up.closes == [(4011, "translated")]
+    await p.async_wait_for("page on_close 1000 ''")
+    await no_leaks(p)
+
+
+async def test_route_close_page_mirrors_to_server(via: Any) -> None:
+    conn, up, p = await via(False)
+    async with conn("/route-closes") as ws:
+        await ws.send("close-page")
+        assert await closed_with(ws) == (4012, "page only")
+    await asyncio.wait_for(up.closed.wait(), 5)
+    assert up.closes == [(4012, "page only")]
+    await no_leaks(p)
+
+
+async def test_route_close_server_mirrors_to_page(via: Any) -> None:
+    conn, up, p = await via(False)
+    async with conn("/route-closes") as ws:
+        await ws.send("close-server")
+        assert await closed_with(ws) == (1008, "policy")
+    await asyncio.wait_for(up.closed.wait(), 5)
+    assert up.closes == [(1008, "policy")]
+    await no_leaks(p)
+
+
+async def test_upstream_refuses_upgrade(via: Any) -> None:
+    conn, up, p = await via(False)
+    with pytest.raises(InvalidStatus) as e:
+        async with conn("/forbidden"):
+            pass
+    assert e.value.response.status_code == 403
+    async with conn("/forbidden-degrade") as ws:
+        assert await ws.recv() == "upstream failed 1006 ''"
