@@ -1,0 +1,104 @@
+"""A real browser through the proxy: Debian's Chromium, driven by playwright-python.
+
+Playwright only drives the browser here; the routing is done by mitmdump, as for a browser no
+test framework drives.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from playwright.async_api import Page, async_playwright
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+ROUTES = """
+    import logging
+    from mitm_wsroute import route_web_socket
+
+    log = logging.getLogger("routes")
+
+    @route_web_socket("ws://chat.invalid/browser")
+    def mock(ws):
+        log.warning(f"routed {ws.url} protocols={ws.protocols}")
+        def on_message(m):
+            if m == "close-me":
+                ws.close(code=4001, reason="route says bye")
+            else:
+                ws.send(m)  # echo, text stays text and binary stays binary
+        ws.on_message(on_message)
+        ws.on_close(lambda code, reason: log.warning(f"page closed {code} {reason!r}"))
+"""
+
+OPEN = """
+([url, protocols, binaryType]) => new Promise((resolve) => {
+  const ws = new WebSocket(url, protocols);
+  ws.binaryType = binaryType;
+  window.ws = ws;
+  window.log = [];
+  ws.onopen = () => { log.push(`open ${ws.protocol}`); resolve(); };
+  ws.onmessage = async (e) => {
+    let d = e.data;
+    if (d instanceof Blob) d = `blob ${new Uint8Array(await d.arrayBuffer())}`;
+    else if (d instanceof ArrayBuffer) d = `arraybuffer ${new Uint8Array(d)}`;
+    log.push(`message ${d}`);
+  };
+  ws.onerror = () => log.push("error");
+  ws.onclose = (e) => { log.push(`close ${e.code} ${e.reason} ${e.wasClean}`); resolve(); };
+})
+"""
+
+
+@pytest.fixture
+async def page(mitmdump: Any) -> AsyncIterator[tuple[Page, Any]]:
+    proxy = mitmdump(ROUTES)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-quic",
+            ],
+            proxy={"server": proxy.proxy, "bypass": "<-loopback>"},
+        )
+        try:
+            yield await browser.new_page(), proxy
+        finally:
+            await browser.close()
+
+
+async def wait_log(page: Page, n: int) -> list[str]:
+    await page.wait_for_function(f"window.log.length >= {n}", timeout=10_000)
+    return list(await page.evaluate("window.log"))
+
+
+@pytest.mark.parametrize("binary_type", ["blob", "arraybuffer"])
+async def test_browser_mock_echo_and_route_close(page: Any, binary_type: str) -> None:
+    p, proxy = page
+    await p.evaluate(OPEN, ["ws://chat.invalid/browser", ["chat.v2", "chat.v1"], binary_type])
+    await p.evaluate("ws.send('hello'); ws.send(new Uint8Array([1, 2, 3]).buffer)")
+    assert await wait_log(p, 3) == [
+        "open chat.v2",
+        "message hello",
+        f"message {binary_type} 1,2,3",
+    ]
+    await p.evaluate("ws.send('close-me')")
+    log = await wait_log(p, 4)
+    assert log[3] == "close 4001 route says bye true"
+    await proxy.async_wait_for(r"routed ws://chat.invalid/browser protocols=\['chat.v2', 'chat.v1'\]")
+
+
+async def test_browser_page_close_reaches_on_close(page: Any) -> None:
+    p, proxy = page
+    await p.evaluate(OPEN, ["ws://chat.invalid/browser", [], "blob"])
+    await p.evaluate("ws.close(4002, 'page bye')")
+    assert (await wait_log(p, 2))[1] == "close 4002 page bye true"
+    await proxy.async_wait_for("page closed 4002 'page bye'")
