@@ -1,0 +1,154 @@
+"""The addon against mitmproxy's test helpers (taddons, tflow): options and the route decision."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mitmproxy import exceptions, http
+from mitmproxy.proxy.layers import websocket as wsl
+from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.test import taddons, tflow
+
+from mitm_wsroute import layer
+from mitm_wsroute.addon import WsRoute, accept, requested_protocols
+from mitm_wsroute.connection import PAGE, SERVER, CloseSide, Send, State
+
+ROUTES = """
+from mitm_wsroute import route_web_socket
+
+@route_web_socket("ws://example.com/mock")
+def mock(ws):
+    ws.send("hi")
+
+@route_web_socket("ws://example.com/intercept")
+def intercept(ws):
+    server = ws.connect_to_server()
+    server.on_close(lambda code, reason: None)
+
+@route_web_socket("ws://example.com/broken")
+async def broken(ws):
+    raise KeyError("nope")
+"""
+
+
+def upgrade(path: str, protocols: str | None = "a, b") -> http.HTTPFlow:
+    f = tflow.tflow()
+    f.request.url = f"http://example.com{path}"
+    f.request.headers["Upgrade"] = "websocket"
+    f.request.headers["Connection"] = "Upgrade"
+    f.request.headers["Sec-WebSocket-Version"] = "13"
+    f.request.headers["Sec-WebSocket-Key"] = "dGhlIHNhbXBsZSBub25jZQ=="
+    if protocols:
+        f.request.headers["Sec-WebSocket-Protocol"] = protocols
+    return f
+
+
+@pytest.fixture
+def addon(tmp_path: Path) -> Any:
+    routes = tmp_path / "routes.py"
+    routes.write_text(ROUTES)
+    a = WsRoute()
+    with taddons.context(Proxyserver(), a) as tctx:  # Proxyserver brings connection_strategy
+        tctx.configure(a, wsroute_scripts=[str(routes)])
+        yield a, tctx
+
+
+def test_sets_lazy_connection_strategy(addon: Any) -> None:
+    a, tctx = addon
+    assert tctx.options.connection_strategy == "lazy"
+
+
+def test_bad_options_raise_options_error(addon: Any, tmp_path: Path) -> None:
+    a, tctx = addon
+    with pytest.raises(exceptions.OptionsError, match="Cannot parse wsroute_base_url option"):
+        tctx.configure(a, wsroute_base_url="not a url")
+    with pytest.raises(exceptions.OptionsError, match="no such route script"):
+        tctx.configure(a, wsroute_scripts=[str(tmp_path / "missing.py")])
+
+
+async def test_mock_gets_a_synthetic_101(addon: Any) -> None:
+    a, tctx = addon
+    f = upgrade("/mock")
+    await a.request(f)
+    assert f.response is not None and f.response.status_code == 101
+    assert f.response.headers["Sec-WebSocket-Accept"] == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    assert f.response.headers["Sec-WebSocket-Protocol"] == "a"
+    assert "content-length" not in f.response.headers
+    assert f.metadata["wsroute"]["mode"] == "mock"
+    socket = layer.routed_socket(f)
+    assert socket is not None
+    assert socket.connection.states == {PAGE: State.CONNECTING, SERVER: State.NONE}
+    assert socket.connection.commands_to_execute() == [Send(PAGE, "hi")]
+
+
+async def test_unmatched_and_non_websocket_flows_are_untouched(addon: Any) -> None:
+    a, tctx = addon
+    for f in (upgrade("/other"), tflow.tflow()):
+        await a.request(f)
+        assert f.response is None
+        assert layer.routed_socket(f) is None
+        assert "wsroute" not in f.metadata
+
+
+async def test_intercept_goes_upstream(addon: Any) -> None:
+    a, tctx = addon
+    f = upgrade("/intercept")
+    await a.request(f)
+    assert f.response is None
+    assert f.metadata["wsroute"]["mode"] == "intercept"
+
+
+async def test_upstream_refusal_with_server_on_close_becomes_a_mock(addon: Any) -> None:
+    a, tctx = addon
+    f = upgrade("/intercept")
+    await a.request(f)
+    f.response = http.Response.make(403, b"no")
+    a.response(f)
+    assert f.response.status_code == 101
+    assert f.websocket is not None
+
+
+async def test_handler_exception_accepts_and_closes_1011(
+    addon: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, tctx = addon
+    f = upgrade("/broken", protocols=None)
+    await a.request(f)
+    assert f.response is not None and f.response.status_code == 101
+    assert "Sec-WebSocket-Protocol" not in f.response.headers
+    socket = layer.routed_socket(f)
+    assert socket is not None
+    [close] = socket.connection.commands_to_execute()
+    assert isinstance(close, CloseSide) and close.close.code == 1011
+    assert "KeyError: 'nope'" in caplog.text
+    assert 'routes.py", line 15, in broken' in caplog.text  # the user's frame...
+    assert 'addon.py", line' not in caplog.text  # ...and none of ours
+
+
+def test_requested_protocols_from_all_header_lines() -> None:
+    f = upgrade("/x", protocols="a, b")
+    f.request.headers.add("Sec-WebSocket-Protocol", "c")
+    assert requested_protocols(f.request) == ["a", "b", "c"]
+
+
+def test_accept_token_is_rfc6455s_example() -> None:
+    f = upgrade("/x", protocols=None)
+    key = base64.b64decode(f.request.headers["Sec-WebSocket-Key"])
+    assert len(key) == 16
+    assert accept(f.request, []).headers["Sec-WebSocket-Accept"] == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+def test_install_is_idempotent_and_keeps_mitmproxys_class() -> None:
+    layer.install()
+    layer.install()
+    assert wsl.WebsocketLayer is layer.RoutedWebsocketLayer
+    assert layer.RoutedWebsocketLayer.__bases__ == (wsl._wsroute_original,)  # type: ignore[attr-defined]
+
+
+def test_self_check_refuses_changed_internals(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(wsl.WebsocketConnection, "send2")
+    with pytest.raises(RuntimeError, match=r"WebsocketConnection\.send2 missing.*mitmproxy>=12.3,<13"):
+        layer.check_internals()
