@@ -117,6 +117,7 @@ class WsRoute:
 
     def running(self) -> None:
         layer.install()
+        self.scripts.failure_level = logging.ERROR
         if self._poller is None:
             self._poller = asyncio_utils.create_task(
                 self._poll(), name="wsroute script watcher", keep_ref=True

@@ -47,6 +47,9 @@ class RouteScripts:
     def __init__(self, router: Router) -> None:
         self.router = router
         self.base_url: str | None = None
+        #: How load failures are logged. mitmdump exits on any error logged at start-up, and a
+        #: broken script must not stop the others, so the addon raises this once it runs.
+        self.failure_level = logging.WARNING
         self._scripts: dict[str, _Script] = {}
 
     def configure(self, paths: list[str], base_url: str | None) -> None:
@@ -95,7 +98,8 @@ class RouteScripts:
                 _import(script.path)
         except Exception as e:
             what = "previous version stays active" if script.path in self.router else "no routes"
-            logger.error(
+            logger.log(
+                self.failure_level,
                 f"route script {script.path} failed to load ({what}):\n"
                 + user_traceback(e, "_call_with_frames_removed")
             )

@@ -48,15 +48,16 @@ class Proc:
         with self._cond:
             return "".join(self.lines)
 
-    def wait_for(self, pattern: str, timeout: float = 10) -> re.Match[str]:
-        """Block until a line of output matches `pattern` (a regex)."""
+    def wait_for(self, pattern: str, timeout: float = 10, count: int = 1) -> re.Match[str]:
+        """Block until `count` lines of output match `pattern` (a regex); the last match."""
         rx = re.compile(pattern)
         with self._cond:
             found = None
 
             def check() -> bool:
                 nonlocal found
-                found = next((m for line in self.lines if (m := rx.search(line))), None)
+                matches = [m for line in self.lines if (m := rx.search(line))]
+                found = matches[count - 1] if len(matches) >= count else None
                 return found is not None or self.proc.poll() is not None
 
             self._cond.wait_for(check, timeout)
@@ -64,8 +65,10 @@ class Proc:
                 raise AssertionError(f"mitmdump never printed {pattern!r}; output:\n{self.output}")
             return found
 
-    async def async_wait_for(self, pattern: str, timeout: float = 10) -> re.Match[str]:
-        return await asyncio.to_thread(self.wait_for, pattern, timeout)
+    async def async_wait_for(
+        self, pattern: str, timeout: float = 10, count: int = 1
+    ) -> re.Match[str]:
+        return await asyncio.to_thread(self.wait_for, pattern, timeout, count)
 
     def ca(self) -> ssl.SSLContext:
         """A client TLS context that trusts mitmproxy's CA."""

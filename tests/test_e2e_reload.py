@@ -1,0 +1,64 @@
+"""End to end: route scripts reload while mitmdump runs; broken scripts break nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.client import connect
+
+V1 = """
+from mitm_wsroute import route_web_socket
+route_web_socket("**/mock", lambda ws: ws.on_message(lambda m: ws.send(f"v1 {m}")))
+"""
+
+
+def rewrite(path: Path, text: str) -> None:
+    path.write_text(text)
+    st = path.stat()
+    os.utime(path, (st.st_atime, st.st_mtime + 1))  # a new mtime even on coarse file systems
+
+
+async def ask(ws: Any, message: str) -> str:
+    await ws.send(message)
+    return str(await asyncio.wait_for(ws.recv(), 5))
+
+
+async def test_edit_takes_effect_for_new_sockets_live_ones_keep_handlers(
+    mitmdump: Any, tmp_path: Path
+) -> None:
+    p = mitmdump(V1)
+    script = tmp_path / "routes0.py"
+    async with connect("ws://app.invalid/mock", proxy=p.proxy) as live:
+        assert await ask(live, "a") == "v1 a"
+        rewrite(script, V1.replace("v1", "v2"))
+        edited = time.monotonic()
+        await p.async_wait_for(r"loaded 1 WebSocket route\(s\) from .*routes0.py", 5, count=2)
+        async with connect("ws://app.invalid/mock", proxy=p.proxy) as new:
+            assert await ask(new, "b") == "v2 b"
+        assert time.monotonic() - edited < 2
+        assert await ask(live, "c") == "v1 c"  # the live socket keeps the handler it started with
+
+
+async def test_broken_reload_keeps_previous_version(mitmdump: Any, tmp_path: Path) -> None:
+    p = mitmdump(V1)
+    script = tmp_path / "routes0.py"
+    rewrite(script, V1.replace("v1", "v2") + "\nraise RuntimeError('half-edited')\n")
+    await p.async_wait_for("RuntimeError: half-edited")
+    await p.async_wait_for(r"failed to load \(previous version stays active\)")
+    async with connect("ws://app.invalid/mock", proxy=p.proxy) as ws:
+        assert await ask(ws, "x") == "v1 x"
+
+
+async def test_broken_script_at_startup_does_not_stop_the_others(
+    mitmdump: Any, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.py"
+    broken.write_text("import no_such_module_anywhere\n")
+    p = mitmdump(V1, "--set", f"wsroute_scripts={broken}")
+    await p.async_wait_for("ModuleNotFoundError: No module named 'no_such_module_anywhere'")
+    async with connect("ws://app.invalid/mock", proxy=p.proxy) as ws:
+        assert await ask(ws, "y") == "v1 y"
