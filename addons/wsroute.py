@@ -6,6 +6,6 @@ from pathlib import Path
 # Run from a checkout too, without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mitm_wsroute.addon import WsRoute  # noqa: E402
+from mitm_wsroute.addon import WsRoute
 
 addons = [WsRoute()]

@@ -1,6 +1,6 @@
 """A mock: a chat server that does not exist. No connection ever leaves the proxy.
 
-    mitmdump -s addons/wsroute.py --set wsroute_scripts=examples/mock_chat.py
+mitmdump -s addons/wsroute.py --set wsroute_scripts=examples/mock_chat.py
 """
 
 import json

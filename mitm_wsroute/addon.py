@@ -13,7 +13,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Optional
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
@@ -89,7 +89,7 @@ class WsRoute:
         )
         loader.add_option(
             "wsroute_base_url",
-            str | None,
+            Optional[str],  # type: ignore[arg-type]  # noqa: UP045 - mitmproxy wants typing.Optional
             None,
             """
             Playwright's baseURL for relative globs (e.g. "/ws"). http(s) is matched as ws(s).
@@ -180,18 +180,24 @@ class WsRoute:
         try:
             result = handler(*args)
         except Exception as e:
-            logger.error(f"{url}: handler {_name(handler)} failed:\n{user_traceback(e, '_call_user')}")
+            logger.error(
+                f"{url}: handler {_name(handler)} failed:\n{user_traceback(e, '_call_user')}"
+            )
             return
         if inspect.isawaitable(result):
             asyncio_utils.create_task(
                 self._await_user(result, handler, url), name=f"wsroute {url}", keep_ref=True
             )
 
-    async def _await_user(self, result: Awaitable[Any], handler: Callable[..., Any], url: str) -> None:
+    async def _await_user(
+        self, result: Awaitable[Any], handler: Callable[..., Any], url: str
+    ) -> None:
         try:
             await result
         except Exception as e:
-            logger.error(f"{url}: handler {_name(handler)} failed:\n{user_traceback(e, '_await_user')}")
+            logger.error(
+                f"{url}: handler {_name(handler)} failed:\n{user_traceback(e, '_await_user')}"
+            )
 
 
 def _name(handler: Callable[..., Any]) -> str:

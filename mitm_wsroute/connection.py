@@ -29,6 +29,7 @@ __all__ = [
     "ABNORMAL_CLOSURE",
     "CallHandler",
     "Close",
+    "CloseHandler",
     "CloseSide",
     "Command",
     "Connection",
@@ -36,7 +37,6 @@ __all__ = [
     "Forward",
     "Message",
     "MessageHandler",
-    "CloseHandler",
     "Send",
     "Side",
     "State",
@@ -208,7 +208,7 @@ class Connection:
         if state in (State.OPEN, State.CONNECTING):
             self._record(Send(to, message))
         else:
-            # proxy: Playwright drops these silently; users asked for feedback (issues #34280, #36304).
+            # proxy: Playwright drops these silently; users asked for feedback (#34280, #36304).
             what = "never connected" if state is State.NONE else "closed"
             logger.warning(f"{self.url}: send() to the {to.value} ignored, that side is {what}")
 
@@ -237,7 +237,9 @@ class Connection:
             self.states[SERVER] = State.NONE
         if self.states[PAGE] is not State.CONNECTING:
             return  # the handler closed the page itself before it raised
-        reason = f"route handler raised {type(error).__name__}".encode()[:123].decode(errors="ignore")
+        reason = f"route handler raised {type(error).__name__}".encode()[:123].decode(
+            errors="ignore"
+        )
         self.states[PAGE] = State.CLOSED
         close = Close(1011, reason)
         self.first_close = self.first_close or (PAGE, close)
@@ -251,7 +253,9 @@ class Connection:
         the proxy.
         """
         if self.states[SERVER] is not State.CONNECTING:
-            raise Error(f"no upstream handshake to fail (server side is {self.states[SERVER].name})")
+            raise Error(
+                f"no upstream handshake to fail (server side is {self.states[SERVER].name})"
+            )
         self.states[SERVER] = State.CLOSED
         on_close = self.handlers[SERVER].close
         if on_close is None:

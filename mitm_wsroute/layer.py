@@ -23,14 +23,16 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import wsproto.events as wse
 from mitmproxy import http, websocket
 from mitmproxy.proxy import commands, events, layer
+from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import websocket as wsl
 from mitmproxy.proxy.layers.http import HttpStream
 from mitmproxy.proxy.utils import expect
-from wsproto import ConnectionState
+from wsproto.connection import ConnectionState
 from wsproto.frame_protocol import CloseReason, Opcode
 
 from .connection import (
@@ -76,7 +78,7 @@ class RoutedSocket:
     #: Runs a user handler: logs its exceptions, schedules what it returns if awaitable.
     call_user: CallUser
     #: Hands an event to mitmproxy's connection handler (``Proxyserver.inject_event``).
-    inject: Callable[[events.MessageInjected], None]
+    inject: Callable[[events.MessageInjected[Any]], None]
     flow: http.HTTPFlow | None = None
     busy: bool = False
     wakeup_pending: bool = False
@@ -114,8 +116,8 @@ class _Reassembly:
     frame_sizes: list[int] = field(default_factory=list)
     frame: int = 0
 
-    def add(self, event: wse.Message) -> str | bytes | None:  # type: ignore[type-arg]
-        data = event.data
+    def add(self, event: wse.Message[Any]) -> str | bytes | None:
+        data: str | bytes = event.data
         self.chunks.append(data)
         self.frame += len(data)
         if event.frame_finished:
@@ -123,19 +125,28 @@ class _Reassembly:
             self.frame = 0
         if not event.message_finished:
             return None
-        message: str | bytes = "".join(self.chunks) if isinstance(data, str) else b"".join(self.chunks)  # type: ignore[arg-type]
+        message: str | bytes
+        if isinstance(data, str):
+            message = "".join(cast(list[str], self.chunks))
+        else:
+            message = b"".join(cast(list[bytes], self.chunks))
         self.chunks.clear()
         return message
 
 
-def _frames(message: str | bytes, sizes: list[int]) -> list[wse.Message]:  # type: ignore[type-arg]
+def _frame(data: str | bytes, message_finished: bool = True) -> wse.Message[Any]:
+    if isinstance(data, str):
+        return wse.TextMessage(data, message_finished=message_finished)
+    return wse.BytesMessage(data, message_finished=message_finished)
+
+
+def _frames(message: str | bytes, sizes: list[int]) -> list[wse.Message[Any]]:
     """`message` cut into frames of the given sizes (the original framing), or one frame."""
     if sum(sizes) != len(message) or len(sizes) <= 1:
-        sizes = [len(message)]
-    cls = wse.TextMessage if isinstance(message, str) else wse.BytesMessage
+        return [_frame(message)]
     out, offset = [], 0
     for i, size in enumerate(sizes):
-        out.append(cls(message[offset : offset + size], message_finished=i == len(sizes) - 1))
+        out.append(_frame(message[offset : offset + size], i == len(sizes) - 1))
         offset += size
     return out
 
@@ -145,7 +156,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
 
     socket: RoutedSocket | None
 
-    def __init__(self, context: layer.Context, flow: http.HTTPFlow) -> None:
+    def __init__(self, context: Context, flow: http.HTTPFlow) -> None:
         super().__init__(context, flow)
         self.socket = _routed.get(flow)
         self.tcp_open = {PAGE: True, SERVER: False}
@@ -182,7 +193,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         self.socket.busy = False
 
     def _ws(self, side: Side) -> wsl.WebsocketConnection:
-        return self.client_ws if side is PAGE else self.server_ws
+        return cast(wsl.WebsocketConnection, self.client_ws if side is PAGE else self.server_ws)
 
     def _receive(self, side: Side, event: events.ConnectionEvent) -> layer.CommandGenerator[None]:
         assert self.socket is not None
@@ -313,8 +324,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
     def _send(self, to: Side, data: str | bytes) -> layer.CommandGenerator[None]:
         ws = self._ws(to)
         if ws.state is ConnectionState.OPEN:
-            cls = wse.TextMessage if isinstance(data, str) else wse.BytesMessage
-            yield ws.send2(cls(data))
+            yield ws.send2(_frame(data))
 
     def _close_connections(self) -> layer.CommandGenerator[None]:
         """Close TCP of the sides the route is done with: the server first, the client last.
@@ -337,7 +347,9 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         if connection.first_close is not None:
             side, close = connection.first_close
             self.flow.websocket.closed_by_client = side is PAGE
-            self.flow.websocket.close_code = CloseReason.NO_STATUS_RCVD if close.code is None else close.code
+            self.flow.websocket.close_code = (
+                CloseReason.NO_STATUS_RCVD if close.code is None else close.code
+            )
             self.flow.websocket.close_reason = close.reason or ""
         self.flow.websocket.timestamp_end = time.time()
         self._handle_event = self.done
@@ -354,7 +366,9 @@ def check_internals() -> None:
         (wsl.WebsocketConnection, ("send2",)),
         (wsl, ("WebsocketStartHook", "WebsocketMessageHook", "WebsocketEndHook")),
     ):
-        problems += [f"{getattr(owner, '__name__', owner)}.{n}" for n in names if not hasattr(owner, n)]
+        problems += [
+            f"{getattr(owner, '__name__', owner)}.{n}" for n in names if not hasattr(owner, n)
+        ]
     if "websocket.WebsocketLayer(" not in inspect.getsource(HttpStream.flow_done):
         problems.append("HttpStream.flow_done no longer creates websocket.WebsocketLayer")
     if problems:

@@ -57,7 +57,7 @@ class WebSocketRoute:
 
     @property
     def url(self) -> str:
-        """The ws(s) URL, normalised like a browser's (lowercase host, no default port, `/` path)."""
+        """The ws(s) URL, normalised like a browser's (lowercase host, no default port)."""
         return self._connection.url
 
     @property

@@ -79,7 +79,9 @@ class Router:
                     if route.matches(url):
                         return route
                 except Exception:
-                    logger.exception(f"URL predicate of the route at {route.origin} failed on {url}")
+                    logger.exception(
+                        f"URL predicate of the route at {route.origin} failed on {url}"
+                    )
         return None
 
     @staticmethod

@@ -101,7 +101,7 @@ class RouteScripts:
             logger.log(
                 self.failure_level,
                 f"route script {script.path} failed to load ({what}):\n"
-                + user_traceback(e, "_call_with_frames_removed")
+                + user_traceback(e, "_call_with_frames_removed"),
             )
             return
         self.router.replace(script.path, routes)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio  # noqa: F401  (plugin presence check)
+import pytest_asyncio
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
@@ -148,11 +148,12 @@ def mitmdump(tmp_path: Path) -> Iterator[object]:
 
 def make_cert(tmp: Path) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 and localhost."""
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 from mitmproxy import exceptions, http
-from mitmproxy.proxy.layers import websocket as wsl
 from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.proxy.layers import websocket as wsl
 from mitmproxy.test import taddons, tflow
 
 from mitm_wsroute import layer
@@ -150,5 +150,7 @@ def test_install_is_idempotent_and_keeps_mitmproxys_class() -> None:
 
 def test_self_check_refuses_changed_internals(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(wsl.WebsocketConnection, "send2")
-    with pytest.raises(RuntimeError, match=r"WebsocketConnection\.send2 missing.*mitmproxy>=12.3,<13"):
+    with pytest.raises(
+        RuntimeError, match=r"WebsocketConnection\.send2 missing.*mitmproxy>=12.3,<13"
+    ):
         layer.check_internals()

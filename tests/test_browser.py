@@ -93,7 +93,9 @@ async def test_browser_mock_echo_and_route_close(page: Any, binary_type: str) ->
     await p.evaluate("ws.send('close-me')")
     log = await wait_log(p, 4)
     assert log[3] == "close 4001 route says bye true"
-    await proxy.async_wait_for(r"routed ws://chat.invalid/browser protocols=\['chat.v2', 'chat.v1'\]")
+    await proxy.async_wait_for(
+        r"routed ws://chat.invalid/browser protocols=\['chat.v2', 'chat.v1'\]"
+    )
 
 
 async def test_browser_page_close_reaches_on_close(page: Any) -> None:

@@ -78,9 +78,9 @@ def test_url_and_protocols_same_on_both_sides() -> None:
 def test_connect_errors_are_playwrights() -> None:
     c, ws = mock()
     server = ws.connect_to_server()
-    with pytest.raises(Error, match="^Already connected to the server$"):
+    with pytest.raises(Error, match=r"^Already connected to the server$"):
         ws.connect_to_server()
-    with pytest.raises(Error, match="^connectToServer must be called on the page-side"):
+    with pytest.raises(Error, match=r"^connectToServer must be called on the page-side"):
         server.connect_to_server()
 
 
@@ -255,7 +255,10 @@ def test_peer_close_after_route_close_is_the_handshake_reply() -> None:
     c.receive_open()
     ws.close(code=4001, reason="x")
     c.receive_close(PAGE, 4001, "x")
-    assert c.commands_to_execute() == [CloseSide(PAGE, Close(4001, "x")), CallHandler(h, (4001, "x"))]
+    assert c.commands_to_execute() == [
+        CloseSide(PAGE, Close(4001, "x")),
+        CallHandler(h, (4001, "x")),
+    ]
 
 
 def test_client_connection_lost_closes_server_left_open() -> None:

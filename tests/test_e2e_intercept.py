@@ -53,7 +53,12 @@ ROUTES = """
             log.warning(f"server on_close {code} {reason!r}")
             ws.send(f"server closed with {code} {reason}")
         server.on_close(closed)
-        ws.on_message(lambda m: ws.close(code=4006, reason="later") if m == "close-me" else server.send(m))
+        def from_client(m):
+            if m == "close-me":
+                ws.close(code=4006, reason="later")
+            else:
+                server.send(m)
+        ws.on_message(from_client)
 
     @route_web_socket("**/page-on-close")
     def page_on_close(ws):

@@ -74,7 +74,10 @@ async def test_mock_never_touches_upstream(mock_proxy: Any, sentinel: Any) -> No
 
 
 async def test_mock_of_unresolvable_host_ws_and_wss(mock_proxy: Any) -> None:
-    for url, tls in (("ws://chat.invalid/mock", None), ("wss://chat.invalid/mock", mock_proxy.ca())):
+    for url, tls in (
+        ("ws://chat.invalid/mock", None),
+        ("wss://chat.invalid/mock", mock_proxy.ca()),
+    ):
         async with connect(url, proxy=mock_proxy.proxy, ssl=tls) as ws:
             assert await recv_all(ws, 2) == ["hello 1", b"hello 2"]
             await ws.send("ping over " + url)
@@ -92,7 +95,9 @@ async def test_mock_echoes_first_subprotocol(mock_proxy: Any) -> None:
         "ws://chat.invalid/async-mock", proxy=mock_proxy.proxy, subprotocols=["chat.v2", "chat.v1"]
     ) as ws:
         assert ws.subprotocol == "chat.v2"
-        assert await ws.recv() == "url=ws://chat.invalid/async-mock protocols=['chat.v2', 'chat.v1']"
+        assert (
+            await ws.recv() == "url=ws://chat.invalid/async-mock protocols=['chat.v2', 'chat.v1']"
+        )
         await ws.send("a")
         await ws.send("b")
         assert await recv_all(ws, 2) == ["later a", "later b"]

@@ -118,7 +118,9 @@ def test_missing_script_is_a_configuration_error(tmp_path: Path, scripts: RouteS
         scripts.configure([str(tmp_path / "nope.py")], None)
 
 
-def test_base_url_resolves_relative_globs_and_reloads(tmp_path: Path, scripts: RouteScripts) -> None:
+def test_base_url_resolves_relative_globs_and_reloads(
+    tmp_path: Path, scripts: RouteScripts
+) -> None:
     a = write(tmp_path / "a.py", "route_web_socket('/ws', lambda ws: 'rel')\n")
     scripts.configure([str(a)], None)
     assert served_by(scripts.router, "ws://h/ws") is None
