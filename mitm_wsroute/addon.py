@@ -20,10 +20,10 @@ from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import events
 from mitmproxy.utils import asyncio_utils
 from mitmproxy.websocket import WebSocketData
-from wsproto.utilities import generate_accept_token, split_comma_header
 
 from . import layer
 from .connection import SERVER, Connection, State
+from .handshake import accept, is_websocket_upgrade, requested_protocols
 from .route import WebSocketRoute
 from .router import Router
 from .scripts import RouteScripts, user_traceback
@@ -35,37 +35,6 @@ logger = logging.getLogger(__name__)
 
 #: How often route scripts are checked for changes, in seconds.
 POLL_INTERVAL = 0.5
-
-
-def is_websocket_upgrade(request: http.Request) -> bool:
-    """An RFC 6455 §4.1 opening handshake that mitmproxy would upgrade."""
-    return (
-        request.headers.get("upgrade", "").lower() == "websocket"
-        and request.headers.get("sec-websocket-version", "") == "13"
-        and "sec-websocket-key" in request.headers
-    )
-
-
-def requested_protocols(request: http.Request) -> list[str]:
-    """The subprotocols of ``Sec-WebSocket-Protocol`` (all header lines), in order."""
-    values = request.headers.get_all("sec-websocket-protocol")
-    return [p for v in values for p in split_comma_header(v.encode())]
-
-
-def accept(request: http.Request, protocols: list[str]) -> http.Response:
-    """The 101 a mock answers with: the first requested subprotocol, no extension (as
-    Playwright's mock: ``protocols[0]``, ``extensions == ''``)."""
-    key = request.headers["sec-websocket-key"].encode()
-    headers = {
-        "Upgrade": "websocket",
-        "Connection": "Upgrade",
-        "Sec-WebSocket-Accept": generate_accept_token(key).decode(),
-    }
-    if protocols:
-        headers["Sec-WebSocket-Protocol"] = protocols[0]
-    response = http.Response.make(101, b"", headers)
-    del response.headers["content-length"]
-    return response
 
 
 class WsRoute:

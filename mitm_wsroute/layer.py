@@ -30,7 +30,8 @@ from mitmproxy import http, websocket
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import websocket as wsl
-from mitmproxy.proxy.layers.http import HttpStream
+from mitmproxy.proxy.layers.http import GetHttpConnection, HttpStream
+from mitmproxy.proxy.layers.http._hooks import HttpResponseHeadersHook
 from mitmproxy.proxy.utils import expect
 from wsproto.connection import ConnectionState
 from wsproto.frame_protocol import CloseReason, Opcode
@@ -48,6 +49,7 @@ from .connection import (
     Side,
     State,
 )
+from .handshake import accept
 
 __all__ = ["RouteWakeup", "RoutedSocket", "check_internals", "install", "routed_socket"]
 
@@ -358,6 +360,43 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         self.flow.live = False
 
 
+_ORIGINAL_MAKE_SERVER_CONNECTION = getattr(
+    HttpStream, "_wsroute_original_make_server_connection", HttpStream.make_server_connection
+)
+
+
+def _make_server_connection(self: HttpStream) -> layer.CommandGenerator[bool]:
+    """`HttpStream.make_server_connection`, except for an intercepted WebSocket whose route has a
+    server-side `on_close`: when the upstream cannot be reached (refused, DNS, TLS), the handler
+    gets ``(1006, "")`` and the client is accepted and served by the route, instead of a 502.
+
+    mitmproxy has no hook between a failed upstream connect and the 502 it sends, so this
+    replaces the method for those flows (same request as mitmproxy's own code, then our answer).
+    """
+    socket = _routed.get(self.flow)
+    if socket is None or socket.connection.handlers[SERVER].close is None:
+        return (yield from _ORIGINAL_MAKE_SERVER_CONNECTION(self))
+    request = self.flow.request
+    connection, err = yield GetHttpConnection(
+        (request.host, request.port),
+        request.scheme == "https",
+        self.flow.server_conn.via,
+        self.flow.server_conn.transport_protocol,
+    )
+    if not err:
+        self.context.server = self.flow.server_conn = connection
+        return True
+    logger.info(f"{socket.connection.url}: upstream failed ({err}); the route takes over")
+    socket.connection.receive_upstream_failed()
+    self.flow.metadata["wsroute"]["mode"] = "mock (upstream failed)"
+    # What HttpStream does for a response an addon set in the request hook.
+    self.flow.response = accept(request, socket.connection.protocols)
+    self.flow.response.timestamp_start = time.time()
+    yield HttpResponseHeadersHook(self.flow)
+    yield from self.send_response()
+    return False
+
+
 def check_internals() -> None:
     """Raise `RuntimeError` unless mitmproxy's internals are the ones this layer was built on."""
     problems = []
@@ -365,12 +404,15 @@ def check_internals() -> None:
         (_ORIGINAL, ("start", "relay_messages", "done", "_handle_event")),
         (wsl.WebsocketConnection, ("send2",)),
         (wsl, ("WebsocketStartHook", "WebsocketMessageHook", "WebsocketEndHook")),
+        (HttpStream, ("make_server_connection", "send_response", "flow_done")),
     ):
         problems += [
             f"{getattr(owner, '__name__', owner)}.{n}" for n in names if not hasattr(owner, n)
         ]
     if "websocket.WebsocketLayer(" not in inspect.getsource(HttpStream.flow_done):
         problems.append("HttpStream.flow_done no longer creates websocket.WebsocketLayer")
+    if "GetHttpConnection(" not in inspect.getsource(_ORIGINAL_MAKE_SERVER_CONNECTION):
+        problems.append("HttpStream.make_server_connection no longer uses GetHttpConnection")
     if problems:
         raise RuntimeError(
             "mitm_wsroute needs mitmproxy 12.3's WebSocket internals, which changed in this "
@@ -383,3 +425,5 @@ def install() -> None:
     check_internals()
     wsl._wsroute_original = _ORIGINAL  # type: ignore[attr-defined]
     wsl.WebsocketLayer = RoutedWebsocketLayer  # type: ignore[misc]
+    HttpStream._wsroute_original_make_server_connection = _ORIGINAL_MAKE_SERVER_CONNECTION  # type: ignore[attr-defined]
+    HttpStream.make_server_connection = _make_server_connection  # type: ignore[method-assign]

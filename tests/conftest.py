@@ -95,11 +95,12 @@ def start_mitmdump(tmp: Path, *args: str) -> Proc:
         "--listen-host", "127.0.0.1",
         "--listen-port", "0",
         "--set", f"confdir={confdir}",
-        "--set", "ssl_insecure=true",
         "--set", "termlog_verbosity=debug",
         "-s", str(ROOT / "addons" / "wsroute.py"),
         *args,
     ]  # fmt: skip
+    if not any(a.startswith("ssl_insecure=") for a in args):
+        cmd += ["--set", "ssl_insecure=true"]  # the test upstream's certificate is self-signed
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,

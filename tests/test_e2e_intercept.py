@@ -4,6 +4,7 @@ for ws and wss, through mitmdump in regular, reverse and upstream mode."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -84,6 +85,15 @@ ROUTES = """
     @route_web_socket("**/forbidden")
     def forbidden(ws):
         ws.connect_to_server()
+
+    @route_web_socket("**/unreachable")
+    def unreachable(ws):
+        ws.connect_to_server()
+
+    @route_web_socket("**/unreachable-degrade")
+    def unreachable_degrade(ws):
+        server = ws.connect_to_server()
+        server.on_close(lambda code, reason: ws.send(f"upstream failed {code} {reason!r}"))
 
     @route_web_socket("**/forbidden-degrade")
     def forbidden_degrade(ws):
@@ -176,8 +186,9 @@ async def test_default_close_mirroring(via: Any, tls: bool) -> None:
     await no_leaks(p)
 
 
-async def test_server_abort_reaches_client_as_tcp_drop(via: Any, request: Any) -> None:
-    conn, up, p = await via(False)
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+async def test_server_abort_reaches_client_as_tcp_drop(via: Any, request: Any, tls: bool) -> None:
+    conn, up, p = await via(tls)
     async with conn("/plain") as ws:
         await ws.send("cmd:abort")
         # no close frame, as the server gave none; in upstream mode the next proxy is a stock
@@ -187,8 +198,9 @@ async def test_server_abort_reaches_client_as_tcp_drop(via: Any, request: Any) -
     await no_leaks(p)
 
 
-async def test_server_on_close_keeps_client_open(via: Any) -> None:
-    conn, up, p = await via(False)
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+async def test_server_on_close_keeps_client_open(via: Any, tls: bool) -> None:
+    conn, up, p = await via(tls)
     async with conn("/server-on-close") as ws:
         await ws.send("cmd:close:4005:gone")
         assert await ws.recv() == "server closed with 4005 gone"
@@ -200,8 +212,9 @@ async def test_server_on_close_keeps_client_open(via: Any) -> None:
     await no_leaks(p)
 
 
-async def test_page_on_close_sends_last_words_then_closes_server(via: Any) -> None:
-    conn, up, p = await via(False)
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+async def test_page_on_close_sends_last_words_then_closes_server(via: Any, tls: bool) -> None:
+    conn, up, p = await via(tls)
     async with conn("/page-on-close") as ws:
         await ws.send("hi")
         assert await ws.recv() == "hi"
@@ -213,8 +226,9 @@ async def test_page_on_close_sends_last_words_then_closes_server(via: Any) -> No
     await no_leaks(p)
 
 
-async def test_route_close_page_mirrors_to_server(via: Any) -> None:
-    conn, up, p = await via(False)
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+async def test_route_close_page_mirrors_to_server(via: Any, tls: bool) -> None:
+    conn, up, p = await via(tls)
     async with conn("/route-closes") as ws:
         await ws.send("close-page")
         assert await closed_with(ws) == (4012, "page only")
@@ -223,8 +237,9 @@ async def test_route_close_page_mirrors_to_server(via: Any) -> None:
     await no_leaks(p)
 
 
-async def test_route_close_server_mirrors_to_page(via: Any) -> None:
-    conn, up, p = await via(False)
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+async def test_route_close_server_mirrors_to_page(via: Any, tls: bool) -> None:
+    conn, up, p = await via(tls)
     async with conn("/route-closes") as ws:
         await ws.send("close-server")
         assert await closed_with(ws) == (1008, "policy")
@@ -233,11 +248,41 @@ async def test_route_close_server_mirrors_to_page(via: Any) -> None:
     await no_leaks(p)
 
 
-async def test_upstream_refuses_upgrade(via: Any) -> None:
-    conn, up, p = await via(False)
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+async def test_upstream_refuses_upgrade(via: Any, tls: bool) -> None:
+    conn, up, p = await via(tls)
     with pytest.raises(InvalidStatus) as e:
         async with conn("/forbidden"):
             pass
     assert e.value.response.status_code == 403
     async with conn("/forbidden-degrade") as ws:
         assert await ws.recv() == "upstream failed 1006 ''"
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("failure", ["refused", "dns", "tls"])
+async def test_upstream_unreachable(mitmdump: Any, upstream: Any, failure: str) -> None:
+    up = await upstream(tls=True)
+    p = mitmdump(ROUTES, "--set", "ssl_insecure=false")  # the upstream's cert is self-signed
+    base = {
+        "refused": f"ws://127.0.0.1:{closed_port()}",
+        "dns": "ws://nonexistent.invalid",
+        "tls": f"wss://127.0.0.1:{up.port}",
+    }[failure]
+    tls = p.ca() if failure == "tls" else None
+    with pytest.raises(InvalidStatus) as e:
+        async with connect(f"{base}/unreachable", proxy=p.proxy, ssl=tls):
+            pass
+    assert e.value.response.status_code == 502
+    async with connect(f"{base}/unreachable-degrade", proxy=p.proxy, ssl=tls) as ws:
+        assert await ws.recv() == "upstream failed 1006 ''"
+        await ws.send("anyone?")  # mock now: no handler, dropped
+        pong = await ws.ping()
+        await asyncio.wait_for(pong, 5)
+    assert up.accepted == 0
+    await no_leaks(p)
