@@ -1,0 +1,182 @@
+"""A hypothesis state machine over random interleavings of everything that can happen to one
+routed socket: peers' messages and closes, route calls, handler registrations.
+
+A fake wire carries out the drained commands and checks the invariants of SPEC §3.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from mitm_wsroute.connection import (
+    PAGE,
+    SERVER,
+    CallHandler,
+    Close,
+    CloseSide,
+    Connection,
+    Forward,
+    Send,
+    Side,
+    State,
+)
+from mitm_wsroute.route import WebSocketRoute
+
+messages = st.one_of(st.text(max_size=8), st.binary(max_size=8))
+codes = st.sampled_from([None, 1000, 1001, 1008, 1011, 3000, 4001, 4999])
+
+
+class RoutedSocket(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = Connection("ws://h/", [])
+        self.page = WebSocketRoute(self.c)
+        self.server: WebSocketRoute | None = None
+        self.peer_open = {PAGE: True, SERVER: False}  # a peer that has not closed or dropped
+        self.wire_closed = {PAGE: False, SERVER: False}  # we sent a close / dropped it
+        self.sent_by = {PAGE: [], SERVER: []}  # type: dict[Side, list[Any]]
+        self.delivered_to = {PAGE: [], SERVER: []}  # type: dict[Side, list[Any]]
+        self.close_calls: list[tuple[Side, int | None, str | None]] = []
+        self.pending_close: tuple[Side, Close] | None = None
+
+    @initialize(connect=st.booleans(), early=st.lists(messages, max_size=2))
+    def open(self, connect: bool, early: list[Any]) -> None:
+        if connect:
+            self.server = self.page.connect_to_server()
+            self.peer_open[SERVER] = True
+            for m in early:
+                self.server.send(m)
+        self.c.receive_open()
+        self.run()
+
+    def route(self, side: Side) -> WebSocketRoute:
+        assert self.server is not None or side is PAGE
+        return self.page if side is PAGE else self.server  # type: ignore[return-value]
+
+    # --- the fake wire ---------------------------------------------------------------------------
+
+    def run(self, received: tuple[Side, Any] | None = None) -> None:
+        while self.c.has_commands:
+            for cmd in self.c.commands_to_execute():
+                if isinstance(cmd, Send | Forward):
+                    to = cmd.to
+                    assert not self.wire_closed[to], f"{cmd} after that side was closed"
+                    if isinstance(cmd, Forward):
+                        assert received is not None and received[0] is to.other
+                        self.delivered_to[to].append(received[1])
+                    else:
+                        self.delivered_to[to].append(("route", cmd.message))
+                elif isinstance(cmd, CloseSide):
+                    assert not self.wire_closed[cmd.side], f"{cmd} closes a closed side twice"
+                    self.wire_closed[cmd.side] = True
+                    self.peer_open[cmd.side] = False
+                    if self.pending_close and self.pending_close[0] is cmd.side.other:
+                        assert self.pending_close[1] == cmd.close, "mirrored a different close"
+                        self.pending_close = None
+                elif isinstance(cmd, CallHandler):
+                    cmd.handler(*cmd.args)
+
+    # --- rules -----------------------------------------------------------------------------------
+
+    @precondition(lambda self: self.peer_open[PAGE])
+    @rule(m=messages)
+    def client_sends(self, m: Any) -> None:
+        self.sent_by[PAGE].append(m)
+        self.c.receive_message(PAGE, m)
+        self.run((PAGE, m))
+
+    @precondition(lambda self: self.peer_open[SERVER])
+    @rule(m=messages)
+    def server_sends(self, m: Any) -> None:
+        self.sent_by[SERVER].append(m)
+        self.c.receive_message(SERVER, m)
+        self.run((SERVER, m))
+
+    @precondition(lambda self: any(self.peer_open.values()))
+    @rule(data=st.data(), code=codes, drop=st.booleans())
+    def peer_closes(self, data: st.DataObject, code: int | None, drop: bool) -> None:
+        side = data.draw(st.sampled_from([s for s in (PAGE, SERVER) if self.peer_open[s]]))
+        close = Close(1006, "") if drop else Close(code, None if code is None else "r")
+        self.peer_open[side] = False
+        was_open = self.c.states[side] is State.OPEN
+        had_handler = self.c.handlers[side].close is not None
+        other_open = self.c.states[side.other] is State.OPEN
+        self.pending_close = (side, close) if was_open and not had_handler and other_open else None
+        n = len(self.close_calls)
+        self.c.receive_close(side, close.code, close.reason)
+        if drop:
+            self.c.receive_connection_lost(side)
+        self.wire_closed[side] = True
+        self.run()
+        assert self.pending_close is None, "close was neither handled nor mirrored"
+        if was_open and had_handler:
+            assert self.close_calls[n] == (side, close.code, close.reason)
+
+    @rule(side=st.sampled_from([PAGE, SERVER]), m=messages)
+    def route_sends(self, side: Side, m: Any) -> None:
+        if side is SERVER and self.server is None:
+            return
+        self.route(side).send(m)
+        self.run()
+
+    @rule(side=st.sampled_from([PAGE, SERVER]), code=codes)
+    def route_closes(self, side: Side, code: int | None) -> None:
+        if side is SERVER and self.server is None:
+            return
+        self.route(side).close(code=code, reason=None if code is None else "route")
+        self.run()
+
+    @rule(side=st.sampled_from([PAGE, SERVER]), kind=st.sampled_from(["swallow", "echo", "relay"]))
+    def on_message(self, side: Side, kind: str) -> None:
+        if side is SERVER and self.server is None:
+            return
+        route = self.route(side)
+        if kind == "swallow":
+            route.on_message(lambda m: None)
+        elif kind == "echo":
+            route.on_message(lambda m: route.send(m))
+        elif self.server is not None:
+            other = self.route(side.other)
+            route.on_message(lambda m: other.send(m))
+
+    @rule(side=st.sampled_from([PAGE, SERVER]), closes_other=st.booleans())
+    def on_close(self, side: Side, closes_other: bool) -> None:
+        if side is SERVER and self.server is None:
+            return
+
+        def handler(code: int | None, reason: str | None) -> None:
+            self.close_calls.append((side, code, reason))
+            if closes_other and self.server is not None:
+                self.route(side.other).close(code=4000, reason="handler")
+
+        self.route(side).on_close(handler)
+
+    # --- invariants ------------------------------------------------------------------------------
+
+    @invariant()
+    def order_is_kept_per_direction(self) -> None:
+        for to in (PAGE, SERVER):
+            forwarded = [m for m in self.delivered_to[to] if not isinstance(m, tuple)]
+            it = iter(self.sent_by[to.other])
+            assert all(any(m == s for s in it) for m in forwarded), "forwarding reordered"
+
+    @invariant()
+    def closed_means_closed(self) -> None:
+        for side in (PAGE, SERVER):
+            if self.wire_closed[side]:
+                assert self.c.states[side] in (State.CLOSED, State.NONE)
+
+    @invariant()
+    def both_parties_gone_means_finished(self) -> None:
+        if not any(self.peer_open.values()):
+            self.c.receive_connection_lost(PAGE)
+            self.run()
+            assert self.c.finished
+
+
+TestRoutedSocket = RoutedSocket.TestCase
+TestRoutedSocket.settings = settings(max_examples=300, stateful_step_count=30, deadline=None)
