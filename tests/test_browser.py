@@ -31,6 +31,33 @@ ROUTES = """
                 ws.send(m)  # echo, text stays text and binary stays binary
         ws.on_message(on_message)
         ws.on_close(lambda code, reason: log.warning(f"page closed {code} {reason!r}"))
+
+    @route_web_socket("**/with-server")
+    def with_server(ws):  # Playwright's "should work with server"
+        server = ws.connect_to_server()
+        def from_page(m):
+            if m == "to-respond":
+                ws.send("response")
+            elif m == "to-block":
+                pass
+            elif m == "to-modify":
+                server.send("modified")
+            else:
+                server.send(m)
+        def from_server(m):
+            if m == "to-block":
+                pass
+            elif m == "modified":
+                ws.send("modified again")
+            else:
+                ws.send(m)
+        ws.on_message(from_page)
+        server.on_message(from_server)
+        server.send("fake")
+
+    @route_web_socket("**/plain")
+    def plain(ws):
+        ws.connect_to_server()
 """
 
 OPEN = """
@@ -104,3 +131,25 @@ async def test_browser_page_close_reaches_on_close(page: Any) -> None:
     await p.evaluate("ws.close(4002, 'page bye')")
     assert (await wait_log(p, 2))[1] == "close 4002 page bye true"
     await proxy.async_wait_for("page closed 4002 'page bye'")
+
+
+async def test_browser_intercept_works_with_server(page: Any, upstream: Any) -> None:
+    p, proxy = page
+    up = await upstream()
+    await p.evaluate(OPEN, [up.url("/with-server"), [], "blob"])
+    assert await wait_log(p, 2) == ["open ", "message fake"]  # sent before the open, echoed
+    await p.evaluate("for (const m of ['to-respond', 'to-block', 'to-modify', 'pass']) ws.send(m)")
+    assert (await wait_log(p, 5))[2:] == [
+        "message response",
+        "message modified again",
+        "message pass",
+    ]
+    assert up.received == ["fake", "modified", "pass"]
+
+
+async def test_browser_sees_server_close_code(page: Any, upstream: Any) -> None:
+    p, proxy = page
+    up = await upstream()
+    await p.evaluate(OPEN, [up.url("/plain"), [], "blob"])
+    await p.evaluate("ws.send('cmd:close:1008:oops')")
+    assert (await wait_log(p, 2))[1] == "close 1008 oops true"
