@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 
 #: How often route scripts are checked for changes, in seconds.
 POLL_INTERVAL = 0.5
+#: ``wsroute_max_message_size``: far above what applications send, far below what hurts.
+DEFAULT_MAX_MESSAGE_SIZE = 128 * 1024 * 1024
+#: ``wsroute_keep_messages``: enough for mitmweb to show a conversation, ~0.3 MiB of small ones.
+DEFAULT_KEEP_MESSAGES = 1000
 
 
 class WsRoute:
@@ -65,7 +69,34 @@ class WsRoute:
             """,
         )
 
+        loader.add_option(
+            "wsroute_max_message_size",
+            int,
+            DEFAULT_MAX_MESSAGE_SIZE,
+            """
+            Largest message a routed socket accepts from either side, in bytes (characters for
+            text); a larger one closes that side with 1009 (message too big), checked while
+            the message arrives. 0 for no limit.
+            """,
+        )
+        loader.add_option(
+            "wsroute_keep_messages",
+            int,
+            DEFAULT_KEEP_MESSAGES,
+            """
+            How many messages of a routed socket stay in its flow (what mitmweb shows and -w
+            saves); older ones are dropped so that long-lived sockets do not grow without
+            bound. 0 keeps all.
+            """,
+        )
+
     def configure(self, updated: set[str]) -> None:
+        for name in ("wsroute_max_message_size", "wsroute_keep_messages"):
+            if name in updated and getattr(ctx.options, name) < 0:
+                raise exceptions.OptionsError(
+                    f"Cannot parse {name} option {getattr(ctx.options, name)}: "
+                    "must be 0 (no limit) or more"
+                )
         if "wsroute_scripts" in updated or "wsroute_base_url" in updated:
             base_url = ctx.options.wsroute_base_url
             try:

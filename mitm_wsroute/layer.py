@@ -112,14 +112,23 @@ def routed_socket(flow: http.HTTPFlow, socket: RoutedSocket | None = None) -> Ro
 @dataclass(slots=True)
 class _Reassembly:
     """A message being received, kept as chunks so that joining it is linear (mitmproxy's
-    ``bytes +=`` is quadratic: 26 s for 64 MiB)."""
+    ``bytes +=`` is quadratic: 26 s for 64 MiB), and its size checked as it grows."""
 
     chunks: list[str | bytes] = field(default_factory=list)
     frame_sizes: list[int] = field(default_factory=list)
     frame: int = 0
+    size: int = 0
 
-    def add(self, event: wse.Message[Any]) -> str | bytes | None:
+    def add(self, event: wse.Message[Any], limit: int) -> str | bytes | None:
+        """Add a piece; the whole message once it is complete. `OverflowError` past `limit`
+        bytes (characters for text), which forgets the message: its rest is never stored."""
         data: str | bytes = event.data
+        self.size += len(data)
+        if limit and self.size > limit:
+            self.chunks.clear()
+            self.frame_sizes.clear()
+            self.frame = self.size = 0
+            raise OverflowError(f"message larger than {limit} bytes")
         self.chunks.append(data)
         self.frame += len(data)
         if event.frame_finished:
@@ -133,6 +142,7 @@ class _Reassembly:
         else:
             message = b"".join(cast(list[bytes], self.chunks))
         self.chunks.clear()
+        self.size = 0
         return message
 
 
@@ -209,7 +219,15 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             ws.receive_data(None)  # we still close our end, in _close_connections
         for ev in ws.events():
             if isinstance(ev, wse.Message):
-                message = self.reassembly[side].add(ev)
+                if connection.states[side] is not State.OPEN:
+                    continue  # the route closed this side: what it still sends is dropped
+                try:
+                    message = self.reassembly[side].add(
+                        ev, self.context.options.wsroute_max_message_size
+                    )
+                except OverflowError as e:
+                    yield from self._fail(side, 1009, str(e))  # RFC 6455 §7.4.1: too big
+                    continue
                 if message is not None:
                     yield from self._message(side, message)
             elif isinstance(ev, wse.Ping):
@@ -229,18 +247,37 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
     def _close_received(self, side: Side, ev: wse.CloseConnection) -> layer.CommandGenerator[None]:
         assert self.socket is not None
         ws = self._ws(side)
+        if ws.state is ConnectionState.OPEN:
+            # wsproto reports a protocol violation (1002, 1007) as a close event without
+            # sending anything.
+            yield from self._fail(side, int(ev.code), ev.reason or "")
+            return
         if ws.state is ConnectionState.REMOTE_CLOSING:
             yield ws.send2(ev.response())  # RFC 6455 §5.5.1: echo the close, handshake done
-        elif ws.state is ConnectionState.OPEN:
-            # wsproto reports a protocol violation (1002, 1007, 1009) as a close event without
-            # sending anything: fail the connection (RFC 6455 §7.1.7) with that code.
-            logger.info(f"{self.socket.connection.url}: {side.value} protocol error: {ev.reason}")
-            yield ws.send2(wse.CloseConnection(ev.code, ev.reason))
         code: int | None = int(ev.code)
         if code == CloseReason.NO_STATUS_RCVD:
             code = None
         reason = "" if code == ABNORMAL_CLOSURE else ev.reason
         self.socket.connection.receive_close(side, code, reason)
+
+    def _fail(self, side: Side, code: int, reason: str) -> layer.CommandGenerator[None]:
+        """_Fail the WebSocket Connection_ of one side (RFC 6455 §7.1.7) with `code`; for the
+        route it is that side's close, with the usual rules."""
+        assert self.socket is not None
+        logger.info(f"{self.socket.connection.url}: closing the {side.value}: {code} {reason}")
+        ws = self._ws(side)
+        if ws.state is ConnectionState.OPEN:
+            yield ws.send2(wse.CloseConnection(code, reason))
+        self.socket.connection.receive_close(side, code, reason)
+
+    def _record(self, message: websocket.WebSocketMessage) -> None:
+        """Keep the message in the flow, and at most ``wsroute_keep_messages`` of them."""
+        assert self.flow.websocket is not None
+        messages = self.flow.websocket.messages
+        messages.append(message)
+        keep = self.context.options.wsroute_keep_messages
+        if keep and len(messages) >= 2 * keep:  # trimmed in batches: amortised O(1)
+            del messages[:-keep]
 
     def _message(self, side: Side, data: str | bytes) -> layer.CommandGenerator[None]:
         assert self.socket is not None and self.flow.websocket is not None
@@ -251,7 +288,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         )
         frame_sizes = self.reassembly[side].frame_sizes
         self.reassembly[side].frame_sizes = []
-        self.flow.websocket.messages.append(message)
+        self._record(message)
 
         yield from self._drain()  # what is older than this message goes first
         connection.receive_message(side, data)
@@ -278,7 +315,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         if self.socket.connection.states[to] is not State.OPEN:
             logger.warning(f"Cannot inject a WebSocket message: the {to.value} side is closed.")
             return
-        self.flow.websocket.messages.append(message)
+        self._record(message)
         yield wsl.WebsocketMessageHook(self.flow)
         if not message.dropped:
             data = message.text if message.is_text else message.content
@@ -298,7 +335,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             self.socket.call_user(command.handler, command.args, self.socket.connection.url)
         elif isinstance(command, Send):
             data = command.message
-            self.flow.websocket.messages.append(
+            self._record(
                 websocket.WebSocketMessage(
                     Opcode.TEXT if isinstance(data, str) else Opcode.BINARY,
                     command.to is SERVER,

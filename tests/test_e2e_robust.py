@@ -1,0 +1,256 @@
+"""End to end: big messages, long-lived and idle sockets, slow handlers, hostile clients.
+
+Hostile input is written byte by byte on raw sockets (RFC 6455 §5 framing) against a real
+mitmdump; after each, the proxy must still serve a well-behaved client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+ROUTES = """
+    import asyncio
+    from mitm_wsroute import route_web_socket
+
+    @route_web_socket("**/echo")
+    def echo(ws):
+        def on_message(m):
+            if m == "flood":
+                for _ in range(200):
+                    ws.send(b"x" * 65536)
+            else:
+                ws.send(m)
+        ws.on_message(on_message)
+
+    @route_web_socket("**/slow")
+    def slow(ws):
+        async def on_message(m):
+            if m == "slow":
+                await asyncio.sleep(1)
+            ws.send(m)
+        ws.on_message(on_message)
+
+    @route_web_socket("**/through")
+    def through(ws):
+        ws.connect_to_server()
+"""
+
+COUNT = """
+    import logging
+    def websocket_end(flow):
+        logging.warning(f"kept {len(flow.websocket.messages)} messages")
+"""
+
+
+def frame(opcode: int, payload: bytes, fin: bool = True, mask: bool = True) -> bytes:
+    """One frame as a client sends it (RFC 6455 §5.2)."""
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    size = bytes([n]) if n < 126 else b"\x7e" + struct.pack("!H", n) if n < 65536 else b"\x7f" + struct.pack("!Q", n)  # fmt: skip
+    if not mask:
+        return head + size + payload
+    key = os.urandom(4)
+    size = bytes([size[0] | 0x80]) + size[1:]
+    return head + size + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+async def read_frame(r: asyncio.StreamReader) -> tuple[int, bytes]:
+    b0, b1 = await r.readexactly(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", await r.readexactly(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", await r.readexactly(8))[0]
+    return b0 & 0x0F, await r.readexactly(n)
+
+
+async def raw_socket(
+    p: Any, path: str = "/echo"
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    r, w = await asyncio.open_connection("127.0.0.1", p.port)
+    w.write(
+        f"GET http://chat.invalid{path} HTTP/1.1\r\nHost: chat.invalid\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return r, w
+
+
+async def close_code(r: asyncio.StreamReader) -> int:
+    """The code of the close frame the proxy sends, then the proxy must end the connection."""
+    while True:
+        opcode, payload = await asyncio.wait_for(read_frame(r), 5)
+        if opcode == 0x8:
+            assert await asyncio.wait_for(r.read(), 5) == b""  # and the TCP connection ends
+            return int(struct.unpack("!H", payload[:2])[0])
+
+
+async def still_serves(p: Any) -> None:
+    async with connect("ws://chat.invalid/echo", proxy=p.proxy) as ws:
+        await ws.send("still there?")
+        assert await asyncio.wait_for(ws.recv(), 5) == "still there?"
+
+
+@pytest.fixture
+def proxy(mitmdump: Any) -> Any:
+    return mitmdump(ROUTES, "--set", "wsroute_max_message_size=100000")
+
+
+# --- hostile clients --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "code"),
+    [
+        ("reserved opcode", frame(0x3, b"?"), 1002),
+        ("reserved bits", bytes([0xC1]) + frame(0x1, b"x")[1:], 1002),
+        ("invalid UTF-8 in text", frame(0x1, b"\xff\xfe"), 1007),
+        ("control frame over 125 bytes", frame(0x9, b"p" * 126), 1002),
+        ("fragmented control frame", frame(0x9, b"p", fin=False), 1002),
+        ("unmasked client frame", frame(0x1, b"hi", mask=False), 1002),
+        ("continuation without a start", frame(0x0, b"x"), 1002),
+        ("message over wsroute_max_message_size", frame(0x2, b"x" * 100001), 1009),
+        (
+            "fragmented message over the limit",
+            frame(0x2, b"x" * 60000, fin=False) + frame(0x0, b"x" * 60000),
+            1009,
+        ),
+    ],
+)
+async def test_bad_frames_close_with_the_right_code(
+    proxy: Any, name: str, data: bytes, code: int
+) -> None:
+    r, w = await raw_socket(proxy)
+    w.write(data)
+    assert await close_code(r) == code, name
+    w.close()
+    await still_serves(proxy)
+
+
+async def test_fragmented_message_under_the_limit_is_reassembled(proxy: Any) -> None:
+    r, w = await raw_socket(proxy)
+    w.write(frame(0x1, b"hel", fin=False) + frame(0x9, b"ping") + frame(0x0, b"lo"))
+    assert await asyncio.wait_for(read_frame(r), 5) == (0xA, b"ping")  # a pong, between fragments
+    assert await asyncio.wait_for(read_frame(r), 5) == (0x1, b"hello")
+    w.close()
+
+
+async def test_tcp_reset_mid_message(proxy: Any) -> None:
+    r, w = await raw_socket(proxy)
+    w.write(frame(0x2, b"x" * 5000)[:3000])
+    await w.drain()
+    sock = w.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    w.transport.abort()  # an RST
+    await still_serves(proxy)
+
+
+async def test_half_closed_client(proxy: Any) -> None:
+    r, w = await raw_socket(proxy)
+    w.write(frame(0x1, b"bye"))
+    w.write_eof()  # the client stops sending, but reads on
+    assert await asyncio.wait_for(read_frame(r), 5) == (0x1, b"bye")
+    assert await asyncio.wait_for(r.read(), 5) == b""  # the proxy ends the connection
+    await still_serves(proxy)
+
+
+async def test_client_that_never_reads(proxy: Any) -> None:
+    r, w = await raw_socket(proxy)
+    w.write(frame(0x1, b"flood"))  # 13 MB come back, and are never read
+    await w.drain()
+    await still_serves(proxy)
+    w.transport.abort()
+    await still_serves(proxy)
+
+
+# --- big messages -----------------------------------------------------------------------------
+
+
+async def test_message_at_the_limit_passes_and_over_it_closes_1009(
+    proxy: Any, upstream: Any
+) -> None:
+    up = await upstream()
+    async with connect(up.url("/through"), proxy=proxy.proxy, max_size=None) as ws:
+        await ws.send(b"x" * 100000)
+        assert len(await ws.recv()) == 100000
+        await ws.send(b"x" * 100001)
+        with pytest.raises(ConnectionClosed) as e:
+            await asyncio.wait_for(ws.recv(), 5)
+    assert e.value.rcvd is not None and e.value.rcvd.code == 1009
+    await asyncio.wait_for(up.closed.wait(), 5)
+    assert up.closes == [(1009, "message larger than 100000 bytes")]  # mirrored upstream
+
+
+async def test_big_message_through_intercept_and_mock(mitmdump: Any, upstream: Any) -> None:
+    p = mitmdump(ROUTES)  # the default limit, 128 MiB
+    up = await upstream()
+    big = os.urandom(16 * 1024 * 1024)
+    for url in (up.url("/through"), "ws://chat.invalid/echo"):
+        async with connect(url, proxy=p.proxy, max_size=None) as ws:
+            await ws.send(big)
+            assert await asyncio.wait_for(ws.recv(), 30) == big
+
+
+# --- long-lived, idle and slow ----------------------------------------------------------------
+
+
+async def test_messages_kept_per_flow_are_bounded(mitmdump: Any, tmp_path: Path) -> None:
+    count = tmp_path / "count.py"
+    count.write_text(COUNT.replace("\n    ", "\n"))
+    p = mitmdump(ROUTES, "-s", str(count), "--set", "wsroute_keep_messages=10")
+    async with connect("ws://chat.invalid/echo", proxy=p.proxy) as ws:
+        for i in range(50):
+            await ws.send(str(i))
+            assert await ws.recv() == str(i)
+    m = await p.async_wait_for(r"kept (\d+) messages")
+    assert 10 <= int(m.group(1)) < 20
+
+
+async def test_idle_mock_lives_while_pinged_and_dies_after_tcp_timeout(mitmdump: Any) -> None:
+    p = mitmdump(ROUTES, "--set", "tcp_timeout=2")
+    async with connect("ws://chat.invalid/echo", proxy=p.proxy, ping_interval=0.5) as pinged:
+        async with connect("ws://chat.invalid/echo", proxy=p.proxy, ping_interval=None) as idle:
+            started = time.monotonic()
+            await asyncio.wait_for(idle.wait_closed(), 10)  # mitmproxy's idle timeout
+            assert time.monotonic() - started >= 2
+            await pinged.send("alive")
+            assert await pinged.recv() == "alive"
+
+
+async def test_slow_async_handler_stalls_nothing(mitmdump: Any) -> None:
+    p = mitmdump(ROUTES)
+    async with connect("ws://chat.invalid/slow", proxy=p.proxy) as slow:
+        async with connect("ws://chat.invalid/echo", proxy=p.proxy) as other:
+            started = time.monotonic()
+            await slow.send("slow")
+            await slow.send("fast")
+            await other.send("other")
+            assert await other.recv() == "other"
+            assert await slow.recv() == "fast"  # not held up behind "slow"
+            assert time.monotonic() - started < 0.5
+            assert await slow.recv() == "slow"
+            assert time.monotonic() - started >= 1
+
+
+async def test_many_concurrent_mocked_sockets(mitmdump: Any) -> None:
+    p = mitmdump(ROUTES)
+
+    async def client(i: int) -> None:
+        async with connect("ws://chat.invalid/echo", proxy=p.proxy, open_timeout=60) as ws:
+            for j in range(10):
+                await ws.send(f"{i}-{j}")
+                assert await ws.recv() == f"{i}-{j}"
+
+    await asyncio.gather(*(client(i) for i in range(300)))
