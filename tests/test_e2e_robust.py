@@ -56,7 +56,12 @@ def frame(opcode: int, payload: bytes, fin: bool = True, mask: bool = True) -> b
     """One frame as a client sends it (RFC 6455 §5.2)."""
     head = bytes([(0x80 if fin else 0) | opcode])
     n = len(payload)
-    size = bytes([n]) if n < 126 else b"\x7e" + struct.pack("!H", n) if n < 65536 else b"\x7f" + struct.pack("!Q", n)  # fmt: skip
+    if n < 126:
+        size = bytes([n])
+    elif n < 65536:
+        size = b"\x7e" + struct.pack("!H", n)
+    else:
+        size = b"\x7f" + struct.pack("!Q", n)
     if not mask:
         return head + size + payload
     key = os.urandom(4)
