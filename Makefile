@@ -37,6 +37,10 @@ demo: $(STAMP)
 test: $(STAMP) chromium
 	$(PY) -m pytest
 
+# Routed sockets against plain mitmdump, in one run (several minutes; `BENCH_ARGS=--quick` for less).
+bench: $(STAMP)
+	$(PY) bench/run.py $(BENCH_ARGS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -1,0 +1,252 @@
+"""`make bench`: routed sockets against plain mitmdump, measured in the same run.
+
+Starts an echo server (its own process), a plain ``mitmdump`` and a ``mitmdump`` with the addon
+and ``bench/routes.py``, then drives each with python-websockets from this process and prints
+one table, with each result's ratio to plain mitmdump. Numbers vary with the machine and with
+what else runs on it; compare ratios, not absolutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from websockets.asyncio.client import ClientConnection, connect
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+MITMDUMP = str(Path(sys.executable).with_name("mitmdump"))
+
+
+@dataclass
+class Proxy:
+    name: str
+    proc: subprocess.Popen[str]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def rss_mib(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        return kib / 1024
+
+
+def start(cmd: list[str], ready: str) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if m := re.search(ready, line):
+            # keep draining output so the process never blocks on a full pipe
+            asyncio.get_running_loop().run_in_executor(None, proc.stdout.read)
+            return proc, int(m.group(1))
+    raise SystemExit(f"{cmd[0]} did not start: exit code {proc.wait()}")
+
+
+def start_mitmdump(name: str, confdir: str, *args: str) -> Proxy:
+    cmd = [MITMDUMP, "--listen-host", "127.0.0.1", "--listen-port", "0", "--set",
+           f"confdir={confdir}", "--set", "connection_strategy=lazy", "--set", "flow_detail=0",
+           *args]  # fmt: skip
+    proc, port = start(cmd, r"listening at [\d.]+:(\d+)")
+    return Proxy(name, proc, port)
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(10)
+
+
+async def throughput_and_rtt(
+    url: str, proxy: str, size: int, n: int, rtts: int
+) -> dict[str, float]:
+    """Echoes over one connection: sequential round trips, then a pipelined window of 200."""
+    payload = "x" * size
+    async with connect(url, proxy=proxy, compression=None, max_size=None, ping_interval=None,
+                       max_queue=None, write_limit=2**20) as ws:  # fmt: skip
+        for _ in range(50):  # warm-up
+            await ws.send(payload)
+            await ws.recv()
+        times = []
+        for _ in range(rtts):
+            t = time.perf_counter()
+            await ws.send(payload)
+            await ws.recv()
+            times.append((time.perf_counter() - t) * 1e6)
+        window = asyncio.Semaphore(200)
+        received = 0
+
+        async def sender() -> None:
+            for _ in range(n):
+                await window.acquire()
+                await ws.send(payload)
+
+        t0 = time.perf_counter()
+        task = asyncio.ensure_future(sender())
+        while received < n:
+            await ws.recv()
+            received += 1
+            window.release()
+        await task
+        dt = time.perf_counter() - t0
+    times.sort()
+    return {"msgs": n / dt, "p50": times[len(times) // 2], "p99": times[int(len(times) * 0.99)]}
+
+
+async def big_message(url: str, proxy: str, size: int) -> float:
+    payload = os.urandom(size)
+    async with connect(url, proxy=proxy, compression=None, max_size=None, ping_interval=None,
+                       open_timeout=60, close_timeout=60) as ws:  # fmt: skip
+        t = time.perf_counter()
+        await ws.send(payload)
+        assert await ws.recv() == payload
+        return time.perf_counter() - t
+
+
+async def echoes(ws: ClientConnection, n: int, window: int = 200) -> None:
+    sem = asyncio.Semaphore(window)
+
+    async def sender() -> None:
+        for _ in range(n):
+            await sem.acquire()
+            await ws.send("x" * 32)
+
+    task = asyncio.ensure_future(sender())
+    for _ in range(n):
+        await ws.recv()
+        sem.release()
+    await task
+
+
+async def rss_after(p: Proxy, url: str, n: int) -> tuple[float, float]:
+    async with connect(url, proxy=p.url, compression=None, ping_interval=None) as ws:
+        await echoes(ws, 100)
+        before = p.rss_mib()
+        await echoes(ws, n)
+        return before, p.rss_mib()
+
+
+async def concurrent(url: str, proxy: str, sockets: int, each: int) -> dict[str, float]:
+    latencies: list[float] = []
+    errors = 0
+
+    async def client() -> None:
+        nonlocal errors
+        try:
+            async with connect(url, proxy=proxy, compression=None, ping_interval=None,
+                               open_timeout=120) as ws:  # fmt: skip
+                for _ in range(each):
+                    t = time.perf_counter()
+                    await ws.send("x" * 32)
+                    await ws.recv()
+                    latencies.append((time.perf_counter() - t) * 1e6)
+        except Exception:
+            errors += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(sockets)))
+    latencies.sort()
+    return {
+        "secs": time.perf_counter() - t0,
+        "errors": errors,
+        "p50": statistics.median(latencies) if latencies else 0,
+        "p99": latencies[int(len(latencies) * 0.99)] if latencies else 0,
+    }
+
+
+def row(label: str, value: float, unit: str, base: float | None, higher_is_better: bool) -> str:
+    ratio = ""
+    if base:
+        r = value / base if higher_is_better else base / value
+        ratio = f"{r:6.2f}x"
+    return f"| {label:<58} | {value:>12,.1f} {unit:<6} | {ratio:>8} |"
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="smaller counts, no 64 MiB plain run")
+    a = ap.parse_args()
+    q = a.quick
+    n32, n64k, rtt32, rtt64k = (2000, 300, 300, 100) if q else (20000, 2000, 1000, 300)
+    big = (16 if q else 64) * 1024 * 1024
+    rss_n = 10_000 if q else 100_000
+
+    os.environ["PYTHONUNBUFFERED"] = "1"
+    echo, echo_port = start([sys.executable, str(HERE / "echo_server.py")], r"port (\d+)")
+    lines: list[str] = []
+    with tempfile.TemporaryDirectory() as confdir:
+        plain = start_mitmdump("plain", confdir)
+        routed = start_mitmdump("routed", confdir, "-s", str(ROOT / "addons" / "wsroute.py"),
+                                "--set", f"wsroute_scripts={HERE / 'routes.py'}")  # fmt: skip
+        up = f"ws://127.0.0.1:{echo_port}"
+        cases: list[tuple[str, Proxy, str]] = [
+            ("plain mitmdump", plain, f"{up}/plain"),
+            ("intercept, no handlers", routed, f"{up}/intercept"),
+            ("intercept, Python handlers forwarding both ways", routed, f"{up}/handlers"),
+            ("mock echo", routed, "ws://bench.invalid/mock"),
+        ]
+        try:
+            lines.append("| measurement | value | vs plain |")
+            lines.append("|---|---:|---:|")
+            for size, n, rtts in ((32, n32, rtt32), (65536, n64k, rtt64k)):
+                base: dict[str, float] = {}
+                for label, p, url in cases:
+                    r = await throughput_and_rtt(url, p.url, size, n, rtts)
+                    base = base or r
+                    first = label == "plain mitmdump"
+                    lines.append(row(f"{size} B msgs/s, {label}", r["msgs"], "msg/s",
+                                     None if first else base["msgs"], True))  # fmt: skip
+                    lines.append(row(f"{size} B RTT p50, {label}", r["p50"], "µs",
+                                     None if first else base["p50"], False))  # fmt: skip
+                    lines.append(row(f"{size} B RTT p99, {label}", r["p99"], "µs",
+                                     None if first else base["p99"], False))  # fmt: skip
+                    print(lines[-3], lines[-2], lines[-1], sep="\n", flush=True)
+            big_cases = cases if not q else cases[1:]
+            big_base = None
+            for label, p, url in big_cases:
+                secs = await big_message(url, p.url, big)
+                big_base = big_base or (secs if label == "plain mitmdump" else None)
+                lines.append(row(f"{big >> 20} MiB echo, {label}", secs, "s",
+                                 big_base if label != "plain mitmdump" else None, False))  # fmt: skip
+                print(lines[-1], flush=True)
+            for label, p, url in (cases[0], cases[3]):
+                before, after = await rss_after(p, url, rss_n)
+                lines.append(row(f"RSS growth after {rss_n:,} echoes, {label}", after - before,
+                                 "MiB", None, False))  # fmt: skip
+                print(lines[-1], flush=True)
+            for label, url, sockets in (("mocked", "ws://bench.invalid/mock", 1000),
+                                        ("intercepted", f"{up}/intercept", 200)):  # fmt: skip
+                r = await concurrent(url, routed.url, sockets, 10)
+                lines.append(row(f"{sockets} concurrent {label} sockets x 10 echoes: errors",
+                                 r["errors"], "", None, False))  # fmt: skip
+                lines.append(
+                    row(f"{sockets} concurrent {label}: echo p50", r["p50"], "µs", None, False)
+                )
+                lines.append(
+                    row(f"{sockets} concurrent {label}: echo p99", r["p99"], "µs", None, False)
+                )
+                lines.append(
+                    row(f"{sockets} concurrent {label}: wall time", r["secs"], "s", None, False)
+                )
+                print(*lines[-4:], sep="\n", flush=True)
+        finally:
+            for proc in (plain.proc, routed.proc, echo):
+                stop(proc)
+    print("\n" + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
