@@ -173,6 +173,9 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         self.socket = _routed.get(flow)
         self.tcp_open = {PAGE: True, SERVER: False}
         self.reassembly = {PAGE: _Reassembly(), SERVER: _Reassembly()}
+        if self.socket is not None:  # read once: options are slow to read per message
+            self.max_message_size: int = context.options.wsroute_max_message_size
+            self.keep_messages: int = context.options.wsroute_keep_messages
 
     @expect(events.Start)
     def start(self, event: events.Event) -> layer.CommandGenerator[None]:
@@ -222,9 +225,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 if connection.states[side] is not State.OPEN:
                     continue  # the route closed this side: what it still sends is dropped
                 try:
-                    message = self.reassembly[side].add(
-                        ev, self.context.options.wsroute_max_message_size
-                    )
+                    message = self.reassembly[side].add(ev, self.max_message_size)
                 except OverflowError as e:
                     yield from self._fail(side, 1009, str(e))  # RFC 6455 §7.4.1: too big
                     continue
@@ -275,7 +276,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         assert self.flow.websocket is not None
         messages = self.flow.websocket.messages
         messages.append(message)
-        keep = self.context.options.wsroute_keep_messages
+        keep = self.keep_messages
         if keep and len(messages) >= 2 * keep:  # trimmed in batches: amortised O(1)
             del messages[:-keep]
 
