@@ -182,8 +182,9 @@ class Connection:
     handlers: dict[Side, _Handlers] = field(
         default_factory=lambda: {PAGE: _Handlers(), SERVER: _Handlers()}
     )
-    #: The first close seen on this socket, as reported to mitmproxy's `websocket_end`.
-    first_close: tuple[Side, Close] | None = None
+    #: The first close on this socket and whether the client sent it (else the server or the
+    #: route did), as mitmproxy's `websocket_end` reports it.
+    first_close: tuple[bool, Close] | None = None
     #: Called whenever a command is recorded, so that an idle adapter can wake up to drain it.
     wakeup: Callable[[], None] | None = None
     _commands: list[Command] = field(default_factory=list)
@@ -219,7 +220,7 @@ class Connection:
             logger.debug(f"{self.url}: close() of the {side.value} ignored, already closed")
             return
         self._record(CloseSide(side, close))
-        self._closed(side, close)
+        self._closed(side, close, by_peer=False)
 
     # --- what happened on the wire (through layer.py and addon.py) -----------------------------
 
@@ -242,7 +243,7 @@ class Connection:
         )
         self.states[PAGE] = State.CLOSED
         close = Close(1011, reason)
-        self.first_close = self.first_close or (PAGE, close)
+        self.first_close = self.first_close or (False, close)
         self._record(CloseSide(PAGE, close))
 
     def receive_upstream_failed(self) -> bool:
@@ -279,7 +280,7 @@ class Connection:
         """A side's peer closed: a close frame (``(None, None)`` if empty), or 1006 for a drop."""
         if self.states[side] is not State.OPEN:
             return
-        self._closed(side, Close(code, reason if code is not None else None))
+        self._closed(side, Close(code, reason if code is not None else None), by_peer=True)
 
     def receive_connection_lost(self, side: Side) -> None:
         """A side's TCP connection is gone, perhaps long after its close handshake.
@@ -314,10 +315,10 @@ class Connection:
 
     # --- the one close rule -----------------------------------------------------------------------
 
-    def _closed(self, side: Side, close: Close) -> None:
+    def _closed(self, side: Side, close: Close, by_peer: bool) -> None:
         self.states[side] = State.CLOSED
         if self.first_close is None:
-            self.first_close = (side, close)
+            self.first_close = (by_peer and side is PAGE, close)
         on_close = self.handlers[side].close
         if on_close is not None:
             self._record(CallHandler(on_close, (close.code, close.reason)))

@@ -385,8 +385,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             self.tcp_open[PAGE] = False
             yield commands.CloseConnection(self.client_ws.conn)
         if connection.first_close is not None:
-            side, close = connection.first_close
-            self.flow.websocket.closed_by_client = side is PAGE
+            by_client, close = connection.first_close
+            self.flow.websocket.closed_by_client = by_client
             self.flow.websocket.close_code = (
                 CloseReason.NO_STATUS_RCVD if close.code is None else close.code
             )

@@ -51,6 +51,21 @@ MOCK = """
     @route_web_socket("**/silent")
     def silent(ws):
         pass
+
+    @route_web_socket("**/url**")
+    def url(ws):
+        ws.send(ws.url)
+"""
+
+OBSERVER = """
+import logging
+def websocket_message(flow):
+    m = flow.websocket.messages[-1]
+    logging.warning(f"hook message {m.content!r} from_client={m.from_client} dropped={m.dropped}")
+def websocket_end(flow):
+    ws = flow.websocket
+    kept = [(m.content, m.from_client, m.dropped, m.injected) for m in ws.messages]
+    logging.warning(f"hook end code={ws.close_code} by_client={ws.closed_by_client} {kept}")
 """
 
 
@@ -232,3 +247,55 @@ def test_sockets_helper_sees_connections() -> None:
         assert len(open_tcp_connections(os.getpid())) == 2
         c.close()
         s.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "seen"),
+    [
+        ("ws://Chat.Invalid:80/url?x=1", "ws://chat.invalid/url?x=1"),
+        ("ws://chat.invalid:8080/url", "ws://chat.invalid:8080/url"),
+        ("wss://chat.invalid/url", "wss://chat.invalid/url"),
+        ("wss://chat.invalid:8443/url/deep?q", "wss://chat.invalid:8443/url/deep?q"),
+    ],
+)
+async def test_url_through_connect_tunnels(mock_proxy: Any, url: str, seen: str) -> None:
+    tls = mock_proxy.ca() if url.startswith("wss") else None
+    async with connect(url, proxy=mock_proxy.proxy, ssl=tls) as ws:
+        assert await ws.recv() == seen
+
+
+async def test_url_of_absolute_form_request(mock_proxy: Any) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", mock_proxy.port)
+    writer.write(
+        b"GET http://chat.invalid:8080/url?a=b HTTP/1.1\r\nHost: chat.invalid:8080\r\n"
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    seen = b"ws://chat.invalid:8080/url?a=b"
+    assert await asyncio.wait_for(reader.readexactly(2 + len(seen)), 5) == b"\x81\x1e" + seen
+    writer.close()
+
+
+async def test_stock_hooks_see_dropped_and_injected(mitmdump: Any, tmp_path: Any) -> None:
+    observer = tmp_path / "observer.py"
+    observer.write_text(OBSERVER)
+    p = mitmdump(MOCK, "-s", str(observer))
+    async with connect("ws://chat.invalid/mock", proxy=p.proxy) as ws:
+        await recv_all(ws, 2)
+        await ws.send("echo me")
+        assert await ws.recv() == "echo me"
+        await ws.send("close-me")
+        await ws.wait_closed()
+    # the route consumed the client's message: dropped; its replies are recorded as injected
+    await p.async_wait_for(r"hook message b'echo me' from_client=True dropped=True")
+    m = await p.async_wait_for(r"hook end code=4001 by_client=False (.*)")
+    assert m.group(1) == repr(
+        [
+            (b"hello 1", False, False, True),
+            (b"hello 2", False, False, True),
+            (b"echo me", True, True, False),
+            (b"echo me", False, False, True),
+            (b"close-me", True, True, False),
+        ]
+    )
