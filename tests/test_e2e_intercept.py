@@ -82,6 +82,12 @@ ROUTES = """
                 server.send(m)
         ws.on_message(from_client)
 
+    @route_web_socket("**/close-with/*")
+    def close_with(ws):
+        server = ws.connect_to_server()
+        code = int(ws.url.rsplit("/", 1)[1])
+        ws.on_message(lambda m: server.close(code=code, reason=f"code {code}"))
+
     @route_web_socket("**/forbidden")
     def forbidden(ws):
         ws.connect_to_server()
@@ -155,6 +161,10 @@ async def test_forwarding_and_rewriting(via: Any, tls: bool) -> None:
     conn, up, p = await via(tls)
     async with conn("/plain", subprotocols=["chat.v1", "chat.v2"]) as ws:
         assert ws.subprotocol == "chat.v1"  # the upstream's choice
+        # the upstream's extensions too: permessage-deflate on both legs
+        assert [e.name for e in ws.protocol.extensions] == ["permessage-deflate"]
+        await ws.send("z" * 5000)
+        assert await ws.recv() == "z" * 5000
         await ws.send("text")
         await ws.send(b"\x00bin")
         assert [await ws.recv(), await ws.recv()] == ["text", b"\x00bin"]
@@ -167,7 +177,7 @@ async def test_forwarding_and_rewriting(via: Any, tls: bool) -> None:
         await ws.send("after")
         assert await ws.recv() == "after"
     assert "to-respond" not in up.received and "to-block" not in up.received
-    assert up.received[:3] == ["text", b"\x00bin", "fake"]
+    assert up.received[:4] == ["z" * 5000, "text", b"\x00bin", "fake"]
     await no_leaks(p)
 
 
@@ -265,24 +275,68 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.parametrize("mode", ["regular", "reverse", "upstream"])
 @pytest.mark.parametrize("failure", ["refused", "dns", "tls"])
-async def test_upstream_unreachable(mitmdump: Any, upstream: Any, failure: str) -> None:
+async def test_upstream_unreachable(mitmdump: Any, upstream: Any, failure: str, mode: str) -> None:
     up = await upstream(tls=True)
-    p = mitmdump(ROUTES, "--set", "ssl_insecure=false")  # the upstream's cert is self-signed
-    base = {
+    target = {
         "refused": f"ws://127.0.0.1:{closed_port()}",
         "dns": "ws://nonexistent.invalid",
-        "tls": f"wss://127.0.0.1:{up.port}",
+        "tls": f"wss://127.0.0.1:{up.port}",  # a self-signed certificate, and no ssl_insecure
     }[failure]
-    tls = p.ca() if failure == "tls" else None
+    strict = ("--set", "ssl_insecure=false")
+    if mode == "reverse":
+        p = mitmdump(ROUTES, "--mode", "reverse:" + target.replace("ws", "http", 1), *strict)
+
+        def conn(path: str) -> Any:
+            return connect(f"ws://127.0.0.1:{p.port}{path}")
+    else:
+        if mode == "upstream":  # the next proxy is the one that fails to connect
+            outer = mitmdump(None, *strict)
+            p = mitmdump(ROUTES, "--mode", f"upstream:{outer.proxy}")
+        else:
+            p = mitmdump(ROUTES, *strict)
+
+        def conn(path: str) -> Any:
+            tls = p.ca() if target.startswith("wss") else None
+            return connect(f"{target}{path}", proxy=p.proxy, ssl=tls)
+
     with pytest.raises(InvalidStatus) as e:
-        async with connect(f"{base}/unreachable", proxy=p.proxy, ssl=tls):
+        async with conn("/unreachable"):
             pass
     assert e.value.response.status_code == 502
-    async with connect(f"{base}/unreachable-degrade", proxy=p.proxy, ssl=tls) as ws:
+    async with conn("/unreachable-degrade") as ws:
         assert await ws.recv() == "upstream failed 1006 ''"
-        await ws.send("anyone?")  # mock now: no handler, dropped
+        await ws.send("anyone?")  # a mock now: no handler, dropped
         pong = await ws.ping()
         await asyncio.wait_for(pong, 5)
     assert up.accepted == 0
+    await no_leaks(p)
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1008, 1011, 3000, 4999])
+async def test_route_close_codes_reach_both_parties_exactly(
+    mitmdump: Any, upstream: Any, code: int
+) -> None:
+    up = await upstream()
+    p = mitmdump(ROUTES)
+    async with connect(up.url(f"/close-with/{code}"), proxy=p.proxy) as ws:
+        await ws.send("now")
+        assert await closed_with(ws) == (code, f"code {code}")
+    await asyncio.wait_for(up.closed.wait(), 5)
+    assert up.closes == [(code, f"code {code}")]
+
+
+async def test_many_concurrent_intercepted_sockets(mitmdump: Any, upstream: Any) -> None:
+    up = await upstream()
+    p = mitmdump(ROUTES)
+
+    async def client(i: int) -> None:
+        async with connect(up.url("/plain"), proxy=p.proxy, open_timeout=60) as ws:
+            for j in range(10):
+                await ws.send(f"{i}-{j}")
+                assert await ws.recv() == f"{i}-{j}"
+
+    await asyncio.gather(*(client(i) for i in range(200)))
+    assert up.accepted == 200
     await no_leaks(p)

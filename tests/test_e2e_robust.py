@@ -258,4 +258,4 @@ async def test_many_concurrent_mocked_sockets(mitmdump: Any) -> None:
                 await ws.send(f"{i}-{j}")
                 assert await ws.recv() == f"{i}-{j}"
 
-    await asyncio.gather(*(client(i) for i in range(300)))
+    await asyncio.gather(*(client(i) for i in range(1000)))
