@@ -189,8 +189,12 @@ async def main() -> None:
     lines: list[str] = []
     with tempfile.TemporaryDirectory() as confdir:
         plain = start_mitmdump("plain", confdir)
-        routed = start_mitmdump("routed", confdir, "-s", str(ROOT / "addons" / "wsroute.py"),
-                                "--set", f"wsroute_scripts={HERE / 'routes.py'}")  # fmt: skip
+        addon = ("-s", str(ROOT / "addons" / "wsroute.py"),
+                 "--set", f"wsroute_scripts={HERE / 'routes.py'}")  # fmt: skip
+        routed = start_mitmdump("routed", confdir, *addon)
+        hookless = start_mitmdump(
+            "hookless", confdir, *addon, "--set", "wsroute_message_hooks=false"
+        )
         up = f"ws://127.0.0.1:{echo_port}"
         cases: list[tuple[str, Proxy, str]] = [
             ("plain mitmdump", plain, f"{up}/plain"),
@@ -198,12 +202,17 @@ async def main() -> None:
             ("intercept, Python handlers forwarding both ways", routed, f"{up}/handlers"),
             ("mock echo", routed, "ws://bench.invalid/mock"),
         ]
+        # What mitmproxy's per-message hook fan-out costs: the same routes, without the hook
+        no_hooks: list[tuple[str, Proxy, str]] = [
+            ("intercept, no handlers, wsroute_message_hooks=false", hookless, f"{up}/intercept"),
+            ("mock echo, wsroute_message_hooks=false", hookless, "ws://bench.invalid/mock"),
+        ]
         try:
             lines.append("| measurement | value | vs plain |")
             lines.append("|---|---:|---:|")
             for size, n, rtts in ((32, n32, rtt32), (65536, n64k, rtt64k)):
                 base: dict[str, float] = {}
-                for label, p, url in cases:
+                for label, p, url in cases + no_hooks:
                     r = await throughput_and_rtt(url, p.url, size, n, rtts)
                     base = base or r
                     first = label == "plain mitmdump"
@@ -243,7 +252,7 @@ async def main() -> None:
                 )
                 print(*lines[-4:], sep="\n", flush=True)
         finally:
-            for proc in (plain.proc, routed.proc, echo):
+            for proc in (plain.proc, routed.proc, hookless.proc, echo):
                 stop(proc)
     print("\n" + "\n".join(lines))
 

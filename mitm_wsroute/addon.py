@@ -90,6 +90,18 @@ class WsRoute:
             """,
         )
 
+        loader.add_option(
+            "wsroute_message_hooks",
+            bool,
+            True,
+            """
+            Fire mitmproxy's websocket_message hook for each message of a routed socket, so
+            that other addons (and mitmdump's output) see it. Off, routed sockets skip it:
+            faster (the hook reaches every loaded addon), but other addons no longer see, and
+            cannot modify, their messages.
+            """,
+        )
+
     def configure(self, updated: set[str]) -> None:
         for name in ("wsroute_max_message_size", "wsroute_keep_messages"):
             if name in updated and getattr(ctx.options, name) < 0:

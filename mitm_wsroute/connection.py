@@ -89,6 +89,9 @@ class State(enum.IntEnum):
     CLOSED = 3
 
 
+_DONE = (State.NONE, State.CLOSED)
+
+
 @dataclass(frozen=True, slots=True)
 class Close:
     """A close as handlers see it: ``(None, None)`` for an empty close payload."""
@@ -311,7 +314,7 @@ class Connection:
     @property
     def finished(self) -> bool:
         """Both sides are closed (or the server side never existed)."""
-        return all(s in (State.NONE, State.CLOSED) for s in self.states.values())
+        return self.states[PAGE] is State.CLOSED and self.states[SERVER] in _DONE
 
     # --- the one close rule -----------------------------------------------------------------------
 

@@ -173,9 +173,11 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         self.socket = _routed.get(flow)
         self.tcp_open = {PAGE: True, SERVER: False}
         self.reassembly = {PAGE: _Reassembly(), SERVER: _Reassembly()}
+        self.ended = False
         if self.socket is not None:  # read once: options are slow to read per message
             self.max_message_size: int = context.options.wsroute_max_message_size
             self.keep_messages: int = context.options.wsroute_keep_messages
+            self.message_hooks: bool = context.options.wsroute_message_hooks
 
     @expect(events.Start)
     def start(self, event: events.Event) -> layer.CommandGenerator[None]:
@@ -291,12 +293,14 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         self.reassembly[side].frame_sizes = []
         self._record(message)
 
-        yield from self._drain()  # what is older than this message goes first
+        if connection.has_commands:
+            yield from self._drain()  # what is older than this message goes first
         connection.receive_message(side, data)
         decision = connection.commands_to_execute()
         if not any(isinstance(c, Forward) for c in decision):
             message.drop()  # consumed by a handler, or dropped by the rules: show it in mitmweb
-        yield wsl.WebsocketMessageHook(self.flow)  # other addons may modify or drop it
+        if self.message_hooks:
+            yield wsl.WebsocketMessageHook(self.flow)  # other addons may modify or drop it
         for command in decision:
             if isinstance(command, Forward):
                 if message.dropped or connection.states[command.to] is not State.OPEN:
@@ -373,10 +377,10 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         the client first leaked the server socket (CLOSE-WAIT) in the internals memo.
         """
         assert self.socket is not None and self.flow.websocket is not None
-        if self._handle_event == self.done:
+        if self.ended:
             return
         connection = self.socket.connection
-        if connection.states[SERVER] in (State.NONE, State.CLOSED) and self.tcp_open[SERVER]:
+        if self.tcp_open[SERVER] and connection.states[SERVER] in (State.NONE, State.CLOSED):
             self.tcp_open[SERVER] = False
             yield commands.CloseConnection(self.server_ws.conn)
         if not connection.finished:
@@ -392,6 +396,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             )
             self.flow.websocket.close_reason = close.reason or ""
         self.flow.websocket.timestamp_end = time.time()
+        self.ended = True
         self._handle_event = self.done
         self.socket.busy = False
         yield wsl.WebsocketEndHook(self.flow)

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.async_api import Page, async_playwright
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Playwright's "should work with server" scenario, as a user would run it
+INTERCEPT_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "intercept_chat.py"
 
 ROUTES = """
     import logging
@@ -31,29 +34,6 @@ ROUTES = """
                 ws.send(m)  # echo, text stays text and binary stays binary
         ws.on_message(on_message)
         ws.on_close(lambda code, reason: log.warning(f"page closed {code} {reason!r}"))
-
-    @route_web_socket("**/with-server")
-    def with_server(ws):  # Playwright's "should work with server"
-        server = ws.connect_to_server()
-        def from_page(m):
-            if m == "to-respond":
-                ws.send("response")
-            elif m == "to-block":
-                pass
-            elif m == "to-modify":
-                server.send("modified")
-            else:
-                server.send(m)
-        def from_server(m):
-            if m == "to-block":
-                pass
-            elif m == "modified":
-                ws.send("modified again")
-            else:
-                ws.send(m)
-        ws.on_message(from_page)
-        server.on_message(from_server)
-        server.send("fake")
 
     @route_web_socket("**/plain")
     def plain(ws):
@@ -81,7 +61,7 @@ OPEN = """
 
 @pytest.fixture
 async def page(mitmdump: Any) -> AsyncIterator[tuple[Page, Any]]:
-    proxy = mitmdump(ROUTES)
+    proxy = mitmdump(ROUTES, "--set", f"wsroute_scripts={INTERCEPT_EXAMPLE}")
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(
             executable_path=CHROMIUM,
@@ -136,7 +116,7 @@ async def test_browser_page_close_reaches_on_close(page: Any) -> None:
 async def test_browser_intercept_works_with_server(page: Any, upstream: Any) -> None:
     p, proxy = page
     up = await upstream()
-    await p.evaluate(OPEN, [up.url("/with-server"), [], "blob"])
+    await p.evaluate(OPEN, [up.url("/echo-intercepted"), [], "blob"])
     assert await wait_log(p, 2) == ["open ", "message fake"]  # sent before the open, echoed
     await p.evaluate("for (const m of ['to-respond', 'to-block', 'to-modify', 'pass']) ws.send(m)")
     assert (await wait_log(p, 5))[2:] == [

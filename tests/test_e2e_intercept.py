@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,29 +24,6 @@ ROUTES = """
     @route_web_socket("**/plain")
     def plain(ws):
         ws.connect_to_server()
-
-    @route_web_socket("**/rewrite")
-    def rewrite(ws):
-        server = ws.connect_to_server()
-        def from_client(m):
-            if m == "to-respond":
-                ws.send("response")
-            elif m == "to-block":
-                pass
-            elif m == "to-modify":
-                server.send("modified")
-            else:
-                server.send(m)
-        def from_server(m):
-            if m == "to-block":
-                pass
-            elif m == "modified":
-                ws.send("modified again")
-            else:
-                ws.send(m)
-        ws.on_message(from_client)
-        server.on_message(from_server)
-        server.send("fake")
 
     @route_web_socket("**/server-on-close")
     def server_on_close(ws):
@@ -108,6 +86,9 @@ ROUTES = """
 """
 
 Connect = Callable[..., Any]
+# Playwright's "should work with server" scenario, as a user would run it
+INTERCEPT_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "intercept_chat.py"
+EXAMPLE = ("--set", f"wsroute_scripts={INTERCEPT_EXAMPLE}")
 
 
 @pytest.fixture(params=["regular", "reverse", "upstream"])
@@ -119,7 +100,7 @@ async def via(request: pytest.FixtureRequest, mitmdump: Any, upstream: Any) -> A
         up = await upstream(tls=tls)
         if mode == "reverse":
             scheme = "https" if tls else "http"
-            p = mitmdump(ROUTES, "--mode", f"reverse:{scheme}://127.0.0.1:{up.port}")
+            p = mitmdump(ROUTES, "--mode", f"reverse:{scheme}://127.0.0.1:{up.port}", *EXAMPLE)
 
             def conn(path: str, **kw: Any) -> Any:
                 return connect(f"ws://127.0.0.1:{p.port}{path}", **kw)
@@ -127,9 +108,9 @@ async def via(request: pytest.FixtureRequest, mitmdump: Any, upstream: Any) -> A
             return conn, up, p
         if mode == "upstream":
             outer = mitmdump(None)
-            p = mitmdump(ROUTES, "--mode", f"upstream:{outer.proxy}")
+            p = mitmdump(ROUTES, "--mode", f"upstream:{outer.proxy}", *EXAMPLE)
         else:
-            p = mitmdump(ROUTES)
+            p = mitmdump(ROUTES, *EXAMPLE)
 
         def conn(path: str, **kw: Any) -> Any:
             return connect(up.url(path), proxy=p.proxy, ssl=p.ca() if tls else None, **kw)
@@ -168,7 +149,7 @@ async def test_forwarding_and_rewriting(via: Any, tls: bool) -> None:
         await ws.send("text")
         await ws.send(b"\x00bin")
         assert [await ws.recv(), await ws.recv()] == ["text", b"\x00bin"]
-    async with conn("/rewrite") as ws:
+    async with conn("/echo-intercepted") as ws:
         assert await ws.recv() == "fake"  # queued before the upstream opened, sent first
         for message, want in [("to-respond", "response"), ("to-modify", "modified again")]:
             await ws.send(message)

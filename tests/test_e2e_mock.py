@@ -299,3 +299,16 @@ async def test_stock_hooks_see_dropped_and_injected(mitmdump: Any, tmp_path: Any
             (b"close-me", True, True, False),
         ]
     )
+
+
+async def test_message_hooks_can_be_turned_off(mitmdump: Any, tmp_path: Any) -> None:
+    observer = tmp_path / "observer.py"
+    observer.write_text(OBSERVER)
+    p = mitmdump(MOCK, "-s", str(observer), "--set", "wsroute_message_hooks=false")
+    async with connect("ws://chat.invalid/mock", proxy=p.proxy) as ws:
+        await recv_all(ws, 2)
+        await ws.send("echo me")
+        assert await ws.recv() == "echo me"
+    m = await p.async_wait_for(r"hook end code=1000 by_client=True (.*)")
+    assert "(b'echo me', True, True, False)" in m.group(1)  # still recorded in the flow
+    assert "hook message" not in p.output  # but no addon was called per message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,7 +19,7 @@ from mitm_wsroute.layer import RoutedWebsocketLayer, _frames, _Reassembly
 def cut(data: Any, cuts: list[int]) -> list[Any]:
     points = sorted({c % (len(data) + 1) for c in cuts})
     edges = [0, *points, len(data)]
-    return [data[a:b] for a, b in zip(edges, edges[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(edges)]
 
 
 messages = st.one_of(st.text(max_size=200), st.binary(max_size=200))
