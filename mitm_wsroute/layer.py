@@ -81,18 +81,22 @@ class RoutedSocket:
     call_user: CallUser
     #: Hands an event to mitmproxy's connection handler (``Proxyserver.inject_event``).
     inject: Callable[[events.MessageInjected[Any]], None]
-    flow: http.HTTPFlow | None = None
+    #: The flow, weakly: the flow is the key of `_routed`, which must not keep it alive.
+    flow: Callable[[], http.HTTPFlow | None] = lambda: None
     busy: bool = False
     wakeup_pending: bool = False
     layer_started: bool = field(default=False)
 
     def wake(self) -> None:
         """Called by the connection for every command recorded; wakes an idle layer once."""
-        if self.busy or self.wakeup_pending or not self.layer_started or self.flow is None:
+        if self.busy or self.wakeup_pending or not self.layer_started:
             return  # the layer drains at the end of the event it is handling, or at start
+        flow = self.flow()
+        if flow is None:
+            return
         self.wakeup_pending = True
         try:
-            self.inject(RouteWakeup(self.flow, _NO_MESSAGE))
+            self.inject(RouteWakeup(flow, _NO_MESSAGE))
         except ValueError:  # "Flow is not from a live connection."
             logger.debug(f"{self.connection.url}: connection already gone")
 
@@ -103,7 +107,7 @@ _routed: weakref.WeakKeyDictionary[http.HTTPFlow, RoutedSocket] = weakref.WeakKe
 def routed_socket(flow: http.HTTPFlow, socket: RoutedSocket | None = None) -> RoutedSocket | None:
     """Attach `socket` to `flow` (when given) and return what is attached."""
     if socket is not None:
-        socket.flow = flow
+        socket.flow = weakref.ref(flow)
         socket.connection.wakeup = socket.wake
         _routed[flow] = socket
     return _routed.get(flow)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import gc
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +156,14 @@ def test_self_check_refuses_changed_internals(monkeypatch: pytest.MonkeyPatch) -
         RuntimeError, match=r"WebsocketConnection\.send2 missing.*mitmproxy>=12.3,<13"
     ):
         layer.check_internals()
+
+
+async def test_routed_flows_are_freed(addon: Any) -> None:
+    a, tctx = addon
+    f = upgrade("/mock")
+    await a.request(f)
+    assert layer.routed_socket(f) is not None
+    gone = weakref.ref(f)
+    del f
+    gc.collect()
+    assert gone() is None  # nothing of ours keeps a finished flow alive
