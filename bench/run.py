@@ -171,8 +171,34 @@ def row(label: str, value: float, unit: str, base: float | None, higher_is_bette
     ratio = ""
     if base:
         r = value / base if higher_is_better else base / value
-        ratio = f"{r:6.2f}x"
-    return f"| {label:<58} | {value:>12,.1f} {unit:<6} | {ratio:>8} |"
+        ratio = f"{r:.2f}x"
+    return f"| {label} | {value:,.1f} {unit} | {ratio} |"
+
+
+Case = tuple[str, Proxy, str]
+
+
+async def small_messages(
+    cases: list[Case], size: int, n: int, rtts: int, repeats: int
+) -> list[str]:
+    """msgs/s and RTT for each case: the median of `repeats` runs, the cases interleaved so that
+    a noisy moment of the machine does not land on one case only."""
+    runs: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in cases}
+    for _ in range(repeats):
+        for label, p, url in cases:
+            runs[label].append(await throughput_and_rtt(url, p.url, size, n, rtts))
+    median = {k: {m: statistics.median(r[m] for r in v) for m in ("msgs", "p50", "p99")}
+              for k, v in runs.items()}  # fmt: skip
+    base = median[cases[0][0]]
+    lines = []
+    for label, _, _ in cases:
+        r, ref = median[label], (None if label == cases[0][0] else base)
+        lines.append(
+            row(f"{size} B msgs/s, {label}", r["msgs"], "msg/s", ref and ref["msgs"], True)
+        )
+        lines.append(row(f"{size} B RTT p50, {label}", r["p50"], "µs", ref and ref["p50"], False))
+        lines.append(row(f"{size} B RTT p99, {label}", r["p99"], "µs", ref and ref["p99"], False))
+    return lines
 
 
 async def main() -> None:
@@ -181,12 +207,14 @@ async def main() -> None:
     a = ap.parse_args()
     q = a.quick
     n32, n64k, rtt32, rtt64k = (2000, 300, 300, 100) if q else (20000, 2000, 1000, 300)
+    repeats = 1 if q else 3
     big = (16 if q else 64) * 1024 * 1024
     rss_n = 10_000 if q else 100_000
 
     os.environ["PYTHONUNBUFFERED"] = "1"
     echo, echo_port = start([sys.executable, str(HERE / "echo_server.py")], r"port (\d+)")
-    lines: list[str] = []
+    what = f"median of {repeats} interleaved runs for msgs/s and RTT"
+    lines = [f"| measurement ({what}) | value | vs plain |", "|---|---:|---:|"]
     with tempfile.TemporaryDirectory() as confdir:
         plain = start_mitmdump("plain", confdir)
         addon = ("-s", str(ROOT / "addons" / "wsroute.py"),
@@ -196,61 +224,48 @@ async def main() -> None:
             "hookless", confdir, *addon, "--set", "wsroute_message_hooks=false"
         )
         up = f"ws://127.0.0.1:{echo_port}"
-        cases: list[tuple[str, Proxy, str]] = [
+        cases: list[Case] = [
             ("plain mitmdump", plain, f"{up}/plain"),
             ("intercept, no handlers", routed, f"{up}/intercept"),
             ("intercept, Python handlers forwarding both ways", routed, f"{up}/handlers"),
             ("mock echo", routed, "ws://bench.invalid/mock"),
-        ]
-        # What mitmproxy's per-message hook fan-out costs: the same routes, without the hook
-        no_hooks: list[tuple[str, Proxy, str]] = [
+            # what mitmproxy's per-message hook fan-out costs: the same routes without the hook
             ("intercept, no handlers, wsroute_message_hooks=false", hookless, f"{up}/intercept"),
             ("mock echo, wsroute_message_hooks=false", hookless, "ws://bench.invalid/mock"),
         ]
+
+        def out(*new: str) -> None:
+            lines.extend(new)
+            print(*new, sep="\n", flush=True)
+
         try:
-            lines.append("| measurement | value | vs plain |")
-            lines.append("|---|---:|---:|")
-            for size, n, rtts in ((32, n32, rtt32), (65536, n64k, rtt64k)):
-                base: dict[str, float] = {}
-                for label, p, url in cases + no_hooks:
-                    r = await throughput_and_rtt(url, p.url, size, n, rtts)
-                    base = base or r
-                    first = label == "plain mitmdump"
-                    lines.append(row(f"{size} B msgs/s, {label}", r["msgs"], "msg/s",
-                                     None if first else base["msgs"], True))  # fmt: skip
-                    lines.append(row(f"{size} B RTT p50, {label}", r["p50"], "µs",
-                                     None if first else base["p50"], False))  # fmt: skip
-                    lines.append(row(f"{size} B RTT p99, {label}", r["p99"], "µs",
-                                     None if first else base["p99"], False))  # fmt: skip
-                    print(lines[-3], lines[-2], lines[-1], sep="\n", flush=True)
-            big_cases = cases if not q else cases[1:]
+            out(*await small_messages(cases, 32, n32, rtt32, repeats))
+            out(*await small_messages(cases, 65536, n64k, rtt64k, repeats))
             big_base = None
-            for label, p, url in big_cases:
+            for label, p, url in cases[int(q) : 4]:  # --quick skips plain: 64 MiB takes it 30 s
                 secs = await big_message(url, p.url, big)
-                ref = None if label == "plain mitmdump" else big_base
                 big_base = big_base or (secs if label == "plain mitmdump" else None)
-                lines.append(row(f"{big >> 20} MiB echo, {label}", secs, "s", ref, False))
-                print(lines[-1], flush=True)
+                ref = None if label == "plain mitmdump" else big_base
+                out(row(f"{big >> 20} MiB echo, {label}", secs, "s", ref, False))
             for label, p, url in (cases[0], cases[3]):
                 before, after = await rss_after(p, url, rss_n)
-                lines.append(row(f"RSS growth after {rss_n:,} echoes, {label}", after - before,
-                                 "MiB", None, False))  # fmt: skip
-                print(lines[-1], flush=True)
+                out(
+                    row(
+                        f"RSS growth after {rss_n:,} echoes, {label}",
+                        after - before,
+                        "MiB",
+                        None,
+                        False,
+                    )
+                )
             for label, url, sockets in (("mocked", "ws://bench.invalid/mock", 1000),
                                         ("intercepted", f"{up}/intercept", 200)):  # fmt: skip
                 r = await concurrent(url, routed.url, sockets, 10)
-                lines.append(row(f"{sockets} concurrent {label} sockets x 10 echoes: errors",
-                                 r["errors"], "", None, False))  # fmt: skip
-                lines.append(
-                    row(f"{sockets} concurrent {label}: echo p50", r["p50"], "µs", None, False)
-                )
-                lines.append(
-                    row(f"{sockets} concurrent {label}: echo p99", r["p99"], "µs", None, False)
-                )
-                lines.append(
-                    row(f"{sockets} concurrent {label}: wall time", r["secs"], "s", None, False)
-                )
-                print(*lines[-4:], sep="\n", flush=True)
+                what = f"{sockets} concurrent {label} sockets x 10 echoes"
+                out(row(f"{what}: errors", r["errors"], "", None, False),
+                    row(f"{what}: echo p50", r["p50"], "µs", None, False),
+                    row(f"{what}: echo p99", r["p99"], "µs", None, False),
+                    row(f"{what}: wall time", r["secs"], "s", None, False))  # fmt: skip
         finally:
             for proc in (plain.proc, routed.proc, hookless.proc, echo):
                 stop(proc)
