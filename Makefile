@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 lint: $(STAMP)
+	@echo "== ruff, ruff format, mypy --strict"
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy --strict mitm_wsroute
