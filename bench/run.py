@@ -192,12 +192,12 @@ async def small_messages(
     base = median[cases[0][0]]
     lines = []
     for label, _, _ in cases:
-        r, ref = median[label], (None if label == cases[0][0] else base)
-        lines.append(
-            row(f"{size} B msgs/s, {label}", r["msgs"], "msg/s", ref and ref["msgs"], True)
-        )
-        lines.append(row(f"{size} B RTT p50, {label}", r["p50"], "µs", ref and ref["p50"], False))
-        lines.append(row(f"{size} B RTT p99, {label}", r["p99"], "µs", ref and ref["p99"], False))
+        r, first = median[label], label == cases[0][0]
+        for metric, name, unit, higher in (("msgs", "msgs/s", "msg/s", True),
+                                           ("p50", "RTT p50", "µs", False),
+                                           ("p99", "RTT p99", "µs", False)):  # fmt: skip
+            ref = None if first else base[metric]
+            lines.append(row(f"{size} B {name}, {label}", r[metric], unit, ref, higher))
     return lines
 
 
