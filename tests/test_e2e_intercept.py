@@ -217,25 +217,19 @@ async def test_page_on_close_sends_last_words_then_closes_server(via: Any, tls: 
     await no_leaks(p)
 
 
+@pytest.mark.parametrize(
+    ("command", "close"), [("close-page", (4012, "page only")), ("close-server", (1008, "policy"))]
+)
 @pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
-async def test_route_close_page_mirrors_to_server(via: Any, tls: bool) -> None:
+async def test_route_close_of_one_side_mirrors_to_the_other(
+    via: Any, tls: bool, command: str, close: tuple[int, str]
+) -> None:
     conn, up, p = await via(tls)
     async with conn("/route-closes") as ws:
-        await ws.send("close-page")
-        assert await closed_with(ws) == (4012, "page only")
+        await ws.send(command)
+        assert await closed_with(ws) == close
     await asyncio.wait_for(up.closed.wait(), 5)
-    assert up.closes == [(4012, "page only")]
-    await no_leaks(p)
-
-
-@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
-async def test_route_close_server_mirrors_to_page(via: Any, tls: bool) -> None:
-    conn, up, p = await via(tls)
-    async with conn("/route-closes") as ws:
-        await ws.send("close-server")
-        assert await closed_with(ws) == (1008, "policy")
-    await asyncio.wait_for(up.closed.wait(), 5)
-    assert up.closes == [(1008, "policy")]
+    assert up.closes == [close]
     await no_leaks(p)
 
 
