@@ -175,6 +175,8 @@ class WsRoute:
         socket = layer.routed_socket(flow)
         if socket is None or flow.websocket is not None or flow.response is None:
             return
+        if socket.connection.states[SERVER] is not State.CONNECTING:
+            return  # not an intercept waiting for its upstream
         # An intercepted socket whose upstream refused the upgrade.
         if socket.connection.receive_upstream_failed():
             logger.info(
