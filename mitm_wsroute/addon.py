@@ -86,7 +86,8 @@ class WsRoute:
             """
             How many messages of a routed socket stay in its flow (what mitmweb shows and -w
             saves); older ones are dropped so that long-lived sockets do not grow without
-            bound. 0 keeps all.
+            bound. The kept messages also hold at most 16 MiB of content (the newest message
+            is always kept). 0 keeps all.
             """,
         )
 

@@ -60,6 +60,9 @@ _ORIGINAL: type[wsl.WebsocketLayer] = getattr(wsl, "_wsroute_original", wsl.Webs
 
 _NO_MESSAGE = websocket.WebSocketMessage(Opcode.TEXT, True, b"")
 
+#: With ``wsroute_keep_messages``, the content a flow keeps at most (big messages count more).
+KEEP_BYTES = 16 * 1024 * 1024
+
 
 class RouteWakeup(wsl.WebSocketMessageInjected):
     """Wakes a routed layer to carry out commands recorded while it was idle.
@@ -181,6 +184,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         if self.socket is not None:  # read once: options are slow to read per message
             self.max_message_size: int = context.options.wsroute_max_message_size
             self.keep_messages: int = context.options.wsroute_keep_messages
+            self.kept_bytes = 0
             self.message_hooks: bool = context.options.wsroute_message_hooks
 
     @expect(events.Start)
@@ -278,13 +282,24 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         self.socket.connection.receive_close(side, code, reason)
 
     def _record(self, message: websocket.WebSocketMessage) -> None:
-        """Keep the message in the flow, and at most ``wsroute_keep_messages`` of them."""
+        """Keep the message in the flow, and of them at most the newest ``wsroute_keep_messages``
+        holding at most `KEEP_BYTES` of content (but always the newest message)."""
         assert self.flow.websocket is not None
         messages = self.flow.websocket.messages
         messages.append(message)
         keep = self.keep_messages
-        if keep and len(messages) >= 2 * keep:  # trimmed in batches: amortised O(1)
-            del messages[:-keep]
+        if not keep:
+            return
+        self.kept_bytes += len(message.content)
+        # Trimmed in batches, when either bound is exceeded twice over: amortised O(1).
+        if len(messages) >= 2 * keep or self.kept_bytes > 2 * KEEP_BYTES:
+            first = max(0, len(messages) - keep)
+            kept = sum(len(m.content) for m in messages[first:])
+            while kept > KEEP_BYTES and first < len(messages) - 1:
+                kept -= len(messages[first].content)
+                first += 1
+            del messages[:first]
+            self.kept_bytes = kept
 
     def _message(self, side: Side, data: str | bytes) -> layer.CommandGenerator[None]:
         assert self.socket is not None and self.flow.websocket is not None

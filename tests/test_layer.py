@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from types import SimpleNamespace
 from typing import Any
+from unittest import mock
 
 import pytest
 import wsproto.events as wse
@@ -70,19 +71,27 @@ def test_size_limit_checked_while_the_message_grows(sizes: list[int], limit: int
     assert total <= limit
 
 
-@given(n=st.integers(0, 500), keep=st.integers(0, 50))
-def test_retention_is_bounded_and_keeps_the_newest(n: int, keep: int) -> None:
-    layer = SimpleNamespace(
-        flow=SimpleNamespace(websocket=SimpleNamespace(messages=[])), keep_messages=keep
-    )
-    for i in range(n):
-        RoutedWebsocketLayer._record(
-            layer, websocket.WebSocketMessage(Opcode.TEXT, True, str(i).encode())
-        )  # type: ignore[arg-type]
-    kept = layer.flow.websocket.messages
-    if keep == 0:
-        assert len(kept) == n
-    else:
-        assert min(n, keep) <= len(kept) < 2 * keep
-    if n:
-        assert kept[-1].content == str(n - 1).encode()
+@given(
+    sizes=st.lists(st.integers(0, 9), max_size=300),
+    keep=st.integers(0, 50),
+    budget=st.integers(1, 40),
+)
+def test_retention_is_bounded_and_keeps_the_newest(
+    sizes: list[int], keep: int, budget: int
+) -> None:
+    flow = SimpleNamespace(websocket=SimpleNamespace(messages=[]))
+    layer = SimpleNamespace(flow=flow, keep_messages=keep, kept_bytes=0)
+    with mock.patch("mitm_wsroute.layer.KEEP_BYTES", budget):
+        for i, size in enumerate(sizes):
+            message = websocket.WebSocketMessage(Opcode.BINARY, True, bytes([i % 256]) * size)
+            RoutedWebsocketLayer._record(layer, message)  # type: ignore[arg-type]
+    kept = flow.websocket.messages
+    if keep == 0 or not sizes:
+        assert len(kept) == len(sizes)
+        return
+    assert kept[-1].content == bytes([(len(sizes) - 1) % 256]) * sizes[-1]  # the newest, always
+    assert len(kept) < 2 * keep
+    assert len(kept) == 1 or sum(len(m.content) for m in kept) <= 2 * budget
+    assert layer.kept_bytes == sum(len(m.content) for m in kept)
+    every = [bytes([i % 256]) * size for i, size in enumerate(sizes)]
+    assert [m.content for m in kept] == every[len(every) - len(kept) :]  # the newest, in order
