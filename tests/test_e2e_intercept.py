@@ -42,10 +42,10 @@ ROUTES = """
     @route_web_socket("**/page-on-close")
     def page_on_close(ws):
         server = ws.connect_to_server()
-        def closed(code, reason):
+        async def closed(code, reason):  # as written for playwright-python's async API
             log.warning(f"page on_close {code} {reason!r}")
             server.send("page-closed-goodbye")
-            server.close(code=4011, reason="translated")
+            await server.close(code=4011, reason="translated")
         ws.on_close(closed)
 
     @route_web_socket("**/route-closes")
@@ -251,12 +251,14 @@ def closed_port() -> int:
 
 
 @pytest.mark.parametrize("mode", ["regular", "reverse", "upstream"])
-@pytest.mark.parametrize("failure", ["refused", "dns", "tls"])
+@pytest.mark.parametrize("failure", ["refused", "refused-wss", "dns", "dns-wss", "tls"])
 async def test_upstream_unreachable(mitmdump: Any, upstream: Any, failure: str, mode: str) -> None:
     up = await upstream(tls=True)
     target = {
         "refused": f"ws://127.0.0.1:{closed_port()}",
+        "refused-wss": f"wss://127.0.0.1:{closed_port()}",
         "dns": "ws://nonexistent.invalid",
+        "dns-wss": "wss://nonexistent.invalid",
         "tls": f"wss://127.0.0.1:{up.port}",  # a self-signed certificate, and no ssl_insecure
     }[failure]
     strict = ("--set", "ssl_insecure=false")
