@@ -1,0 +1,148 @@
+"""A hypothesis state machine over the real layer: random message sizes and fragmentation,
+split TCP reads, the size and retention options, on an intercepted socket.
+
+The layer runs as mitmproxy runs it (events in, commands out, hooks answered); wsproto peers
+stand in for the client and the server and decode what the layer sends them.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import wsproto
+import wsproto.events as wse
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from mitmproxy.proxy import commands, events
+from mitmproxy.proxy.context import Context
+from mitmproxy.test import tflow
+from mitmproxy.websocket import WebSocketData
+
+from mitm_wsroute import layer
+from mitm_wsroute.connection import PAGE, SERVER, Connection, Side
+from mitm_wsroute.route import WebSocketRoute
+
+MAX = 300  # wsroute_max_message_size for the machine
+
+
+class LayerMachine(RuleBasedStateMachine):
+    @initialize(keep=st.integers(0, 6))
+    def start(self, keep: int) -> None:
+        options = SimpleNamespace(
+            wsroute_max_message_size=MAX, wsroute_keep_messages=keep, wsroute_message_hooks=True
+        )
+        self.keep = keep
+        self.flow = tflow.twebsocketflow(messages=False)
+        self.flow.websocket = None
+        connection = Connection("ws://example.com/ws", [])
+        self.route = {PAGE: WebSocketRoute(connection)}
+        self.route[SERVER] = self.route[PAGE].connect_to_server()
+        socket = layer.RoutedSocket(connection, lambda h, a, url: h(*a), lambda e: None)
+        layer.routed_socket(self.flow, socket)
+        self.flow.websocket = WebSocketData()
+        ctx = Context(self.flow.client_conn, options)  # type: ignore[arg-type]
+        ctx.server = self.flow.server_conn
+        self.layer = layer.RoutedWebsocketLayer(ctx, self.flow)
+        # the peers: what the client and the server see of the layer
+        self.peer = {
+            PAGE: wsproto.Connection(wsproto.ConnectionType.CLIENT),
+            SERVER: wsproto.Connection(wsproto.ConnectionType.SERVER),
+        }
+        self.received: dict[Side, list[Any]] = {PAGE: [], SERVER: []}
+        self.expected: dict[Side, list[Any]] = {PAGE: [], SERVER: []}  # what each peer should get
+        self.closes: dict[Side, list[int]] = {PAGE: [], SERVER: []}
+        self.partial: dict[Side, list[Any]] = {PAGE: [], SERVER: []}
+        self.frames = {PAGE: 0, SERVER: 0}
+        self.received_frames: dict[Side, list[int]] = {PAGE: [], SERVER: []}
+        self.open = {PAGE: True, SERVER: True}
+        self.feed(events.Start())
+
+    def feed(self, event: events.Event) -> None:
+        """Run the layer on `event`, answer its hooks, deliver its output to the peers."""
+        pending = [event]
+        while pending:
+            for command in self.layer.handle_event(pending.pop(0)):
+                if isinstance(command, commands.StartHook):
+                    pending.append(events.HookCompleted(command))
+                elif isinstance(command, commands.SendData):
+                    side = PAGE if command.connection == self.layer.context.client else SERVER
+                    self.peer[side].receive_data(command.data)
+                    for ev in self.peer[side].events():
+                        if isinstance(ev, wse.Message):
+                            self.partial[side].append(ev.data)
+                            self.frames[side] += ev.frame_finished
+                            if ev.message_finished:
+                                parts = self.partial[side]
+                                joined = (
+                                    "".join(parts) if isinstance(ev.data, str) else b"".join(parts)
+                                )
+                                self.received[side].append(joined)
+                                self.received_frames[side].append(self.frames[side])
+                                self.partial[side], self.frames[side] = [], 0
+                        elif isinstance(ev, wse.CloseConnection):
+                            self.closes[side].append(ev.code)
+                            self.open[side] = False
+
+    # --- rules -----------------------------------------------------------------------------------
+
+    @precondition(lambda self: self.open[PAGE] and self.open[SERVER])
+    @rule(
+        side=st.sampled_from([PAGE, SERVER]),
+        text=st.booleans(),
+        size=st.integers(0, MAX + 50),
+        frames=st.integers(1, 4),
+        reads=st.integers(1, 4),
+    )
+    def peer_sends(self, side: Side, text: bool, size: int, frames: int, reads: int) -> None:
+        data: Any = (
+            "é" * (size // 2) if text else bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+        )
+        step = max(1, len(data) // frames)
+        pieces = [data[i : i + step] for i in range(0, len(data), step)] or [data]
+        wire = b"".join(
+            self.peer[side].send(
+                (wse.TextMessage if text else wse.BytesMessage)(
+                    p, message_finished=i == len(pieces) - 1
+                )
+            )
+            for i, p in enumerate(pieces)
+        )
+        chunk = max(1, len(wire) // reads)
+        conn = self.layer.context.client if side is PAGE else self.layer.context.server
+        if len(data) <= MAX:
+            self.expected[side.other].append(data)
+        for i in range(0, len(wire), chunk):
+            self.feed(events.DataReceived(conn, wire[i : i + chunk]))
+        if len(data) > MAX:  # RFC 6455 §7.4.1: 1009 to the sender, mirrored to the other side
+            assert self.closes[side] == [1009]
+            assert self.closes[side.other] == [1009]
+        else:
+            assert self.received[side.other][-1] == data  # forwarded, unchanged...
+            assert self.received_frames[side.other][-1] == len(pieces)  # ...in its own frames
+
+    @rule(side=st.sampled_from([PAGE, SERVER]), size=st.integers(0, MAX * 2))
+    def route_sends(self, side: Side, size: int) -> None:
+        data = b"r" * size  # the size limit is for what arrives, not for what a route sends
+        was_open = self.open[side]
+        self.route[side].send(data)
+        self.feed(events.DataReceived(self.layer.context.client, b""))  # any event drains
+        if was_open:
+            self.expected[side].append(data)
+
+    # --- invariants ------------------------------------------------------------------------------
+
+    @invariant()
+    def delivered_in_order_and_complete(self) -> None:
+        assert self.received == self.expected
+
+    @invariant()
+    def retention_is_bounded(self) -> None:
+        assert self.flow.websocket is not None
+        if self.keep:
+            assert len(self.flow.websocket.messages) < 2 * self.keep
+
+
+TestLayerMachine = LayerMachine.TestCase
+TestLayerMachine.settings = settings(max_examples=60, stateful_step_count=12, deadline=None)
