@@ -58,17 +58,20 @@ class Error(Exception):
     """Playwright's `Error`: raised for API misuse, with Playwright's own texts."""
 
 
-class Side(enum.Enum):
-    """The two legs of a routed socket."""
+class Side(enum.IntEnum):
+    """The two legs of a routed socket. (An `IntEnum`: its hash is int's, cheap per message.)"""
 
     #: The client of the proxy (Playwright's "page").
-    PAGE = "page"
+    PAGE = 0
     #: The upstream WebSocket server.
-    SERVER = "server"
+    SERVER = 1
 
     @property
     def other(self) -> Side:
         return SERVER if self is PAGE else PAGE
+
+    def __str__(self) -> str:
+        return self.name.lower()
 
 
 PAGE = Side.PAGE
@@ -214,7 +217,7 @@ class Connection:
         else:
             # proxy: Playwright drops these silently; users asked for feedback (#34280, #36304).
             what = "never connected" if state is State.NONE else "closed"
-            logger.warning(f"{self.url}: send() to the {to.value} ignored, that side is {what}")
+            logger.warning(f"{self.url}: send() to the {to} ignored, that side is {what}")
 
     def close(self, side: Side, code: int | None = None, reason: str | None = None) -> None:
         """Close one side, then act as if that side had closed (its `on_close`, or the mirror)."""

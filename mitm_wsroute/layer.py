@@ -161,7 +161,7 @@ def _frame(data: str | bytes, message_finished: bool = True) -> wse.Message[Any]
 
 def _frames(message: str | bytes, sizes: list[int]) -> list[wse.Message[Any]]:
     """`message` cut into frames of the given sizes (the original framing), or one frame."""
-    if sum(sizes) != len(message) or len(sizes) <= 1:
+    if len(sizes) <= 1 or sum(sizes) != len(message):
         return [_frame(message)]
     out, offset = [], 0
     for i, size in enumerate(sizes):
@@ -207,14 +207,16 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
     def relay_messages(self, event: events.Event) -> layer.CommandGenerator[None]:
         assert self.socket is not None
         self.socket.busy = True
-        if isinstance(event, RouteWakeup):
-            self.socket.wakeup_pending = False
-        elif isinstance(event, wsl.WebSocketMessageInjected):
-            yield from self._injected(event.message)
-        elif isinstance(event, events.ConnectionEvent):
+        if isinstance(event, events.ConnectionEvent):  # the common case first: this is per message
             side = PAGE if event.connection == self.context.client else SERVER
             yield from self._receive(side, event)
-        yield from self._drain()
+        elif isinstance(event, RouteWakeup):
+            self.socket.wakeup_pending = False
+        else:
+            assert isinstance(event, wsl.WebSocketMessageInjected)
+            yield from self._injected(event.message)
+        if self.socket.connection.has_commands or self._tcp_to_close():
+            yield from self._drain()
         self.socket.busy = False
 
     def _ws(self, side: Side) -> wsl.WebsocketConnection:
@@ -230,12 +232,13 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             ws.receive_data(event.data)
         else:
             ws.receive_data(None)  # we still close our end, in _close_connections
+        reassembly = self.reassembly[side]
         for ev in ws.events():
             if isinstance(ev, wse.Message):
                 if connection.states[side] is not State.OPEN:
                     continue  # the route closed this side: what it still sends is dropped
                 try:
-                    message = self.reassembly[side].add(ev, self.max_message_size)
+                    message = reassembly.add(ev, self.max_message_size)
                 except OverflowError as e:
                     yield from self._fail(side, 1009, str(e))  # RFC 6455 §7.4.1: too big
                     continue
@@ -275,7 +278,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         """_Fail the WebSocket Connection_ of one side (RFC 6455 §7.1.7) with `code`; for the
         route it is that side's close, with the usual rules."""
         assert self.socket is not None
-        logger.info(f"{self.socket.connection.url}: closing the {side.value}: {code} {reason}")
+        logger.info(f"{self.socket.connection.url}: closing the {side}: {code} {reason}")
         ws = self._ws(side)
         if ws.state is ConnectionState.OPEN:
             yield ws.send2(wse.CloseConnection(code, reason))
@@ -316,7 +319,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             yield from self._drain()  # what is older than this message goes first
         connection.receive_message(side, data)
         decision = connection.commands_to_execute()
-        if not any(isinstance(c, Forward) for c in decision):
+        if not decision or type(decision[0]) is not Forward:  # receive_message records one
             message.drop()  # consumed by a handler, or dropped by the rules: show it in mitmweb
         if self.message_hooks:
             yield wsl.WebsocketMessageHook(self.flow)  # other addons may modify or drop it
@@ -337,7 +340,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         assert self.socket is not None and self.flow.websocket is not None
         to = SERVER if message.from_client else PAGE
         if self.socket.connection.states[to] is not State.OPEN:
-            logger.warning(f"Cannot inject a WebSocket message: the {to.value} side is closed.")
+            logger.warning(f"Cannot inject a WebSocket message: the {to} side is closed.")
             return
         self._record(message)
         yield wsl.WebsocketMessageHook(self.flow)
@@ -388,6 +391,15 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         ws = self._ws(to)
         if ws.state is ConnectionState.OPEN:
             yield ws.send2(_frame(data))
+
+    def _tcp_to_close(self) -> bool:
+        """Whether `_close_connections` has anything to do (checked per event, cheaply)."""
+        assert self.socket is not None
+        states = self.socket.connection.states
+        return not self.ended and (
+            states[PAGE] is State.CLOSED
+            or (self.tcp_open[SERVER] and states[SERVER] is not State.OPEN)
+        )
 
     def _close_connections(self) -> layer.CommandGenerator[None]:
         """Close TCP of the sides the route is done with: the server first, the client last.

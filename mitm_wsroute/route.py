@@ -53,7 +53,7 @@ class WebSocketRoute:
         self._server: WebSocketRoute | None = None
 
     def __repr__(self) -> str:
-        return f"<WebSocketRoute {self._side.value} {self.url}>"
+        return f"<WebSocketRoute {self._side} {self.url}>"
 
     @property
     def url(self) -> str:
