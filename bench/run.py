@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import layer_micro
 from websockets.asyncio.client import ClientConnection, connect
 
 HERE = Path(__file__).resolve().parent
@@ -239,6 +240,10 @@ async def main() -> None:
             print(*new, sep="\n", flush=True)
 
         try:
+            stock, ours = layer_micro.best_of(False), layer_micro.best_of(True)
+            what = "layer alone (no sockets, no addons), µs per 32 B message"
+            out(row(f"{what}, mitmproxy's WebsocketLayer", stock, "µs", None, False))
+            out(row(f"{what}, routed, intercept without handlers", ours, "µs", stock, False))
             out(*await small_messages(cases, 32, n32, rtt32, repeats))
             out(*await small_messages(cases, 65536, n64k, rtt64k, repeats))
             big_base = None
