@@ -62,6 +62,9 @@ _NO_MESSAGE = websocket.WebSocketMessage(Opcode.TEXT, True, b"")
 
 #: With ``wsroute_keep_messages``, the content a flow keeps at most (big messages count more).
 KEEP_BYTES = 16 * 1024 * 1024
+#: How long a side's TCP connection stays open after our close frame, waiting for the peer's
+#: (RFC 6455 §7.1.1: close TCP once the closing handshake is done, so that it counts as clean).
+CLOSE_TIMEOUT = 5.0
 
 
 class RouteWakeup(wsl.WebSocketMessageInjected):
@@ -181,6 +184,9 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         self.tcp_open = {PAGE: True, SERVER: False}
         self.reassembly = {PAGE: _Reassembly(), SERVER: _Reassembly()}
         self.ended = False
+        self.close_timer = False  # requested a wake-up for CLOSE_TIMEOUT
+        self.close_timed_out = False
+        self.failed = {PAGE: False, SERVER: False}  # failed sides get no closing handshake
         if self.socket is not None:  # read once: options are slow to read per message
             self.max_message_size: int = context.options.wsroute_max_message_size
             self.keep_messages: int = context.options.wsroute_keep_messages
@@ -203,7 +209,9 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
 
     _handle_event = start
 
-    @expect(events.DataReceived, events.ConnectionClosed, wsl.WebSocketMessageInjected)
+    @expect(
+        events.DataReceived, events.ConnectionClosed, wsl.WebSocketMessageInjected, events.Wakeup
+    )
     def relay_messages(self, event: events.Event) -> layer.CommandGenerator[None]:
         assert self.socket is not None
         self.socket.busy = True
@@ -212,6 +220,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             yield from self._receive(side, event)
         elif isinstance(event, RouteWakeup):
             self.socket.wakeup_pending = False
+        elif isinstance(event, events.Wakeup):
+            self.close_timed_out = True
         else:
             assert isinstance(event, wsl.WebSocketMessageInjected)
             yield from self._injected(event.message)
@@ -282,6 +292,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         ws = self._ws(side)
         if ws.state is ConnectionState.OPEN:
             yield ws.send2(wse.CloseConnection(code, reason))
+        self.failed[side] = True  # §7.1.7: then close TCP at once, no data is processed any more
         self.socket.connection.receive_close(side, code, reason)
 
     def _record(self, message: websocket.WebSocketMessage) -> None:
@@ -402,7 +413,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         )
 
     def _close_connections(self) -> layer.CommandGenerator[None]:
-        """Close TCP of the sides the route is done with: the server first, the client last.
+        """Close TCP of the sides the route is done with, once their closing handshake is done
+        (or `CLOSE_TIMEOUT` passed): the server first, the client last.
 
         mitmproxy tears down every server connection with its client connection, and closing
         the client first leaked the server socket (CLOSE-WAIT) in the internals memo.
@@ -411,12 +423,18 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         if self.ended:
             return
         connection = self.socket.connection
-        if self.tcp_open[SERVER] and connection.states[SERVER] in (State.NONE, State.CLOSED):
+        if self.tcp_open[SERVER] and connection.states[SERVER] is not State.OPEN:
+            if not self._handshake_done(SERVER):
+                yield from self._start_close_timer()
+                return
             self.tcp_open[SERVER] = False
             yield commands.CloseConnection(self.server_ws.conn)
         if not connection.finished:
             return
         if self.tcp_open[PAGE]:
+            if not self._handshake_done(PAGE):
+                yield from self._start_close_timer()
+                return
             self.tcp_open[PAGE] = False
             yield commands.CloseConnection(self.client_ws.conn)
         if connection.first_close is not None:
@@ -428,10 +446,22 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             self.flow.websocket.close_reason = close.reason or ""
         self.flow.websocket.timestamp_end = time.time()
         self.ended = True
-        self._handle_event = self.done
+        self._handle_event = self._finished
         self.socket.busy = False
         yield wsl.WebsocketEndHook(self.flow)
         self.flow.live = False
+
+    def _handshake_done(self, side: Side) -> bool:
+        ws = self._ws(side)
+        return ws.state is ConnectionState.CLOSED or self.failed[side] or self.close_timed_out
+
+    def _start_close_timer(self) -> layer.CommandGenerator[None]:
+        if not self.close_timer:
+            self.close_timer = True
+            yield commands.RequestWakeup(CLOSE_TIMEOUT)
+
+    def _finished(self, event: events.Event) -> layer.CommandGenerator[None]:
+        yield from ()  # late events (a close timer, data after the end) change nothing
 
 
 _ORIGINAL_MAKE_SERVER_CONNECTION = getattr(

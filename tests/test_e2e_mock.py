@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
 from typing import Any
 
 import pytest
@@ -312,3 +313,36 @@ async def test_message_hooks_can_be_turned_off(mitmdump: Any, tmp_path: Any) -> 
     m = await p.async_wait_for(r"hook end code=1000 by_client=True (.*)")
     assert "(b'echo me', True, True, False)" in m.group(1)  # still recorded in the flow
     assert "hook message" not in p.output  # but no addon was called per message
+
+
+async def _raw_mock(p: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+    writer.write(
+        b"GET http://chat.invalid/mock HTTP/1.1\r\nHost: chat.invalid\r\n"
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    await asyncio.wait_for(reader.readexactly(9 + 9), 5)  # "hello 1", b"hello 2"
+    mask = b"\x00\x00\x00\x00"
+    writer.write(b"\x81\x88" + mask + b"close-me")  # a masked text frame
+    close = await asyncio.wait_for(reader.readexactly(2 + 2 + len("bye from the route")), 5)
+    assert close[:4] == b"\x88\x14\x0f\xa1"  # close frame, 20 bytes, code 4001
+    return reader, writer
+
+
+async def test_route_close_waits_for_the_clients_close_reply(mock_proxy: Any) -> None:
+    reader, writer = await _raw_mock(mock_proxy)
+    with pytest.raises(TimeoutError):  # RFC 6455 §7.1.1: TCP stays until the handshake is done
+        await asyncio.wait_for(reader.read(1), 0.5)
+    writer.write(b"\x88\x82\x00\x00\x00\x00\x0f\xa1")  # the client's close reply, 4001
+    assert await asyncio.wait_for(reader.read(), 2) == b""  # then the proxy closes TCP
+    writer.close()
+
+
+async def test_route_close_gives_up_on_a_silent_client(mock_proxy: Any) -> None:
+    reader, writer = await _raw_mock(mock_proxy)
+    started = time.monotonic()
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # never answers: closed anyway
+    assert 4 < time.monotonic() - started < 8  # after CLOSE_TIMEOUT (5 s)
+    writer.close()
