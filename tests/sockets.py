@@ -1,7 +1,9 @@
-"""Which TCP connections a process holds open (Linux /proc), to prove nothing leaks."""
+"""Raw sockets for end-to-end tests: an absolute-form WebSocket upgrade through the proxy, and
+which TCP connections a process holds open (Linux /proc), to prove nothing leaks."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 
@@ -32,3 +34,18 @@ def open_tcp_connections(pid: int) -> list[tuple[str, str]]:
                     ports = f"{int(local.split(':')[1], 16)}->{int(remote.split(':')[1], 16)}"
                     found.append((ports, _STATES[state]))
     return found
+
+
+async def raw_upgrade(
+    port: int, url: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """Open a WebSocket through the proxy on `port` with an absolute-form ``GET url`` (the RFC
+    6455 example key); return the streams and the response head."""
+    host = url.split("/")[2]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"GET {url} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    return reader, writer, head

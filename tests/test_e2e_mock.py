@@ -12,7 +12,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.sockets import open_tcp_connections
+from tests.sockets import open_tcp_connections, raw_upgrade
 
 MOCK = """
     import logging
@@ -208,13 +208,8 @@ async def test_reverse_mode_wss(mitmdump: Any, sentinel: Any) -> None:
 
 
 async def test_absolute_form_request(mock_proxy: Any, sentinel: Any) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", mock_proxy.port)
-    writer.write(
-        f"GET http://127.0.0.1:{sentinel.port}/mock HTTP/1.1\r\n"
-        f"Host: 127.0.0.1:{sentinel.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    url = f"http://127.0.0.1:{sentinel.port}/mock"
+    reader, writer, head = await raw_upgrade(mock_proxy.port, url)
     assert head.startswith(b"HTTP/1.1 101")
     assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head
     first = await asyncio.wait_for(reader.readexactly(9), 5)
@@ -266,13 +261,7 @@ async def test_url_through_connect_tunnels(mock_proxy: Any, url: str, seen: str)
 
 
 async def test_url_of_absolute_form_request(mock_proxy: Any) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", mock_proxy.port)
-    writer.write(
-        b"GET http://chat.invalid:8080/url?a=b HTTP/1.1\r\nHost: chat.invalid:8080\r\n"
-        b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    reader, writer, _ = await raw_upgrade(mock_proxy.port, "http://chat.invalid:8080/url?a=b")
     seen = b"ws://chat.invalid:8080/url?a=b"
     assert await asyncio.wait_for(reader.readexactly(2 + len(seen)), 5) == b"\x81\x1e" + seen
     writer.close()
@@ -316,13 +305,7 @@ async def test_message_hooks_can_be_turned_off(mitmdump: Any, tmp_path: Any) -> 
 
 
 async def _raw_mock(p: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
-    writer.write(
-        b"GET http://chat.invalid/mock HTTP/1.1\r\nHost: chat.invalid\r\n"
-        b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    reader, writer, _ = await raw_upgrade(p.port, "http://chat.invalid/mock")
     await asyncio.wait_for(reader.readexactly(9 + 9), 5)  # "hello 1", b"hello 2"
     mask = b"\x00\x00\x00\x00"
     writer.write(b"\x81\x88" + mask + b"close-me")  # a masked text frame

@@ -18,6 +18,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.sockets import raw_upgrade
+
 ROUTES = """
     import asyncio
     from mitm_wsroute import route_web_socket
@@ -82,13 +84,7 @@ async def read_frame(r: asyncio.StreamReader) -> tuple[int, bytes]:
 async def raw_socket(
     p: Any, path: str = "/echo"
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    r, w = await asyncio.open_connection("127.0.0.1", p.port)
-    w.write(
-        f"GET http://chat.invalid{path} HTTP/1.1\r\nHost: chat.invalid\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
+    r, w, head = await raw_upgrade(p.port, f"http://chat.invalid{path}")
     assert head.startswith(b"HTTP/1.1 101"), head
     return r, w
 
