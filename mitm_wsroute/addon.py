@@ -199,7 +199,7 @@ class WsRoute:
                 f"{url}: handler {_name(handler)} failed:\n{user_traceback(e, '_call_user')}"
             )
             return
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):  # per message: None is common
             asyncio_utils.create_task(
                 self._await_user(result, handler, url), name=f"wsroute {url}", keep_ref=True
             )

@@ -4,6 +4,7 @@ Pure: this module imports neither mitmproxy nor asyncio. The adapter (`layer.py`
 happened on the wire through the ``receive_*()`` methods; the route objects (`route.py`) record
 what user code asked for through `send`, `close` and `connect_to_server`. Both only append
 `Command` values, which the adapter drains with `commands_to_execute()` and carries out in order.
+The one exception is the hot path: `receive_message` returns where to forward the message.
 
 The rules are Playwright's (`client/network.ts`, class `WebSocketRoute`), summed up in SPEC §3:
 
@@ -34,7 +35,6 @@ __all__ = [
     "Command",
     "Connection",
     "Error",
-    "Forward",
     "Message",
     "MessageHandler",
     "Send",
@@ -104,9 +104,11 @@ class Close:
 
 
 # --- commands: what the adapter must do, in order ------------------------------------------------
+# Values, never changed once recorded; not frozen, because frozen dataclasses are slower to make
+# and some are made per message.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Send:
     """Send a new message (text for `str`, binary for `bytes`) to a side."""
 
@@ -114,14 +116,7 @@ class Send:
     message: Message
 
 
-@dataclass(frozen=True, slots=True)
-class Forward:
-    """Forward the message just received, unchanged and with its framing, to a side."""
-
-    to: Side
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CloseSide:
     """Close one side. Code 1006 means: drop the connection without a close frame."""
 
@@ -129,7 +124,7 @@ class CloseSide:
     close: Close
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CallHandler:
     """Run a user handler (it may return an awaitable, which the adapter schedules)."""
 
@@ -137,7 +132,7 @@ class CallHandler:
     args: tuple[Any, ...]
 
 
-Command = Send | Forward | CloseSide | CallHandler
+Command = Send | CloseSide | CallHandler
 
 
 def check_close(code: int | None, reason: str | None) -> Close:
@@ -271,16 +266,22 @@ class Connection:
         self._record(CallHandler(on_close, (ABNORMAL_CLOSURE, "")))
         return True
 
-    def receive_message(self, side: Side, message: Message) -> None:
-        """A complete message arrived from a side's peer."""
+    def receive_message(self, side: Side, message: Message) -> Side | None:
+        """A complete message arrived from a side's peer. Returns the side to forward it to,
+        unchanged (and with its framing), or None when a handler gets it or it is dropped.
+
+        Per message, so a return value rather than a recorded command.
+        """
         if self.states[side] is not State.OPEN:
-            return
+            return None
         on_message = self.handlers[side].message
         if on_message is not None:
             self._record(CallHandler(on_message, (message,)))
-        elif self.states[side.other] is State.OPEN:
-            self._record(Forward(side.other))
-        # else: a mock, or the other side is gone; Playwright drops it silently.
+            return None
+        other = SERVER if side is PAGE else PAGE
+        if self.states[other] is State.OPEN:
+            return other
+        return None  # a mock, or the other side is gone; Playwright drops it silently.
 
     def receive_close(self, side: Side, code: int | None, reason: str | None) -> None:
         """A side's peer closed: a close frame (``(None, None)`` if empty), or 1006 for a drop."""

@@ -44,7 +44,6 @@ from .connection import (
     CloseSide,
     Command,
     Connection,
-    Forward,
     Send,
     Side,
     State,
@@ -133,6 +132,10 @@ class _Reassembly:
         """Add a piece; the whole message once it is complete. `OverflowError` past `limit`
         bytes (characters for text), which forgets the message: its rest is never stored."""
         data: str | bytes = event.data
+        if not self.chunks and event.message_finished:  # one piece: most messages
+            if limit and len(data) > limit:
+                raise OverflowError(f"message larger than {limit} bytes")
+            return data
         self.size += len(data)
         if limit and self.size > limit:
             self.chunks.clear()
@@ -177,6 +180,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
     """mitmproxy's `WebsocketLayer`, with Playwright's semantics for routed flows."""
 
     socket: RoutedSocket | None
+    ws: tuple[wsl.WebsocketConnection, wsl.WebsocketConnection]  # client_ws, server_ws by Side
 
     def __init__(self, context: Context, flow: http.HTTPFlow) -> None:
         super().__init__(context, flow)
@@ -200,6 +204,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             self._handle_event = super().relay_messages  # unrouted: mitmproxy's code, as is
             return
         connection = self.socket.connection
+        self.ws = (self.client_ws, self.server_ws)
         self.tcp_open[SERVER] = connection.states[SERVER] is State.CONNECTING
         self.socket.layer_started = True
         connection.receive_open()
@@ -216,7 +221,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         assert self.socket is not None
         self.socket.busy = True
         if isinstance(event, events.ConnectionEvent):  # the common case first: this is per message
-            side = PAGE if event.connection == self.context.client else SERVER
+            side = PAGE if event.connection is self.context.client else SERVER
             yield from self._receive(side, event)
         elif isinstance(event, RouteWakeup):
             self.socket.wakeup_pending = False
@@ -229,13 +234,10 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             yield from self._drain()
         self.socket.busy = False
 
-    def _ws(self, side: Side) -> wsl.WebsocketConnection:
-        return cast(wsl.WebsocketConnection, self.client_ws if side is PAGE else self.server_ws)
-
     def _receive(self, side: Side, event: events.ConnectionEvent) -> layer.CommandGenerator[None]:
         assert self.socket is not None
         connection = self.socket.connection
-        ws = self._ws(side)
+        ws = self.ws[side]
         if isinstance(event, events.DataReceived):
             if ws.state is ConnectionState.CLOSED:
                 return  # after the close handshake; nothing more to read
@@ -257,12 +259,12 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             elif isinstance(ev, wse.Ping):
                 # RFC 6455 §5.5.2: answered by the other side when there is one, else by us.
                 if connection.states[side.other] is State.OPEN:
-                    yield self._ws(side.other).send2(ev)
+                    yield self.ws[side.other].send2(ev)
                 elif ws.state is ConnectionState.OPEN:
                     yield ws.send2(ev.response())
             elif isinstance(ev, wse.Pong):
                 if connection.states[side.other] is State.OPEN:
-                    yield self._ws(side.other).send2(ev)
+                    yield self.ws[side.other].send2(ev)
             elif isinstance(ev, wse.CloseConnection):
                 yield from self._close_received(side, ev)
         if isinstance(event, events.ConnectionClosed):
@@ -270,7 +272,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
 
     def _close_received(self, side: Side, ev: wse.CloseConnection) -> layer.CommandGenerator[None]:
         assert self.socket is not None
-        ws = self._ws(side)
+        ws = self.ws[side]
         if ws.state is ConnectionState.OPEN:
             # wsproto reports a protocol violation (1002, 1007) as a close event without
             # sending anything.
@@ -289,7 +291,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         route it is that side's close, with the usual rules."""
         assert self.socket is not None
         logger.info(f"{self.socket.connection.url}: closing the {side}: {code} {reason}")
-        ws = self._ws(side)
+        ws = self.ws[side]
         if ws.state is ConnectionState.OPEN:
             yield ws.send2(wse.CloseConnection(code, reason))
         self.failed[side] = True  # §7.1.7: then close TCP at once, no data is processed any more
@@ -316,35 +318,42 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             self.kept_bytes = kept
 
     def _message(self, side: Side, data: str | bytes) -> layer.CommandGenerator[None]:
-        assert self.socket is not None and self.flow.websocket is not None
+        """A whole message from `side`: kept in the flow, shown to other addons, then forwarded
+        or handed to the route, as the connection decides. Per message: keep it lean."""
+        assert self.socket is not None
         connection = self.socket.connection
-        content = data.encode() if isinstance(data, str) else data
-        message = websocket.WebSocketMessage(
-            Opcode.TEXT if isinstance(data, str) else Opcode.BINARY, side is PAGE, content
-        )
-        frame_sizes = self.reassembly[side].frame_sizes
-        self.reassembly[side].frame_sizes = []
+        if isinstance(data, str):
+            content, opcode = data.encode(), Opcode.TEXT
+        else:
+            content, opcode = data, Opcode.BINARY
+        message = websocket.WebSocketMessage(opcode, side is PAGE, content)
         self._record(message)
+        reassembly = self.reassembly[side]
+        frame_sizes = reassembly.frame_sizes
+        if frame_sizes:
+            reassembly.frame_sizes = []
 
         if connection.has_commands:
             yield from self._drain()  # what is older than this message goes first
-        connection.receive_message(side, data)
-        decision = connection.commands_to_execute()
-        if not decision or type(decision[0]) is not Forward:  # receive_message records one
+        to = connection.receive_message(side, data)
+        if to is None:
             message.drop()  # consumed by a handler, or dropped by the rules: show it in mitmweb
         if self.message_hooks:
             yield wsl.WebsocketMessageHook(self.flow)  # other addons may modify or drop it
-        for command in decision:
-            if isinstance(command, Forward):
-                if message.dropped or connection.states[command.to] is not State.OPEN:
-                    continue
-                if message.content is not content:  # modified by another addon
-                    data = message.text if isinstance(data, str) else message.content
-                    frame_sizes = []
-                for frame in _frames(data, frame_sizes):
-                    yield self._ws(command.to).send2(frame)
-            else:
+        if connection.has_commands:  # the handler to call
+            for command in connection.commands_to_execute():
                 yield from self._execute(command)
+        if to is None or message.dropped or connection.states[to] is not State.OPEN:
+            return
+        if message.content is not content:  # modified by another addon
+            data = message.text if isinstance(data, str) else message.content
+            frame_sizes = []
+        ws = self.ws[to]
+        if len(frame_sizes) <= 1:
+            yield ws.send2(_frame(data))
+        else:
+            for frame in _frames(data, frame_sizes):
+                yield ws.send2(frame)
 
     def _injected(self, message: websocket.WebSocketMessage) -> layer.CommandGenerator[None]:
         """``inject.websocket`` from another addon: a message to the client or the server."""
@@ -383,7 +392,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             )
             yield from self._send(command.to, data)
         elif isinstance(command, CloseSide):
-            ws = self._ws(command.side)
+            ws = self.ws[command.side]
             code = command.close.code
             if code == ABNORMAL_CLOSURE:
                 if self.tcp_open[command.side]:  # mirror an abnormal end as one: no close frame
@@ -396,10 +405,9 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                         command.close.reason or "",
                     )
                 )
-        # Forward only happens in _message, for the message it concerns.
 
     def _send(self, to: Side, data: str | bytes) -> layer.CommandGenerator[None]:
-        ws = self._ws(to)
+        ws = self.ws[to]
         if ws.state is ConnectionState.OPEN:
             yield ws.send2(_frame(data))
 
@@ -452,7 +460,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         self.flow.live = False
 
     def _handshake_done(self, side: Side) -> bool:
-        ws = self._ws(side)
+        ws = self.ws[side]
         return ws.state is ConnectionState.CLOSED or self.failed[side] or self.close_timed_out
 
     def _start_close_timer(self) -> layer.CommandGenerator[None]:

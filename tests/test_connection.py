@@ -16,7 +16,6 @@ from mitm_wsroute.connection import (
     CloseSide,
     Connection,
     Error,
-    Forward,
     Send,
     State,
     check_close,
@@ -98,20 +97,20 @@ def test_client_message_with_page_handler_goes_to_handler_only() -> None:
     c, ws, server = connected()
     h = record([], "h")
     ws.on_message(h)
-    c.receive_message(PAGE, "hi")
+    assert c.receive_message(PAGE, "hi") is None
     assert c.commands_to_execute() == [CallHandler(h, ("hi",))]
 
 
 def test_client_message_without_handler_connected_is_forwarded() -> None:
     c, ws, server = connected()
-    c.receive_message(PAGE, b"bin")
-    assert c.commands_to_execute() == [Forward(SERVER)]
+    assert c.receive_message(PAGE, b"bin") is SERVER
+    assert c.commands_to_execute() == []
 
 
 def test_client_message_without_handler_mock_is_dropped() -> None:
     c, ws = mock()
     c.receive_open()
-    c.receive_message(PAGE, "hi")
+    assert c.receive_message(PAGE, "hi") is None
     assert c.commands_to_execute() == []
 
 
@@ -119,27 +118,26 @@ def test_server_message_with_server_handler_goes_to_handler_only() -> None:
     c, ws, server = connected()
     h = record([], "h")
     server.on_message(h)
-    c.receive_message(SERVER, "s")
+    assert c.receive_message(SERVER, "s") is None
     assert c.commands_to_execute() == [CallHandler(h, ("s",))]
 
 
 def test_server_message_without_handler_is_forwarded_to_client() -> None:
     c, ws, server = connected()
     ws.on_message(record([], "page"))  # a page handler does not affect the other direction
-    c.receive_message(SERVER, "s")
-    assert c.commands_to_execute() == [Forward(PAGE)]
+    assert c.receive_message(SERVER, "s") is PAGE
+    assert c.commands_to_execute() == []
 
 
 def test_handlers_are_looked_up_per_message_and_replaced() -> None:
     c, ws, server = connected()
-    c.receive_message(PAGE, "1")
+    assert c.receive_message(PAGE, "1") is SERVER
     first, second = record([], "1"), record([], "2")
     ws.on_message(first)
-    c.receive_message(PAGE, "2")
+    assert c.receive_message(PAGE, "2") is None
     ws.on_message(second)
-    c.receive_message(PAGE, "3")
+    assert c.receive_message(PAGE, "3") is None
     assert c.commands_to_execute() == [
-        Forward(SERVER),
         CallHandler(first, ("2",)),
         CallHandler(second, ("3",)),
     ]

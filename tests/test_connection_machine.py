@@ -19,7 +19,6 @@ from mitm_wsroute.connection import (
     Close,
     CloseSide,
     Connection,
-    Forward,
     Send,
     Side,
     State,
@@ -59,17 +58,22 @@ class RoutedSocket(RuleBasedStateMachine):
 
     # --- the fake wire ---------------------------------------------------------------------------
 
-    def run(self, received: tuple[Side, Any] | None = None) -> None:
+    def receive(self, side: Side, m: Any) -> None:
+        self.sent_by[side].append(m)
+        self.run()  # the layer carries out older commands first
+        to = self.c.receive_message(side, m)
+        self.run()
+        if to is not None:
+            assert to is side.other, f"forwarded to the side it came from: {to}"
+            assert not self.wire_closed[to], f"forwarded to {to} after that side was closed"
+            self.delivered_to[to].append(m)
+
+    def run(self) -> None:
         while self.c.has_commands:
             for cmd in self.c.commands_to_execute():
-                if isinstance(cmd, Send | Forward):
-                    to = cmd.to
-                    assert not self.wire_closed[to], f"{cmd} after that side was closed"
-                    if isinstance(cmd, Forward):
-                        assert received is not None and received[0] is to.other
-                        self.delivered_to[to].append(received[1])
-                    else:
-                        self.delivered_to[to].append(("route", cmd.message))
+                if isinstance(cmd, Send):
+                    assert not self.wire_closed[cmd.to], f"{cmd} after that side was closed"
+                    self.delivered_to[cmd.to].append(("route", cmd.message))
                 elif isinstance(cmd, CloseSide):
                     assert not self.wire_closed[cmd.side], f"{cmd} closes a closed side twice"
                     self.wire_closed[cmd.side] = True
@@ -85,16 +89,12 @@ class RoutedSocket(RuleBasedStateMachine):
     @precondition(lambda self: self.peer_open[PAGE])
     @rule(m=messages)
     def client_sends(self, m: Any) -> None:
-        self.sent_by[PAGE].append(m)
-        self.c.receive_message(PAGE, m)
-        self.run((PAGE, m))
+        self.receive(PAGE, m)
 
     @precondition(lambda self: self.peer_open[SERVER])
     @rule(m=messages)
     def server_sends(self, m: Any) -> None:
-        self.sent_by[SERVER].append(m)
-        self.c.receive_message(SERVER, m)
-        self.run((SERVER, m))
+        self.receive(SERVER, m)
 
     @precondition(lambda self: any(self.peer_open.values()))
     @rule(data=st.data(), code=codes, drop=st.booleans())

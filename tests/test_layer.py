@@ -49,7 +49,8 @@ def test_reassembly_and_original_framing(
                 limit=0,
             )
     assert result == message
-    assert r.frame_sizes == [len(f) for f in frames]
+    one_piece = len(frames) == 1 and len(cut(message, chunk_cuts)) == 1
+    assert r.frame_sizes == ([] if one_piece else [len(f) for f in frames])  # kept when needed
     out = _frames(message, r.frame_sizes)
     assert [e.data for e in out] == (frames if len(frames) > 1 else [message])
     assert [e.message_finished for e in out] == [False] * (len(out) - 1) + [True]
