@@ -3,10 +3,20 @@
 No sockets and no addons: events go straight into the layer and its hooks are answered at
 once, so this isolates what our per-message Python costs over mitmproxy's (an intercept
 without handlers, client to server). Used by run.py; runs alone too.
+
+Timings on a shared machine move by 20 % from one run to the next, so `compare` interleaves
+the two layers and takes the median of per-pair ratios. ``--instructions`` counts CPU
+instructions instead, under valgrind's callgrind: the same count on every run, whatever else
+the machine does (the difference of two run lengths, so start-up cancels out).
 """
 
 from __future__ import annotations
 
+import gc
+import re
+import statistics
+import subprocess
+import sys
 import time
 from types import SimpleNamespace
 
@@ -52,17 +62,50 @@ def us_per_message(route: bool, n: int = 20000) -> float:
     feed(lay, events.Start())
     frame = wsproto.Connection(wsproto.ConnectionType.CLIENT).send(wse.TextMessage("x" * 32))
     messages = lay.flow.websocket.messages  # type: ignore[attr-defined]
-    t = time.perf_counter()
-    for _ in range(n):
-        feed(lay, events.DataReceived(lay.context.client, frame))
-        if len(messages) > 2000:  # what the routed layer does itself, for a fair comparison
-            del messages[:-1000]
-    return (time.perf_counter() - t) / n * 1e6
+    gc.collect()
+    gc.disable()  # a collection landing in one run only would swamp the difference
+    try:
+        t = time.perf_counter()
+        for _ in range(n):
+            feed(lay, events.DataReceived(lay.context.client, frame))
+            if len(messages) > 2000:  # what the routed layer does itself, for a fair comparison
+                del messages[:-1000]
+        return (time.perf_counter() - t) / n * 1e6
+    finally:
+        gc.enable()
 
 
-def best_of(route: bool, runs: int = 5) -> float:
-    return min(us_per_message(route) for _ in range(runs))
+def compare(runs: int = 9) -> tuple[float, float, float]:
+    """Median µs per message of mitmproxy's layer and ours, and the median of the ratios of
+    back-to-back runs (mitmproxy's time / ours: above 1 means ours is faster)."""
+    stock, ours = [], []
+    for _ in range(runs):
+        stock.append(us_per_message(False))
+        ours.append(us_per_message(True))
+    ratio = statistics.median(s / o for s, o in zip(stock, ours, strict=True))
+    return statistics.median(stock), statistics.median(ours), ratio
+
+
+def instructions_per_message(route: bool) -> int:
+    """CPU instructions per message, counted by callgrind (about a minute per layer)."""
+
+    def count(n: int) -> int:
+        out = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+             sys.executable, __file__, "--run", str(int(route)), str(n)],
+            capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "0"},
+        ).stderr  # fmt: skip
+        return int(re.search(r"Collected : (\d+)", out).group(1))  # type: ignore[union-attr]
+
+    return (count(3000) - count(1000)) // 2000
 
 
 if __name__ == "__main__":
-    print(f"mitmproxy's layer: {best_of(False):.1f} µs, routed layer: {best_of(True):.1f} µs")
+    if sys.argv[1:2] == ["--run"]:
+        us_per_message(sys.argv[2] == "1", int(sys.argv[3]))
+    elif sys.argv[1:2] == ["--instructions"]:
+        stock, ours = instructions_per_message(False), instructions_per_message(True)
+        print(f"instructions per message: mitmproxy's layer {stock:,}, routed layer {ours:,}")
+    else:
+        stock, ours, ratio = compare()
+        print(f"mitmproxy's layer {stock:.1f} µs, routed layer {ours:.1f} µs, ratio {ratio:.2f}")

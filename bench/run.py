@@ -4,6 +4,12 @@ Starts an echo server (its own process), a plain ``mitmdump`` and a ``mitmdump``
 and ``bench/routes.py``, then drives each with python-websockets from this process and prints
 one table, with each result's ratio to plain mitmdump. Numbers vary with the machine and with
 what else runs on it; compare ratios, not absolutes.
+
+With two or more CPUs, the proxies run on the last one and the client and echo server on the
+others, so that what is measured is the proxy, not the scheduler's choices. Small-message
+ratios are taken per repeat (each case against the plain run of the same repeat, the order
+reversed every other repeat), then the median of those, so that a slow patch of the machine
+lands on both sides of a ratio.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import argparse
 import asyncio
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -27,6 +34,9 @@ from websockets.asyncio.client import ClientConnection, connect
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 MITMDUMP = str(Path(sys.executable).with_name("mitmdump"))
+CPUS = sorted(os.sched_getaffinity(0))
+#: Where the proxies run, and where this client and the echo server run.
+PROXY_CPUS, CLIENT_CPUS = ({CPUS[-1]}, set(CPUS[:-1])) if len(CPUS) > 1 else (set(CPUS), set(CPUS))
 
 
 @dataclass
@@ -45,10 +55,15 @@ class Proxy:
         return kib / 1024
 
 
-def start(cmd: list[str], ready: str) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
+def start(cmd: list[str], ready: str, cpus: set[int]) -> tuple[subprocess.Popen[str], int]:
+    os.sched_setaffinity(0, cpus)  # this thread's CPUs; the child inherits them
+    try:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+    finally:
+        os.sched_setaffinity(0, CLIENT_CPUS)
     assert proc.stdout is not None
     for line in proc.stdout:
         if m := re.search(ready, line):
@@ -62,7 +77,7 @@ def start_mitmdump(name: str, confdir: str, *args: str) -> Proxy:
     cmd = [MITMDUMP, "--listen-host", "127.0.0.1", "--listen-port", "0", "--set",
            f"confdir={confdir}", "--set", "connection_strategy=lazy", "--set", "flow_detail=0",
            *args]  # fmt: skip
-    proc, port = start(cmd, r"listening at [\d.]+:(\d+)")
+    proc, port = start(cmd, r"listening at [\d.]+:(\d+)", PROXY_CPUS)
     return Proxy(name, proc, port)
 
 
@@ -168,12 +183,14 @@ async def concurrent(url: str, proxy: str, sockets: int, each: int) -> dict[str,
     }
 
 
-def row(label: str, value: float, unit: str, base: float | None, higher_is_better: bool) -> str:
-    ratio = ""
-    if base:
-        r = value / base if higher_is_better else base / value
-        ratio = f"{r:.2f}x"
-    return f"| {label} | {value:,.1f} {unit} | {ratio} |"
+def row(label: str, value: float, unit: str, ratio: float | None = None) -> str:
+    return f"| {label} | {value:,.1f} {unit} | {'' if ratio is None else f'{ratio:.2f}x'} |"
+
+
+def ratio_to(base: float | None, value: float, higher_is_better: bool) -> float | None:
+    if not base:
+        return None
+    return value / base if higher_is_better else base / value
 
 
 Case = tuple[str, Proxy, str]
@@ -182,39 +199,48 @@ Case = tuple[str, Proxy, str]
 async def small_messages(
     cases: list[Case], size: int, n: int, rtts: int, repeats: int
 ) -> list[str]:
-    """msgs/s and RTT for each case: the median of `repeats` runs, the cases interleaved so that
-    a noisy moment of the machine does not land on one case only."""
+    """msgs/s and RTT for each case, and their ratios to the first case (plain mitmdump): the
+    medians over `repeats` rounds, each round running every case, in reverse order every other
+    round, and each ratio taken within its round."""
     runs: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in cases}
-    for _ in range(repeats):
-        for label, p, url in cases:
+    for i in range(repeats):
+        for label, p, url in cases[:: -1 if i % 2 else 1]:
             runs[label].append(await throughput_and_rtt(url, p.url, size, n, rtts))
-    median = {k: {m: statistics.median(r[m] for r in v) for m in ("msgs", "p50", "p99")}
-              for k, v in runs.items()}  # fmt: skip
-    base = median[cases[0][0]]
+    base = runs[cases[0][0]]
     lines = []
     for label, _, _ in cases:
-        r, first = median[label], label == cases[0][0]
         for metric, name, unit, higher in (("msgs", "msgs/s", "msg/s", True),
                                            ("p50", "RTT p50", "µs", False),
                                            ("p99", "RTT p99", "µs", False)):  # fmt: skip
-            ref = None if first else base[metric]
-            lines.append(row(f"{size} B {name}, {label}", r[metric], unit, ref, higher))
+            values = [r[metric] for r in runs[label]]
+            ratios = [
+                ratio_to(b[metric], v, higher) or 0 for v, b in zip(values, base, strict=True)
+            ]
+            median_ratio = None if label == cases[0][0] else statistics.median(ratios)
+            lines.append(row(f"{size} B {name}, {label}", statistics.median(values), unit,
+                             median_ratio))  # fmt: skip
     return lines
 
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="smaller counts, no 64 MiB plain run")
+    ap.add_argument("--small", action="store_true", help="only the layer and 32 B / 64 KiB rows")
+    ap.add_argument("--repeats", type=int, help="rounds of the small-message cases (default 7)")
     a = ap.parse_args()
     q = a.quick
-    n32, n64k, rtt32, rtt64k = (2000, 300, 300, 100) if q else (20000, 2000, 1000, 300)
-    repeats = 1 if q else 3
+    n32, n64k, rtt32, rtt64k = (2000, 300, 300, 100) if q else (10000, 1000, 500, 200)
+    repeats = a.repeats or (1 if q else 7)
     big = (16 if q else 64) * 1024 * 1024
     rss_n = 10_000 if q else 100_000
 
     os.environ["PYTHONUNBUFFERED"] = "1"
-    echo, echo_port = start([sys.executable, str(HERE / "echo_server.py")], r"port (\d+)")
-    what = f"median of {repeats} interleaved runs for msgs/s and RTT"
+    os.sched_setaffinity(0, CLIENT_CPUS)
+    echo, echo_port = start([sys.executable, str(HERE / "echo_server.py")], r"port (\d+)",
+                            CLIENT_CPUS)  # fmt: skip
+    what = f"msgs/s and RTT: medians of {repeats} rounds"
+    if len(CPUS) > 1:
+        what += f"; proxies on CPU {min(PROXY_CPUS)}, client and echo server on the others"
     lines = [f"| measurement ({what}) | value | vs plain |", "|---|---:|---:|"]
     with tempfile.TemporaryDirectory() as confdir:
         plain = start_mitmdump("plain", confdir)
@@ -240,33 +266,41 @@ async def main() -> None:
             print(*new, sep="\n", flush=True)
 
         try:
-            stock, ours = layer_micro.best_of(False), layer_micro.best_of(True)
+            stock, ours, ratio = layer_micro.compare()
             what = "layer alone (no sockets, no addons), µs per 32 B message"
-            out(row(f"{what}, mitmproxy's WebsocketLayer", stock, "µs", None, False))
-            out(row(f"{what}, routed, intercept without handlers", ours, "µs", stock, False))
+            out(row(f"{what}, mitmproxy's WebsocketLayer", stock, "µs"),
+                row(f"{what}, routed, intercept without handlers", ours, "µs", ratio))  # fmt: skip
+            if shutil.which("valgrind") and not q:
+                stock, ours = (layer_micro.instructions_per_message(r) for r in (False, True))
+                what = "layer alone, CPU instructions per 32 B message (callgrind)"
+                out(row(f"{what}, mitmproxy's WebsocketLayer", stock, ""),
+                    row(f"{what}, routed, intercept without handlers", ours, "",
+                        ratio_to(stock, ours, False)))  # fmt: skip
             out(*await small_messages(cases, 32, n32, rtt32, repeats))
             out(*await small_messages(cases, 65536, n64k, rtt64k, repeats))
+            if a.small:
+                return
             big_base = None
             for label, p, url in cases[int(q) : 4]:  # --quick skips plain: 64 MiB takes it 30 s
                 secs = await big_message(url, p.url, big)
                 big_base = big_base or (secs if label == "plain mitmdump" else None)
                 ref = None if label == "plain mitmdump" else big_base
-                out(row(f"{big >> 20} MiB echo, {label}", secs, "s", ref, False))
+                out(row(f"{big >> 20} MiB echo, {label}", secs, "s", ratio_to(ref, secs, False)))
             for label, args, url in (("plain mitmdump", (), cases[0][2]),
                                      ("mock echo", addon, cases[3][2])):  # fmt: skip
                 fresh = start_mitmdump("rss", confdir, *args)  # nothing else has run in it
                 before, after = await rss_after(fresh, url, rss_n)
                 stop(fresh.proc)
                 what = f"RSS growth over {rss_n:,} echoes on one socket, {label}"
-                out(row(what, after - before, "MiB", None, False))
+                out(row(what, after - before, "MiB"))
             for label, url, sockets in (("mocked", "ws://bench.invalid/mock", 1000),
                                         ("intercepted", f"{up}/intercept", 200)):  # fmt: skip
                 r = await concurrent(url, routed.url, sockets, 10)
                 what = f"{sockets} concurrent {label} sockets x 10 echoes"
-                out(row(f"{what}: errors", r["errors"], "", None, False),
-                    row(f"{what}: echo p50", r["p50"], "µs", None, False),
-                    row(f"{what}: echo p99", r["p99"], "µs", None, False),
-                    row(f"{what}: wall time", r["secs"], "s", None, False))  # fmt: skip
+                out(row(f"{what}: errors", r["errors"], ""),
+                    row(f"{what}: echo p50", r["p50"], "µs"),
+                    row(f"{what}: echo p99", r["p99"], "µs"),
+                    row(f"{what}: wall time", r["secs"], "s"))  # fmt: skip
         finally:
             for proc in (plain.proc, routed.proc, hookless.proc, echo):
                 stop(proc)
