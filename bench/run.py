@@ -183,8 +183,8 @@ async def concurrent(url: str, proxy: str, sockets: int, each: int) -> dict[str,
     }
 
 
-def row(label: str, value: float, unit: str, ratio: float | None = None) -> str:
-    return f"| {label} | {value:,.1f} {unit} | {'' if ratio is None else f'{ratio:.2f}x'} |"
+def row(label: str, value: float, unit: str, ratio: float | None = None, spread: str = "") -> str:
+    return f"| {label} | {value:,.1f} {unit} | {'' if ratio is None else f'{ratio:.2f}x'}{spread} |"
 
 
 def ratio_to(base: float | None, value: float, higher_is_better: bool) -> float | None:
@@ -216,9 +216,13 @@ async def small_messages(
             ratios = [
                 ratio_to(b[metric], v, higher) or 0 for v, b in zip(values, base, strict=True)
             ]
-            median_ratio = None if label == cases[0][0] else statistics.median(ratios)
-            lines.append(row(f"{size} B {name}, {label}", statistics.median(values), unit,
-                             median_ratio))  # fmt: skip
+            median, spread = None, ""
+            if label != cases[0][0]:
+                median = statistics.median(ratios)
+                if len(ratios) > 1:
+                    spread = f" ({min(ratios):.2f} to {max(ratios):.2f})"
+            value = statistics.median(values)
+            lines.append(row(f"{size} B {name}, {label}", value, unit, median, spread))
     return lines
 
 
@@ -241,7 +245,7 @@ async def main() -> None:
     what = f"msgs/s and RTT: medians of {repeats} rounds"
     if len(CPUS) > 1:
         what += f"; proxies on CPU {min(PROXY_CPUS)}, client and echo server on the others"
-    lines = [f"| measurement ({what}) | value | vs plain |", "|---|---:|---:|"]
+    lines = [f"| measurement ({what}) | value | vs plain (range over rounds) |", "|---|---:|---:|"]
     with tempfile.TemporaryDirectory() as confdir:
         plain = start_mitmdump("plain", confdir)
         addon = ("-s", str(ROOT / "addons" / "wsroute.py"),
