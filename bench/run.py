@@ -5,11 +5,12 @@ and ``bench/routes.py``, then drives each with python-websockets from this proce
 one table, with each result's ratio to plain mitmdump. Numbers vary with the machine and with
 what else runs on it; compare ratios, not absolutes.
 
-With two or more CPUs, the proxies run on the last one and the client and echo server on the
-others, so that what is measured is the proxy, not the scheduler's choices. Small-message
-ratios are taken per repeat (each case against the plain run of the same repeat, the order
-reversed every other repeat), then the median of those, so that a slow patch of the machine
-lands on both sides of a ratio.
+With valgrind installed, it first counts the CPU instructions the proxy executes per echo
+(`instructions.py`): the same numbers on every run, whatever else the machine does. Timings
+follow. With two or more CPUs, the proxies run on the last one and the client and echo server
+on the others. Small-message ratios are taken per round (each case against the plain run of
+the same round, the order reversed every other round), then the median of those, so that a
+slow patch of the machine lands on both sides of a ratio; the range shows how much they moved.
 """
 
 from __future__ import annotations
@@ -17,81 +18,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
-import layer_micro
+import instructions
+from proxies import ADDON, CLIENT_CPUS, CPUS, HERE, PROXY_CPUS, Proxy, start, start_mitmdump, stop
 from websockets.asyncio.client import ClientConnection, connect
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-MITMDUMP = str(Path(sys.executable).with_name("mitmdump"))
-CPUS = sorted(os.sched_getaffinity(0))
-#: Where the proxies run, and where this client and the echo server run.
-PROXY_CPUS, CLIENT_CPUS = ({CPUS[-1]}, set(CPUS[:-1])) if len(CPUS) > 1 else (set(CPUS), set(CPUS))
 
-
-@dataclass
-class Proxy:
-    name: str
-    proc: subprocess.Popen[str]
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def rss_mib(self) -> float:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-        return kib / 1024
-
-
-def start(cmd: list[str], ready: str, cpus: set[int]) -> tuple[subprocess.Popen[str], int]:
-    os.sched_setaffinity(0, cpus)  # this thread's CPUs; the child inherits them
-    try:
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True,
-        )  # fmt: skip
-    finally:
-        os.sched_setaffinity(0, CLIENT_CPUS)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if m := re.search(ready, line):
-            # keep draining output so the process never blocks on a full pipe
-            asyncio.get_running_loop().run_in_executor(None, proc.stdout.read)
-            return proc, int(m.group(1))
-    raise SystemExit(f"{cmd[0]} did not start: exit code {proc.wait()}")
-
-
-def start_mitmdump(name: str, confdir: str, *args: str) -> Proxy:
-    cmd = [MITMDUMP, "--listen-host", "127.0.0.1", "--listen-port", "0", "--set",
-           f"confdir={confdir}", "--set", "connection_strategy=lazy", "--set", "flow_detail=0",
-           *args]  # fmt: skip
-    proc, port = start(cmd, r"listening at [\d.]+:(\d+)", PROXY_CPUS)
-    return Proxy(name, proc, port)
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(10)
-
-
-async def throughput_and_rtt(
-    url: str, proxy: str, size: int, n: int, rtts: int
-) -> dict[str, float]:
+async def throughput_and_rtt(url: str, p: Proxy, size: int, n: int, rtts: int) -> dict[str, float]:
     """Echoes over one connection: sequential round trips, then a pipelined window of 200."""
     payload = "x" * size
-    async with connect(url, proxy=proxy, compression=None, max_size=None, ping_interval=None,
+    async with connect(url, proxy=p.url, compression=None, max_size=None, ping_interval=None,
                        max_queue=None, write_limit=2**20) as ws:  # fmt: skip
         for _ in range(50):  # warm-up
             await ws.send(payload)
@@ -184,7 +125,8 @@ async def concurrent(url: str, proxy: str, sockets: int, each: int) -> dict[str,
 
 
 def row(label: str, value: float, unit: str, ratio: float | None = None, spread: str = "") -> str:
-    return f"| {label} | {value:,.1f} {unit} | {'' if ratio is None else f'{ratio:.2f}x'}{spread} |"
+    number = f"{value:,.0f}" if value >= 100 or float(value).is_integer() else f"{value:,.1f}"
+    return f"| {label} | {number} {unit} | {'' if ratio is None else f'{ratio:.2f}x'}{spread} |"
 
 
 def ratio_to(base: float | None, value: float, higher_is_better: bool) -> float | None:
@@ -205,7 +147,7 @@ async def small_messages(
     runs: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in cases}
     for i in range(repeats):
         for label, p, url in cases[:: -1 if i % 2 else 1]:
-            runs[label].append(await throughput_and_rtt(url, p.url, size, n, rtts))
+            runs[label].append(await throughput_and_rtt(url, p, size, n, rtts))
     base = runs[cases[0][0]]
     lines = []
     for label, _, _ in cases:
@@ -226,17 +168,61 @@ async def small_messages(
     return lines
 
 
+async def big_messages(cases: list[Case], size: int, with_plain: bool) -> list[str]:
+    lines, base = [], None
+    for label, p, url in cases[int(not with_plain) : 4]:
+        secs = await big_message(url, p.url, size)
+        base = base or (secs if label == "plain mitmdump" else None)
+        ref = None if label == "plain mitmdump" else base
+        lines.append(row(f"{size >> 20} MiB echo, {label}", secs, "s", ratio_to(ref, secs, False)))
+    return lines
+
+
+async def memory(confdir: str, cases: list[Case], addon: tuple[str, ...], n: int) -> list[str]:
+    lines = []
+    for label, args, url in (("plain mitmdump", (), cases[0][2]),
+                             ("mock echo", addon, cases[3][2])):  # fmt: skip
+        fresh = start_mitmdump("rss", confdir, *args)  # nothing else has run in it
+        before, after = await rss_after(fresh, url, n)
+        stop(fresh.proc)
+        lines.append(row(f"RSS growth over {n:,} echoes on one socket, {label}", after - before,
+                         "MiB"))  # fmt: skip
+    return lines
+
+
+async def many_sockets(routed: Proxy, upstream: str) -> list[str]:
+    lines = []
+    for label, url, sockets in (("mocked", "ws://bench.invalid/mock", 1000),
+                                ("intercepted", f"{upstream}/intercept", 200)):  # fmt: skip
+        r = await concurrent(url, routed.url, sockets, 10)
+        what = f"{sockets} concurrent {label} sockets x 10 echoes"
+        lines += [row(f"{what}: errors", r["errors"], ""),
+                  row(f"{what}: echo p50", r["p50"], "µs"),
+                  row(f"{what}: echo p99", r["p99"], "µs"),
+                  row(f"{what}: wall time", r["secs"], "s")]  # fmt: skip
+    return lines
+
+
+def instruction_counts(confdir: str, upstream: str) -> list[str]:
+    lines = []
+    for size, n in ((32, 300), (65536, 100)):
+        counts = instructions.per_echo(confdir, upstream, size, n)
+        base = counts[0][1]
+        for i, (label, count) in enumerate(counts):
+            ratio = base / count if i else None
+            lines.append(row(f"{size} B, CPU instructions per echo, {label}", count, "", ratio))
+    return lines
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="smaller counts, no 64 MiB plain run")
-    ap.add_argument("--small", action="store_true", help="only the layer and 32 B / 64 KiB rows")
+    ap.add_argument("--small", action="store_true", help="only the 32 B and 64 KiB rows")
     ap.add_argument("--repeats", type=int, help="rounds of the small-message cases (default 7)")
     a = ap.parse_args()
     q = a.quick
     n32, n64k, rtt32, rtt64k = (2000, 300, 300, 100) if q else (10000, 1000, 500, 200)
     repeats = a.repeats or (1 if q else 7)
-    big = (16 if q else 64) * 1024 * 1024
-    rss_n = 10_000 if q else 100_000
 
     os.environ["PYTHONUNBUFFERED"] = "1"
     os.sched_setaffinity(0, CLIENT_CPUS)
@@ -248,11 +234,9 @@ async def main() -> None:
     lines = [f"| measurement ({what}) | value | vs plain (range over rounds) |", "|---|---:|---:|"]
     with tempfile.TemporaryDirectory() as confdir:
         plain = start_mitmdump("plain", confdir)
-        addon = ("-s", str(ROOT / "addons" / "wsroute.py"),
-                 "--set", f"wsroute_scripts={HERE / 'routes.py'}")  # fmt: skip
-        routed = start_mitmdump("routed", confdir, *addon)
+        routed = start_mitmdump("routed", confdir, *ADDON)
         hookless = start_mitmdump(
-            "hookless", confdir, *addon, "--set", "wsroute_message_hooks=false"
+            "hookless", confdir, *ADDON, "--set", "wsroute_message_hooks=false"
         )
         up = f"ws://127.0.0.1:{echo_port}"
         cases: list[Case] = [
@@ -265,46 +249,19 @@ async def main() -> None:
             ("mock echo, wsroute_message_hooks=false", hookless, "ws://bench.invalid/mock"),
         ]
 
-        def out(*new: str) -> None:
+        def out(new: list[str]) -> None:
             lines.extend(new)
             print(*new, sep="\n", flush=True)
 
         try:
-            stock, ours, ratio = layer_micro.compare()
-            what = "layer alone (no sockets, no addons), µs per 32 B message"
-            out(row(f"{what}, mitmproxy's WebsocketLayer", stock, "µs"),
-                row(f"{what}, routed, intercept without handlers", ours, "µs", ratio))  # fmt: skip
             if shutil.which("valgrind") and not q:
-                stock, ours = (layer_micro.instructions_per_message(r) for r in (False, True))
-                what = "layer alone, CPU instructions per 32 B message (callgrind)"
-                out(row(f"{what}, mitmproxy's WebsocketLayer", stock, ""),
-                    row(f"{what}, routed, intercept without handlers", ours, "",
-                        ratio_to(stock, ours, False)))  # fmt: skip
-            out(*await small_messages(cases, 32, n32, rtt32, repeats))
-            out(*await small_messages(cases, 65536, n64k, rtt64k, repeats))
-            if a.small:
-                return
-            big_base = None
-            for label, p, url in cases[int(q) : 4]:  # --quick skips plain: 64 MiB takes it 30 s
-                secs = await big_message(url, p.url, big)
-                big_base = big_base or (secs if label == "plain mitmdump" else None)
-                ref = None if label == "plain mitmdump" else big_base
-                out(row(f"{big >> 20} MiB echo, {label}", secs, "s", ratio_to(ref, secs, False)))
-            for label, args, url in (("plain mitmdump", (), cases[0][2]),
-                                     ("mock echo", addon, cases[3][2])):  # fmt: skip
-                fresh = start_mitmdump("rss", confdir, *args)  # nothing else has run in it
-                before, after = await rss_after(fresh, url, rss_n)
-                stop(fresh.proc)
-                what = f"RSS growth over {rss_n:,} echoes on one socket, {label}"
-                out(row(what, after - before, "MiB"))
-            for label, url, sockets in (("mocked", "ws://bench.invalid/mock", 1000),
-                                        ("intercepted", f"{up}/intercept", 200)):  # fmt: skip
-                r = await concurrent(url, routed.url, sockets, 10)
-                what = f"{sockets} concurrent {label} sockets x 10 echoes"
-                out(row(f"{what}: errors", r["errors"], ""),
-                    row(f"{what}: echo p50", r["p50"], "µs"),
-                    row(f"{what}: echo p99", r["p99"], "µs"),
-                    row(f"{what}: wall time", r["secs"], "s"))  # fmt: skip
+                out(instruction_counts(confdir, up))
+            out(await small_messages(cases, 32, n32, rtt32, repeats))
+            out(await small_messages(cases, 65536, n64k, rtt64k, repeats))
+            if not a.small:
+                out(await big_messages(cases, (16 if q else 64) << 20, with_plain=not q))
+                out(await memory(confdir, cases, ADDON, 10_000 if q else 100_000))
+                out(await many_sockets(routed, up))
         finally:
             for proc in (plain.proc, routed.proc, hookless.proc, echo):
                 stop(proc)

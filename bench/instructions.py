@@ -1,0 +1,92 @@
+"""CPU instructions the proxy executes per echo, counted by valgrind's callgrind.
+
+Timings on a shared machine move from run to run; instruction counts do not (the same count,
+to a few parts in ten thousand, whatever else the machine does). Each case runs ``mitmdump``
+under callgrind, warms up, zeroes the counters (``callgrind_control -z``), does `n` sequential
+echoes of one message size, and dumps the counters (``callgrind_control -d``): the count
+covers exactly those echoes, the whole proxy included (event loop, layers, every addon's
+hooks, wsproto, our code). Cases run in parallel, one per CPU: counts do not depend on it.
+
+Used by run.py when valgrind is installed; runs alone too (``python bench/instructions.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from proxies import ADDON, CPUS, HERE, start, start_mitmdump, stop
+from websockets.asyncio.client import connect
+
+
+def cases(upstream: str) -> list[tuple[str, tuple[str, ...], str]]:
+    """(label, mitmdump arguments, URL); the first is the base of the ratios."""
+    return [
+        ("plain mitmdump", (), f"{upstream}/plain"),
+        ("mitmdump with the addon, socket not routed", ADDON, f"{upstream}/plain"),
+        ("intercept, no handlers", ADDON, f"{upstream}/intercept"),
+        ("intercept, Python handlers forwarding both ways", ADDON, f"{upstream}/handlers"),
+        ("mock echo", ADDON, "ws://bench.invalid/mock"),
+    ]
+
+
+async def _count(out: str, confdir: str, args: tuple[str, ...], url: str, size: int, n: int) -> int:
+    prefix = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg", sys.executable)
+    proxy = start_mitmdump("callgrind", confdir, *args, prefix=prefix, cpus=set(CPUS))
+    pid = str(proxy.proc.pid)
+    try:
+        payload = "x" * size
+        async with connect(url, proxy=proxy.url, compression=None, max_size=None,
+                           ping_interval=None, open_timeout=300) as ws:  # fmt: skip
+            for _ in range(20):  # warm-up: first-message paths, caches
+                await ws.send(payload)
+                await ws.recv()
+            subprocess.run(["callgrind_control", "-z", pid], check=True, capture_output=True)
+            for _ in range(n):
+                await ws.send(payload)
+                await ws.recv()
+            subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
+        dump = Path(out, "cg.1")  # the dump; the profile at exit goes to cg
+        return int(re.search(r"^summary: (\d+)", dump.read_text(), re.M).group(1))  # type: ignore[union-attr]
+    finally:
+        stop(proxy.proc)
+
+
+def per_echo(confdir: str, upstream: str, size: int, n: int) -> list[tuple[str, float]]:
+    """Instructions per echo for each case, in `cases` order."""
+    todo = cases(upstream)
+    os.environ["PYTHONHASHSEED"] = "0"  # the same dict layouts in every mitmdump started
+    if not Path(confdir, "mitmproxy-ca.pem").exists():  # make the CA once, not in parallel
+        stop(start_mitmdump("ca", confdir, cpus=set(CPUS)).proc)
+
+    def one(case: tuple[str, tuple[str, ...], str]) -> int:
+        with tempfile.TemporaryDirectory(prefix="wsroute-callgrind-") as out:
+            return asyncio.run(_count(out, confdir, case[1], case[2], size, n))
+
+    with ThreadPoolExecutor(len(CPUS)) as pool:
+        counts = list(pool.map(one, todo))
+    return [(label, count / n) for (label, _, _), count in zip(todo, counts, strict=True)]
+
+
+async def main() -> None:
+    echo, port = start([sys.executable, str(HERE / "echo_server.py")], r"port (\d+)", set(CPUS))
+    try:
+        with tempfile.TemporaryDirectory() as confdir:
+            for size, n in ((32, 300), (65536, 100)):
+                rows = per_echo(confdir, f"ws://127.0.0.1:{port}", size, n)
+                base = rows[0][1]
+                for label, count in rows:
+                    print(f"{size} B, {label}: {count:,.0f} instructions per echo, "
+                          f"{base / count:.3f}x plain")  # fmt: skip
+    finally:
+        stop(echo)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

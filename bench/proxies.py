@@ -1,0 +1,76 @@
+"""Starting and stopping the processes of the benchmark: proxies and the echo server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+#: mitmdump arguments that load the addon with the benchmark's route script.
+ADDON = (
+    "-s",
+    str(ROOT / "addons" / "wsroute.py"),
+    "--set",
+    f"wsroute_scripts={HERE / 'routes.py'}",
+)
+MITMDUMP = str(Path(sys.executable).with_name("mitmdump"))
+CPUS = sorted(os.sched_getaffinity(0))
+#: Where the proxies run, and where this client and the echo server run.
+PROXY_CPUS, CLIENT_CPUS = ({CPUS[-1]}, set(CPUS[:-1])) if len(CPUS) > 1 else (set(CPUS), set(CPUS))
+
+
+@dataclass
+class Proxy:
+    name: str
+    proc: subprocess.Popen[str]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def rss_mib(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        return kib / 1024
+
+
+def start(cmd: list[str], ready: str, cpus: set[int]) -> tuple[subprocess.Popen[str], int]:
+    os.sched_setaffinity(0, cpus)  # this thread's CPUs; the child inherits them
+    try:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+    finally:
+        os.sched_setaffinity(0, CLIENT_CPUS)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if m := re.search(ready, line):
+            # keep draining output so the process never blocks on a full pipe
+            asyncio.get_running_loop().run_in_executor(None, proc.stdout.read)
+            return proc, int(m.group(1))
+    raise SystemExit(f"{cmd[0]} did not start: exit code {proc.wait()}")
+
+
+def start_mitmdump(
+    name: str, confdir: str, *args: str, prefix: tuple[str, ...] = (), cpus: set[int] = PROXY_CPUS
+) -> Proxy:
+    """mitmdump on an ephemeral port; `prefix` runs it under another program (valgrind)."""
+    cmd = [*prefix, MITMDUMP, "--listen-host", "127.0.0.1", "--listen-port", "0", "--set",
+           f"confdir={confdir}", "--set", "connection_strategy=lazy", "--set", "flow_detail=0",
+           *args]  # fmt: skip
+    proc, port = start(cmd, r"listening at [\d.]+:(\d+)", cpus)
+    return Proxy(name, proc, port)
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(10)
