@@ -24,6 +24,8 @@ from pathlib import Path
 from proxies import ADDON, CPUS, HERE, start, start_mitmdump, stop
 from websockets.asyncio.client import connect
 
+HOOKLESS = (*ADDON, "--set", "wsroute_message_hooks=false")
+
 
 def cases(upstream: str) -> list[tuple[str, tuple[str, ...], str]]:
     """(label, mitmdump arguments, URL); the first is the base of the ratios."""
@@ -33,6 +35,9 @@ def cases(upstream: str) -> list[tuple[str, tuple[str, ...], str]]:
         ("intercept, no handlers", ADDON, f"{upstream}/intercept"),
         ("intercept, Python handlers forwarding both ways", ADDON, f"{upstream}/handlers"),
         ("mock echo", ADDON, "ws://bench.invalid/mock"),
+        # what mitmproxy's per-message hooks cost: the same routes without them
+        ("intercept, no handlers, wsroute_message_hooks=false", HOOKLESS, f"{upstream}/intercept"),
+        ("mock echo, wsroute_message_hooks=false", HOOKLESS, "ws://bench.invalid/mock"),
     ]
 
 
