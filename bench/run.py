@@ -168,10 +168,15 @@ async def small_messages(
     return lines
 
 
-async def big_messages(cases: list[Case], size: int, with_plain: bool) -> list[str]:
+async def big_messages(confdir: str, cases: list[Case], size: int, with_plain: bool) -> list[str]:
+    """One echo of `size` bytes per case, each in a fresh mitmdump: how long a big message
+    takes depends on the allocator's state (plain mitmdump took 18 to 52 s for 64 MiB, by
+    what its process had done before), so every case starts from the same one."""
     lines, base = [], None
-    for label, p, url in cases[int(not with_plain) : 4]:
-        secs = await big_message(url, p.url, size)
+    for label, _, url in cases[int(not with_plain) : 4]:
+        fresh = start_mitmdump("big", confdir, *(() if label == "plain mitmdump" else ADDON))
+        secs = await big_message(url, fresh.url, size)
+        stop(fresh.proc)
         base = base or (secs if label == "plain mitmdump" else None)
         ref = None if label == "plain mitmdump" else base
         lines.append(row(f"{size >> 20} MiB echo, {label}", secs, "s", ratio_to(ref, secs, False)))
@@ -238,20 +243,24 @@ async def main() -> None:
         what += f"; proxies on CPU {min(PROXY_CPUS)}, client and echo server on the others"
     lines = [f"| measurement ({what}) | value | vs plain (range over rounds) |", "|---|---:|---:|"]
     with tempfile.TemporaryDirectory() as confdir:
-        plain = start_mitmdump("plain", confdir)
-        routed = start_mitmdump("routed", confdir, *ADDON)
-        hookless = start_mitmdump(
-            "hookless", confdir, *ADDON, "--set", "wsroute_message_hooks=false"
-        )
         up = f"ws://127.0.0.1:{echo_port}"
+        hookless = (*ADDON, "--set", "wsroute_message_hooks=false")
+        # One mitmdump per case, so that no case runs in a process that others have used.
         cases: list[Case] = [
-            ("plain mitmdump", plain, f"{up}/plain"),
-            ("intercept, no handlers", routed, f"{up}/intercept"),
-            ("intercept, Python handlers forwarding both ways", routed, f"{up}/handlers"),
-            ("mock echo", routed, "ws://bench.invalid/mock"),
-            # what mitmproxy's per-message hook fan-out costs: the same routes without the hook
-            ("intercept, no handlers, wsroute_message_hooks=false", hookless, f"{up}/intercept"),
-            ("mock echo, wsroute_message_hooks=false", hookless, "ws://bench.invalid/mock"),
+            (label, start_mitmdump(label, confdir, *args), url)
+            for label, args, url in (
+                ("plain mitmdump", (), f"{up}/plain"),
+                ("intercept, no handlers", ADDON, f"{up}/intercept"),
+                ("intercept, Python handlers forwarding both ways", ADDON, f"{up}/handlers"),
+                ("mock echo", ADDON, "ws://bench.invalid/mock"),
+                # what mitmproxy's per-message hooks cost: the same routes without them
+                (
+                    "intercept, no handlers, wsroute_message_hooks=false",
+                    hookless,
+                    f"{up}/intercept",
+                ),
+                ("mock echo, wsroute_message_hooks=false", hookless, "ws://bench.invalid/mock"),
+            )
         ]
 
         def out(new: list[str]) -> None:
@@ -264,12 +273,13 @@ async def main() -> None:
             out(await small_messages(cases, 32, n32, rtt32, repeats))
             out(await small_messages(cases, 65536, n64k, rtt64k, repeats))
             if not a.small:
-                out(await big_messages(cases, (16 if q else 64) << 20, with_plain=not q))
+                out(await big_messages(confdir, cases, (16 if q else 64) << 20, with_plain=not q))
                 out(await memory(confdir, cases, 10_000 if q else 100_000))
-                out(await many_sockets(routed, up))
+                out(await many_sockets(cases[1][1], up))
         finally:
-            for proc in (plain.proc, routed.proc, hookless.proc, echo):
-                stop(proc)
+            for _, p, _ in cases:
+                stop(p.proc)
+            stop(echo)
     print("\n" + "\n".join(lines))
 
 
