@@ -7,7 +7,9 @@ echoes of one message size, and dumps the counters (``callgrind_control -d``): t
 covers exactly those echoes, the whole proxy included (event loop, layers, every addon's
 hooks, wsproto, our code). Cases run in parallel, one per CPU: counts do not depend on it.
 
-Used by run.py when valgrind is installed; runs alone too (``python bench/instructions.py``).
+Used by run.py when valgrind is installed; runs alone too (``python bench/instructions.py``),
+and ``--cached-dispatch`` adds ``-s bench/cached_dispatch.py`` to every mitmdump: what
+mitmproxy's hook dispatch would cost with its lookups cached.
 """
 
 from __future__ import annotations
@@ -63,9 +65,11 @@ async def _count(out: str, confdir: str, args: tuple[str, ...], url: str, size: 
         stop(proxy.proc)
 
 
-def per_echo(confdir: str, upstream: str, size: int, n: int) -> list[tuple[str, float]]:
-    """Instructions per echo for each case, in `cases` order."""
-    todo = cases(upstream)
+def per_echo(
+    confdir: str, upstream: str, size: int, n: int, extra: tuple[str, ...] = ()
+) -> list[tuple[str, float]]:
+    """Instructions per echo for each case, in `cases` order; `extra` goes to every mitmdump."""
+    todo = [(label, (*args, *extra), url) for label, args, url in cases(upstream)]
     os.environ["PYTHONHASHSEED"] = "0"  # the same dict layouts in every mitmdump started
     if not Path(confdir, "mitmproxy-ca.pem").exists():  # make the CA once, not in parallel
         stop(start_mitmdump("ca", confdir, cpus=set(CPUS)).proc)
@@ -80,11 +84,12 @@ def per_echo(confdir: str, upstream: str, size: int, n: int) -> list[tuple[str, 
 
 
 async def main() -> None:
+    extra = ("-s", str(HERE / "cached_dispatch.py")) if "--cached-dispatch" in sys.argv else ()
     echo, port = start([sys.executable, str(HERE / "echo_server.py")], r"port (\d+)", set(CPUS))
     try:
         with tempfile.TemporaryDirectory() as confdir:
             for size, n in ((32, 300), (65536, 100)):
-                rows = per_echo(confdir, f"ws://127.0.0.1:{port}", size, n)
+                rows = per_echo(confdir, f"ws://127.0.0.1:{port}", size, n, extra)
                 base = rows[0][1]
                 for label, count in rows:
                     print(f"{size} B, {label}: {count:,.0f} instructions per echo, "

@@ -126,7 +126,8 @@ async def concurrent(url: str, proxy: str, sockets: int, each: int) -> dict[str,
 
 def row(label: str, value: float, unit: str, ratio: float | None = None, spread: str = "") -> str:
     number = f"{value:,.0f}" if value >= 100 or float(value).is_integer() else f"{value:,.1f}"
-    return f"| {label} | {number} {unit} | {'' if ratio is None else f'{ratio:.2f}x'}{spread} |"
+    value_cell = f"{number} {unit}".strip()
+    return f"| {label} | {value_cell} | {'' if ratio is None else f'{ratio:.2f}x'}{spread} |"
 
 
 def ratio_to(base: float | None, value: float, higher_is_better: bool) -> float | None:
