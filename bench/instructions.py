@@ -23,23 +23,19 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import proxies
 from proxies import ADDON, CPUS, HERE, start, start_mitmdump, stop
 from websockets.asyncio.client import connect
 
-HOOKLESS = (*ADDON, "--set", "wsroute_message_hooks=false")
-
 
 def cases(upstream: str) -> list[tuple[str, tuple[str, ...], str]]:
-    """(label, mitmdump arguments, URL); the first is the base of the ratios."""
+    """`proxies.cases`, and beside the plain one a socket that the addon sees but no route
+    matches: what loading the addon costs by itself."""
+    timed = proxies.cases(upstream)
     return [
-        ("plain mitmdump", (), f"{upstream}/plain"),
-        ("mitmdump with the addon, socket not routed", ADDON, f"{upstream}/plain"),
-        ("intercept, no handlers", ADDON, f"{upstream}/intercept"),
-        ("intercept, Python handlers forwarding both ways", ADDON, f"{upstream}/handlers"),
-        ("mock echo", ADDON, "ws://bench.invalid/mock"),
-        # what mitmproxy's per-message hooks cost: the same routes without them
-        ("intercept, no handlers, wsroute_message_hooks=false", HOOKLESS, f"{upstream}/intercept"),
-        ("mock echo, wsroute_message_hooks=false", HOOKLESS, "ws://bench.invalid/mock"),
+        timed[0],
+        ("mitmdump with the addon, socket not routed", ADDON, timed[0][2]),
+        *timed[1:],
     ]
 
 

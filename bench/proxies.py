@@ -20,6 +20,8 @@ ADDON = (
     "--set",
     f"wsroute_scripts={HERE / 'routes.py'}",
 )
+#: The same, without mitmproxy's per-message hooks for routed sockets.
+HOOKLESS = (*ADDON, "--set", "wsroute_message_hooks=false")
 MITMDUMP = str(Path(sys.executable).with_name("mitmdump"))
 CPUS = sorted(os.sched_getaffinity(0))
 #: Where the proxies run, and where this client and the echo server run.
@@ -74,3 +76,17 @@ def start_mitmdump(
 def stop(proc: subprocess.Popen[str]) -> None:
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(10)
+
+
+def cases(upstream: str) -> list[tuple[str, tuple[str, ...], str]]:
+    """What the bench compares: (label, mitmdump arguments, URL); plain mitmdump first, the base
+    of every ratio. `upstream` is the echo server's ws:// URL."""
+    return [
+        ("plain mitmdump", (), f"{upstream}/plain"),
+        ("intercept, no handlers", ADDON, f"{upstream}/intercept"),
+        ("intercept, Python handlers forwarding both ways", ADDON, f"{upstream}/handlers"),
+        ("mock echo", ADDON, "ws://bench.invalid/mock"),
+        # what mitmproxy's per-message hooks cost: the same routes without them
+        ("intercept, no handlers, wsroute_message_hooks=false", HOOKLESS, f"{upstream}/intercept"),
+        ("mock echo, wsroute_message_hooks=false", HOOKLESS, "ws://bench.invalid/mock"),
+    ]

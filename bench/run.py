@@ -25,6 +25,7 @@ import tempfile
 import time
 
 import instructions
+import proxies
 from proxies import ADDON, CLIENT_CPUS, CPUS, HERE, PROXY_CPUS, Proxy, start, start_mitmdump, stop
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -245,23 +246,10 @@ async def main() -> None:
     lines = [f"| measurement ({what}) | value | vs plain (range over rounds) |", "|---|---:|---:|"]
     with tempfile.TemporaryDirectory() as confdir:
         up = f"ws://127.0.0.1:{echo_port}"
-        hookless = (*ADDON, "--set", "wsroute_message_hooks=false")
         # One mitmdump per case, so that no case runs in a process that others have used.
         cases: list[Case] = [
             (label, start_mitmdump(label, confdir, *args), url)
-            for label, args, url in (
-                ("plain mitmdump", (), f"{up}/plain"),
-                ("intercept, no handlers", ADDON, f"{up}/intercept"),
-                ("intercept, Python handlers forwarding both ways", ADDON, f"{up}/handlers"),
-                ("mock echo", ADDON, "ws://bench.invalid/mock"),
-                # what mitmproxy's per-message hooks cost: the same routes without them
-                (
-                    "intercept, no handlers, wsroute_message_hooks=false",
-                    hookless,
-                    f"{up}/intercept",
-                ),
-                ("mock echo, wsroute_message_hooks=false", hookless, "ws://bench.invalid/mock"),
-            )
+            for label, args, url in proxies.cases(up)
         ]
 
         def out(new: list[str]) -> None:

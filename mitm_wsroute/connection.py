@@ -218,7 +218,7 @@ class Connection:
         """Close one side, then act as if that side had closed (its `on_close`, or the mirror)."""
         close = check_close(code, reason)
         if self.states[side] in (State.NONE, State.CLOSED):
-            logger.debug(f"{self.url}: close() of the {side.value} ignored, already closed")
+            logger.debug(f"{self.url}: close() of the {side} ignored, already closed")
             return
         self._record(CloseSide(side, close))
         self._closed(side, close, by_peer=False)
@@ -278,9 +278,8 @@ class Connection:
         if on_message is not None:
             self._record(CallHandler(on_message, (message,)))
             return None
-        other = SERVER if side is PAGE else PAGE
-        if self.states[other] is State.OPEN:
-            return other
+        if self.states[side.other] is State.OPEN:
+            return side.other
         return None  # a mock, or the other side is gone; Playwright drops it silently.
 
     def receive_close(self, side: Side, code: int | None, reason: str | None) -> None:

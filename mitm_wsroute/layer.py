@@ -349,11 +349,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             data = message.text if isinstance(data, str) else message.content
             frame_sizes = []
         ws = self.ws[to]
-        if len(frame_sizes) <= 1:
-            yield ws.send2(_frame(data))
-        else:
-            for frame in _frames(data, frame_sizes):
-                yield ws.send2(frame)
+        for frame in _frames(data, frame_sizes):
+            yield ws.send2(frame)
 
     def _injected(self, message: websocket.WebSocketMessage) -> layer.CommandGenerator[None]:
         """``inject.websocket`` from another addon: a message to the client or the server."""
