@@ -39,6 +39,9 @@ POLL_INTERVAL = 0.5
 DEFAULT_MAX_MESSAGE_SIZE = 128 * 1024 * 1024
 #: ``wsroute_keep_messages``: enough for mitmweb to show a conversation, ~0.3 MiB of small ones.
 DEFAULT_KEEP_MESSAGES = 1000
+#: mitmweb's flow-list markers of routed flows (🎭 for a mock, 🔌 for an intercept).
+MOCK_MARKER = ":performing_arts:"
+INTERCEPT_MARKER = ":electric_plug:"
 
 
 class WsRoute:
@@ -48,6 +51,9 @@ class WsRoute:
         self.router = Router()
         self.scripts = RouteScripts(self.router)
         self._poller: asyncio.Task[None] | None = None
+        #: Told of every exception a route, `on_message` or `on_close` handler raised, after
+        #: it was logged (the test facade collects them).
+        self.on_handler_error: Callable[[BaseException], None] | None = None
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -165,11 +171,16 @@ class WsRoute:
                 await result
         except Exception as e:
             logger.error(f"{url}: route handler failed:\n{user_traceback(e, 'request')}")
+            self._handler_failed(e)
             connection.receive_handler_error(e)
+        # mitmweb shows a marker per kind in the flow list, and the route in the comment.
+        flow.comment = f"wsroute: {route.label}"
         if connection.states[SERVER] is State.CONNECTING:
             flow.metadata["wsroute"]["mode"] = "intercept"
+            flow.marked = INTERCEPT_MARKER
             return
         flow.metadata["wsroute"]["mode"] = "mock"
+        flow.marked = MOCK_MARKER
         flow.response = accept(req, connection.protocols)
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -198,6 +209,7 @@ class WsRoute:
             logger.error(
                 f"{url}: handler {_name(handler)} failed:\n{user_traceback(e, '_call_user')}"
             )
+            self._handler_failed(e)
             return
         if result is not None and inspect.isawaitable(result):  # per message: None is common
             asyncio_utils.create_task(
@@ -213,6 +225,11 @@ class WsRoute:
             logger.error(
                 f"{url}: handler {_name(handler)} failed:\n{user_traceback(e, '_await_user')}"
             )
+            self._handler_failed(e)
+
+    def _handler_failed(self, error: BaseException) -> None:
+        if self.on_handler_error is not None:
+            self.on_handler_error(error)
 
 
 def _name(handler: Callable[..., Any]) -> str:

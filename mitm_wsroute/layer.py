@@ -23,7 +23,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import wsproto.events as wse
 from mitmproxy import http, websocket
@@ -50,7 +50,7 @@ from .connection import (
 )
 from .handshake import accept
 
-__all__ = ["RouteWakeup", "RoutedSocket", "check_internals", "install", "routed_socket"]
+__all__ = ["Observer", "RouteWakeup", "RoutedSocket", "check_internals", "install", "routed_socket"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,16 @@ class RouteWakeup(wsl.WebSocketMessageInjected):
 CallUser = Callable[[Callable[..., object], tuple[object, ...], str], None]
 
 
+class Observer(Protocol):
+    """Sees a routed socket as its client does (the test facade records it)."""
+
+    def message(self, sent: bool, data: str | bytes) -> None:
+        """A message the client sent (`sent`) or was sent."""
+
+    def closed(self, code: int, reason: str) -> None:
+        """The client's side ended: the close frame it sent or got, or 1006 for a drop."""
+
+
 @dataclass(eq=False)
 class RoutedSocket:
     """What the layer needs for one routed flow, set up by the addon before the 101."""
@@ -91,6 +101,7 @@ class RoutedSocket:
     busy: bool = False
     wakeup_pending: bool = False
     layer_started: bool = field(default=False)
+    observer: Observer | None = None
 
     def wake(self) -> None:
         """Called by the connection for every command recorded; wakes an idle layer once."""
@@ -268,6 +279,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             elif isinstance(ev, wse.CloseConnection):
                 yield from self._close_received(side, ev)
         if isinstance(event, events.ConnectionClosed):
+            if side is PAGE:
+                self._observe((ABNORMAL_CLOSURE, ""))
             connection.receive_connection_lost(side)
 
     def _close_received(self, side: Side, ev: wse.CloseConnection) -> layer.CommandGenerator[None]:
@@ -281,9 +294,11 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         if ws.state is ConnectionState.REMOTE_CLOSING:
             yield ws.send2(ev.response())  # RFC 6455 §5.5.1: echo the close, handshake done
         code: int | None = int(ev.code)
+        reason = "" if code == ABNORMAL_CLOSURE else ev.reason
+        if side is PAGE:
+            self._observe((int(ev.code), reason or ""))
         if code == CloseReason.NO_STATUS_RCVD:
             code = None
-        reason = "" if code == ABNORMAL_CLOSURE else ev.reason
         self.socket.connection.receive_close(side, code, reason)
 
     def _fail(self, side: Side, code: int, reason: str) -> layer.CommandGenerator[None]:
@@ -294,6 +309,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         ws = self.ws[side]
         if ws.state is ConnectionState.OPEN:
             yield ws.send2(wse.CloseConnection(code, reason))
+        if side is PAGE:
+            self._observe((code, reason))
         self.failed[side] = True  # §7.1.7: then close TCP at once, no data is processed any more
         self.socket.connection.receive_close(side, code, reason)
 
@@ -328,6 +345,9 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             content, opcode = data, Opcode.BINARY
         message = websocket.WebSocketMessage(opcode, side is PAGE, content)
         self._record(message)
+        observer = self.socket.observer
+        if observer is not None and side is PAGE:
+            observer.message(True, data)
         reassembly = self.reassembly[side]
         frame_sizes = reassembly.frame_sizes
         if frame_sizes:
@@ -351,6 +371,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         ws = self.ws[to]
         for frame in _frames(data, frame_sizes):
             yield ws.send2(frame)
+        if observer is not None and to is PAGE:
+            observer.message(False, data)
 
     def _injected(self, message: websocket.WebSocketMessage) -> layer.CommandGenerator[None]:
         """``inject.websocket`` from another addon: a message to the client or the server."""
@@ -395,7 +417,16 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 if self.tcp_open[command.side]:  # mirror an abnormal end as one: no close frame
                     self.tcp_open[command.side] = False
                     yield commands.CloseConnection(ws.conn)
+                    if command.side is PAGE:
+                        self._observe((ABNORMAL_CLOSURE, ""))
             elif ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+                if command.side is PAGE:
+                    self._observe(
+                        (
+                            CloseReason.NO_STATUS_RCVD if code is None else code,
+                            command.close.reason or "",
+                        )
+                    )
                 yield ws.send2(
                     wse.CloseConnection(
                         CloseReason.NO_STATUS_RCVD if code is None else code,
@@ -407,6 +438,19 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         ws = self.ws[to]
         if ws.state is ConnectionState.OPEN:
             yield ws.send2(_frame(data))
+            if to is PAGE:
+                self._observe(None, data)
+
+    def _observe(self, close: tuple[int, str] | None, data: str | bytes = b"") -> None:
+        """Tell the observer, if any, what the client was sent: `data`, or a `close`."""
+        assert self.socket is not None
+        observer = self.socket.observer
+        if observer is None:
+            return
+        if close is None:
+            observer.message(False, data)
+        else:
+            observer.closed(*close)
 
     def _tcp_to_close(self) -> bool:
         """Whether `_close_connections` has anything to do (checked per event, cheaply)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, overload
@@ -22,7 +22,7 @@ from .urlmatch import URLMatch, compile_url_match
 if TYPE_CHECKING:
     from .route import WebSocketRoute
 
-__all__ = ["Route", "RouteHandler", "Router", "route_web_socket"]
+__all__ = ["Route", "RouteHandler", "Router", "registrar", "route_web_socket"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +36,10 @@ class Route:
     url: URLMatch
     matches: Callable[[str], bool]
     handler: RouteHandler
-    #: Where it was registered, ``file:line``, for the log.
+    #: Where the handler is defined, ``file:line``, for the log.
     origin: str
+    #: Which handler it is, ``script.py:name``, for mitmweb's flow comment.
+    label: str
 
 
 @dataclass(slots=True)
@@ -50,11 +52,30 @@ _collector: _Collector | None = None
 
 
 class Router:
-    """Ordered groups of routes, one group per route script."""
+    """Ordered groups of routes, one group per route script, below the routes a test registered
+    directly (`add`), which win over every script."""
 
     def __init__(self) -> None:
         self._groups: dict[str, list[Route]] = {}
         self._order: list[str] = []
+        # Replaced, never changed in place, so that another thread may add and remove routes
+        # while `find` runs on the proxy's thread.
+        self._direct: tuple[Route, ...] = ()
+
+    def add(self, route: Route) -> None:
+        """Register a route above every script's routes (the newest wins)."""
+        self._direct = (*self._direct, route)
+
+    def remove(self, url: URLMatch, handler: RouteHandler | None = None) -> int:
+        """Remove the routes that `add` registered with `url` (and `handler`, when given);
+        all of them for ``url=None``. Returns how many."""
+        kept = tuple(
+            r
+            for r in self._direct
+            if url is not None and (r.url != url or (handler is not None and r.handler != handler))
+        )
+        removed, self._direct = len(self._direct) - len(kept), kept
+        return removed
 
     def set_order(self, groups: list[str]) -> None:
         """Set which groups count, earliest first (a later group wins). Others are dropped."""
@@ -73,8 +94,9 @@ class Router:
 
     def find(self, url: str) -> Route | None:
         """The route that serves `url`, or None. A predicate that raises is logged, not matched."""
-        for group in reversed(self._order):
-            for route in reversed(self._groups.get(group, [])):
+        groups = [self._direct, *(self._groups.get(g, ()) for g in reversed(self._order))]
+        for routes in groups:
+            for route in reversed(routes):
                 try:
                     if route.matches(url):
                         return route
@@ -121,14 +143,26 @@ def route_web_socket(
             "route_web_socket() registers routes from a route script; load the script with "
             "mitmdump -s addons/wsroute.py --set wsroute_scripts=PATH"
         )
-    matches = compile_url_match(url, collector.base_url)
-    frame = sys._getframe(1)
-    origin = f"{frame.f_code.co_filename}:{frame.f_lineno}"
+    return registrar(url, handler, collector.base_url, collector.routes.append)
+
+
+def registrar(
+    url: URLMatch,
+    handler: RouteHandler | None,
+    base_url: str | None,
+    add: Callable[[Route], None],
+) -> Callable[[RouteHandler], RouteHandler] | None:
+    """`route_web_socket`'s body for any route table: compile `url` now (an invalid glob raises
+    here), then `add` the route, or return a decorator that does when `handler` is None."""
+    matches = compile_url_match(url, base_url)
 
     def register(h: RouteHandler) -> RouteHandler:
         if not callable(h):
             raise TypeError(f"route handler must be callable, not {type(h).__name__}")
-        collector.routes.append(Route(url, matches, h, origin))
+        code = getattr(h, "__code__", None)
+        file, line = (code.co_filename, code.co_firstlineno) if code else ("?", 0)
+        name = str(getattr(h, "__qualname__", type(h).__name__))
+        add(Route(url, matches, h, f"{file}:{line}", f"{os.path.basename(file)}:{name}"))
         return h
 
     if handler is None:
