@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 import time
+import types
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, ClassVar, Protocol, cast
 
 import wsproto.events as wse
 from mitmproxy import http, websocket
@@ -50,7 +52,7 @@ from .connection import (
 )
 from .handshake import accept
 
-__all__ = ["Observer", "RouteWakeup", "RoutedSocket", "check_internals", "install", "routed_socket"]
+__all__ = ["Observer", "RouteWakeup", "RoutedSocket", "check_internals", "install", "routed_socket", "share_ctx_per_thread"]
 
 logger = logging.getLogger(__name__)
 
@@ -580,3 +582,51 @@ def install() -> None:
     wsl.WebsocketLayer = RoutedWebsocketLayer  # type: ignore[misc]
     HttpStream._wsroute_original_make_server_connection = _ORIGINAL_MAKE_SERVER_CONNECTION  # type: ignore[attr-defined]
     HttpStream.make_server_connection = _make_server_connection  # type: ignore[method-assign]
+
+
+class _ThreadCtx(types.ModuleType):
+    """`mitmproxy.ctx` with `master`, `options` and `log` per thread (see `share_ctx_per_thread`).
+
+    A thread that never set them sees the values set last by any thread, as before."""
+
+    _local = threading.local()
+    _last: ClassVar[dict[str, Any]] = {}
+
+    @staticmethod
+    def _slot(name: str) -> property:
+        def get(self: types.ModuleType) -> Any:
+            try:
+                return getattr(_ThreadCtx._local, name)
+            except AttributeError:
+                pass
+            try:
+                return _ThreadCtx._last[name]
+            except KeyError:
+                raise AttributeError(f"module 'mitmproxy.ctx' has no attribute '{name}'") from None
+
+        def set_(self: types.ModuleType, value: Any) -> None:
+            setattr(_ThreadCtx._local, name, value)
+            _ThreadCtx._last[name] = value
+
+        return property(get, set_)
+
+
+for _name in ("master", "options", "log"):
+    setattr(_ThreadCtx, _name, _ThreadCtx._slot(_name))
+
+
+def share_ctx_per_thread() -> None:
+    """Let several mitmproxy masters run in one process, each on its own thread.
+
+    mitmproxy keeps the running master and its options in the globals of `mitmproxy.ctx`, which
+    every addon reads (``ctx.options``) and `Master.__init__` overwrites: a second master in
+    the same process would take over the first one's addons. The test facade runs each proxy's
+    master on its own thread, so these globals become per-thread. Idempotent."""
+    from mitmproxy import ctx
+
+    if isinstance(ctx, _ThreadCtx):
+        return
+    for name in ("master", "options", "log"):
+        if name in ctx.__dict__:
+            _ThreadCtx._last[name] = ctx.__dict__.pop(name)
+    ctx.__class__ = _ThreadCtx

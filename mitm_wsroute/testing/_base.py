@@ -1,0 +1,297 @@
+"""What the sync and the async API share: everything but the waiting.
+
+Each wait is built here as a check (run under the records' lock) and a failure text; the sync
+API blocks on it, the async API awaits it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Generic, Literal, Self, TypeVar
+
+from ..route import WebSocketRoute
+from ..router import RouteHandler
+from ..urlmatch import URLMatch
+from ._proxy import ProxyEngine
+from ._records import (
+    Message,
+    MessageMatch,
+    SocketRecord,
+    check_direction,
+    event_check,
+    message_matcher,
+    url_matcher,
+)
+
+__all__ = ["DEFAULT_TIMEOUT", "Check", "ProxyBase", "SocketBase", "ValueBox"]
+
+DEFAULT_TIMEOUT = 5.0
+T = TypeVar("T")
+S = TypeVar("S", bound="SocketBase")
+#: A wait: what to look for (under the lock; None while not found) and what to say on timeout.
+Check = tuple[Callable[[], T | None], Callable[[], str]]
+
+
+class SocketBase:
+    """The client's view of one WebSocket that went through the proxy (Playwright's
+    `WebSocket`), without the waits."""
+
+    __slots__ = ("_record",)
+
+    def __init__(self, record: SocketRecord) -> None:
+        self._record = record
+
+    def __repr__(self) -> str:
+        return f"<WebSocket {self._record.describe()}>"
+
+    @property
+    def url(self) -> str:
+        """The ws(s) URL, normalised as routes see it."""
+        return self._record.url
+
+    @property
+    def protocol(self) -> str | None:
+        """The subprotocol the handshake settled on, or None."""
+        return self._record.protocol
+
+    @property
+    def request_headers(self) -> dict[str, str]:
+        """The client's upgrade request headers, names in lower case (repeated ones joined
+        with ``, ``)."""
+        headers: dict[str, str] = {}
+        for name, value in self._record.request_headers:
+            key = name.lower()
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        return headers
+
+    @property
+    def routed(self) -> Literal["mock", "intercept"] | None:
+        """How a route took the socket: ``"mock"``, ``"intercept"``, or None (passed through)."""
+        return self._record.routed
+
+    @property
+    def route(self) -> WebSocketRoute | None:
+        """The page-side `WebSocketRoute` of a routed socket (its `send` and `close` may be
+        called from the test's thread), else None."""
+        return self._record.route
+
+    def is_closed(self) -> bool:
+        return self._record.close is not None
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code the client saw (1005 for a close without code, 1006 for a dropped
+        connection or a failed handshake); None while open."""
+        close = self._record.close
+        return None if close is None else close[0]
+
+    @property
+    def close_reason(self) -> str | None:
+        close = self._record.close
+        return None if close is None else close[1]
+
+    @property
+    def messages(self) -> list[Message]:
+        """Every message so far, both directions, in the order the proxy saw them."""
+        return self._record.snapshot()
+
+    def _message_check(
+        self, match: MessageMatch | None, direction: str | None, timeout: float
+    ) -> Check[Message]:
+        check_direction(direction)
+        record, matches = self._record, message_matcher(match)
+
+        def check() -> Message | None:
+            found = record.next_message(record.cursor, matches, direction)
+            if found is None:
+                return None
+            record.cursor = found[0] + 1
+            return found[1]
+
+        def fail() -> str:
+            what = "message" + (f" {direction}" if direction else "")
+            what += f" matching {match!r}" if match is not None else ""
+            return f"no {what} within {timeout} s on {record.describe()}"
+
+        return check, fail
+
+    def _close_check(self: S, timeout: float) -> Check[S]:
+        record = self._record
+
+        def check() -> S | None:
+            return self if record.close is not None else None
+
+        return check, lambda: f"not closed within {timeout} s: {record.describe()}"
+
+    def _event_check(
+        self, event: str, predicate: Callable[[Any], bool] | None, timeout: float
+    ) -> Check[tuple[Any]]:
+        record = self._record
+        with record.hub.lock:
+            start = record.end()
+        check = event_check(record, event, start, predicate)
+        return check, lambda: f"no {event!r} event within {timeout} s on {record.describe()}"
+
+
+class ProxyBase(Generic[S]):
+    """A real mitmproxy with the addon, on its own thread and event loop, without the waits."""
+
+    _socket_class: type[S]
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        mode: str = "regular",
+        scripts: Sequence[str | os.PathLike[str]] = (),
+        options: dict[str, Any] | None = None,
+        confdir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self._engine = ProxyEngine(
+            host=host, port=port, mode=mode, scripts=scripts, options=options, confdir=confdir
+        )
+
+    @classmethod
+    def _over(cls, other: ProxyBase[Any]) -> Self:
+        """This API over the proxy of `other` (the pytest plugin's two fixtures share one)."""
+        proxy = cls.__new__(cls)
+        proxy._engine = other._engine
+        return proxy
+
+    def __repr__(self) -> str:
+        where = f" {self._engine.url}" if self._engine.state == "running" else ""
+        return f"<WsRouteProxy {self._engine.state}{where}>"
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT``, the proxy's address for clients."""
+        self._engine.check_running()
+        return self._engine.url
+
+    @property
+    def host(self) -> str:
+        return self._engine.host
+
+    @property
+    def port(self) -> int:
+        self._engine.check_running()
+        return self._engine.port
+
+    @property
+    def ca_cert(self) -> Path:
+        """The PEM certificate of the proxy's CA, which clients must trust for ``wss://``."""
+        self._engine.check_running()
+        return self._engine.ca_cert
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment variables that point subprocess clients at the proxy and its CA:
+        ``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY`` (and lower-case twins), ``NO_PROXY=""``,
+        ``SSL_CERT_FILE``, ``REQUESTS_CA_BUNDLE``, ``NODE_EXTRA_CA_CERTS``, ``CURL_CA_BUNDLE``."""
+        self._engine.check_running()
+        return self._engine.env()
+
+    @property
+    def playwright_proxy(self) -> dict[str, str]:
+        """For ``browser.new_context(proxy=...)``; loopback too goes through the proxy."""
+        return {"server": self.url, "bypass": "<-loopback>"}
+
+    def route_web_socket(
+        self, url: URLMatch, handler: RouteHandler | None = None
+    ) -> Callable[[RouteHandler], RouteHandler] | None:
+        """Route the WebSockets whose URL matches `url` to `handler`, as a route script's
+        `route_web_socket` does; without `handler`, a decorator. These routes win over the
+        scripts' routes; the last registered wins. Callable from any thread.
+
+        Raises:
+            ValueError: `url` is an invalid glob.
+        """
+        return self._engine.route(url, handler)
+
+    def unroute_web_socket(self, url: URLMatch, handler: RouteHandler | None = None) -> None:
+        """Remove the routes registered here with `url` (and `handler`, if given). Live
+        sockets keep their handlers."""
+        self._engine.unroute(url, handler)
+
+    def unroute_all(self) -> None:
+        """Remove every route registered here (the scripts' routes stay)."""
+        self._engine.unroute(None)
+
+    @property
+    def web_sockets(self) -> list[S]:
+        """Every WebSocket that reached the proxy since start or `reset()`, routed or not, in
+        handshake order."""
+        with self._engine.hub.lock:
+            records = list(self._engine.sockets)
+        return [self._view(r) for r in records]
+
+    @property
+    def handler_errors(self) -> list[BaseException]:
+        """Exceptions raised by route, `on_message` and `on_close` handlers since start or
+        `reset()` (each also logged with its traceback)."""
+        with self._engine.hub.lock:
+            return list(self._engine.handler_errors)
+
+    def reset(self) -> None:
+        """`unroute_all()`, and forget `web_sockets` and `handler_errors`."""
+        self._engine.reset()
+
+    def _view(self, record: SocketRecord) -> S:
+        view = record.views.get(self._socket_class)
+        if view is None:
+            view = record.views[self._socket_class] = self._socket_class(record)
+        return view  # type: ignore[no-any-return]
+
+    def _socket_check(self, url: URLMatch | None, timeout: float) -> Check[SocketRecord]:
+        engine = self._engine
+        matches = url_matcher(url, engine.base_url)
+
+        def check() -> SocketRecord | None:
+            for record in engine.sockets:
+                if id(record) not in engine.returned and matches(record.url):
+                    engine.returned.add(id(record))
+                    return record
+            return None
+
+        return check, lambda: self._socket_failure(url, timeout)
+
+    def _new_socket_check(self, url: URLMatch | None, timeout: float) -> Check[SocketRecord]:
+        engine = self._engine
+        matches = url_matcher(url, engine.base_url)
+        with engine.hub.lock:
+            start = engine.socket_total
+
+        def check() -> SocketRecord | None:
+            for record in engine.sockets:
+                if record.seq >= start and matches(record.url):
+                    return record
+            return None
+
+        return check, lambda: self._socket_failure(url, timeout)
+
+    def _socket_failure(self, url: URLMatch | None, timeout: float) -> str:
+        seen = ", ".join(r.url for r in self._engine.sockets) or "none"
+        what = "WebSocket" + (f" matching {url!r}" if url is not None else "")
+        return f"no {what} within {timeout} s; WebSockets seen: {seen}"
+
+
+class ValueBox(Generic[T]):
+    """`expect_*`'s result: `.value` once the block ended and the event came."""
+
+    __slots__ = ("_set", "_value")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._value: T | None = None
+
+    def set(self, value: T) -> None:
+        self._value, self._set = value, True
+
+    @property
+    def value(self) -> T:
+        if not self._set:
+            raise RuntimeError("the value is there once the `with` block has ended")
+        return self._value  # type: ignore[return-value]

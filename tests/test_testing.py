@@ -1,0 +1,416 @@
+"""The test facade's sync API: a real in-process proxy, real python-websockets clients and
+servers, ws and wss."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import ssl
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+from websockets.sync.server import Server, ServerConnection, serve
+
+from mitm_wsroute.testing import WebSocket, WsRouteProxy
+from tests.conftest import make_cert
+
+
+@pytest.fixture(scope="module")
+def proxy() -> Iterator[WsRouteProxy]:
+    with WsRouteProxy(options={"ssl_insecure": True}) as p:
+        yield p
+
+
+@pytest.fixture(autouse=True)
+def _reset(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "proxy" in request.fixturenames:
+        request.getfixturevalue("proxy").reset()
+
+
+def _echo(ws: ServerConnection) -> None:
+    try:
+        ws.send("welcome")
+        for message in ws:
+            if message == "cmd:close":
+                ws.close(4003, "server says bye")
+                return
+            ws.send(message)
+    except ConnectionClosed:
+        pass
+
+
+def _serve(ssl_context: ssl.SSLContext | None = None) -> Iterator[Server]:
+    server = serve(_echo, "127.0.0.1", 0, ssl=ssl_context)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def echo() -> Iterator[Server]:
+    """A real websockets server: says "welcome", then echoes; "cmd:close" closes with 4003."""
+    yield from _serve()
+
+
+@pytest.fixture(scope="module")
+def tls_echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    cert, key = make_cert(tmp_path_factory.mktemp("tls"))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    yield from _serve(context)
+
+
+def port_of(server: Server) -> int:
+    return int(server.socket.getsockname()[1])
+
+
+def client_ssl(proxy: WsRouteProxy) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(proxy.ca_cert))
+
+
+# --- recording: every socket, routed or not, as the client saw it -----------------------------
+
+
+def test_records_a_mock_as_the_client_saw_it(proxy: WsRouteProxy) -> None:
+    @proxy.route_web_socket("ws://nowhere.invalid/chat")
+    def chat(ws: Any) -> None:
+        ws.send("hello")
+        ws.on_message(lambda m: ws.close(code=4001, reason="bye") if m == "quit" else ws.send(m))
+
+    with connect("ws://nowhere.invalid/chat", proxy=proxy.url, subprotocols=["v1", "v2"]) as c:
+        assert c.recv(5) == "hello"
+        c.send(b"\x00\x01")
+        assert c.recv(5) == b"\x00\x01"
+        c.send("quit")
+        with pytest.raises(ConnectionClosed):
+            c.recv(5)
+
+    sock = proxy.wait_for_web_socket("**/chat")
+    assert (sock.url, sock.routed, sock.protocol) == ("ws://nowhere.invalid/chat", "mock", "v1")
+    assert sock.request_headers["sec-websocket-protocol"] == "v1, v2"
+    assert sock.route is not None and sock.route.url == sock.url
+    sock.wait_for_close()
+    assert (sock.close_code, sock.close_reason) == (4001, "bye")
+    assert [(m.direction, m.payload) for m in sock.messages] == [
+        ("received", "hello"),
+        ("sent", b"\x00\x01"),
+        ("received", b"\x00\x01"),
+        ("sent", "quit"),
+    ]
+    times = [m.timestamp for m in sock.messages]
+    assert times == sorted(times)
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_records_an_intercept_and_a_pass_through(
+    proxy: WsRouteProxy, echo: Server, tls_echo: Server, tls: bool
+) -> None:
+    server = tls_echo if tls else echo
+    base = f"{'wss' if tls else 'ws'}://127.0.0.1:{port_of(server)}"
+
+    @proxy.route_web_socket("**/upper")
+    def upper(ws: Any) -> None:
+        upstream = ws.connect_to_server()
+        ws.on_message(lambda m: upstream.send(m if m.startswith("cmd:") else m.upper()))
+
+    kwargs: dict[str, Any] = {"proxy": proxy.url}
+    if tls:
+        kwargs["ssl"] = client_ssl(proxy)
+    for path in ("/upper", "/plain"):
+        with connect(base + path, **kwargs) as c:
+            assert c.recv(5) == "welcome"
+            c.send("abc")
+            assert c.recv(5) == ("ABC" if path == "/upper" else "abc")
+            c.send("cmd:close")
+            with pytest.raises(ConnectionClosed):
+                c.recv(5)
+
+    routed, plain = proxy.wait_for_web_socket("**/upper"), proxy.wait_for_web_socket("**/plain")
+    assert (routed.routed, plain.routed, plain.route) == ("intercept", None, None)
+    for sock, echoed in ((routed, "ABC"), (plain, "abc")):
+        sock.wait_for_close()
+        assert (sock.close_code, sock.close_reason) == (4003, "server says bye")
+        assert [(m.direction, m.payload) for m in sock.messages] == [
+            ("received", "welcome"),
+            ("sent", "abc"),
+            ("received", echoed),
+            ("sent", "cmd:close"),
+        ]
+
+
+def test_a_refused_handshake_is_recorded_as_1006(proxy: WsRouteProxy) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    with pytest.raises(InvalidStatus):
+        connect(f"ws://127.0.0.1:{port}/gone", proxy=proxy.url, open_timeout=5)
+    sock = proxy.wait_for_web_socket("**/gone").wait_for_close()
+    assert (sock.close_code, sock.routed) == (1006, None)
+
+
+# --- waits ----------------------------------------------------------------------------------
+
+
+def test_wait_for_message_moves_a_cursor(proxy: WsRouteProxy) -> None:
+    proxy.route_web_socket("**/cursor", lambda ws: ws.on_message(ws.send))
+    with connect("ws://x.invalid/cursor", proxy=proxy.url) as c:
+        for m in ("a1", "b1", "a2"):
+            c.send(m)
+            c.recv(5)
+        sock = proxy.wait_for_web_socket()
+        assert sock.wait_for_message(re.compile("^a")).payload == "a1"
+        assert sock.wait_for_message(direction="received").payload == "a1"  # after the last one
+        assert sock.wait_for_message(lambda p: p == "a2", direction="sent").payload == "a2"
+        # still to come: a wait that starts before the message arrives
+        threading.Timer(0.05, c.send, ["late"]).start()
+        assert sock.wait_for_message("late", direction="sent").direction == "sent"
+        with pytest.raises(TimeoutError, match=r"no message sent matching 'nothing'.*late"):
+            sock.wait_for_message("nothing", direction="sent", timeout=0.2)
+
+
+def test_wait_for_web_socket_returns_each_socket_once(proxy: WsRouteProxy) -> None:
+    proxy.route_web_socket("**/once", lambda ws: None)
+    for _ in range(2):
+        with connect("ws://x.invalid/once", proxy=proxy.url):
+            pass
+    first, second = proxy.wait_for_web_socket("**/once"), proxy.wait_for_web_socket("**/once")
+    assert first is not second
+    assert proxy.web_sockets == [first, second]
+    with pytest.raises(TimeoutError, match=r"matching '\*\*/once'.*seen: ws://x.invalid/once"):
+        proxy.wait_for_web_socket("**/once", timeout=0.2)
+    with pytest.raises(ValueError, match="nested"):
+        proxy.wait_for_web_socket("{a,{b}}")
+
+
+def test_expect_web_socket_and_events(proxy: WsRouteProxy) -> None:
+    proxy.route_web_socket("**/events*", lambda ws: ws.on_message(ws.send))
+    with connect("ws://x.invalid/events", proxy=proxy.url):
+        pass  # opened before the block: not the one expected
+    seen: list[tuple[str, Any]] = []
+    with proxy.expect_web_socket("**/events?second") as info, connect(
+        "ws://x.invalid/events?second", proxy=proxy.url
+    ) as c:
+        pass
+    sock = info.value
+    assert sock.url == "ws://x.invalid/events?second"
+    with proxy.expect_web_socket() as info:
+        c = connect("ws://x.invalid/events", proxy=proxy.url)
+    third = info.value
+    with c:
+        third.on("framesent", lambda p: seen.append(("framesent", p)))
+        third.on("framereceived", lambda p: seen.append(("framereceived", p)))
+        third.on("close", lambda ws: seen.append(("close", ws)))
+        with third.expect_event("framereceived", lambda p: p == "two") as frame:
+            for word in ("one", "two"):
+                c.send(word)
+                assert c.recv(5) == word
+        assert frame.value == "two"
+        with third.expect_event("close") as closed:
+            c.close()
+        assert closed.value is third
+    assert seen == [
+        ("framesent", "one"),
+        ("framereceived", "one"),
+        ("framesent", "two"),
+        ("framereceived", "two"),
+        ("close", third),
+    ]
+    with pytest.raises(ValueError, match="unknown event"):
+        third.on("message", print)
+
+
+# --- routes from the test -------------------------------------------------------------------
+
+
+def test_test_routes_win_over_scripts_and_unroute(tmp_path: Path) -> None:
+    script = tmp_path / "routes.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            from mitm_wsroute import route_web_socket
+
+            @route_web_socket("**/who")
+            def from_script(ws):
+                ws.send("script")
+            """
+        )
+    )
+    with WsRouteProxy(scripts=[script]) as proxy:
+
+        def from_test(ws: Any) -> None:
+            ws.send("test")
+
+        def first_word(url: str = "") -> str:
+            with connect("ws://x.invalid/who", proxy=proxy.url) as c:
+                return str(c.recv(5))
+
+        assert first_word() == "script"
+        proxy.route_web_socket("**/who", from_test)
+        assert first_word() == "test"
+        proxy.unroute_web_socket("**/who", lambda ws: None)  # another handler: nothing removed
+        assert first_word() == "test"
+        proxy.unroute_web_socket("**/who")
+        assert first_word() == "script"
+        proxy.route_web_socket("**/who", from_test)
+        proxy.unroute_all()
+        assert first_word() == "script"
+
+
+def test_route_push_from_the_test_thread_keeps_order(proxy: WsRouteProxy) -> None:
+    proxy.route_web_socket("**/feed", lambda ws: None)
+    clients = [connect("ws://x.invalid/feed", proxy=proxy.url) for _ in range(3)]
+    try:
+        socks = [proxy.wait_for_web_socket("**/feed") for _ in clients]
+        for i in range(200):  # a broadcast: every client gets every message, in order
+            for sock in socks:
+                assert sock.route is not None
+                sock.route.send(f"tick {i}")
+        for c in clients:
+            assert [c.recv(5) for _ in range(200)] == [f"tick {i}" for i in range(200)]
+        socks[0].route.close(code=4000, reason="done")  # type: ignore[union-attr]
+        with pytest.raises(ConnectionClosed) as closed:
+            clients[0].recv(5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4000
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_handler_errors_are_collected_and_contained(proxy: WsRouteProxy) -> None:
+    def broken(ws: Any) -> None:
+        ws.on_message(lambda m: 1 / 0 if m == "boom" else None)
+
+    proxy.route_web_socket("**/broken", broken)
+    proxy.route_web_socket("**/worse", lambda ws: {}["missing"])
+    with connect("ws://x.invalid/broken", proxy=proxy.url) as c:
+        c.send("boom")
+        c.send("still open")
+        proxy.wait_for_web_socket("**/broken").wait_for_message("still open")
+    with connect("ws://x.invalid/worse", proxy=proxy.url) as c, pytest.raises(ConnectionClosed):
+        c.recv(5)
+    assert proxy.wait_for_web_socket("**/worse").wait_for_close().close_code == 1011
+    errors = proxy.handler_errors
+    assert [type(e) for e in errors] == [ZeroDivisionError, KeyError]
+    proxy.reset()
+    assert proxy.handler_errors == [] and proxy.web_sockets == []
+    with pytest.raises(ValueError, match="nested"):
+        proxy.route_web_socket("{a,{b}}", broken)
+
+
+# --- subprocess clients through `env` --------------------------------------------------------
+
+
+def test_env_points_a_subprocess_client_at_the_proxy_over_wss(
+    proxy: WsRouteProxy, tls_echo: Server
+) -> None:
+    proxy.route_web_socket("**/sub", lambda ws: ws.on_message(lambda m: ws.send(f"mock {m}")))
+    client = textwrap.dedent(
+        """
+        import sys
+        from websockets.sync.client import connect
+        with connect(sys.argv[1]) as c:  # proxy and CA from the environment
+            c.send("hi")
+            print(c.recv(5))
+        """
+    )
+    url = f"wss://127.0.0.1:{port_of(tls_echo)}/sub"
+    env = {**os.environ, **proxy.env}
+    out = subprocess.run(
+        [sys.executable, "-c", client, url], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert out.stdout.strip() == "mock hi", out.stderr
+    assert proxy.wait_for_web_socket("**/sub").routed == "mock"
+    assert proxy.env["HTTPS_PROXY"] == proxy.url and proxy.env["NO_PROXY"] == ""
+    assert proxy.playwright_proxy == {"server": proxy.url, "bypass": "<-loopback>"}
+
+
+# --- life cycle -----------------------------------------------------------------------------
+
+
+def _threads_and_fds() -> tuple[int, int]:
+    return threading.active_count(), len(os.listdir("/proc/self/fd"))
+
+
+def test_stop_leaves_nothing_behind() -> None:
+    before = _threads_and_fds()
+    proxy = WsRouteProxy().start()
+    confdir = proxy.ca_cert.parent
+    proxy.route_web_socket("**/live", lambda ws: None)
+    c = connect("ws://x.invalid/live", proxy=proxy.url)  # still open at stop
+    proxy.wait_for_web_socket()
+    proxy.stop()
+    with pytest.raises(ConnectionClosed):
+        c.recv(5)
+    c.close()
+    assert not confdir.exists()
+    assert _threads_and_fds() == before
+    with pytest.raises(RuntimeError, match="stopped"):
+        proxy.wait_for_web_socket()
+    with pytest.raises(RuntimeError, match="stopped"):
+        proxy.start()
+
+
+def test_start_failures_raise_with_mitmproxy_reason() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(RuntimeError, match="address already in use"):
+            WsRouteProxy(port=taken.getsockname()[1]).start()
+    with pytest.raises(ValueError, match="wsroute_base_url"):
+        WsRouteProxy(options={"wsroute_base_url": "not a url"}).start()
+    with pytest.raises(ValueError, match="unknown proxy option"):
+        WsRouteProxy(options={"no_such_option": 1}).start()
+    with pytest.raises(RuntimeError, match="not started"):
+        WsRouteProxy().url  # noqa: B018
+
+
+def test_two_proxies_side_by_side() -> None:
+    with WsRouteProxy() as a, WsRouteProxy(options={"wsroute_base_url": "http://b.test"}) as b:
+        a.route_web_socket("**/who", lambda ws: ws.send("a"))
+        b.route_web_socket("/who", lambda ws: ws.send("b"))  # relative to b's base URL
+        with connect("ws://b.test/who", proxy=b.url) as cb, connect(
+            "ws://a.test/who", proxy=a.url
+        ) as ca:
+            assert (ca.recv(5), cb.recv(5)) == ("a", "b")
+        assert [s.url for s in a.web_sockets] == ["ws://a.test/who"]
+        assert [s.url for s in b.web_sockets] == ["ws://b.test/who"]
+
+
+def test_record_is_bounded() -> None:
+    with WsRouteProxy(options={"wsroute_record_messages": 10}) as proxy:
+        proxy.route_web_socket("**/long", lambda ws: ws.on_message(ws.send))
+        with connect("ws://x.invalid/long", proxy=proxy.url) as c:
+            for i in range(20):
+                c.send(str(i))
+                c.recv(5)
+        sock: WebSocket = proxy.wait_for_web_socket()
+        sock.wait_for_close()
+        assert [m.payload for m in sock.messages] == [str(i) for i in range(15, 20) for _ in "sr"]
+        # positions stay absolute: a wait still finds what is kept, and no more
+        assert sock.wait_for_message("16", direction="received").payload == "16"
+
+
+def test_reset_forgets_sockets_but_live_ones_go_on(proxy: WsRouteProxy) -> None:
+    proxy.route_web_socket("**/many", lambda ws: ws.on_message(ws.send))
+    live = connect("ws://x.invalid/many", proxy=proxy.url)
+    for _ in range(20):
+        with connect("ws://x.invalid/many", proxy=proxy.url):
+            pass
+    assert len(proxy.web_sockets) == 21
+    proxy.reset()
+    assert proxy.web_sockets == []
+    live.send("still routed")  # live sockets keep their handlers
+    assert live.recv(5) == "still routed"
+    live.close()
