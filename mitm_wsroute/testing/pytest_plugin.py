@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,8 @@ from . import WsRouteProxy
 from . import async_api
 
 __all__ = ["async_wsroute", "wsroute"]
+
+_PACKAGE = str(Path(__file__).resolve().parent.parent)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -46,10 +49,16 @@ def _check_and_reset(proxy: WsRouteProxy | async_api.WsRouteProxy) -> None:
     errors = proxy.handler_errors
     proxy.reset()
     if errors:
-        details = "\n".join(
-            "".join(traceback.format_exception(type(e), e, e.__traceback__)) for e in errors
-        )
+        details = "\n".join(_user_traceback(e) for e in errors)
         pytest.fail(f"{len(errors)} WebSocket route handler(s) raised:\n{details}", False)
+
+
+def _user_traceback(error: BaseException) -> str:
+    """The traceback from the first frame outside this package: the handler's own."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None and _PACKAGE in tb.tb_frame.f_code.co_filename:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(error), error, tb))
 
 
 @pytest.fixture

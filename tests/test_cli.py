@@ -1,0 +1,128 @@
+"""The `mitm-wsroute` command, run as a user runs it: a real process, a real client."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from websockets.sync.client import connect
+
+from mitm_wsroute.cli import ADDON_PATH
+
+COMMAND = str(Path(sys.executable).with_name("mitm-wsroute"))
+ROUTES = """
+from mitm_wsroute import route_web_socket
+
+@route_web_socket("**/hello")
+def hello(ws):
+    ws.send("hello from the CLI")
+"""
+
+
+@pytest.fixture
+def routes(tmp_path: Path) -> Path:
+    path = tmp_path / "routes.py"
+    path.write_text(textwrap.dedent(ROUTES))
+    return path
+
+
+def start(*args: str) -> tuple[subprocess.Popen[str], str]:
+    """Run the command until it says where it listens; returns the process and that URL."""
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if m := re.search(r"mitm-wsroute: proxy at (\S+), CA certificate (\S+)", line):
+            assert Path(m.group(2)).is_file()
+            return proc, m.group(1)
+    raise AssertionError(f"no start line; exit code {proc.wait()}")
+
+
+@pytest.fixture
+def run() -> Iterator[object]:
+    procs: list[subprocess.Popen[str]] = []
+
+    def run_(*args: str) -> str:
+        proc, url = start(*args)
+        procs.append(proc)
+        return url
+
+    yield run_
+    for proc in procs:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+
+
+@pytest.mark.parametrize(
+    "command", [[COMMAND], [sys.executable, "-m", "mitm_wsroute"]], ids=["script", "module"]
+)
+def test_runs_the_routes_and_says_where(
+    run: object, routes: Path, tmp_path: Path, command: list[str]
+) -> None:
+    url = run(  # type: ignore[operator]
+        *command, str(routes), "-p", "0", "--listen-host", "127.0.0.1",
+        "--", "--set", f"confdir={tmp_path}",
+    )  # fmt: skip
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
+    with connect("ws://nowhere.invalid/hello", proxy=url) as c:
+        assert c.recv(5) == "hello from the CLI"
+
+
+def test_addon_path_for_mitmdump(run: object, routes: Path, tmp_path: Path) -> None:
+    out = subprocess.run([COMMAND, "--addon-path"], capture_output=True, text=True, check=True)
+    assert Path(out.stdout.strip()) == ADDON_PATH
+    mitmdump = str(Path(sys.executable).with_name("mitmdump"))
+    proc = subprocess.Popen(
+        [mitmdump, "-s", out.stdout.strip(), "--set", f"wsroute_scripts={routes}",
+         "--listen-host", "127.0.0.1", "-p", "0", "--set", f"confdir={tmp_path}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        port = next(m.group(1) for line in proc.stdout if (m := re.search(r"at [\d.]+:(\d+)", line)))
+        with connect("ws://nowhere.invalid/hello", proxy=f"http://127.0.0.1:{port}") as c:
+            assert c.recv(5) == "hello from the CLI"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+
+
+def _taken_port() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing.py"], "mitm-wsroute: error: no such route script: missing.py"),
+        (["--", "--set", "wsroute_base_url=nope"], "mitm-wsroute: Cannot parse wsroute_base_url*"),
+        (["-p", "TAKEN"], "mitm-wsroute: error: *address already in use"),
+        (["--har-update"], "mitm-wsroute: error: --har-url and --har-update need --har FILE"),
+    ],
+    ids=["missing-script", "bad-option", "port-in-use", "har-update-alone"],
+)
+def test_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    ports = _taken_port()
+    args = [str(next(ports)) if a == "TAKEN" else a for a in args]
+    passed_on = ["--set", f"confdir={tmp_path}"] if "--" in args else ["--", "--set", f"confdir={tmp_path}"]
+    out = subprocess.run(
+        [COMMAND, "--listen-host", "127.0.0.1", *args, *passed_on],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    ports.close()
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stdout + out.stderr, out.stderr
+    assert re.fullmatch(re.escape(message).replace(r"\*", ".*"), lines[0]), lines[0]
