@@ -35,7 +35,8 @@ def routes(tmp_path: Path) -> Path:
 
 
 def start(*args: str) -> tuple[subprocess.Popen[str], str]:
-    """Run the command until it says where it listens; returns the process and that URL."""
+    """Run a proxy command until it says where it listens (our line, or mitmdump's); returns
+    the process and the proxy's URL."""
     proc = subprocess.Popen(
         args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
@@ -44,6 +45,8 @@ def start(*args: str) -> tuple[subprocess.Popen[str], str]:
         if m := re.search(r"mitm-wsroute: proxy at (\S+), CA certificate (\S+)", line):
             assert Path(m.group(2)).is_file()
             return proc, m.group(1)
+        if m := re.search(r"proxy listening at ([\d.]+:\d+)", line):
+            return proc, f"http://{m.group(1)}"
     raise AssertionError(f"no start line; exit code {proc.wait()}")
 
 
@@ -81,19 +84,12 @@ def test_addon_path_for_mitmdump(run: object, routes: Path, tmp_path: Path) -> N
     out = subprocess.run([COMMAND, "--addon-path"], capture_output=True, text=True, check=True)
     assert Path(out.stdout.strip()) == ADDON_PATH
     mitmdump = str(Path(sys.executable).with_name("mitmdump"))
-    proc = subprocess.Popen(
-        [mitmdump, "-s", out.stdout.strip(), "--set", f"wsroute_scripts={routes}",
-         "--listen-host", "127.0.0.1", "-p", "0", "--set", f"confdir={tmp_path}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    url = run(  # type: ignore[operator]
+        mitmdump, "-s", out.stdout.strip(), "--set", f"wsroute_scripts={routes}",
+        "--listen-host", "127.0.0.1", "-p", "0", "--set", f"confdir={tmp_path}",
     )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        port = next(m.group(1) for line in proc.stdout if (m := re.search(r"at [\d.]+:(\d+)", line)))
-        with connect("ws://nowhere.invalid/hello", proxy=f"http://127.0.0.1:{port}") as c:
-            assert c.recv(5) == "hello from the CLI"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
+    with connect("ws://nowhere.invalid/hello", proxy=url) as c:
+        assert c.recv(5) == "hello from the CLI"
 
 
 def _taken_port() -> Iterator[int]:
