@@ -31,10 +31,17 @@ chromium:
 		echo "== installing Debian's chromium"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# Node's `ws` for the Node client example (pinned in examples/node/package-lock.json).
+NODE_DEPS := examples/node/node_modules/.package-lock.json
+$(NODE_DEPS): examples/node/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "error: the Node example needs node and npm" >&2; exit 1; }
+	cd examples/node && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium $(NODE_DEPS)
 	$(PY) -m pytest
 
 # Routed sockets against plain mitmdump, in one run (several minutes; `BENCH_ARGS=--quick` for less).
@@ -48,4 +55,4 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy --strict mitm_wsroute
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis examples/node/node_modules
