@@ -25,11 +25,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	@rm -f $(VENV)/.installed-*; touch $@
 
-# Debian's Chromium for the browser tests (Playwright's own browser download is not used).
+# Debian's Chromium for the browser tests (Playwright's own browser download is not used), and
+# an emoji font, so that mitmweb's flow markers show in the screenshots the tests save.
 chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
-		echo "== installing Debian's chromium"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@{ command -v chromium && dpkg -s fonts-noto-color-emoji; } >/dev/null 2>&1 || { \
+		echo "== installing Debian's chromium and fonts-noto-color-emoji"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium fonts-noto-color-emoji >/dev/null; }
 
 # Node's `ws` for the Node client example (pinned in examples/node/package-lock.json).
 NODE_DEPS := examples/node/node_modules/.package-lock.json

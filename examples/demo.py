@@ -21,7 +21,11 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = sorted(p for p in (ROOT / "examples").glob("*.py") if p.name != "demo.py" and not p.name.startswith("test_"))
+SCRIPTS = sorted(
+    p
+    for p in (ROOT / "examples").glob("*.py")
+    if p.name != "demo.py" and not p.name.startswith("test_")
+)
 
 
 async def echo(ws: ServerConnection) -> None:

@@ -21,7 +21,7 @@ from mitmproxy.proxy import events
 from mitmproxy.utils import asyncio_utils
 from mitmproxy.websocket import WebSocketData
 
-from . import layer
+from . import layer, webview
 from .connection import SERVER, Connection, State
 from .handshake import accept, is_websocket_upgrade, requested_protocols
 from .route import WebSocketRoute
@@ -56,6 +56,7 @@ class WsRoute:
         self.on_handler_error: Callable[[BaseException], None] | None = None
 
     def load(self, loader: Loader) -> None:
+        webview.register()
         loader.add_option(
             "wsroute_scripts",
             Sequence[str],

@@ -117,7 +117,9 @@ def mitmproxy_args(ns: argparse.Namespace, rest: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    own, rest = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    own, rest = (
+        (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    )
     ns = _parser().parse_args(own)
     if ns.addon_path:
         print(ADDON_PATH)

@@ -52,7 +52,15 @@ from .connection import (
 )
 from .handshake import accept
 
-__all__ = ["Observer", "RouteWakeup", "RoutedSocket", "check_internals", "install", "routed_socket", "share_ctx_per_thread"]
+__all__ = [
+    "Observer",
+    "RouteWakeup",
+    "RoutedSocket",
+    "check_internals",
+    "install",
+    "routed_socket",
+    "share_ctx_per_thread",
+]
 
 logger = logging.getLogger(__name__)
 

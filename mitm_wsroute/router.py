@@ -66,7 +66,7 @@ class Router:
         """Register a route above every script's routes (the newest wins)."""
         self._direct = (*self._direct, route)
 
-    def remove(self, url: URLMatch, handler: RouteHandler | None = None) -> int:
+    def remove(self, url: URLMatch | None, handler: RouteHandler | None = None) -> int:
         """Remove the routes that `add` registered with `url` (and `handler`, when given);
         all of them for ``url=None``. Returns how many."""
         kept = tuple(

@@ -112,7 +112,9 @@ def _taken_port() -> Iterator[int]:
 def test_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     ports = _taken_port()
     args = [str(next(ports)) if a == "TAKEN" else a for a in args]
-    passed_on = ["--set", f"confdir={tmp_path}"] if "--" in args else ["--", "--set", f"confdir={tmp_path}"]
+    passed_on = (
+        ["--set", f"confdir={tmp_path}"] if "--" in args else ["--", "--set", f"confdir={tmp_path}"]
+    )
     out = subprocess.run(
         [COMMAND, "--listen-host", "127.0.0.1", *args, *passed_on],
         capture_output=True, text=True, timeout=60, cwd=tmp_path,

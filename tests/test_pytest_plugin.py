@@ -16,7 +16,7 @@ def from_script(ws):
     ws.send("script route")
 """
 
-TESTS = '''
+TESTS = """
 import os
 from websockets.sync.client import connect
 
@@ -26,7 +26,8 @@ def test_sync(wsroute, tmp_path):
     with connect("ws://app.invalid/echo", proxy=wsroute.url) as c:
         c.send("ping")
         assert c.recv(5) == "ping"
-    assert wsroute.wait_for_web_socket("**/echo").wait_for_message(direction="sent").payload == "ping"
+    sock = wsroute.wait_for_web_socket("**/echo")
+    assert sock.wait_for_message(direction="sent").payload == "ping"
 
 
 def test_reset_between_tests(wsroute):
@@ -54,7 +55,7 @@ def test_handler_raises(wsroute):
         c.send("x")
         c.send("y")
         wsroute.wait_for_web_socket().wait_for_message("y")
-'''
+"""
 
 
 @pytest.fixture
@@ -75,16 +76,14 @@ def test_fixtures_reset_and_handler_errors_fail_the_test(
             "*2 WebSocket route handler(s) raised*",
             "Traceback (most recent call last):",
             '  File "*test_app.py", line *, in <lambda>',
-            "*int(\"not a number\")*",
+            '*int("not a number")*',
             "ValueError: invalid literal for int()*",
         ]
     )
 
 
 def test_ini_scripts_and_xdist_workers(pytester: pytest.Pytester, suite: Path) -> None:
-    pytester.makefile(
-        ".ini", pytest=f"[pytest]\nasyncio_mode = auto\nwsroute_scripts = {suite}\n"
-    )
+    pytester.makefile(".ini", pytest=f"[pytest]\nasyncio_mode = auto\nwsroute_scripts = {suite}\n")
     pytester.makepyfile(
         test_ports=textwrap.dedent(
             """

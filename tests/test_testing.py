@@ -199,9 +199,10 @@ def test_expect_web_socket_and_events(proxy: WsRouteProxy) -> None:
     with connect("ws://x.invalid/events", proxy=proxy.url):
         pass  # opened before the block: not the one expected
     seen: list[tuple[str, Any]] = []
-    with proxy.expect_web_socket("**/events?second") as info, connect(
-        "ws://x.invalid/events?second", proxy=proxy.url
-    ) as c:
+    with (
+        proxy.expect_web_socket("**/events?second") as info,
+        connect("ws://x.invalid/events?second", proxy=proxy.url) as c,
+    ):
         pass
     sock = info.value
     assert sock.url == "ws://x.invalid/events?second"
@@ -380,9 +381,10 @@ def test_two_proxies_side_by_side() -> None:
     with WsRouteProxy() as a, WsRouteProxy(options={"wsroute_base_url": "http://b.test"}) as b:
         a.route_web_socket("**/who", lambda ws: ws.send("a"))
         b.route_web_socket("/who", lambda ws: ws.send("b"))  # relative to b's base URL
-        with connect("ws://b.test/who", proxy=b.url) as cb, connect(
-            "ws://a.test/who", proxy=a.url
-        ) as ca:
+        with (
+            connect("ws://b.test/who", proxy=b.url) as cb,
+            connect("ws://a.test/who", proxy=a.url) as ca,
+        ):
             assert (ca.recv(5), cb.recv(5)) == ("a", "b")
         assert [s.url for s in a.web_sockets] == ["ws://a.test/who"]
         assert [s.url for s in b.web_sockets] == ["ws://b.test/who"]

@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..urlmatch import URLMatch
+from mitm_wsroute.urlmatch import URLMatch
+
 from ._base import DEFAULT_TIMEOUT, ProxyBase, SocketBase, ValueBox
 from ._records import Message, MessageMatch
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Generic, Literal, Self, TypeVar
+from typing import Any, Literal, Self
 
-from ..route import WebSocketRoute
-from ..router import RouteHandler
-from ..urlmatch import URLMatch
+from mitm_wsroute.route import WebSocketRoute
+from mitm_wsroute.router import RouteHandler
+from mitm_wsroute.urlmatch import URLMatch
+
 from ._proxy import ProxyEngine
 from ._records import (
     Message,
@@ -28,10 +29,8 @@ from ._records import (
 __all__ = ["DEFAULT_TIMEOUT", "Check", "ProxyBase", "SocketBase", "ValueBox"]
 
 DEFAULT_TIMEOUT = 5.0
-T = TypeVar("T")
-S = TypeVar("S", bound="SocketBase")
 #: A wait: what to look for (under the lock; None while not found) and what to say on timeout.
-Check = tuple[Callable[[], T | None], Callable[[], str]]
+type Check[T] = tuple[Callable[[], T | None], Callable[[], str]]
 
 
 class SocketBase:
@@ -117,7 +116,7 @@ class SocketBase:
 
         return check, fail
 
-    def _close_check(self: S, timeout: float) -> Check[S]:
+    def _close_check[S: SocketBase](self: S, timeout: float) -> Check[S]:
         record = self._record
 
         def check() -> S | None:
@@ -135,7 +134,7 @@ class SocketBase:
         return check, lambda: f"no {event!r} event within {timeout} s on {record.describe()}"
 
 
-class ProxyBase(Generic[S]):
+class ProxyBase[S: SocketBase]:
     """A real mitmproxy with the addon, on its own thread and event loop, without the waits."""
 
     _socket_class: type[S]
@@ -243,7 +242,7 @@ class ProxyBase(Generic[S]):
         view = record.views.get(self._socket_class)
         if view is None:
             view = record.views[self._socket_class] = self._socket_class(record)
-        return view  # type: ignore[no-any-return]
+        return view
 
     def _socket_check(self, url: URLMatch | None, timeout: float) -> Check[SocketRecord]:
         engine = self._engine
@@ -278,7 +277,7 @@ class ProxyBase(Generic[S]):
         return f"no {what} within {timeout} s; WebSockets seen: {seen}"
 
 
-class ValueBox(Generic[T]):
+class ValueBox[T]:
     """`expect_*`'s result: `.value` once the block ended and the event came."""
 
     __slots__ = ("_set", "_value")

@@ -20,12 +20,13 @@ from mitmproxy import exceptions, http, master, options
 from mitmproxy.addonmanager import Loader
 from mitmproxy.utils import asyncio_utils
 
-from .. import layer
-from ..addon import WsRoute
-from ..handshake import is_websocket_upgrade
-from ..route import WebSocketRoute
-from ..router import Route, RouteHandler, registrar
-from ..urlmatch import URLMatch, parse_base_url, websocket_url
+from mitm_wsroute import layer
+from mitm_wsroute.addon import WsRoute
+from mitm_wsroute.handshake import is_websocket_upgrade
+from mitm_wsroute.route import WebSocketRoute
+from mitm_wsroute.router import Route, RouteHandler, registrar
+from mitm_wsroute.urlmatch import URLMatch, parse_base_url, websocket_url
+
 from ._records import Hub, SocketRecord
 
 __all__ = ["ProxyEngine"]
@@ -198,7 +199,7 @@ class ProxyEngine:
     def _run(self) -> None:
         try:
             asyncio.run(self._main())
-        except BaseException as e:  # noqa: BLE001 - reported to start(), never lost
+        except BaseException as e:
             if not self._ready.is_set():
                 self._failure = e
         finally:
@@ -272,7 +273,12 @@ class ProxyEngine:
         for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
             env[name] = env[name.lower()] = self.url
         env["NO_PROXY"] = env["no_proxy"] = ""
-        for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE"):
+        for name in (
+            "SSL_CERT_FILE",
+            "REQUESTS_CA_BUNDLE",
+            "NODE_EXTRA_CA_CERTS",
+            "CURL_CA_BUNDLE",
+        ):
             env[name] = str(self.ca_cert)
         return env
 

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from ..urlmatch import URLMatch, compile_url_match
+from mitm_wsroute.urlmatch import URLMatch, compile_url_match
 
 if TYPE_CHECKING:
-    from ..route import WebSocketRoute
+    from mitm_wsroute.route import WebSocketRoute
 
 __all__ = [
     "EVENTS",
@@ -188,7 +188,8 @@ class SocketRecord:
     listeners: dict[str, list[Callable[[Any], None]]] = field(
         default_factory=lambda: {e: [] for e in EVENTS}
     )
-    views: dict[str, Any] = field(default_factory=dict)
+    #: The API objects made for it, by class (one per API, so that a socket stays one object).
+    views: dict[type, Any] = field(default_factory=dict)
 
     # --- written by the proxy thread (the layer's observer, or the recorder's hooks) -----------
 

@@ -17,20 +17,19 @@ import inspect
 import types
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 from mitmproxy.utils import asyncio_utils
 
-from ..urlmatch import URLMatch
+from mitm_wsroute.urlmatch import URLMatch
+
 from ._base import DEFAULT_TIMEOUT, ProxyBase, SocketBase, ValueBox
 from ._records import Message, MessageMatch
 
 __all__ = ["Message", "WebSocket", "WsRouteProxy"]
 
-T = TypeVar("T")
 
-
-class AsyncValueBox(ValueBox[T]):
+class AsyncValueBox[T](ValueBox[T]):
     """`expect_*`'s result in the async API: ``await box.value``, as in Playwright's."""
 
     __slots__ = ()
@@ -79,7 +78,10 @@ class WebSocket(SocketBase):
                     _awaited(result), name=f"wsroute {event} listener", keep_ref=True
                 )
 
-        self._record.on(event, lambda arg: loop.call_soon_threadsafe(run, arg))
+        def hand_over(arg: Any) -> None:
+            loop.call_soon_threadsafe(run, arg)
+
+        self._record.on(event, hand_over)
 
     @asynccontextmanager
     async def expect_event(

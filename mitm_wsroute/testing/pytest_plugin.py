@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from . import WsRouteProxy
-from . import async_api
+from . import WsRouteProxy, async_api
 
 __all__ = ["async_wsroute", "wsroute"]
 
@@ -33,9 +32,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="wsroute_scripts",
         help="route script for the wsroute fixtures' proxy (repeatable; a later one wins)",
     )
-    parser.addini(
-        "wsroute_scripts", "route scripts for the wsroute fixtures' proxy", type="paths"
-    )
+    parser.addini("wsroute_scripts", "route scripts for the wsroute fixtures' proxy", type="paths")
 
 
 @pytest.fixture(scope="session")
