@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 
+import facade
 import instructions
 import proxies
 from proxies import ADDON, CLIENT_CPUS, CPUS, HERE, PROXY_CPUS, Proxy, start, start_mitmdump, stop
@@ -265,6 +266,7 @@ async def main() -> None:
                 out(await big_messages(confdir, cases, (16 if q else 64) << 20, with_plain=not q))
                 out(await memory(confdir, cases, 10_000 if q else 100_000))
                 out(await many_sockets(cases[1][1], up))
+                out(await facade.main(q))
         finally:
             for _, p, _ in cases:
                 stop(p.proc)
