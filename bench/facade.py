@@ -42,13 +42,13 @@ def start_and_reset(repeats: int) -> list[str]:
         run.row("test proxy: start to ready (median)", statistics.median(starts) * 1e3, "ms"),
         run.row(
             "test proxy: reset() with 100 sockets (median)", statistics.median(resets) * 1e6, "µs"
-        ),  # fmt: skip
+        ),
     ]
 
 
 def start_facade(name: str) -> Proxy:
-    proc, port = start([sys.executable, str(HERE / "facade_proxy.py")], r"listening at [\d.]+:(\d+)",
-                       proxies.PROXY_CPUS)  # fmt: skip
+    cmd = [sys.executable, str(HERE / "facade_proxy.py")]
+    proc, port = start(cmd, r"listening at [\d.]+:(\d+)", proxies.PROXY_CPUS)
     return Proxy(name, proc, port)
 
 
