@@ -103,6 +103,19 @@ async def test_intercept_goes_upstream(addon: Any) -> None:
     assert f.metadata["wsroute"]["mode"] == "intercept"
 
 
+@pytest.mark.parametrize(
+    "path, marker, handler",
+    [("/mock", ":performing_arts:", "mock"), ("/intercept", ":electric_plug:", "intercept")],
+)
+async def test_routed_flows_are_marked_and_commented_for_mitmweb(
+    addon: Any, path: str, marker: str, handler: str
+) -> None:
+    a, tctx = addon
+    f = upgrade(path)
+    await a.request(f)
+    assert (f.marked, f.comment) == (marker, f"wsroute: routes.py:{handler}")
+
+
 async def test_upstream_refusal_with_server_on_close_becomes_a_mock(addon: Any) -> None:
     a, tctx = addon
     f = upgrade("/intercept")
