@@ -34,7 +34,7 @@ chromium:
 			chromium fonts-noto-color-emoji >/dev/null; }
 
 # Node's `ws` for the Node client example (pinned in examples/node/package-lock.json).
-NODE_DEPS := examples/node/node_modules/.package-lock.json
+NODE_DEPS := examples/node/node_modules bench/mockttp/node_modules/.package-lock.json
 $(NODE_DEPS): examples/node/package-lock.json
 	@command -v npm >/dev/null 2>&1 || { echo "error: the Node example needs node and npm" >&2; exit 1; }
 	cd examples/node && npm ci --no-audit --no-fund --loglevel=error
@@ -47,7 +47,13 @@ test: $(STAMP) chromium $(NODE_DEPS)
 	$(PY) -m pytest
 
 # Routed sockets against plain mitmdump, in one run (several minutes; `BENCH_ARGS=--quick` for less).
-bench: $(STAMP)
+# Mockttp, the peer the bench measures against (pinned in bench/mockttp/package-lock.json).
+BENCH_DEPS := bench/mockttp/node_modules/.package-lock.json
+$(BENCH_DEPS): bench/mockttp/package-lock.json
+	cd bench/mockttp && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+bench: $(STAMP) $(BENCH_DEPS)
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 lint: $(STAMP)
@@ -57,4 +63,4 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy --strict mitm_wsroute
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis examples/node/node_modules
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis examples/node/node_modules bench/mockttp/node_modules

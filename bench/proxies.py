@@ -30,15 +30,18 @@ PROXY_CPUS, CLIENT_CPUS = ({CPUS[-1]}, set(CPUS[:-1])) if len(CPUS) > 1 else (se
 
 @dataclass
 class Proxy:
+    """A proxy process; with no process, the direct case (clients connect to the server)."""
+
     name: str
-    proc: subprocess.Popen[str]
+    proc: subprocess.Popen[str] | None
     port: int
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def url(self) -> str | None:
+        return f"http://127.0.0.1:{self.port}" if self.proc else None
 
     def rss_mib(self) -> float:
+        assert self.proc is not None
         with open(f"/proc/{self.proc.pid}/status") as f:
             kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
         return kib / 1024
@@ -73,9 +76,32 @@ def start_mitmdump(
     return Proxy(name, proc, port)
 
 
-def stop(proc: subprocess.Popen[str]) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(10)
+def stop(proc: subprocess.Popen[str] | None) -> None:
+    if proc is not None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+
+
+#: The peers: Mockttp as a proxy (npm, pinned in bench/mockttp), and no proxy at all.
+MOCKTTP, DIRECT = "mockttp", "direct"
+
+
+def peers(upstream: str) -> list[tuple[str, str, str]]:
+    """What the bench compares our routes with: (label, peer kind, URL). Mockttp's rules echo
+    sockets to bench.invalid and pass the others through, like our mock and intercept."""
+    return [
+        ("Mockttp echo", MOCKTTP, "ws://bench.invalid/mock"),
+        ("Mockttp pass-through", MOCKTTP, f"{upstream}/peer"),
+        ("python-websockets echo server, direct (no proxy)", DIRECT, f"{upstream}/direct"),
+    ]
+
+
+def start_peer(label: str, kind: str) -> Proxy:
+    if kind == DIRECT:
+        return Proxy(label, None, 0)
+    proc, port = start(["node", str(HERE / "mockttp" / "proxy.js")], r"listening at [\d.]+:(\d+)",
+                       PROXY_CPUS)  # fmt: skip
+    return Proxy(label, proc, port)
 
 
 def cases(upstream: str) -> list[tuple[str, tuple[str, ...], str]]:

@@ -126,10 +126,26 @@ async def concurrent(url: str, proxy: str, sockets: int, each: int) -> dict[str,
     }
 
 
-def row(label: str, value: float, unit: str, ratio: float | None = None, spread: str = "") -> str:
+def row(
+    label: str,
+    value: float,
+    unit: str,
+    ratio: float | None = None,
+    spread: str = "",
+    vs_peer: str = "",
+) -> str:
     number = f"{value:,.0f}" if value >= 100 or float(value).is_integer() else f"{value:,.1f}"
     value_cell = f"{number} {unit}".strip()
-    return f"| {label} | {value_cell} | {'' if ratio is None else f'{ratio:.2f}x'}{spread} |"
+    ratio_cell = f"{'' if ratio is None else f'{ratio:.2f}x'}{spread}"
+    return f"| {label} | {value_cell} | {ratio_cell} |" + (f" {vs_peer} |" if vs_peer else "")
+
+
+def peer_of(label: str, labels: list[str]) -> str | None:
+    """The Mockttp case a case of ours compares with: echo for a mock, else pass-through."""
+    if label.startswith(("Mockttp", "python-websockets")):
+        return None
+    peer = "Mockttp echo" if "mock" in label else "Mockttp pass-through"
+    return peer if peer in labels else None
 
 
 def ratio_to(base: float | None, value: float, higher_is_better: bool) -> float | None:
@@ -152,8 +168,10 @@ async def small_messages(
         for label, p, url in cases[:: -1 if i % 2 else 1]:
             runs[label].append(await throughput_and_rtt(url, p, size, n, rtts))
     base = runs[cases[0][0]]
+    labels = [label for label, _, _ in cases]
     lines = []
-    for label, _, _ in cases:
+    for label in labels:
+        peer = peer_of(label, labels)
         for metric, name, unit, higher in (("msgs", "msgs/s", "msg/s", True),
                                            ("p50", "RTT p50", "µs", False),
                                            ("p99", "RTT p99", "µs", False)):  # fmt: skip
@@ -167,7 +185,14 @@ async def small_messages(
                 if len(ratios) > 1:
                     spread = f" ({min(ratios):.2f} to {max(ratios):.2f})"
             value = statistics.median(values)
-            lines.append(row(f"{size} B {name}, {label}", value, unit, median, spread))
+            vs_peer = ""
+            if peer is not None:
+                per_round = [
+                    ratio_to(p[metric], v, higher) or 0
+                    for v, p in zip(values, runs[peer], strict=True)
+                ]
+                vs_peer = f"{statistics.median(per_round):.2f}x of {peer}"
+            lines.append(row(f"{size} B {name}, {label}", value, unit, median, spread, vs_peer))
     return lines
 
 
@@ -244,13 +269,16 @@ async def main() -> None:
     what = f"msgs/s and RTT: medians of {repeats} rounds"
     if len(CPUS) > 1:
         what += f"; proxies on CPU {min(PROXY_CPUS)}, client and echo server on the others"
-    lines = [f"| measurement ({what}) | value | vs plain (range over rounds) |", "|---|---:|---:|"]
+    lines = [f"| measurement ({what}) | value | vs plain (range over rounds) | vs Mockttp |",
+             "|---|---:|---:|---:|"]  # fmt: skip
     with tempfile.TemporaryDirectory() as confdir:
         up = f"ws://127.0.0.1:{echo_port}"
         # One mitmdump per case, so that no case runs in a process that others have used.
         cases: list[Case] = [
             (label, start_mitmdump(label, confdir, *args), url)
             for label, args, url in proxies.cases(up)
+        ] + [
+            (label, proxies.start_peer(label, kind), url) for label, kind, url in proxies.peers(up)
         ]
 
         def out(new: list[str]) -> None:
