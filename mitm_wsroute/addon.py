@@ -21,9 +21,9 @@ from mitmproxy.proxy import events
 from mitmproxy.utils import asyncio_utils
 from mitmproxy.websocket import WebSocketData
 
-from . import layer, webview
-from .connection import SERVER, Connection, State
-from .handshake import accept, is_websocket_upgrade, requested_protocols
+from . import handshake, layer, webview
+from .connection import SERVER, Accept, Connection, Opening, Reject, State
+from .handshake import accept, is_websocket_upgrade, request_headers, requested_protocols
 from .route import WebSocketRoute
 from .router import Router
 from .scripts import RouteScripts, user_traceback
@@ -163,26 +163,70 @@ class WsRoute:
         route = self.router.find(url)
         if route is None:
             return
-        connection = Connection(url, requested_protocols(req))
-        layer.routed_socket(flow, layer.RoutedSocket(connection, self._call_user, self._inject))
+        connection = Connection(url, requested_protocols(req), request_headers(req))
+        socket = layer.RoutedSocket(connection, self._call_user, self._inject)
+        layer.routed_socket(flow, socket)
         flow.metadata["wsroute"] = {"url": url, "route": route.origin}
         try:
             result = route.handler(WebSocketRoute(connection))
             if inspect.isawaitable(result):
-                await result
+                await self._until_answered(result, connection, url)
         except Exception as e:
-            logger.error(f"{url}: route handler failed:\n{user_traceback(e, 'request')}")
-            self._handler_failed(e)
-            connection.receive_handler_error(e)
+            self._route_handler_failed(e, connection, url, cut_at="request")
+        finally:
+            connection.wakeup = socket.wake
+        connection.handler_returned()
         # mitmweb shows a marker per kind in the flow list, and the route in the comment.
         flow.comment = f"wsroute: {route.label}"
+        if isinstance(connection.answer, Reject):
+            flow.metadata["wsroute"]["mode"] = "rejected"
+            flow.marked = MOCK_MARKER
+            flow.response = handshake.reject(connection.answer)
+            return
         if connection.states[SERVER] is State.CONNECTING:
             flow.metadata["wsroute"]["mode"] = "intercept"
             flow.marked = INTERCEPT_MARKER
             return
         flow.metadata["wsroute"]["mode"] = "mock"
         flow.marked = MOCK_MARKER
-        flow.response = accept(req, connection.protocols)
+        answer = connection.answer if isinstance(connection.answer, Accept) else None
+        flow.response = accept(req, connection.protocols, answer)
+
+    async def _until_answered(
+        self, result: Awaitable[Any], connection: Connection, url: str
+    ) -> None:
+        """Await an async route handler until it returns, or until it answered the client with
+        `accept()` or `reject()`: then the answer goes out and the handler goes on by itself."""
+        answered = asyncio.Event()
+        connection.wakeup = answered.set  # called by accept() and reject() (and by sends)
+
+        async def route_handler() -> None:
+            await result
+
+        task = asyncio_utils.create_task(
+            route_handler(), name=f"wsroute handler {url}", keep_ref=True
+        )
+        while not task.done() and connection.opening is Opening.HANDLER:
+            answered.clear()
+            waiter = asyncio.ensure_future(answered.wait())
+            await asyncio.wait((task, waiter), return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and (e := task.exception()) is not None:
+                self._route_handler_failed(e, connection, url, cut_at="route_handler")
+
+        if task.done():
+            finished(task)
+        else:
+            task.add_done_callback(finished)
+
+    def _route_handler_failed(
+        self, e: BaseException, connection: Connection, url: str, cut_at: str
+    ) -> None:
+        logger.error(f"{url}: route handler failed:\n{user_traceback(e, cut_at)}")
+        self._handler_failed(e)
+        connection.receive_handler_error(e)
 
     def response(self, flow: http.HTTPFlow) -> None:
         socket = layer.routed_socket(flow)

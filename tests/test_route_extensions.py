@@ -1,0 +1,263 @@
+"""Transcripts of the extensions beyond Playwright: request headers, reject, accept, drop and
+latency, on the pure connection through the public `WebSocketRoute`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mitm_wsroute.connection import (
+    PAGE,
+    SERVER,
+    Accept,
+    CallHandler,
+    Close,
+    CloseSide,
+    Connection,
+    Error,
+    Opening,
+    Reject,
+    Send,
+    SetLatency,
+    State,
+)
+from mitm_wsroute.headers import Headers
+from mitm_wsroute.route import WebSocketRoute
+
+DROP = Close(1006, "")
+
+
+def mock(**kwargs: Any) -> tuple[Connection, WebSocketRoute]:
+    c = Connection("ws://h/ws", ["a", "b"], **kwargs)
+    return c, WebSocketRoute(c)
+
+
+def connected() -> tuple[Connection, WebSocketRoute, WebSocketRoute]:
+    c, ws = mock()
+    server = ws.connect_to_server()
+    c.handler_returned()
+    c.receive_open()
+    c.commands_to_execute()
+    return c, ws, server
+
+
+def test_request_headers_case_insensitive_repeats_kept_same_on_both_sides() -> None:
+    headers = Headers([("Host", "h"), ("X-Token", "1"), ("x-token", "2"), ("Cookie", "a=b")])
+    c, ws = mock(request_headers=headers)
+    server = ws.connect_to_server()
+    for route in (ws, server):
+        h = route.request_headers
+        assert h["x-TOKEN"] == "1, 2" and h.get_all("X-Token") == ["1", "2"]
+        assert h.get("cookie") == "a=b" and "HOST" in h and "nope" not in h
+        assert list(h) == ["host", "x-token", "cookie"] and len(h) == 3
+        assert h.fields[1] == ("X-Token", "1")  # as sent
+
+
+def test_reject_answers_and_closes_everything() -> None:
+    c, ws = mock()
+    ws.send("never sent")
+    ws.reject(503, headers={"Retry-After": "1"}, body="busy")
+    assert c.opening is Opening.REJECTED
+    assert c.answer == Reject(503, (("Retry-After", "1"),), b"busy")
+    assert c.states == {PAGE: State.CLOSED, SERVER: State.NONE}
+    assert c.commands_to_execute() == []
+    ws.send("ignored")  # a warning, nothing else
+    assert c.commands_to_execute() == []
+    assert c.finished
+
+
+def test_reject_defaults_to_403() -> None:
+    c, ws = mock()
+    ws.reject()
+    assert c.answer == Reject(403)
+
+
+@pytest.mark.parametrize(
+    ("before", "error"),
+    [
+        ("returned", r"^reject\(\) must be called in the route handler, before it returns"),
+        ("accept", r"^reject\(\) cannot follow accept\(\)"),
+        ("reject", r"^reject\(\) cannot follow reject\(\)"),
+        ("connect", r"^reject\(\) cannot follow connect_to_server\(\)"),
+    ],
+)
+def test_reject_too_late(before: str, error: str) -> None:
+    c, ws = mock()
+    if before == "returned":
+        c.handler_returned()
+    elif before == "accept":
+        ws.accept()
+    elif before == "reject":
+        ws.reject(404)
+    else:
+        ws.connect_to_server()
+    with pytest.raises(Error, match=error):
+        ws.reject(503)
+
+
+@pytest.mark.parametrize("status", [101, 199, 600, 0, "503", True, 503.0])
+def test_reject_status_outside_200_599(status: Any) -> None:
+    c, ws = mock()
+    with pytest.raises(ValueError, match=r"status from 200 to 599.*accept\(\)"):
+        ws.reject(status)
+    assert c.opening is Opening.HANDLER
+
+
+@pytest.mark.parametrize(
+    "headers", [{"X": "a\r\nInjected: 1"}, [("X", 1)], {"": "v"}, {"A:B": "v"}, [("only",)]]
+)
+def test_reject_and_accept_refuse_headers_that_cannot_be_sent(headers: Any) -> None:
+    c, ws = mock()
+    with pytest.raises(ValueError, match="header"):
+        ws.reject(503, headers=headers)
+    with pytest.raises(ValueError, match="header"):
+        ws.accept(headers=headers)
+
+
+def test_server_side_cannot_answer_the_upgrade() -> None:
+    c, ws = mock()
+    server = ws.connect_to_server()
+    for call in (server.reject, server.accept):
+        with pytest.raises(Error, match=r"must be called on the page-side WebSocketRoute"):
+            call()
+
+
+def test_accept_defaults_and_choices() -> None:
+    c, ws = mock()
+    ws.accept()
+    assert c.answer == Accept("a", (), True) and c.opening is Opening.ACCEPTED
+    c, ws = mock()
+    ws.accept(protocol="b", headers=[("Set-Cookie", "x"), ("Set-Cookie", "y")], compression=False)
+    assert c.answer == Accept("b", (("Set-Cookie", "x"), ("Set-Cookie", "y")), False)
+    c, ws = mock()
+    ws.accept(protocol=None)
+    assert c.answer == Accept(None)
+    c = Connection("ws://h/", [])
+    WebSocketRoute(c).accept()
+    assert c.answer == Accept(None)
+
+
+def test_accept_protocol_must_be_asked_for() -> None:
+    c, ws = mock()
+    with pytest.raises(ValueError, match=r"did not ask for it; pass one of \['a', 'b'\], or None"):
+        ws.accept(protocol="c")
+
+
+@pytest.mark.parametrize(
+    ("before", "error"),
+    [
+        ("connect", r"^accept\(\) is for mocks"),
+        ("returned", r"^accept\(\) must be called in the route handler"),
+        ("accept", r"^accept\(\) cannot follow accept\(\)"),
+        ("reject", r"^accept\(\) cannot follow reject\(\)"),
+    ],
+)
+def test_accept_misuse(before: str, error: str) -> None:
+    c, ws = mock()
+    if before == "connect":
+        ws.connect_to_server()
+    elif before == "returned":
+        c.handler_returned()
+    elif before == "accept":
+        ws.accept()
+    else:
+        ws.reject()
+    with pytest.raises(Error, match=error):
+        ws.accept()
+
+
+@pytest.mark.parametrize("answer", ["accept", "reject"])
+def test_connect_to_server_after_an_answer(answer: str) -> None:
+    c, ws = mock()
+    getattr(ws, answer)()
+    with pytest.raises(Error, match=r"^connect_to_server\(\) cannot follow"):
+        ws.connect_to_server()
+
+
+def test_accept_then_sends_go_out_after_the_101() -> None:
+    c, ws = mock()
+    woken: list[int] = []
+    c.wakeup = lambda: woken.append(1)
+    ws.accept()
+    assert woken  # the addon answers now
+    ws.send("hi")
+    c.receive_open()
+    assert c.commands_to_execute() == [Send(PAGE, "hi")]
+
+
+def test_handler_raising_after_accept_closes_the_client_1011() -> None:
+    c, ws = mock()
+    ws.accept()
+    c.receive_open()
+    c.receive_handler_error(KeyError("x"))
+    assert c.commands_to_execute() == [
+        CloseSide(PAGE, Close(1011, "route handler raised KeyError"))
+    ]
+    assert c.finished
+
+
+# --- drop -----------------------------------------------------------------------------------
+
+
+def test_page_drop_is_mirrored_as_a_drop() -> None:
+    c, ws, server = connected()
+    ws.drop()
+    assert c.commands_to_execute() == [CloseSide(PAGE, DROP), CloseSide(SERVER, DROP)]
+    assert c.finished and c.first_close == (False, DROP)
+
+
+def test_server_drop_goes_to_the_server_on_close() -> None:
+    c, ws, server = connected()
+    log: list[Any] = []
+    server.on_close(lambda code, reason: log.append((code, reason)))
+    server.drop()
+    commands = c.commands_to_execute()
+    assert commands[0] == CloseSide(SERVER, DROP)
+    assert isinstance(commands[1], CallHandler) and commands[1].args == (1006, "")
+    assert c.states == {PAGE: State.OPEN, SERVER: State.CLOSED}
+
+
+def test_drop_in_the_handler_ends_the_client_after_its_101() -> None:
+    c, ws = mock()
+    ws.drop()
+    c.handler_returned()
+    c.receive_open()
+    assert c.commands_to_execute() == [CloseSide(PAGE, DROP)]
+    assert c.finished
+
+
+def test_drop_of_a_closed_side_is_a_no_op() -> None:
+    c, ws, server = connected()
+    ws.close(code=1000, reason="")
+    c.commands_to_execute()
+    ws.drop()
+    server.drop()
+    assert c.commands_to_execute() == []
+
+
+# --- latency --------------------------------------------------------------------------------
+
+
+def test_latency_is_a_command_in_order_with_sends() -> None:
+    c, ws, server = connected()
+    ws.send("now")
+    ws.set_latency(0.25)
+    ws.send("later")
+    server.set_latency(1)
+    ws.set_latency(0)
+    assert c.commands_to_execute() == [
+        Send(PAGE, "now"),
+        SetLatency(PAGE, 0.25),
+        Send(PAGE, "later"),
+        SetLatency(SERVER, 1.0),
+        SetLatency(PAGE, 0.0),
+    ]
+
+
+@pytest.mark.parametrize("seconds", [-0.001, float("nan"), float("inf"), "1", True, None])
+def test_latency_must_be_a_finite_number_of_seconds(seconds: Any) -> None:
+    c, ws, server = connected()
+    with pytest.raises(ValueError, match=r"set_latency"):
+        ws.set_latency(seconds)
+    assert c.commands_to_execute() == []
