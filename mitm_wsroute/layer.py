@@ -47,10 +47,12 @@ from .connection import (
     Command,
     Connection,
     Send,
+    SetLatency,
     Side,
     State,
 )
 from .handshake import accept
+from .latency import DelayLine
 
 __all__ = [
     "Observer",
@@ -74,6 +76,8 @@ KEEP_BYTES = 16 * 1024 * 1024
 #: How long a side's TCP connection stays open after our close frame, waiting for the peer's
 #: (RFC 6455 §7.1.1: close TCP once the closing handshake is done, so that it counts as clean).
 CLOSE_TIMEOUT = 5.0
+#: The clock of `set_latency()` (asyncio's, which runs the wake-ups; tests replace it).
+clock = time.monotonic
 
 
 class RouteWakeup(wsl.WebSocketMessageInjected):
@@ -82,6 +86,14 @@ class RouteWakeup(wsl.WebSocketMessageInjected):
     A `WebSocketMessageInjected` so that `HttpLayer` routes it by flow, also for a mock, whose
     server connection mitmproxy never opened (it falls back to the client connection).
     """
+
+
+class _DelayWakeup(commands.RequestWakeup):
+    """A wake-up for what waits to be sent to one side (`set_latency`)."""
+
+    def __init__(self, delay: float, side: Side) -> None:
+        super().__init__(delay)
+        self.side = side
 
 
 CallUser = Callable[[Callable[..., object], tuple[object, ...], str], None]
@@ -212,6 +224,9 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         self.close_timer = False  # requested a wake-up for CLOSE_TIMEOUT
         self.close_timed_out = False
         self.failed = {PAGE: False, SERVER: False}  # failed sides get no closing handshake
+        #: What waits to be sent to each side, once a route called `set_latency()`.
+        self.delays: tuple[DelayLine[commands.Command], DelayLine[commands.Command]] | None = None
+        self.delay_timers: list[_DelayWakeup | None] = [None, None]  # the latest, by side
         if self.socket is not None:  # read once: options are slow to read per message
             self.max_message_size: int = context.options.wsroute_max_message_size
             self.keep_messages: int = context.options.wsroute_keep_messages
@@ -247,7 +262,10 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         elif isinstance(event, RouteWakeup):
             self.socket.wakeup_pending = False
         elif isinstance(event, events.Wakeup):
-            self.close_timed_out = True
+            if isinstance(event.command, _DelayWakeup):
+                yield from self._due(event.command)
+            else:
+                self.close_timed_out = True
         else:
             assert isinstance(event, wsl.WebSocketMessageInjected)
             yield from self._injected(event.message)
@@ -280,15 +298,17 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             elif isinstance(ev, wse.Ping):
                 # RFC 6455 §5.5.2: answered by the other side when there is one, else by us.
                 if connection.states[side.other] is State.OPEN:
-                    yield self.ws[side.other].send2(ev)
+                    yield from self._out(self.ws[side.other].send2(ev))
                 elif ws.state is ConnectionState.OPEN:
-                    yield ws.send2(ev.response())
+                    yield from self._out(ws.send2(ev.response()))
             elif isinstance(ev, wse.Pong):
                 if connection.states[side.other] is State.OPEN:
-                    yield self.ws[side.other].send2(ev)
+                    yield from self._out(self.ws[side.other].send2(ev))
             elif isinstance(ev, wse.CloseConnection):
                 yield from self._close_received(side, ev)
         if isinstance(event, events.ConnectionClosed):
+            if self.delays is not None:
+                self.delays[side].clear()  # nothing reaches that peer any more
             if side is PAGE:
                 self._observe((ABNORMAL_CLOSURE, ""))
             connection.receive_connection_lost(side)
@@ -302,7 +322,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             yield from self._fail(side, int(ev.code), ev.reason or "")
             return
         if ws.state is ConnectionState.REMOTE_CLOSING:
-            yield ws.send2(ev.response())  # RFC 6455 §5.5.1: echo the close, handshake done
+            yield from self._out(ws.send2(ev.response()))  # RFC 6455 §5.5.1: echo the close
         code: int | None = int(ev.code)
         reason = "" if code == ABNORMAL_CLOSURE else ev.reason
         if side is PAGE:
@@ -318,7 +338,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         logger.info(f"{self.socket.connection.url}: closing the {side}: {code} {reason}")
         ws = self.ws[side]
         if ws.state is ConnectionState.OPEN:
-            yield ws.send2(wse.CloseConnection(code, reason))
+            yield from self._out(ws.send2(wse.CloseConnection(code, reason)))
         if side is PAGE:
             self._observe((code, reason))
         self.failed[side] = True  # §7.1.7: then close TCP at once, no data is processed any more
@@ -379,8 +399,12 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             data = message.text if isinstance(data, str) else message.content
             frame_sizes = []
         ws = self.ws[to]
-        for frame in _frames(data, frame_sizes):
-            yield ws.send2(frame)
+        if self.delays is None:
+            for frame in _frames(data, frame_sizes):
+                yield ws.send2(frame)
+        else:
+            for frame in _frames(data, frame_sizes):
+                yield from self._out(ws.send2(frame))
         if observer is not None and to is PAGE:
             observer.message(False, data)
 
@@ -426,7 +450,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             if code == ABNORMAL_CLOSURE:
                 if self.tcp_open[command.side]:  # mirror an abnormal end as one: no close frame
                     self.tcp_open[command.side] = False
-                    yield commands.CloseConnection(ws.conn)
+                    yield from self._out(commands.CloseConnection(ws.conn))
                     if command.side is PAGE:
                         self._observe((ABNORMAL_CLOSURE, ""))
             elif ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
@@ -437,17 +461,27 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                             command.close.reason or "",
                         )
                     )
-                yield ws.send2(
-                    wse.CloseConnection(
-                        CloseReason.NO_STATUS_RCVD if code is None else code,
-                        command.close.reason or "",
+                yield from self._out(
+                    ws.send2(
+                        wse.CloseConnection(
+                            CloseReason.NO_STATUS_RCVD if code is None else code,
+                            command.close.reason or "",
+                        )
                     )
                 )
+        elif isinstance(command, SetLatency):
+            if self.delays is None:
+                limit = self.max_message_size
+                self.delays = (DelayLine(limit), DelayLine(limit))
+            self.delays[command.to].latency = command.seconds
 
     def _send(self, to: Side, data: str | bytes) -> layer.CommandGenerator[None]:
         ws = self.ws[to]
         if ws.state is ConnectionState.OPEN:
-            yield ws.send2(_frame(data))
+            if self.delays is None:
+                yield ws.send2(_frame(data))
+            else:
+                yield from self._out(ws.send2(_frame(data)))
             if to is PAGE:
                 self._observe(None, data)
 
@@ -487,7 +521,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 yield from self._start_close_timer()
                 return
             self.tcp_open[SERVER] = False
-            yield commands.CloseConnection(self.server_ws.conn)
+            yield from self._out(commands.CloseConnection(self.server_ws.conn))
         if not connection.finished:
             return
         if self.tcp_open[PAGE]:
@@ -495,7 +529,9 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 yield from self._start_close_timer()
                 return
             self.tcp_open[PAGE] = False
-            yield commands.CloseConnection(self.client_ws.conn)
+            yield from self._out(commands.CloseConnection(self.client_ws.conn))
+        if self.delays is not None and any(self.delays):
+            return  # ends once what waits went out (at a later wake-up)
         if connection.first_close is not None:
             by_client, close = connection.first_close
             self.flow.websocket.closed_by_client = by_client
@@ -509,6 +545,45 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         self.socket.busy = False
         yield wsl.WebsocketEndHook(self.flow)
         self.flow.live = False
+
+    def _out(self, command: commands.Command) -> layer.CommandGenerator[None]:
+        """Send data or close TCP now, or, when that side has a latency or something waiting,
+        behind what waits (`set_latency`)."""
+        assert isinstance(command, commands.SendData | commands.CloseConnection)
+        if self.delays is None:
+            yield command
+            return
+        side = PAGE if command.connection is self.context.client else SERVER
+        line = self.delays[side]
+        if not line.active:
+            yield command
+            return
+        size = len(command.data) if isinstance(command, commands.SendData) else 0
+        try:
+            wait = line.push(clock(), command, size)
+        except OverflowError as e:
+            # Bounded like a message: past wsroute_max_message_size waiting, the side is
+            # closed with 1009 (message too big), as for a message that large.
+            assert self.socket is not None
+            logger.warning(f"{self.socket.connection.url}: set_latency: {e} for the {side}")
+            line.clear()
+            yield from self._fail(side, 1009, "too much waiting (set_latency)")
+            return
+        if wait is not None:
+            yield from self._delay_timer(side, wait)
+
+    def _delay_timer(self, side: Side, wait: float) -> layer.CommandGenerator[None]:
+        timer = self.delay_timers[side] = _DelayWakeup(wait, side)
+        yield timer
+
+    def _due(self, timer: _DelayWakeup) -> layer.CommandGenerator[None]:
+        """A delay line's wake-up: send what is due (stale wake-ups change nothing)."""
+        if self.delays is None or timer is not self.delay_timers[timer.side]:
+            return
+        due, wait = self.delays[timer.side].pop_due(clock())
+        yield from due
+        if wait is not None:
+            yield from self._delay_timer(timer.side, wait)
 
     def _handshake_done(self, side: Side) -> bool:
         ws = self.ws[side]
