@@ -404,6 +404,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 yield ws.send2(frame)
         else:
             for frame in _frames(data, frame_sizes):
+                if ws.state is not ConnectionState.OPEN:
+                    break  # too much waited: the side was closed with 1009 mid-message
                 yield from self._out(ws.send2(frame))
         if observer is not None and to is PAGE:
             observer.message(False, data)

@@ -1,8 +1,9 @@
 """A hypothesis state machine over the real layer: random message sizes and fragmentation,
 split TCP reads, the size and retention options, on an intercepted socket.
 
-The layer runs as mitmproxy runs it (events in, commands out, hooks answered); wsproto peers
-stand in for the client and the server and decode what the layer sends them.
+The layer runs as mitmproxy runs it (events in, commands out, hooks answered, wake-ups
+delivered on a fake clock); wsproto peers stand in for the client and the server and decode
+what the layer sends them. Routes drop sides and change their latency in between.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from mitmproxy.test import tflow
 from mitmproxy.websocket import WebSocketData
 
 from mitm_wsroute import layer
-from mitm_wsroute.connection import PAGE, SERVER, Connection, Side
+from mitm_wsroute.connection import PAGE, SERVER, Connection, Side, State
 from mitm_wsroute.route import WebSocketRoute
 
 MAX = 300  # wsroute_max_message_size for the machine
@@ -34,9 +35,13 @@ class LayerMachine(RuleBasedStateMachine):
             wsroute_max_message_size=MAX, wsroute_keep_messages=keep, wsroute_message_hooks=True
         )
         self.keep = keep
+        self.now = 1000.0
+        self.timers: list[tuple[float, commands.RequestWakeup]] = []
+        self.saved_clock = layer.clock
+        layer.clock = lambda: self.now
         self.flow = tflow.twebsocketflow(messages=False)
         self.flow.websocket = None
-        connection = Connection("ws://example.com/ws", [])
+        self.connection = connection = Connection("ws://example.com/ws", [])
         self.route = {PAGE: WebSocketRoute(connection)}
         self.route[SERVER] = self.route[PAGE].connect_to_server()
         socket = layer.RoutedSocket(connection, lambda h, a, url: h(*a), lambda e: None)
@@ -57,7 +62,12 @@ class LayerMachine(RuleBasedStateMachine):
         self.frames = {PAGE: 0, SERVER: 0}
         self.received_frames: dict[Side, list[int]] = {PAGE: [], SERVER: []}
         self.open = {PAGE: True, SERVER: True}
+        self.overflowed = {PAGE: False, SERVER: False}
         self.feed(events.Start())
+
+    def teardown(self) -> None:
+        if hasattr(self, "saved_clock"):
+            layer.clock = self.saved_clock
 
     def feed(self, event: events.Event) -> None:
         """Run the layer on `event`, answer its hooks, deliver its output to the peers."""
@@ -66,6 +76,13 @@ class LayerMachine(RuleBasedStateMachine):
             for command in self.layer.handle_event(pending.pop(0)):
                 if isinstance(command, commands.StartHook):
                     pending.append(events.HookCompleted(command))
+                elif isinstance(command, commands.RequestWakeup):
+                    self.timers.append((self.now + command.delay, command))
+                elif isinstance(command, commands.CloseConnection):
+                    side = PAGE if command.connection == self.layer.context.client else SERVER
+                    if self.open[side]:  # TCP gone without a close frame: 1006 for the peer
+                        self.closes[side].append(1006)
+                    self.open[side] = False
                 elif isinstance(command, commands.SendData):
                     side = PAGE if command.connection == self.layer.context.client else SERVER
                     self.peer[side].receive_data(command.data)
@@ -87,7 +104,22 @@ class LayerMachine(RuleBasedStateMachine):
 
     # --- rules -----------------------------------------------------------------------------------
 
-    @precondition(lambda self: self.open[PAGE] and self.open[SERVER])
+    def both_open(self) -> bool:
+        return all(self.open.values()) and all(
+            s is State.OPEN for s in self.connection.states.values()
+        )
+
+    def waiting(self, side: Side) -> int:
+        return len(self.layer.delays[side]) if self.layer.delays is not None else 0
+
+    def advance(self, dt: float) -> None:
+        """Time passes: the layer gets the wake-ups due by then, earliest first."""
+        self.now += dt
+        while due := sorted((t for t in self.timers if t[0] <= self.now), key=lambda t: t[0]):
+            self.timers.remove(due[0])
+            self.feed(events.Wakeup(due[0][1]))
+
+    @precondition(both_open)
     @rule(
         side=st.sampled_from([PAGE, SERVER]),
         text=st.booleans(),
@@ -115,27 +147,63 @@ class LayerMachine(RuleBasedStateMachine):
             self.expected[side.other].append(data)
         for i in range(0, len(wire), chunk):
             self.feed(events.DataReceived(conn, wire[i : i + chunk]))
+        self.note_overflow(side.other)
         if len(data) > MAX:  # RFC 6455 §7.4.1: 1009 to the sender, mirrored to the other side
+            self.advance(60)  # past any latency
             assert self.closes[side] == [1009]
             assert self.closes[side.other] == [1009]
-        else:
+        elif not self.waiting(side.other) and not self.overflowed[side.other]:
             assert self.received[side.other][-1] == data  # forwarded, unchanged...
             assert self.received_frames[side.other][-1] == len(pieces)  # ...in its own frames
 
     @rule(side=st.sampled_from([PAGE, SERVER]), size=st.integers(0, MAX * 2))
     def route_sends(self, side: Side, size: int) -> None:
         data = b"r" * size  # the size limit is for what arrives, not for what a route sends
-        was_open = self.open[side]
+        was_open = self.connection.states[side] is State.OPEN
         self.route[side].send(data)
         self.feed(events.DataReceived(self.layer.context.client, b""))  # any event drains
         if was_open:
             self.expected[side].append(data)
+        self.note_overflow(side)
+
+    def note_overflow(self, side: Side) -> None:
+        """More than MAX bytes waited behind a latency: that side was closed with 1009, and
+        what waited is gone."""
+        if self.layer.failed[side] and not self.overflowed[side]:
+            assert self.layer.delays is not None
+            self.overflowed[side] = True
+            self.expected[side] = list(self.received[side])
+
+    @rule(side=st.sampled_from([PAGE, SERVER]), seconds=st.sampled_from([0, 0.1, 0.5, 2]))
+    def route_sets_latency(self, side: Side, seconds: float) -> None:
+        self.route[side].set_latency(seconds)
+        self.feed(events.DataReceived(self.layer.context.client, b""))
+
+    @rule(dt=st.sampled_from([0.05, 0.1, 0.5, 3]))
+    def time_passes(self, dt: float) -> None:
+        self.advance(dt)
+
+    @rule(side=st.sampled_from([PAGE, SERVER]))
+    def route_drops(self, side: Side) -> None:
+        was_open = {s: self.connection.states[s] is State.OPEN for s in (PAGE, SERVER)}
+        self.route[side].drop()
+        self.feed(events.DataReceived(self.layer.context.client, b""))
+        self.advance(60)  # past any latency: what waited went out first, then the drop
+        for s in (PAGE, SERVER):  # no on_close here: the drop is mirrored as a drop
+            if was_open[s]:
+                assert not self.open[s] and self.closes[s][-1] == 1006
 
     # --- invariants ------------------------------------------------------------------------------
 
     @invariant()
     def delivered_in_order_and_complete(self) -> None:
-        assert self.received == self.expected
+        for side in (PAGE, SERVER):
+            got, want = self.received[side], self.expected[side]
+            assert got == want[: len(got)]  # in order, never more than was sent
+            if not self.waiting(side):
+                assert got == want  # all of it once nothing waits
+            if self.overflowed[side] and not self.waiting(side):
+                assert self.closes[side] and self.closes[side][0] == 1009
 
     @invariant()
     def retention_is_bounded(self) -> None:
@@ -145,4 +213,32 @@ class LayerMachine(RuleBasedStateMachine):
 
 
 TestLayerMachine = LayerMachine.TestCase
-TestLayerMachine.settings = settings(max_examples=60, stateful_step_count=12, deadline=None)
+TestLayerMachine.settings = settings(max_examples=100, stateful_step_count=20, deadline=None)
+
+
+def test_latency_transcript() -> None:
+    """The machine as a harness: what waits, when it goes out, and that 0 removes the latency
+    only once what waited went out."""
+    m = LayerMachine()
+    m.start(keep=0)
+    try:
+        m.route_sets_latency(PAGE, 0.5)
+        m.route_sends(PAGE, 3)
+        m.peer_sends(SERVER, text=False, size=6, frames=2, reads=2)  # forwarded, waits too
+        m.route_sends(PAGE, 4)
+        assert m.received[PAGE] == [] and len(m.timers) == 1  # one wake-up for all of it
+        m.time_passes(0.1)
+        assert m.received[PAGE] == []
+        m.route_sets_latency(PAGE, 0)
+        m.route_sends(PAGE, 6)  # waits behind what waits
+        assert m.received[PAGE] == []
+        m.time_passes(0.5)
+        assert m.received[PAGE] == [b"rrr", b"xxxxxx", b"rrrr", b"rrrrrr"]
+        m.route_sends(PAGE, 7)  # nothing waits, no latency: at once
+        assert m.received[PAGE][-1] == b"r" * 7 and m.waiting(PAGE) == 0
+        assert m.received_frames[PAGE][1] == 2  # forwarded in its own frames
+        m.route_sets_latency(SERVER, 2)
+        m.route_drops(SERVER)  # the drop waits too, then is mirrored to the client
+        assert m.closes == {PAGE: [1006], SERVER: [1006]}
+    finally:
+        m.teardown()
