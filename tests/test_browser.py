@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Page, async_playwright
+from playwright.async_api import Browser, Page, Playwright, async_playwright
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Playwright's "should work with server" scenario, as a user would run it
@@ -59,23 +59,28 @@ OPEN = """
 """
 
 
+async def launch(pw: Playwright, proxy: str) -> Browser:
+    """Debian's Chromium, headless, every request through `proxy` (loopback included)."""
+    return await pw.chromium.launch(
+        executable_path=CHROMIUM,
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-quic",
+        ],
+        proxy={"server": proxy, "bypass": "<-loopback>"},
+    )
+
+
 @pytest.fixture
 async def page(mitmdump: Any) -> AsyncIterator[tuple[Page, Any]]:
     proxy = mitmdump(ROUTES, "--set", f"wsroute_scripts={INTERCEPT_EXAMPLE}")
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--disable-quic",
-            ],
-            proxy={"server": proxy.proxy, "bypass": "<-loopback>"},
-        )
+        browser = await launch(pw, proxy.proxy)
         try:
             yield await browser.new_page(), proxy
         finally:
