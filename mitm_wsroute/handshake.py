@@ -92,6 +92,8 @@ def accept(
     if answer.protocol is not None:
         fields.append(("Sec-WebSocket-Protocol", answer.protocol))
     if answer.compression:
+        # proxy: Playwright's mock answers with no extension; real servers accept
+        # permessage-deflate, and a mock should look like the server the client talks to.
         offers = request.headers.get_all("sec-websocket-extensions")
         extension = negotiate_deflate([o for v in offers for o in split_comma_header(v.encode())])
         if extension is not None:
