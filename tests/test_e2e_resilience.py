@@ -82,6 +82,11 @@ ROUTES = """
         await got.wait()  # only the client can set it: it has its 101 already
         ws.send("the handler is still running")
 
+    @route_web_socket("**/drop-at-once")
+    def drop_at_once(ws):
+        ws.send("last words")  # sent before the drop: goes out first
+        ws.drop()
+
     @route_web_socket("**/no-compression")
     def no_compression(ws):
         ws.accept(compression=False)
@@ -288,4 +293,13 @@ async def test_server_drop_drops_the_upstream(proxy: Any, upstream: Any, hold: b
             with pytest.raises(ConnectionClosedError):
                 await asyncio.wait_for(ws.recv(), 5)
             assert ws.close_code == 1006
+    await no_leaks(proxy)
+
+
+async def test_drop_in_the_handler_ends_the_socket_after_its_101(proxy: Any) -> None:
+    async with connect("ws://chat.invalid/drop-at-once", proxy=proxy.proxy) as ws:
+        assert await asyncio.wait_for(ws.recv(), 5) == "last words"
+        with pytest.raises(ConnectionClosedError):
+            await asyncio.wait_for(ws.recv(), 5)
+        assert ws.close_code == 1006
     await no_leaks(proxy)
