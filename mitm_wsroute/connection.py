@@ -279,16 +279,14 @@ class Connection:
         if not isinstance(body, bytes):
             raise ValueError(f"reject() body must be bytes or str, not {type(body).__name__}")
         answer = Reject(status, header_fields(headers), body)
-        self._check_opening("reject()")
-        if self.states[SERVER] is not State.NONE:
-            raise Error(
-                "reject() cannot follow connect_to_server(): the server answers the upgrade; "
-                "call reject() instead of connect_to_server(), or close() the client later"
-            )
-        self.opening, self.answer = Opening.REJECTED, answer
+        self._check_opening(
+            "reject()",
+            "the server answers the upgrade; call reject() instead of connect_to_server(), or "
+            "close() the client later",
+        )
         self.states[PAGE] = State.CLOSED
         self._commands.clear()  # sends made before: the socket never opens
-        self._notify()
+        self._answer(Opening.REJECTED, answer)
 
     def accept(self, protocol: str | None, headers: HeadersLike | None, compression: bool) -> None:
         """Answer the upgrade of a mock with a 101 now (the handler may go on)."""
@@ -300,17 +298,22 @@ class Connection:
                 f"{self.protocols}, or None to answer without a subprotocol"
             )
         answer = Accept(protocol, header_fields(headers), bool(compression))
-        self._check_opening("accept()")
-        if self.states[SERVER] is not State.NONE:
-            raise Error(
-                "accept() is for mocks: after connect_to_server() the client gets the server's "
-                "101, with the server's subprotocol and extensions"
-            )
-        self.opening, self.answer = Opening.ACCEPTED, answer
+        self._check_opening(
+            "accept()",
+            "accept() is for mocks; the client gets the server's 101, with the server's "
+            "subprotocol and extensions",
+        )
+        self._answer(Opening.ACCEPTED, answer)
+
+    def _answer(self, opening: Opening, answer: Accept | Reject) -> None:
+        self.opening, self.answer = opening, answer
         self._notify()
 
-    def _check_opening(self, call: str) -> None:
+    def _check_opening(self, call: str, if_connected: str) -> None:
+        """Raise unless the route handler runs and has neither answered nor connected."""
         if self.opening is Opening.HANDLER:
+            if self.states[SERVER] is not State.NONE:
+                raise Error(f"{call} cannot follow connect_to_server(): {if_connected}")
             return
         if self.opening is Opening.RETURNED:
             raise Error(

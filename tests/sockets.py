@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+from typing import Any
 
 # /proc/net/tcp state codes (include/net/tcp_states.h)
 _STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1",
@@ -49,3 +50,12 @@ async def raw_upgrade(
     )
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     return reader, writer, head
+
+
+async def no_leaks(p: Any) -> None:
+    """The mitmdump of `p` holds no TCP connection any more (polled: closing is the kernel's)."""
+    for _ in range(50):
+        if not open_tcp_connections(p.proc.pid):
+            return
+        await asyncio.sleep(0.1)
+    assert open_tcp_connections(p.proc.pid) == []

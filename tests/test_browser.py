@@ -15,6 +15,16 @@ import pytest
 from playwright.async_api import Browser, Page, Playwright, async_playwright
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+#: Headless in a container, and nothing but the test's own traffic.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 # Playwright's "should work with server" scenario, as a user would run it
 INTERCEPT_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "intercept_chat.py"
 
@@ -63,15 +73,7 @@ async def launch(pw: Playwright, proxy: str) -> Browser:
     """Debian's Chromium, headless, every request through `proxy` (loopback included)."""
     return await pw.chromium.launch(
         executable_path=CHROMIUM,
-        args=[
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--disable-quic",
-        ],
+        args=CHROMIUM_ARGS,
         proxy={"server": proxy, "bypass": "<-loopback>"},
     )
 

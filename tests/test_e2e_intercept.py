@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.sockets import open_tcp_connections
+from tests.sockets import no_leaks
 
 ROUTES = """
     import logging
@@ -127,14 +127,6 @@ async def closed_with(ws: ClientConnection) -> tuple[int | None, str | None]:
     if e.value.rcvd is None:
         return 1006, None
     return e.value.rcvd.code, e.value.rcvd.reason
-
-
-async def no_leaks(p: Any) -> None:
-    for _ in range(50):
-        if not open_tcp_connections(p.proc.pid):
-            return
-        await asyncio.sleep(0.1)
-    assert open_tcp_connections(p.proc.pid) == []
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])

@@ -13,7 +13,7 @@ from websockets.client import backoff, process_exception
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
-from tests.sockets import open_tcp_connections
+from tests.sockets import no_leaks
 
 ROUTES = """
     import logging
@@ -147,15 +147,6 @@ async def test_reject_after_accept_raises_in_the_handler(proxy: Any) -> None:
         assert await asyncio.wait_for(ws.recv(), 5) == (
             "Error: reject() cannot follow accept(): the client has its answer already"
         )
-
-
-async def no_leaks(p: Any) -> None:
-    """mitmdump holds no TCP connection any more (polled: the close is the kernel's)."""
-    for _ in range(50):
-        if not open_tcp_connections(p.proc.pid):
-            return
-        await asyncio.sleep(0.1)
-    assert open_tcp_connections(p.proc.pid) == []
 
 
 def quick_backoff() -> Any:

@@ -24,6 +24,7 @@ from mitm_wsroute.connection import (
 )
 from mitm_wsroute.headers import Headers
 from mitm_wsroute.route import WebSocketRoute
+from tests.test_connection import connected
 
 DROP = Close(1006, "")
 
@@ -31,15 +32,6 @@ DROP = Close(1006, "")
 def mock(**kwargs: Any) -> tuple[Connection, WebSocketRoute]:
     c = Connection("ws://h/ws", ["a", "b"], **kwargs)
     return c, WebSocketRoute(c)
-
-
-def connected() -> tuple[Connection, WebSocketRoute, WebSocketRoute]:
-    c, ws = mock()
-    server = ws.connect_to_server()
-    c.handler_returned()
-    c.receive_open()
-    c.commands_to_execute()
-    return c, ws, server
 
 
 def test_request_headers_case_insensitive_repeats_kept_same_on_both_sides() -> None:
@@ -74,26 +66,34 @@ def test_reject_defaults_to_403() -> None:
 
 
 @pytest.mark.parametrize(
-    ("before", "error"),
+    ("call", "before", "error"),
     [
-        ("returned", r"^reject\(\) must be called in the route handler, before it returns"),
-        ("accept", r"^reject\(\) cannot follow accept\(\)"),
-        ("reject", r"^reject\(\) cannot follow reject\(\)"),
-        ("connect", r"^reject\(\) cannot follow connect_to_server\(\)"),
+        ("reject", "returned", r"^reject\(\) must be called in the route handler, before it"),
+        ("reject", "accept", r"^reject\(\) cannot follow accept\(\)"),
+        ("reject", "reject", r"^reject\(\) cannot follow reject\(\)"),
+        ("reject", "connect", r"^reject\(\) cannot follow connect_to_server\(\): the server"),
+        ("accept", "returned", r"^accept\(\) must be called in the route handler"),
+        ("accept", "accept", r"^accept\(\) cannot follow accept\(\)"),
+        ("accept", "reject", r"^accept\(\) cannot follow reject\(\)"),
+        (
+            "accept",
+            "connect",
+            r"^accept\(\) cannot follow connect_to_server\(\): accept\(\) is for",
+        ),
     ],
 )
-def test_reject_too_late(before: str, error: str) -> None:
+def test_answer_too_late_or_on_an_intercept(call: str, before: str, error: str) -> None:
     c, ws = mock()
     if before == "returned":
         c.handler_returned()
-    elif before == "accept":
-        ws.accept()
-    elif before == "reject":
-        ws.reject(404)
-    else:
+    elif before == "connect":
         ws.connect_to_server()
+    else:
+        getattr(ws, before)()
+    states = dict(c.states)
     with pytest.raises(Error, match=error):
-        ws.reject(503)
+        getattr(ws, call)()
+    assert c.states == states  # nothing changed
 
 
 @pytest.mark.parametrize("status", [101, 199, 600, 0, "503", True, 503.0])
@@ -142,29 +142,6 @@ def test_accept_protocol_must_be_asked_for() -> None:
     c, ws = mock()
     with pytest.raises(ValueError, match=r"did not ask for it; pass one of \['a', 'b'\], or None"):
         ws.accept(protocol="c")
-
-
-@pytest.mark.parametrize(
-    ("before", "error"),
-    [
-        ("connect", r"^accept\(\) is for mocks"),
-        ("returned", r"^accept\(\) must be called in the route handler"),
-        ("accept", r"^accept\(\) cannot follow accept\(\)"),
-        ("reject", r"^accept\(\) cannot follow reject\(\)"),
-    ],
-)
-def test_accept_misuse(before: str, error: str) -> None:
-    c, ws = mock()
-    if before == "connect":
-        ws.connect_to_server()
-    elif before == "returned":
-        c.handler_returned()
-    elif before == "accept":
-        ws.accept()
-    else:
-        ws.reject()
-    with pytest.raises(Error, match=error):
-        ws.accept()
 
 
 @pytest.mark.parametrize("answer", ["accept", "reject"])
