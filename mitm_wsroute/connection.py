@@ -6,7 +6,7 @@ what user code asked for through `send`, `close` and `connect_to_server`. Both o
 `Command` values, which the adapter drains with `commands_to_execute()` and carries out in order.
 The one exception is the hot path: `receive_message` returns where to forward the message.
 
-The rules are Playwright's (`client/network.ts`, class `WebSocketRoute`), summed up in SPEC §3:
+The rules are Playwright's (`client/network.ts`, class `WebSocketRoute`):
 
 - a message goes to the `on_message` handler of the side it came from if one is set; otherwise
   it is forwarded to the other side when that side is open, else dropped;
@@ -354,3 +354,9 @@ class Connection:
         elif self.states[side.other] in (State.OPEN, State.CONNECTING):
             self.states[side.other] = State.CLOSED
             self._record(CloseSide(side.other, close))
+            # Playwright reports a mirrored close to that side's own handler too, afterwards
+            # (`_apiClosePage` fires `onClosePage`, and closing the server fires
+            # `onCloseServer`): it learns that its side closed, and why.
+            mirrored = self.handlers[side.other].close
+            if mirrored is not None:
+                self._record(CallHandler(mirrored, (close.code, close.reason)))

@@ -501,7 +501,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         (or `CLOSE_TIMEOUT` passed): the server first, the client last.
 
         mitmproxy tears down every server connection with its client connection, and closing
-        the client first leaked the server socket (CLOSE-WAIT) in the internals memo.
+        the client first leaves the server socket in CLOSE-WAIT (a leak).
         """
         assert self.socket is not None and self.flow.websocket is not None
         if self.ended:
