@@ -2,11 +2,16 @@
 
 Pure: this module imports neither mitmproxy nor asyncio. Every method only records intent on
 the connection; the adapter carries it out.
+
+One thread owns a connection (the proxy's event loop). A method called on any other thread
+checks its arguments there, then hands the call to the owner (`Owner.call_soon`) and returns
+at once; calls handed over run in call order, so each side gets its messages in that order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
+from threading import get_ident
 from typing import Any
 
 from .connection import (
@@ -18,7 +23,11 @@ from .connection import (
     Error,
     Message,
     MessageHandler,
+    Owner,
     Side,
+    check_close,
+    check_latency,
+    check_message,
 )
 from .headers import Headers, HeadersLike
 
@@ -45,6 +54,9 @@ class WebSocketRoute:
 
     By default a routed WebSocket does not connect to the server, so you can mock the entire
     WebSocket communication (Playwright's words for `connect_to_server`).
+
+    `send`, `close`, `on_message` and `on_close` may be called from any thread and any task:
+    off the proxy's thread they are handed to it, in call order, and return at once.
     """
 
     __slots__ = ("_connection", "_server", "_side")
@@ -85,7 +97,7 @@ class WebSocketRoute:
                 `connect_to_server()`.
             ValueError: `status` is not 200-599, or a header cannot be sent.
         """
-        self._page_only("reject")
+        self._in_handler("reject")
         self._connection.reject(status, headers, body)
 
     def accept(
@@ -106,14 +118,22 @@ class WebSocketRoute:
                 returned, or after `reject()`.
             ValueError: `protocol` is one the client did not ask for, or a header cannot be sent.
         """
-        self._page_only("accept")
+        self._in_handler("accept")
         self._connection.accept(protocol, headers, compression)
 
     def drop(self) -> None:
         """End this side's TCP connection without a close frame (beyond Playwright): its peer
         sees an abnormal closure (1006). Then, as for a dropped connection, this side's
-        `on_close` gets ``(1006, "")`` if set, else the other side is dropped too."""
-        self._connection.drop(self._side)
+        `on_close` gets ``(1006, "")`` if set, else the other side is dropped too.
+
+        Raises:
+            Error: called on another thread after the proxy stopped.
+        """
+        owner = self._foreign_owner()
+        if owner is None:
+            self._connection.drop(self._side)
+        else:
+            self._hand_over(owner, "drop()", self._connection.drop, self._side)
 
     def set_latency(self, seconds: float) -> None:
         """Hold everything sent to this side (forwarded, sent by a route, closes too) for
@@ -123,15 +143,25 @@ class WebSocketRoute:
 
         Raises:
             ValueError: `seconds` is negative or not a finite number.
+            Error: called on another thread after the proxy stopped.
         """
-        self._connection.set_latency(self._side, seconds)
+        owner = self._foreign_owner()
+        if owner is None:
+            self._connection.set_latency(self._side, seconds)
+        else:
+            seconds = check_latency(seconds)
+            self._hand_over(
+                owner, "set_latency()", self._connection.set_latency, self._side, seconds
+            )
 
-    def _page_only(self, name: str) -> None:
+    def _in_handler(self, name: str) -> None:
         if self._side is SERVER:
             raise Error(
                 f"{name}() must be called on the page-side WebSocketRoute: it answers the "
                 "client's upgrade"
             )
+        if self._foreign_owner() is not None:
+            raise Error(f"{name}() must be called from the route handler, on the proxy's thread")
 
     def connect_to_server(self) -> WebSocketRoute:
         """Connect to the real server and return the server side of the route.
@@ -144,6 +174,12 @@ class WebSocketRoute:
         """
         if self._side is SERVER:
             raise Error("connectToServer must be called on the page-side WebSocketRoute")
+        if self._foreign_owner() is not None:
+            # proxy: Playwright's client has one thread; here only the route handler, which runs
+            # on the proxy's thread, can still connect.
+            raise Error(
+                "connect_to_server must be called from the route handler, on the proxy's thread"
+            )
         self._connection.connect_to_server()
         self._server = WebSocketRoute(self._connection, SERVER)
         return self._server
@@ -154,7 +190,7 @@ class WebSocketRoute:
         Replaces an earlier handler and stops the default forwarding of this side's messages.
         An async handler is scheduled, not awaited before the next message.
         """
-        self._connection.handlers[self._side].message = handler
+        self._set_handler("message", handler)
 
     def on_close(self, handler: CloseHandler) -> None:
         """Handle this side's close: ``handler(code, reason)``, ``(None, None)`` for no code.
@@ -162,15 +198,25 @@ class WebSocketRoute:
         Replaces an earlier handler and stops the default mirroring of the close to the other
         side, which then stays open until a route closes it.
         """
-        self._connection.handlers[self._side].close = handler
+        self._set_handler("close", handler)
 
     def send(self, message: Message) -> None:
         """Send a message to this side: `str` as a text frame, `bytes` as a binary frame.
 
         Never blocks; messages to one side go out in call order. Ignored (with a warning in the
         log) once that side is closed.
+
+        Raises:
+            TypeError: `message` is neither `str` nor `bytes`.
+            Error: called on another thread after the proxy stopped.
         """
-        self._connection.send(self._side, message)
+        connection = self._connection
+        owner = connection.owner
+        if owner is None or owner.thread == get_ident():  # per message: the common case first
+            connection.send(self._side, message)
+            return
+        check_message(message)
+        self._hand_over(owner, "send()", connection.send, self._side, message)
 
     def close(self, *, code: int | None = None, reason: str | None = None) -> _Closed:
         """Close this side, then, as if this side had closed: run its `on_close` handler if set,
@@ -182,8 +228,35 @@ class WebSocketRoute:
         Raises:
             ValueError: the code is not valid on the wire (1000-1003, 1007-1014, 3000-4999), the
                 reason is over 123 UTF-8 bytes, or a reason comes without a code.
+            Error: called on another thread after the proxy stopped.
         """
         # proxy: Playwright's page side accepts any code and its server side silently ignores
         # invalid ones; we refuse them at the call, where the mistake is.
-        self._connection.close(self._side, code, reason)
+        owner = self._foreign_owner()
+        if owner is None:
+            self._connection.close(self._side, code, reason)
+        else:
+            check_close(code, reason)
+            self._hand_over(owner, "close()", self._connection.close, self._side, code, reason)
         return _Closed()
+
+    # --- calls from other threads --------------------------------------------------------------
+
+    def _foreign_owner(self) -> Owner | None:
+        """The connection's owner when the caller runs on another thread, else None."""
+        owner = self._connection.owner
+        return None if owner is None or owner.thread == get_ident() else owner
+
+    def _set_handler(self, kind: str, handler: Callable[..., Any]) -> None:
+        handlers = self._connection.handlers[self._side]
+        owner = self._foreign_owner()
+        if owner is None:
+            setattr(handlers, kind, handler)
+        else:
+            self._hand_over(owner, f"on_{kind}()", setattr, handlers, kind, handler)
+
+    def _hand_over(self, owner: Owner, what: str, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            owner.call_soon(fn, *args)
+        except RuntimeError as e:  # the owner's loop is closed: the proxy stopped
+            raise Error(f"{what} on {self.url} not done: the proxy is not running ({e})") from e

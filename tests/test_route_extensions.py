@@ -238,3 +238,28 @@ def test_latency_must_be_a_finite_number_of_seconds(seconds: Any) -> None:
     with pytest.raises(ValueError, match=r"set_latency"):
         ws.set_latency(seconds)
     assert c.commands_to_execute() == []
+
+
+def test_drop_and_latency_from_another_thread_keep_call_order() -> None:
+    from tests.test_layer import LoopThread  # a real loop on its own thread owns the socket
+
+    owner = LoopThread()
+    try:
+        assert owner.server is not None
+        owner.route.send("before")
+        owner.route.set_latency(0.5)
+        with pytest.raises(ValueError, match="set_latency"):
+            owner.route.set_latency(-1)  # checked in the calling thread
+        for call in (owner.route.reject, owner.route.accept):
+            with pytest.raises(Error, match="from the route handler, on the proxy's thread"):
+                call()
+        owner.server.drop()
+        owner.on_loop(lambda: None)
+        assert owner.drained == [
+            Send(PAGE, "before"),
+            SetLatency(PAGE, 0.5),
+            CloseSide(SERVER, DROP),
+            CloseSide(PAGE, DROP),
+        ]
+    finally:
+        owner.stop()
