@@ -18,6 +18,7 @@ wake the layer with an injected `RouteWakeup` event, which `HttpLayer` routes by
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import threading
@@ -97,6 +98,9 @@ class _DelayWakeup(commands.RequestWakeup):
         super().__init__(delay)
         self.side = side
 
+
+#: What waits for a side: data or a TCP close to send, or the observer to tell.
+_Delayed = commands.Command | Callable[[], None]
 
 CallUser = Callable[[Callable[..., object], tuple[object, ...], str], None]
 
@@ -247,7 +251,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         self.close_timed_out = False
         self.failed = {PAGE: False, SERVER: False}  # failed sides get no closing handshake
         #: What waits to be sent to each side, once a route called `set_latency()`.
-        self.delays: tuple[DelayLine[commands.Command], DelayLine[commands.Command]] | None = None
+        self.delays: tuple[DelayLine[_Delayed], DelayLine[_Delayed]] | None = None
         self.delay_timers: list[_DelayWakeup | None] = [None, None]  # the latest, by side
         if self.socket is not None:  # read once: options are slow to read per message
             self.max_message_size: int = context.options.wsroute_max_message_size
@@ -365,7 +369,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         if ws.state is ConnectionState.OPEN:
             yield from self._out(ws.send2(wse.CloseConnection(code, reason)))
         if side is PAGE:
-            self._observe((code, reason))
+            self._observe((code, reason), later=True)
         self.failed[side] = True  # §7.1.7: then close TCP at once, no data is processed any more
         self.socket.connection.receive_close(side, code, reason)
 
@@ -433,7 +437,10 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                     break  # too much waited: the side was closed with 1009 mid-message
                 yield from self._out(ws.send2(frame))
         if observer is not None and to is PAGE:
-            observer.message(False, data)
+            if self.delays is None:
+                observer.message(False, data)
+            else:
+                self._observe(None, data, later=True)
 
     def _injected(self, message: websocket.WebSocketMessage) -> layer.CommandGenerator[None]:
         """``inject.websocket`` from another addon: a message to the client or the server."""
@@ -479,23 +486,13 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                     self.tcp_open[command.side] = False
                     yield from self._out(commands.CloseConnection(ws.conn))
                     if command.side is PAGE:
-                        self._observe((ABNORMAL_CLOSURE, ""))
+                        self._observe((ABNORMAL_CLOSURE, ""), later=True)
             elif ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+                wire_code = CloseReason.NO_STATUS_RCVD if code is None else code
+                reason = command.close.reason or ""
+                yield from self._out(ws.send2(wse.CloseConnection(wire_code, reason)))
                 if command.side is PAGE:
-                    self._observe(
-                        (
-                            CloseReason.NO_STATUS_RCVD if code is None else code,
-                            command.close.reason or "",
-                        )
-                    )
-                yield from self._out(
-                    ws.send2(
-                        wse.CloseConnection(
-                            CloseReason.NO_STATUS_RCVD if code is None else code,
-                            command.close.reason or "",
-                        )
-                    )
-                )
+                    self._observe((wire_code, reason), later=True)
         elif isinstance(command, SetLatency):
             if self.delays is None:
                 limit = self.max_message_size
@@ -510,18 +507,25 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             else:
                 yield from self._out(ws.send2(_frame(data)))
             if to is PAGE:
-                self._observe(None, data)
+                self._observe(None, data, later=True)
 
-    def _observe(self, close: tuple[int, str] | None, data: str | bytes = b"") -> None:
-        """Tell the observer, if any, what the client was sent: `data`, or a `close`."""
+    def _observe(
+        self, close: tuple[int, str] | None, data: str | bytes = b"", later: bool = False
+    ) -> None:
+        """Tell the observer, if any, what the client was sent: `data`, or a `close`. With
+        `later`, once what the client still waits for (`set_latency`) went out."""
         assert self.socket is not None
         observer = self.socket.observer
         if observer is None:
             return
         if close is None:
-            observer.message(False, data)
+            call = functools.partial(observer.message, False, data)
         else:
-            observer.closed(*close)
+            call = functools.partial(observer.closed, *close)
+        if later and self.delays is not None and self.delays[PAGE].active:
+            self.delays[PAGE].push(clock(), call, 0)  # behind the data: its wake-up is pending
+        else:
+            call()
 
     def _tcp_to_close(self) -> bool:
         """Whether `_close_connections` has anything to do (checked per event, cheaply)."""
@@ -608,7 +612,11 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         if self.delays is None or timer is not self.delay_timers[timer.side]:
             return
         due, wait = self.delays[timer.side].pop_due(clock())
-        yield from due
+        for item in due:
+            if isinstance(item, commands.Command):
+                yield item
+            else:
+                item()
         if wait is not None:
             yield from self._delay_timer(timer.side, wait)
 
