@@ -14,6 +14,11 @@ The rules are Playwright's (`client/network.ts`, class `WebSocketRoute`):
   ``close()`` on that side) goes to that side's `on_close` handler if one is set; otherwise the
   other side is closed with the same code and reason.
 
+Beyond Playwright, the route handler may answer the client's upgrade itself (`Opening`:
+`accept()` a mock now, or `reject()` it with an HTTP response), a route may `drop()` a side (a
+close with 1006 and the same rule, carried out as a TCP close without a close frame) and set a
+side's latency (a `SetLatency` command: the adapter holds what is sent to that side).
+
 Every side is in one `State`. The page side is the client of the proxy; the server side is the
 upstream, and stays `State.NONE` for a mock (a route that never called `connect_to_server`).
 """
