@@ -45,11 +45,14 @@ from .connection import (
     SERVER,
     CallHandler,
     CloseSide,
+    CloseTcp,
     Command,
     Connection,
+    End,
     Owner,
     Send,
     Side,
+    StartCloseTimer,
     State,
 )
 from .handshake import accept
@@ -73,9 +76,6 @@ _NO_MESSAGE = websocket.WebSocketMessage(Opcode.TEXT, True, b"")
 
 #: With ``wsroute_keep_messages``, the content a flow keeps at most (big messages count more).
 KEEP_BYTES = 16 * 1024 * 1024
-#: How long a side's TCP connection stays open after our close frame, waiting for the peer's
-#: (RFC 6455 §7.1.1: close TCP once the closing handshake is done, so that it counts as clean).
-CLOSE_TIMEOUT = 5.0
 
 
 class RouteWakeup(wsl.WebSocketMessageInjected):
@@ -228,13 +228,11 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
     def __init__(self, context: Context, flow: http.HTTPFlow) -> None:
         super().__init__(context, flow)
         self.socket = _routed.get(flow)
-        self.tcp_open = {PAGE: True, SERVER: False}
         self.reassembly = {PAGE: _Reassembly(), SERVER: _Reassembly()}
-        self.ended = False
-        self.close_timer = False  # requested a wake-up for CLOSE_TIMEOUT
-        self.close_timed_out = False
-        self.failed = {PAGE: False, SERVER: False}  # failed sides get no closing handshake
+        #: The close timers running, by the wake-up each asked for.
+        self.close_timers: dict[commands.RequestWakeup, Side] = {}
         if self.socket is not None:  # read once: options are slow to read per message
+            self.close_timeout: float = context.options.wsroute_close_timeout
             self.max_message_size: int = context.options.wsroute_max_message_size
             self.keep_messages: int = context.options.wsroute_keep_messages
             self.kept_bytes = 0
@@ -248,7 +246,6 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             return
         connection = self.socket.connection
         self.ws = (self.client_ws, self.server_ws)
-        self.tcp_open[SERVER] = connection.states[SERVER] is State.CONNECTING
         self.socket.layer_started = True
         connection.receive_open()
         self.socket.busy = True
@@ -272,11 +269,13 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         elif isinstance(event, RouteWakeup):
             pass  # drained below
         elif isinstance(event, events.Wakeup):
-            self.close_timed_out = True
+            if event.command in self.close_timers:
+                side = self.close_timers.pop(event.command)
+                self.socket.connection.receive_close_timeout(side)
         else:
             assert isinstance(event, wsl.WebSocketMessageInjected)
             yield from self._injected(event.message)
-        if self.socket.connection.has_commands or self._tcp_to_close():
+        if self.socket.connection.has_commands:
             yield from self._drain()
         self.socket.busy = False
 
@@ -289,7 +288,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 return  # after the close handshake; nothing more to read
             ws.receive_data(event.data)
         else:
-            ws.receive_data(None)  # we still close our end, in _close_connections
+            ws.receive_data(None)  # our end closes when the connection says (CloseTcp)
         reassembly = self.reassembly[side]
         for ev in ws.events():
             if isinstance(ev, wse.Message):
@@ -298,19 +297,21 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 try:
                     message = reassembly.add(ev, self.max_message_size)
                 except OverflowError as e:
-                    yield from self._fail(side, 1009, str(e))  # RFC 6455 §7.4.1: too big
+                    logger.info(f"{connection.url}: failing the {side}: 1009 {e}")
+                    connection.receive_failure(side, 1009, str(e))  # RFC 6455 §7.4.1: too big
                     continue
                 if message is not None:
                     yield from self._message(side, message)
             elif isinstance(ev, wse.Ping):
-                # RFC 6455 §5.5.2: answered by the other side when there is one, else by us.
-                if connection.states[side.other] is State.OPEN:
-                    yield self.ws[side.other].send2(ev)
+                to = connection.receive_ping(side)
+                if to is not None:
+                    yield self.ws[to].send2(ev)
                 elif ws.state is ConnectionState.OPEN:
                     yield ws.send2(ev.response())
             elif isinstance(ev, wse.Pong):
-                if connection.states[side.other] is State.OPEN:
-                    yield self.ws[side.other].send2(ev)
+                to = connection.receive_ping(side)
+                if to is not None:
+                    yield self.ws[to].send2(ev)
             elif isinstance(ev, wse.CloseConnection):
                 yield from self._close_received(side, ev)
         if isinstance(event, events.ConnectionClosed):
@@ -321,10 +322,12 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
     def _close_received(self, side: Side, ev: wse.CloseConnection) -> layer.CommandGenerator[None]:
         assert self.socket is not None
         ws = self.ws[side]
+        connection = self.socket.connection
         if ws.state is ConnectionState.OPEN:
             # wsproto reports a protocol violation (1002, 1007) as a close event without
-            # sending anything.
-            yield from self._fail(side, int(ev.code), ev.reason or "")
+            # sending anything: the connection fails that side.
+            logger.info(f"{connection.url}: failing the {side}: {int(ev.code)} {ev.reason}")
+            connection.receive_failure(side, int(ev.code), ev.reason or "")
             return
         if ws.state is ConnectionState.REMOTE_CLOSING:
             yield ws.send2(ev.response())  # RFC 6455 §5.5.1: echo the close, handshake done
@@ -334,20 +337,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             self._observe((int(ev.code), reason or ""))
         if code == CloseReason.NO_STATUS_RCVD:
             code = None
-        self.socket.connection.receive_close(side, code, reason)
-
-    def _fail(self, side: Side, code: int, reason: str) -> layer.CommandGenerator[None]:
-        """_Fail the WebSocket Connection_ of one side (RFC 6455 §7.1.7) with `code`; for the
-        route it is that side's close, with the usual rules."""
-        assert self.socket is not None
-        logger.info(f"{self.socket.connection.url}: closing the {side}: {code} {reason}")
-        ws = self.ws[side]
-        if ws.state is ConnectionState.OPEN:
-            yield ws.send2(wse.CloseConnection(code, reason))
-        if side is PAGE:
-            self._observe((code, reason))
-        self.failed[side] = True  # §7.1.7: then close TCP at once, no data is processed any more
-        self.socket.connection.receive_close(side, code, reason)
+        connection.receive_close(side, code, reason)
 
     def _record(self, message: websocket.WebSocketMessage) -> None:
         """Keep the message in the flow, and of them at most the newest ``wsroute_keep_messages``
@@ -428,7 +418,6 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         while connection.has_commands:
             for command in connection.commands_to_execute():
                 yield from self._execute(command)
-        yield from self._close_connections()
 
     def _execute(self, command: Command) -> layer.CommandGenerator[None]:
         assert self.socket is not None and self.flow.websocket is not None
@@ -448,26 +437,40 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         elif isinstance(command, CloseSide):
             ws = self.ws[command.side]
             code = command.close.code
-            if code == ABNORMAL_CLOSURE:
-                if self.tcp_open[command.side]:  # mirror an abnormal end as one: no close frame
-                    self.tcp_open[command.side] = False
-                    yield commands.CloseConnection(ws.conn)
-                    if command.side is PAGE:
-                        self._observe((ABNORMAL_CLOSURE, ""))
-            elif ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            if code == ABNORMAL_CLOSURE:  # a dropped connection: no close frame (CloseTcp)
                 if command.side is PAGE:
-                    self._observe(
-                        (
-                            CloseReason.NO_STATUS_RCVD if code is None else code,
-                            command.close.reason or "",
-                        )
-                    )
-                yield ws.send2(
-                    wse.CloseConnection(
-                        CloseReason.NO_STATUS_RCVD if code is None else code,
-                        command.close.reason or "",
-                    )
-                )
+                    self._observe((ABNORMAL_CLOSURE, ""))
+            elif ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+                wire_code = CloseReason.NO_STATUS_RCVD if code is None else code
+                if command.side is PAGE:
+                    self._observe((wire_code, command.close.reason or ""))
+                yield ws.send2(wse.CloseConnection(wire_code, command.close.reason or ""))
+        elif isinstance(command, StartCloseTimer):
+            wakeup = commands.RequestWakeup(self.close_timeout)
+            self.close_timers[wakeup] = command.side
+            yield wakeup
+        elif isinstance(command, CloseTcp):
+            yield commands.CloseConnection(self.ws[command.side].conn)
+        else:
+            assert isinstance(command, End)
+            yield from self._end()
+
+    def _end(self) -> layer.CommandGenerator[None]:
+        """Both TCP connections are closed: tell mitmproxy and other addons how it ended."""
+        assert self.socket is not None and self.flow.websocket is not None
+        connection = self.socket.connection
+        if connection.first_close is not None:
+            by_client, close = connection.first_close
+            self.flow.websocket.closed_by_client = by_client
+            self.flow.websocket.close_code = (
+                CloseReason.NO_STATUS_RCVD if close.code is None else close.code
+            )
+            self.flow.websocket.close_reason = close.reason or ""
+        self.flow.websocket.timestamp_end = time.time()
+        self._handle_event = self._finished
+        self.socket.busy = False
+        yield wsl.WebsocketEndHook(self.flow)
+        self.flow.live = False
 
     def _send(self, to: Side, data: str | bytes) -> layer.CommandGenerator[None]:
         ws = self.ws[to]
@@ -486,63 +489,6 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             observer.message(False, data)
         else:
             observer.closed(*close)
-
-    def _tcp_to_close(self) -> bool:
-        """Whether `_close_connections` has anything to do (checked per event, cheaply)."""
-        assert self.socket is not None
-        states = self.socket.connection.states
-        return not self.ended and (
-            states[PAGE] is State.CLOSED
-            or (self.tcp_open[SERVER] and states[SERVER] is not State.OPEN)
-        )
-
-    def _close_connections(self) -> layer.CommandGenerator[None]:
-        """Close TCP of the sides the route is done with, once their closing handshake is done
-        (or `CLOSE_TIMEOUT` passed): the server first, the client last.
-
-        mitmproxy tears down every server connection with its client connection, and closing
-        the client first leaves the server socket in CLOSE-WAIT (a leak).
-        """
-        assert self.socket is not None and self.flow.websocket is not None
-        if self.ended:
-            return
-        connection = self.socket.connection
-        if self.tcp_open[SERVER] and connection.states[SERVER] is not State.OPEN:
-            if not self._handshake_done(SERVER):
-                yield from self._start_close_timer()
-                return
-            self.tcp_open[SERVER] = False
-            yield commands.CloseConnection(self.server_ws.conn)
-        if not connection.finished:
-            return
-        if self.tcp_open[PAGE]:
-            if not self._handshake_done(PAGE):
-                yield from self._start_close_timer()
-                return
-            self.tcp_open[PAGE] = False
-            yield commands.CloseConnection(self.client_ws.conn)
-        if connection.first_close is not None:
-            by_client, close = connection.first_close
-            self.flow.websocket.closed_by_client = by_client
-            self.flow.websocket.close_code = (
-                CloseReason.NO_STATUS_RCVD if close.code is None else close.code
-            )
-            self.flow.websocket.close_reason = close.reason or ""
-        self.flow.websocket.timestamp_end = time.time()
-        self.ended = True
-        self._handle_event = self._finished
-        self.socket.busy = False
-        yield wsl.WebsocketEndHook(self.flow)
-        self.flow.live = False
-
-    def _handshake_done(self, side: Side) -> bool:
-        ws = self.ws[side]
-        return ws.state is ConnectionState.CLOSED or self.failed[side] or self.close_timed_out
-
-    def _start_close_timer(self) -> layer.CommandGenerator[None]:
-        if not self.close_timer:
-            self.close_timer = True
-            yield commands.RequestWakeup(CLOSE_TIMEOUT)
 
     def _finished(self, event: events.Event) -> layer.CommandGenerator[None]:
         yield from ()  # late events (a close timer, data after the end) change nothing

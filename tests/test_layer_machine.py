@@ -31,7 +31,10 @@ class LayerMachine(RuleBasedStateMachine):
     @initialize(keep=st.integers(0, 6))
     def start(self, keep: int) -> None:
         options = SimpleNamespace(
-            wsroute_max_message_size=MAX, wsroute_keep_messages=keep, wsroute_message_hooks=True
+            wsroute_max_message_size=MAX,
+            wsroute_keep_messages=keep,
+            wsroute_message_hooks=True,
+            wsroute_close_timeout=5.0,
         )
         self.keep = keep
         self.flow = tflow.twebsocketflow(messages=False)
