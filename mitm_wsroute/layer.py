@@ -42,16 +42,20 @@ from wsproto.frame_protocol import CloseReason, Opcode
 
 from .connection import (
     ABNORMAL_CLOSURE,
+    MESSAGE_TOO_BIG,
     PAGE,
     SERVER,
     CallHandler,
     CloseSide,
+    CloseTcp,
     Command,
     Connection,
+    End,
     Owner,
     Send,
     SetLatency,
     Side,
+    StartCloseTimer,
     State,
 )
 from .handshake import accept
@@ -76,9 +80,6 @@ _NO_MESSAGE = websocket.WebSocketMessage(Opcode.TEXT, True, b"")
 
 #: With ``wsroute_keep_messages``, the content a flow keeps at most (big messages count more).
 KEEP_BYTES = 16 * 1024 * 1024
-#: How long a side's TCP connection stays open after our close frame, waiting for the peer's
-#: (RFC 6455 §7.1.1: close TCP once the closing handshake is done, so that it counts as clean).
-CLOSE_TIMEOUT = 5.0
 #: The clock of `set_latency()` (asyncio's, which runs the wake-ups; tests replace it).
 clock = time.monotonic
 
@@ -244,16 +245,15 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
     def __init__(self, context: Context, flow: http.HTTPFlow) -> None:
         super().__init__(context, flow)
         self.socket = _routed.get(flow)
-        self.tcp_open = {PAGE: True, SERVER: False}
         self.reassembly = {PAGE: _Reassembly(), SERVER: _Reassembly()}
-        self.ended = False
-        self.close_timer = False  # requested a wake-up for CLOSE_TIMEOUT
-        self.close_timed_out = False
-        self.failed = {PAGE: False, SERVER: False}  # failed sides get no closing handshake
+        #: The close timers running, by the wake-up each asked for.
+        self.close_timers: dict[commands.RequestWakeup, Side] = {}
         #: What waits to be sent to each side, once a route called `set_latency()`.
         self.delays: tuple[DelayLine[_Delayed], DelayLine[_Delayed]] | None = None
         self.delay_timers: list[_DelayWakeup | None] = [None, None]  # the latest, by side
+        self.end_pending = False  # End came while something still waited
         if self.socket is not None:  # read once: options are slow to read per message
+            self.close_timeout: float = context.options.wsroute_close_timeout
             self.max_message_size: int = context.options.wsroute_max_message_size
             self.keep_messages: int = context.options.wsroute_keep_messages
             self.kept_bytes = 0
@@ -267,7 +267,6 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             return
         connection = self.socket.connection
         self.ws = (self.client_ws, self.server_ws)
-        self.tcp_open[SERVER] = connection.states[SERVER] is State.CONNECTING
         self.socket.layer_started = True
         connection.receive_open()
         self.socket.busy = True
@@ -293,12 +292,13 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         elif isinstance(event, events.Wakeup):
             if isinstance(event.command, _DelayWakeup):
                 yield from self._due(event.command)
-            else:
-                self.close_timed_out = True
+            elif event.command in self.close_timers:
+                side = self.close_timers.pop(event.command)
+                self.socket.connection.receive_close_timeout(side)
         else:
             assert isinstance(event, wsl.WebSocketMessageInjected)
             yield from self._injected(event.message)
-        if self.socket.connection.has_commands or self._tcp_to_close():
+        if self.socket.connection.has_commands:
             yield from self._drain()
         self.socket.busy = False
 
@@ -311,7 +311,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 return  # after the close handshake; nothing more to read
             ws.receive_data(event.data)
         else:
-            ws.receive_data(None)  # we still close our end, in _close_connections
+            ws.receive_data(None)  # our end closes when the connection says (CloseTcp)
         reassembly = self.reassembly[side]
         for ev in ws.events():
             if isinstance(ev, wse.Message):
@@ -320,19 +320,21 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 try:
                     message = reassembly.add(ev, self.max_message_size)
                 except OverflowError as e:
-                    yield from self._fail(side, 1009, str(e))  # RFC 6455 §7.4.1: too big
+                    logger.info(f"{connection.url}: failing the {side}: 1009 {e}")
+                    connection.receive_failure(side, 1009, str(e))  # RFC 6455 §7.4.1: too big
                     continue
                 if message is not None:
                     yield from self._message(side, message)
             elif isinstance(ev, wse.Ping):
-                # RFC 6455 §5.5.2: answered by the other side when there is one, else by us.
-                if connection.states[side.other] is State.OPEN:
-                    yield from self._out(self.ws[side.other].send2(ev))
+                to = connection.receive_ping(side)
+                if to is not None:
+                    yield from self._out(self.ws[to].send2(ev))
                 elif ws.state is ConnectionState.OPEN:
                     yield from self._out(ws.send2(ev.response()))
             elif isinstance(ev, wse.Pong):
-                if connection.states[side.other] is State.OPEN:
-                    yield from self._out(self.ws[side.other].send2(ev))
+                to = connection.receive_ping(side)
+                if to is not None:
+                    yield from self._out(self.ws[to].send2(ev))
             elif isinstance(ev, wse.CloseConnection):
                 yield from self._close_received(side, ev)
         if isinstance(event, events.ConnectionClosed):
@@ -345,10 +347,12 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
     def _close_received(self, side: Side, ev: wse.CloseConnection) -> layer.CommandGenerator[None]:
         assert self.socket is not None
         ws = self.ws[side]
+        connection = self.socket.connection
         if ws.state is ConnectionState.OPEN:
             # wsproto reports a protocol violation (1002, 1007) as a close event without
-            # sending anything.
-            yield from self._fail(side, int(ev.code), ev.reason or "")
+            # sending anything: the connection fails that side.
+            logger.info(f"{connection.url}: failing the {side}: {int(ev.code)} {ev.reason}")
+            connection.receive_failure(side, int(ev.code), ev.reason or "")
             return
         if ws.state is ConnectionState.REMOTE_CLOSING:
             yield from self._out(ws.send2(ev.response()))  # RFC 6455 §5.5.1: echo the close
@@ -358,20 +362,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             self._observe((int(ev.code), reason or ""))
         if code == CloseReason.NO_STATUS_RCVD:
             code = None
-        self.socket.connection.receive_close(side, code, reason)
-
-    def _fail(self, side: Side, code: int, reason: str) -> layer.CommandGenerator[None]:
-        """_Fail the WebSocket Connection_ of one side (RFC 6455 §7.1.7) with `code`; for the
-        route it is that side's close, with the usual rules."""
-        assert self.socket is not None
-        logger.info(f"{self.socket.connection.url}: closing the {side}: {code} {reason}")
-        ws = self.ws[side]
-        if ws.state is ConnectionState.OPEN:
-            yield from self._out(ws.send2(wse.CloseConnection(code, reason)))
-        if side is PAGE:
-            self._observe((code, reason), later=True)
-        self.failed[side] = True  # §7.1.7: then close TCP at once, no data is processed any more
-        self.socket.connection.receive_close(side, code, reason)
+        connection.receive_close(side, code, reason)
 
     def _record(self, message: websocket.WebSocketMessage) -> None:
         """Keep the message in the flow, and of them at most the newest ``wsroute_keep_messages``
@@ -461,7 +452,6 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         while connection.has_commands:
             for command in connection.commands_to_execute():
                 yield from self._execute(command)
-        yield from self._close_connections()
 
     def _execute(self, command: Command) -> layer.CommandGenerator[None]:
         assert self.socket is not None and self.flow.websocket is not None
@@ -481,23 +471,50 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         elif isinstance(command, CloseSide):
             ws = self.ws[command.side]
             code = command.close.code
-            if code == ABNORMAL_CLOSURE:
-                if self.tcp_open[command.side]:  # mirror an abnormal end as one: no close frame
-                    self.tcp_open[command.side] = False
-                    yield from self._out(commands.CloseConnection(ws.conn))
-                    if command.side is PAGE:
-                        self._observe((ABNORMAL_CLOSURE, ""), later=True)
+            if code == ABNORMAL_CLOSURE:  # a dropped connection: no close frame (CloseTcp)
+                if command.side is PAGE:
+                    self._observe((ABNORMAL_CLOSURE, ""), later=True)
             elif ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
                 wire_code = CloseReason.NO_STATUS_RCVD if code is None else code
                 reason = command.close.reason or ""
                 yield from self._out(ws.send2(wse.CloseConnection(wire_code, reason)))
                 if command.side is PAGE:
                     self._observe((wire_code, reason), later=True)
+        elif isinstance(command, StartCloseTimer):
+            wakeup = commands.RequestWakeup(self.close_timeout)
+            self.close_timers[wakeup] = command.side
+            # with a latency, the timer starts when the close frame went out
+            yield from self._out(wakeup, command.side)
+        elif isinstance(command, CloseTcp):
+            yield from self._out(commands.CloseConnection(self.ws[command.side].conn))
         elif isinstance(command, SetLatency):
             if self.delays is None:
                 limit = self.max_message_size
                 self.delays = (DelayLine(limit), DelayLine(limit))
             self.delays[command.to].latency = command.seconds
+        else:
+            assert isinstance(command, End)
+            if self.delays is not None and any(self.delays):
+                self.end_pending = True  # once what waits went out (`_due`)
+            else:
+                yield from self._end()
+
+    def _end(self) -> layer.CommandGenerator[None]:
+        """Both TCP connections are closed: tell mitmproxy and other addons how it ended."""
+        assert self.socket is not None and self.flow.websocket is not None
+        connection = self.socket.connection
+        if connection.first_close is not None:
+            by_client, close = connection.first_close
+            self.flow.websocket.closed_by_client = by_client
+            self.flow.websocket.close_code = (
+                CloseReason.NO_STATUS_RCVD if close.code is None else close.code
+            )
+            self.flow.websocket.close_reason = close.reason or ""
+        self.flow.websocket.timestamp_end = time.time()
+        self._handle_event = self._finished
+        self.socket.busy = False
+        yield wsl.WebsocketEndHook(self.flow)
+        self.flow.live = False
 
     def _send(self, to: Side, data: str | bytes) -> layer.CommandGenerator[None]:
         ws = self.ws[to]
@@ -527,64 +544,17 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         else:
             call()
 
-    def _tcp_to_close(self) -> bool:
-        """Whether `_close_connections` has anything to do (checked per event, cheaply)."""
-        assert self.socket is not None
-        states = self.socket.connection.states
-        return not self.ended and (
-            states[PAGE] is State.CLOSED
-            or (self.tcp_open[SERVER] and states[SERVER] is not State.OPEN)
-        )
-
-    def _close_connections(self) -> layer.CommandGenerator[None]:
-        """Close TCP of the sides the route is done with, once their closing handshake is done
-        (or `CLOSE_TIMEOUT` passed): the server first, the client last.
-
-        mitmproxy tears down every server connection with its client connection, and closing
-        the client first leaves the server socket in CLOSE-WAIT (a leak).
-        """
-        assert self.socket is not None and self.flow.websocket is not None
-        if self.ended:
-            return
-        connection = self.socket.connection
-        if self.tcp_open[SERVER] and connection.states[SERVER] is not State.OPEN:
-            if not self._handshake_done(SERVER):
-                yield from self._start_close_timer()
-                return
-            self.tcp_open[SERVER] = False
-            yield from self._out(commands.CloseConnection(self.server_ws.conn))
-        if not connection.finished:
-            return
-        if self.tcp_open[PAGE]:
-            if not self._handshake_done(PAGE):
-                yield from self._start_close_timer()
-                return
-            self.tcp_open[PAGE] = False
-            yield from self._out(commands.CloseConnection(self.client_ws.conn))
-        if self.delays is not None and any(self.delays):
-            return  # ends once what waits went out (at a later wake-up)
-        if connection.first_close is not None:
-            by_client, close = connection.first_close
-            self.flow.websocket.closed_by_client = by_client
-            self.flow.websocket.close_code = (
-                CloseReason.NO_STATUS_RCVD if close.code is None else close.code
-            )
-            self.flow.websocket.close_reason = close.reason or ""
-        self.flow.websocket.timestamp_end = time.time()
-        self.ended = True
-        self._handle_event = self._finished
-        self.socket.busy = False
-        yield wsl.WebsocketEndHook(self.flow)
-        self.flow.live = False
-
-    def _out(self, command: commands.Command) -> layer.CommandGenerator[None]:
-        """Send data or close TCP now, or, when that side has a latency or something waiting,
-        behind what waits (`set_latency`)."""
-        assert isinstance(command, commands.SendData | commands.CloseConnection)
+    def _out(
+        self, command: commands.Command, side: Side | None = None
+    ) -> layer.CommandGenerator[None]:
+        """Send data, close TCP or start a close timer (for `side`) now, or, when that side has
+        a latency or something waiting, behind what waits (`set_latency`)."""
         if self.delays is None:
             yield command
             return
-        side = PAGE if command.connection is self.context.client else SERVER
+        if side is None:
+            assert isinstance(command, commands.SendData | commands.CloseConnection)
+            side = PAGE if command.connection is self.context.client else SERVER
         line = self.delays[side]
         if not line.active:
             yield command
@@ -598,7 +568,9 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             assert self.socket is not None
             logger.warning(f"{self.socket.connection.url}: set_latency: {e} for the {side}")
             line.clear()
-            yield from self._fail(side, 1009, "too much waiting (set_latency)")
+            self.socket.connection.receive_failure(
+                side, MESSAGE_TOO_BIG, "too much waiting (set_latency)"
+            )
             return
         if wait is not None:
             yield from self._delay_timer(side, wait)
@@ -619,15 +591,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 item()
         if wait is not None:
             yield from self._delay_timer(timer.side, wait)
-
-    def _handshake_done(self, side: Side) -> bool:
-        ws = self.ws[side]
-        return ws.state is ConnectionState.CLOSED or self.failed[side] or self.close_timed_out
-
-    def _start_close_timer(self) -> layer.CommandGenerator[None]:
-        if not self.close_timer:
-            self.close_timer = True
-            yield commands.RequestWakeup(CLOSE_TIMEOUT)
+        elif self.end_pending and not any(self.delays):
+            yield from self._end()
 
     def _finished(self, event: events.Event) -> layer.CommandGenerator[None]:
         yield from ()  # late events (a close timer, data after the end) change nothing
