@@ -131,7 +131,7 @@ class WsRoute:
                 raise exceptions.OptionsError(f"Cannot load wsroute_scripts: {e}") from e
         if ctx.options.connection_strategy != "lazy":
             # Eager connects go upstream (and do TLS) before the URL is known, so a mock of a
-            # host that does not exist would fail with 502 (internals memo, Q1).
+            # host that does not exist would fail with 502.
             logger.info("wsroute: setting connection_strategy=lazy, so that mocks never connect")
             ctx.options.update(connection_strategy="lazy")
 

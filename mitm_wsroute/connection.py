@@ -6,7 +6,7 @@ what user code asked for through `send`, `close` and `connect_to_server`. Both o
 `Command` values, which the adapter drains with `commands_to_execute()` and carries out in order.
 The one exception is the hot path: `receive_message` returns where to forward the message.
 
-The rules are Playwright's (`client/network.ts`, class `WebSocketRoute`), summed up in SPEC §3:
+The rules are Playwright's (`client/network.ts`, class `WebSocketRoute`):
 
 - a message goes to the `on_message` handler of the side it came from if one is set; otherwise
   it is forwarded to the other side when that side is open, else dropped;
@@ -37,10 +37,12 @@ __all__ = [
     "Error",
     "Message",
     "MessageHandler",
+    "Owner",
     "Send",
     "Side",
     "State",
     "check_close",
+    "check_message",
 ]
 
 logger = logging.getLogger(__name__)
@@ -160,6 +162,25 @@ def check_close(code: int | None, reason: str | None) -> Close:
     return Close(code, reason)
 
 
+def check_message(message: object) -> None:
+    """Raise `TypeError` unless `message` can be sent: `str` (text) or `bytes` (binary)."""
+    if not isinstance(message, str | bytes):
+        raise TypeError(f"send() takes str or bytes, not {type(message).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """The one thread that reads and writes a connection, and how to hand it a call.
+
+    Set by the adapter: `thread` is the owner's ``threading.get_ident()``; ``call_soon(fn,
+    *args)`` runs ``fn(*args)`` on that thread later, in call order, from any thread, and raises
+    `RuntimeError` when it cannot (the owner's loop is closed).
+    """
+
+    thread: int
+    call_soon: Callable[..., object]
+
+
 @dataclass(slots=True)
 class _Handlers:
     message: MessageHandler | None = None
@@ -188,6 +209,9 @@ class Connection:
     first_close: tuple[bool, Close] | None = None
     #: Called whenever a command is recorded, so that an idle adapter can wake up to drain it.
     wakeup: Callable[[], None] | None = None
+    #: The thread that owns this connection (None: whichever thread calls). Route calls from
+    #: other threads are handed to it (see `route.py`); nothing else touches the state there.
+    owner: Owner | None = None
     _commands: list[Command] = field(default_factory=list)
 
     # --- what user code asks for (through route.py) -----------------------------------------------
@@ -204,8 +228,7 @@ class Connection:
         self.states[SERVER] = State.CONNECTING
 
     def send(self, to: Side, message: Message) -> None:
-        if not isinstance(message, str | bytes):
-            raise TypeError(f"send() takes str or bytes, not {type(message).__name__}")
+        check_message(message)
         state = self.states[to]
         if state in (State.OPEN, State.CONNECTING):
             self._record(Send(to, message))
@@ -331,3 +354,9 @@ class Connection:
         elif self.states[side.other] in (State.OPEN, State.CONNECTING):
             self.states[side.other] = State.CLOSED
             self._record(CloseSide(side.other, close))
+            # Playwright reports a mirrored close to that side's own handler too, afterwards
+            # (`_apiClosePage` fires `onClosePage`, and closing the server fires
+            # `onCloseServer`): it learns that its side closed, and why.
+            mirrored = self.handlers[side.other].close
+            if mirrored is not None:
+                self._record(CallHandler(mirrored, (close.code, close.reason)))

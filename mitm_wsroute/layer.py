@@ -17,6 +17,7 @@ wake the layer with an injected `RouteWakeup` event, which `HttpLayer` routes by
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import threading
@@ -46,6 +47,7 @@ from .connection import (
     CloseSide,
     Command,
     Connection,
+    Owner,
     Send,
     Side,
     State,
@@ -108,23 +110,36 @@ class RoutedSocket:
     inject: Callable[[events.MessageInjected[Any]], None]
     #: The flow, weakly: the flow is the key of `_routed`, which must not keep it alive.
     flow: Callable[[], http.HTTPFlow | None] = lambda: None
+    #: The layer is handling an event: it drains the connection's commands at its end.
     busy: bool = False
+    #: A `RouteWakeup` is scheduled or on its way; later commands ride with it.
     wakeup_pending: bool = False
     layer_started: bool = field(default=False)
     observer: Observer | None = None
+    #: Runs a callable after the current one, on the proxy's loop (``loop.call_soon``); set by
+    #: `routed_socket` (at once when there is no running loop, as in layer tests).
+    schedule: Callable[[Callable[[], None]], object] = lambda fn: fn()
 
     def wake(self) -> None:
-        """Called by the connection for every command recorded; wakes an idle layer once."""
+        """Called by the connection for every command recorded, on the proxy's thread: wakes
+        an idle layer once per burst. The wake-up runs after the caller's current step (a task
+        up to its next ``await``), so a burst of sends is carried out by one layer event, and
+        user code never runs the layer from inside a route call."""
         if self.busy or self.wakeup_pending or not self.layer_started:
             return  # the layer drains at the end of the event it is handling, or at start
-        flow = self.flow()
-        if flow is None:
-            return
         self.wakeup_pending = True
+        self.schedule(self._inject_wakeup)
+
+    def _inject_wakeup(self) -> None:
+        flow = self.flow()
         try:
+            if flow is None:
+                raise ValueError("the flow is gone")
             self.inject(RouteWakeup(flow, _NO_MESSAGE))
-        except ValueError:  # "Flow is not from a live connection."
-            logger.debug(f"{self.connection.url}: connection already gone")
+        except Exception as e:  # ValueError: "Flow is not from a live connection."
+            # Never stay pending: a later command must be able to wake the layer again.
+            self.wakeup_pending = False
+            logger.debug(f"{self.connection.url}: cannot wake the layer ({e}); socket gone?")
 
 
 _routed: weakref.WeakKeyDictionary[http.HTTPFlow, RoutedSocket] = weakref.WeakKeyDictionary()
@@ -135,6 +150,13 @@ def routed_socket(flow: http.HTTPFlow, socket: RoutedSocket | None = None) -> Ro
     if socket is not None:
         socket.flow = weakref.ref(flow)
         socket.connection.wakeup = socket.wake
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (layer tests): wake-ups are injected at once
+            pass
+        else:  # the proxy's loop owns the socket; route calls from other threads go through it
+            socket.schedule = loop.call_soon
+            socket.connection.owner = Owner(threading.get_ident(), loop.call_soon_threadsafe)
         _routed[flow] = socket
     return _routed.get(flow)
 
@@ -241,11 +263,14 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
     def relay_messages(self, event: events.Event) -> layer.CommandGenerator[None]:
         assert self.socket is not None
         self.socket.busy = True
+        # This event drains every command: a wake-up on its way is not needed any more, and one
+        # that got lost (its flow was being torn down) must not leave the socket deaf.
+        self.socket.wakeup_pending = False
         if isinstance(event, events.ConnectionEvent):  # the common case first: this is per message
             side = PAGE if event.connection is self.context.client else SERVER
             yield from self._receive(side, event)
         elif isinstance(event, RouteWakeup):
-            self.socket.wakeup_pending = False
+            pass  # drained below
         elif isinstance(event, events.Wakeup):
             self.close_timed_out = True
         else:
@@ -476,7 +501,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         (or `CLOSE_TIMEOUT` passed): the server first, the client last.
 
         mitmproxy tears down every server connection with its client connection, and closing
-        the client first leaked the server socket (CLOSE-WAIT) in the internals memo.
+        the client first leaves the server socket in CLOSE-WAIT (a leak).
         """
         assert self.socket is not None and self.flow.websocket is not None
         if self.ended:

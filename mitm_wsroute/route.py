@@ -2,11 +2,16 @@
 
 Pure: this module imports neither mitmproxy nor asyncio. Every method only records intent on
 the connection; the adapter carries it out.
+
+One thread owns a connection (the proxy's event loop). A method called on any other thread
+checks its arguments there, then hands the call to the owner (`Owner.call_soon`) and returns
+at once; calls handed over run in call order, so each side gets its messages in that order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
+from threading import get_ident
 from typing import Any
 
 from .connection import (
@@ -17,7 +22,10 @@ from .connection import (
     Error,
     Message,
     MessageHandler,
+    Owner,
     Side,
+    check_close,
+    check_message,
 )
 
 __all__ = ["WebSocketRoute"]
@@ -43,6 +51,9 @@ class WebSocketRoute:
 
     By default a routed WebSocket does not connect to the server, so you can mock the entire
     WebSocket communication (Playwright's words for `connect_to_server`).
+
+    `send`, `close`, `on_message` and `on_close` may be called from any thread and any task:
+    off the proxy's thread they are handed to it, in call order, and return at once.
     """
 
     __slots__ = ("_connection", "_server", "_side")
@@ -76,6 +87,12 @@ class WebSocketRoute:
         """
         if self._side is SERVER:
             raise Error("connectToServer must be called on the page-side WebSocketRoute")
+        if self._foreign_owner() is not None:
+            # proxy: Playwright's client has one thread; here only the route handler, which runs
+            # on the proxy's thread, can still connect.
+            raise Error(
+                "connect_to_server must be called from the route handler, on the proxy's thread"
+            )
         self._connection.connect_to_server()
         self._server = WebSocketRoute(self._connection, SERVER)
         return self._server
@@ -86,7 +103,7 @@ class WebSocketRoute:
         Replaces an earlier handler and stops the default forwarding of this side's messages.
         An async handler is scheduled, not awaited before the next message.
         """
-        self._connection.handlers[self._side].message = handler
+        self._set_handler("message", handler)
 
     def on_close(self, handler: CloseHandler) -> None:
         """Handle this side's close: ``handler(code, reason)``, ``(None, None)`` for no code.
@@ -94,15 +111,25 @@ class WebSocketRoute:
         Replaces an earlier handler and stops the default mirroring of the close to the other
         side, which then stays open until a route closes it.
         """
-        self._connection.handlers[self._side].close = handler
+        self._set_handler("close", handler)
 
     def send(self, message: Message) -> None:
         """Send a message to this side: `str` as a text frame, `bytes` as a binary frame.
 
         Never blocks; messages to one side go out in call order. Ignored (with a warning in the
         log) once that side is closed.
+
+        Raises:
+            TypeError: `message` is neither `str` nor `bytes`.
+            Error: called on another thread after the proxy stopped.
         """
-        self._connection.send(self._side, message)
+        connection = self._connection
+        owner = connection.owner
+        if owner is None or owner.thread == get_ident():  # per message: the common case first
+            connection.send(self._side, message)
+            return
+        check_message(message)
+        self._hand_over(owner, "send()", connection.send, self._side, message)
 
     def close(self, *, code: int | None = None, reason: str | None = None) -> _Closed:
         """Close this side, then, as if this side had closed: run its `on_close` handler if set,
@@ -114,8 +141,35 @@ class WebSocketRoute:
         Raises:
             ValueError: the code is not valid on the wire (1000-1003, 1007-1014, 3000-4999), the
                 reason is over 123 UTF-8 bytes, or a reason comes without a code.
+            Error: called on another thread after the proxy stopped.
         """
         # proxy: Playwright's page side accepts any code and its server side silently ignores
         # invalid ones; we refuse them at the call, where the mistake is.
-        self._connection.close(self._side, code, reason)
+        owner = self._foreign_owner()
+        if owner is None:
+            self._connection.close(self._side, code, reason)
+        else:
+            check_close(code, reason)
+            self._hand_over(owner, "close()", self._connection.close, self._side, code, reason)
         return _Closed()
+
+    # --- calls from other threads --------------------------------------------------------------
+
+    def _foreign_owner(self) -> Owner | None:
+        """The connection's owner when the caller runs on another thread, else None."""
+        owner = self._connection.owner
+        return None if owner is None or owner.thread == get_ident() else owner
+
+    def _set_handler(self, kind: str, handler: Callable[..., Any]) -> None:
+        handlers = self._connection.handlers[self._side]
+        owner = self._foreign_owner()
+        if owner is None:
+            setattr(handlers, kind, handler)
+        else:
+            self._hand_over(owner, f"on_{kind}()", setattr, handlers, kind, handler)
+
+    def _hand_over(self, owner: Owner, what: str, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            owner.call_soon(fn, *args)
+        except RuntimeError as e:  # the owner's loop is closed: the proxy stopped
+            raise Error(f"{what} on {self.url} not done: the proxy is not running ({e})") from e

@@ -90,7 +90,7 @@ def test_connect_after_open_of_a_mock_is_refused() -> None:
         ws.connect_to_server()
 
 
-# --- messages (SPEC §3 table) ---------------------------------------------------------------
+# --- messages -------------------------------------------------------------------------------
 
 
 def test_client_message_with_page_handler_goes_to_handler_only() -> None:
@@ -155,7 +155,7 @@ def test_send_type_checked_and_ignored_when_closed(caplog: pytest.LogCaptureFixt
     assert "send() to the page ignored, that side is closed" in caplog.text
 
 
-# --- close (SPEC §3 "Close") ----------------------------------------------------------------
+# --- close ----------------------------------------------------------------------------------
 
 
 def test_client_close_mirrors_to_server() -> None:
@@ -206,6 +206,29 @@ def test_page_on_close_keeps_server_open() -> None:
         Send(SERVER, "last words"),
         CloseSide(SERVER, Close(4011, "translated")),
     ]
+
+
+@pytest.mark.parametrize("closing", [PAGE, SERVER])
+@pytest.mark.parametrize("by_route", [False, True])
+def test_a_mirrored_close_reaches_that_sides_on_close_afterwards(
+    closing: Any, by_route: bool
+) -> None:
+    # Playwright: the upstream closes with 4012, no server on_close, a page on_close: the client
+    # is closed with 4012, then the page on_close runs with (4012, reason); and the other way.
+    c, ws, server = connected()
+    log: list[Any] = []
+    route = {PAGE: ws, SERVER: server}
+    route[closing.other].on_close(record(log, "mirrored"))
+    if by_route:
+        route[closing].close(code=4012, reason="why")
+    else:
+        c.receive_close(closing, 4012, "why")
+    commands = c.commands_to_execute()
+    assert commands[-2:] == [
+        CloseSide(closing.other, Close(4012, "why")),
+        CallHandler(c.handlers[closing.other].close, (4012, "why")),  # type: ignore[arg-type]
+    ]
+    assert c.finished
 
 
 def test_route_close_of_page_mirrors_to_server() -> None:

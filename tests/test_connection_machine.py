@@ -1,7 +1,8 @@
 """A hypothesis state machine over random interleavings of everything that can happen to one
 routed socket: peers' messages and closes, route calls, handler registrations.
 
-A fake wire carries out the drained commands and checks the invariants of SPEC §3.
+A fake wire carries out the drained commands and checks the forwarding and close rules as
+invariants.
 """
 
 from __future__ import annotations

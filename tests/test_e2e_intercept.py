@@ -48,6 +48,11 @@ ROUTES = """
             await server.close(code=4011, reason="translated")
         ws.on_close(closed)
 
+    @route_web_socket("**/mirrored-on-close")
+    def mirrored_on_close(ws):
+        ws.connect_to_server()
+        ws.on_close(lambda code, reason: log.warning(f"mirrored page on_close {code} {reason!r}"))
+
     @route_web_socket("**/route-closes")
     def route_closes(ws):
         server = ws.connect_to_server()
@@ -177,13 +182,25 @@ async def test_default_close_mirroring(via: Any, tls: bool) -> None:
     await no_leaks(p)
 
 
+async def test_a_mirrored_close_reaches_the_page_on_close_too(mitmdump: Any, upstream: Any) -> None:
+    # Playwright: with no server on_close the upstream's close is mirrored to the client, and
+    # then the page's own on_close runs with the same code and reason.
+    up = await upstream()
+    p = mitmdump(ROUTES)
+    async with connect(up.url("/mirrored-on-close"), proxy=p.proxy) as ws:
+        await ws.send("cmd:close:4012:upstream bye")
+        assert await closed_with(ws) == (4012, "upstream bye")
+    await p.async_wait_for(r"mirrored page on_close 4012 'upstream bye'")
+
+
 @pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
 async def test_server_abort_reaches_client_as_tcp_drop(via: Any, request: Any, tls: bool) -> None:
     conn, up, p = await via(tls)
     async with conn("/plain") as ws:
         await ws.send("cmd:abort")
         # no close frame, as the server gave none; in upstream mode the next proxy is a stock
-        # mitmproxy, which turns the drop into a clean 1000 close (internals memo, Q3)
+        # mitmproxy, which turns the drop into a clean 1000 close (its layer mirrors
+        # a dropped connection as a close frame)
         drop = (1000, "") if "upstream" in request.node.name else (1006, None)
         assert await closed_with(ws) == drop
     await no_leaks(p)

@@ -56,6 +56,20 @@ MOCK = """
     @route_web_socket("**/url**")
     def url(ws):
         ws.send(ws.url)
+
+    @route_web_socket("**/push")
+    async def push(ws):
+        import asyncio, threading
+        def from_thread():
+            for i in range(1000):
+                ws.send(f"thread {i}")
+            ws.close(code=4002, reason="thread done")
+        async def burst(m):
+            await asyncio.sleep(0)  # after an await, outside any layer event
+            for i in range(3):
+                ws.send(f"task {i}")
+            threading.Thread(target=from_thread).start()
+        ws.on_message(burst)
 """
 
 OBSERVER = """
@@ -312,6 +326,17 @@ async def _raw_mock(p: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]
     close = await asyncio.wait_for(reader.readexactly(2 + 2 + len("bye from the route")), 5)
     assert close[:4] == b"\x88\x14\x0f\xa1"  # close frame, 20 bytes, code 4001
     return reader, writer
+
+
+async def test_route_calls_from_a_task_and_a_thread_keep_order(mock_proxy: Any) -> None:
+    async with connect("ws://chat.invalid/push", proxy=mock_proxy.proxy) as ws:
+        await ws.send("go")
+        got = []
+        with pytest.raises(ConnectionClosed):
+            while True:
+                got.append(await asyncio.wait_for(ws.recv(), 5))
+        assert got == [f"task {i}" for i in range(3)] + [f"thread {i}" for i in range(1000)]
+        assert ws.close_code == 4002 and ws.close_reason == "thread done"
 
 
 async def test_route_close_waits_for_the_clients_close_reply(mock_proxy: Any) -> None:

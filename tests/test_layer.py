@@ -1,8 +1,12 @@
-"""The layer's own bookkeeping: reassembly, framing, size limit, retention (properties)."""
+"""The layer's own bookkeeping: reassembly, framing, size limit, retention (properties), and
+route calls from other threads handed to the loop that owns the socket."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import threading
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 from unittest import mock
@@ -12,9 +16,23 @@ import wsproto.events as wse
 from hypothesis import given
 from hypothesis import strategies as st
 from mitmproxy import websocket
+from mitmproxy.test import tflow
 from wsproto.frame_protocol import Opcode
 
+from mitm_wsroute import layer
+from mitm_wsroute.connection import (
+    PAGE,
+    SERVER,
+    CallHandler,
+    Close,
+    CloseSide,
+    Connection,
+    Error,
+    Send,
+    State,
+)
 from mitm_wsroute.layer import RoutedWebsocketLayer, _frames, _Reassembly
+from mitm_wsroute.route import WebSocketRoute
 
 
 def cut(data: Any, cuts: list[int]) -> list[Any]:
@@ -96,3 +114,140 @@ def test_retention_is_bounded_and_keeps_the_newest(
     assert layer.kept_bytes == sum(len(m.content) for m in kept)
     every = [bytes([i % 256]) * size for i, size in enumerate(sizes)]
     assert [m.content for m in kept] == every[len(every) - len(kept) :]  # the newest, in order
+
+
+# --- route calls from any thread: handed to the loop that owns the socket -------------------------
+
+
+class LoopThread:
+    """A real event loop on a thread of its own, owning one routed socket whose layer is faked:
+    each injected wake-up is handled on the loop, draining the connection like the layer does."""
+
+    def __init__(self, connected: bool = True) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.connection = Connection("ws://h/ws", [])
+        self.route = WebSocketRoute(self.connection)
+        self.server = self.route.connect_to_server() if connected else None
+        self.connection.receive_open()
+        self.connection.commands_to_execute()
+        self.injected = 0
+        self.drained: list[Any] = []
+        self.socket = layer.RoutedSocket(self.connection, lambda h, a, url: h(*a), self.inject)
+        self.flow = tflow.twebsocketflow()
+        self.on_loop(lambda: layer.routed_socket(self.flow, self.socket))
+        self.socket.layer_started = True
+
+    def inject(self, event: Any) -> None:
+        assert isinstance(event, layer.RouteWakeup)
+        self.injected += 1
+        self.loop.call_soon(self.handle_wakeup)
+
+    def handle_wakeup(self) -> None:  # what RoutedWebsocketLayer.relay_messages does
+        self.socket.wakeup_pending = False
+        self.drained += self.connection.commands_to_execute()
+
+    def on_loop(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on the loop and wait for its result (and for what it scheduled)."""
+
+        async def run() -> Any:
+            result = fn()
+            for _ in range(3):  # the wake-up it scheduled, then the event it injected
+                await asyncio.sleep(0)
+            return result
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def owner() -> Iterator[LoopThread]:
+    t = LoopThread()
+    yield t
+    if not t.loop.is_closed():
+        t.stop()
+
+
+def test_sends_from_another_thread_keep_order_per_side(owner: LoopThread) -> None:
+    assert owner.server is not None
+    for i in range(1000):
+        owner.route.send(f"p{i}")
+        owner.server.send(b"s%d" % i)
+    owner.on_loop(lambda: None)  # everything handed over before this ran before it
+    pages = [c.message for c in owner.drained if c.to is PAGE]
+    servers = [c.message for c in owner.drained if c.to is SERVER]
+    assert pages == [f"p{i}" for i in range(1000)]
+    assert servers == [b"s%d" % i for i in range(1000)]
+
+
+def test_a_burst_on_the_loop_is_one_wakeup(owner: LoopThread) -> None:
+    def burst() -> None:
+        for i in range(100):
+            owner.route.send(str(i))
+        owner.route.close(code=4000, reason="bye")
+        assert owner.drained == []  # not carried out inside the route call
+
+    owner.on_loop(burst)
+    assert owner.injected == 1
+    assert owner.drained[:100] == [Send(PAGE, str(i)) for i in range(100)]
+    assert owner.drained[100:] == [
+        CloseSide(PAGE, Close(4000, "bye")),
+        CloseSide(SERVER, Close(4000, "bye")),
+    ]
+
+
+def test_handlers_and_close_from_another_thread_come_in_call_order(owner: LoopThread) -> None:
+    log: list[Any] = []
+    owner.route.send("before")
+    owner.route.on_close(lambda code, reason: log.append((code, reason)))
+    owner.route.close(code=4001, reason="from a thread")
+    owner.route.send("after")  # the page is closed by then: ignored
+    owner.on_loop(lambda: None)
+    assert owner.drained == [
+        Send(PAGE, "before"),
+        CloseSide(PAGE, Close(4001, "from a thread")),
+        CallHandler(owner.connection.handlers[PAGE].close, (4001, "from a thread")),  # type: ignore[arg-type]
+    ]
+    assert owner.connection.states[SERVER] is State.OPEN  # the page's on_close took it over
+
+
+def test_bad_arguments_raise_in_the_calling_thread(owner: LoopThread) -> None:
+    with pytest.raises(TypeError, match="str or bytes, not int"):
+        owner.route.send(1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="close code 1006 cannot be sent"):
+        owner.route.close(code=1006)
+    with pytest.raises(Error, match="from the route handler, on the proxy's thread"):
+        owner.route.connect_to_server()
+    owner.on_loop(lambda: None)
+    assert owner.drained == []
+
+
+def test_a_failed_wakeup_never_leaves_the_socket_deaf(owner: LoopThread) -> None:
+    fail = [True]
+    inject = owner.inject
+
+    def flaky(event: Any) -> None:
+        if fail.pop(0) if fail else False:
+            raise ValueError("Flow is not from a live connection.")
+        inject(event)
+
+    owner.socket.inject = flaky
+    owner.route.send("lost wake-up")
+    owner.on_loop(lambda: None)
+    assert owner.drained == [] and not owner.socket.wakeup_pending
+    owner.route.send("next")  # wakes the layer again, which drains both
+    owner.on_loop(lambda: None)
+    assert owner.drained == [Send(PAGE, "lost wake-up"), Send(PAGE, "next")]
+
+
+def test_a_call_after_the_proxy_stopped_is_a_clear_error(owner: LoopThread) -> None:
+    owner.stop()
+    with pytest.raises(Error, match=r"send\(\) on ws://h/ws not done: the proxy is not running"):
+        owner.route.send("too late")
+    with pytest.raises(Error, match=r"close\(\) on ws://h/ws not done"):
+        owner.route.close()
