@@ -328,13 +328,13 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             elif isinstance(ev, wse.Ping):
                 to = connection.receive_ping(side)
                 if to is not None:
-                    yield from self._out(self.ws[to].send2(ev))
+                    yield from self._out(self.ws[to].send2(ev), data=True)
                 elif ws.state is ConnectionState.OPEN:
-                    yield from self._out(ws.send2(ev.response()))
+                    yield from self._out(ws.send2(ev.response()), data=True)
             elif isinstance(ev, wse.Pong):
                 to = connection.receive_ping(side)
                 if to is not None:
-                    yield from self._out(self.ws[to].send2(ev))
+                    yield from self._out(self.ws[to].send2(ev), data=True)
             elif isinstance(ev, wse.CloseConnection):
                 yield from self._close_received(side, ev)
         if isinstance(event, events.ConnectionClosed):
@@ -426,7 +426,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             for frame in _frames(data, frame_sizes):
                 if ws.state is not ConnectionState.OPEN:
                     break  # too much waited: the side was closed with 1009 mid-message
-                yield from self._out(ws.send2(frame))
+                yield from self._out(ws.send2(frame), data=True)
         if observer is not None and to is PAGE:
             if self.delays is None:
                 observer.message(False, data)
@@ -522,7 +522,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             if self.delays is None:
                 yield ws.send2(_frame(data))
             else:
-                yield from self._out(ws.send2(_frame(data)))
+                yield from self._out(ws.send2(_frame(data)), data=True)
             if to is PAGE:
                 self._observe(None, data, later=True)
 
@@ -545,10 +545,11 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             call()
 
     def _out(
-        self, command: commands.Command, side: Side | None = None
+        self, command: commands.Command, side: Side | None = None, data: bool = False
     ) -> layer.CommandGenerator[None]:
-        """Send data, close TCP or start a close timer (for `side`) now, or, when that side has
-        a latency or something waiting, behind what waits (`set_latency`)."""
+        """Send a frame, close TCP or start a close timer (for `side`) now, or, when that side
+        has a latency or something waiting, behind what waits (`set_latency`). The `data`
+        frames (messages and pings) count against the size limit; closes never fail it."""
         if self.delays is None:
             yield command
             return
@@ -559,18 +560,24 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         if not line.active:
             yield command
             return
-        size = len(command.data) if isinstance(command, commands.SendData) else 0
+        size = len(command.data) if data and isinstance(command, commands.SendData) else 0
         try:
             wait = line.push(clock(), command, size)
         except OverflowError as e:
             # Bounded like a message: past wsroute_max_message_size waiting, the side is
             # closed with 1009 (message too big), as for a message that large.
+            # What waited is dropped (never a close: nothing is sent after one), and the 1009
+            # close frame goes out now, so nothing sent later in this event can precede it.
             assert self.socket is not None
             logger.warning(f"{self.socket.connection.url}: set_latency: {e} for the {side}")
             line.clear()
-            self.socket.connection.receive_failure(
-                side, MESSAGE_TOO_BIG, "too much waiting (set_latency)"
-            )
+            reason = "too much waiting (set_latency)"
+            ws = self.ws[side]
+            if ws.state is ConnectionState.OPEN:
+                yield ws.send2(wse.CloseConnection(MESSAGE_TOO_BIG, reason))
+                if side is PAGE:
+                    self._observe((MESSAGE_TOO_BIG, reason))
+            self.socket.connection.receive_failure(side, MESSAGE_TOO_BIG, reason)
             return
         if wait is not None:
             yield from self._delay_timer(side, wait)

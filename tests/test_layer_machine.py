@@ -246,3 +246,23 @@ def test_latency_transcript() -> None:
         assert m.closes == {PAGE: [1006], SERVER: [1006]}
     finally:
         m.teardown()
+
+
+def test_latency_overflow_fails_that_side_alone() -> None:
+    """Past the size limit waiting, that side gets 1009 at once and what waited for it is
+    gone; the close mirrored to the other side waits behind that side's data, and never
+    counts against the limit itself."""
+    m = LayerMachine()
+    m.start(keep=0)
+    try:
+        m.route_sets_latency(PAGE, 0.1)
+        m.route_sets_latency(SERVER, 0.1)
+        m.route_sends(PAGE, 1)
+        m.route_sends(SERVER, 255)  # close to the limit (300 bytes) with its frame header
+        m.route_sends(PAGE, 294)  # too much waiting for the client
+        assert m.closes[PAGE] == [1009] and m.received[PAGE] == []
+        assert m.closes[SERVER] == []  # its 1009 waits behind its data
+        m.time_passes(0.1)
+        assert m.received[SERVER] == [b"r" * 255] and m.closes[SERVER] == [1009]
+    finally:
+        m.teardown()
