@@ -39,8 +39,8 @@ POLL_INTERVAL = 0.5
 DEFAULT_MAX_MESSAGE_SIZE = 128 * 1024 * 1024
 #: ``wsroute_keep_messages``: enough for mitmweb to show a conversation, ~0.3 MiB of small ones.
 DEFAULT_KEEP_MESSAGES = 1000
-#: ``wsroute_close_timeout``: how long a peer may take to answer our close frame.
-DEFAULT_CLOSE_TIMEOUT = 5.0
+#: ``wsroute_close_timeout_ms``: how long a peer may take to answer our close frame.
+DEFAULT_CLOSE_TIMEOUT_MS = 5000
 #: mitmweb's flow-list markers of routed flows (🎭 for a mock, 🔌 for an intercept).
 MOCK_MARKER = ":performing_arts:"
 INTERCEPT_MARKER = ":electric_plug:"
@@ -101,11 +101,11 @@ class WsRoute:
         )
 
         loader.add_option(
-            "wsroute_close_timeout",
-            float,
-            DEFAULT_CLOSE_TIMEOUT,
+            "wsroute_close_timeout_ms",
+            int,
+            DEFAULT_CLOSE_TIMEOUT_MS,
             """
-            Seconds a side of a routed socket keeps its TCP connection after the proxy sent it
+            Milliseconds a side of a routed socket keeps its TCP connection after the proxy sent it
             a close frame, waiting for the peer's answer (RFC 6455 section 7.1.1: the closing
             handshake, after which clients report the close as clean). A peer that never
             answers has its connection closed then.
@@ -127,7 +127,7 @@ class WsRoute:
         for name, zero in (
             ("wsroute_max_message_size", " (no limit)"),
             ("wsroute_keep_messages", " (keep all)"),
-            ("wsroute_close_timeout", ""),
+            ("wsroute_close_timeout_ms", ""),
         ):
             if name in updated and getattr(ctx.options, name) < 0:
                 raise exceptions.OptionsError(

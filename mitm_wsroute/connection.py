@@ -368,6 +368,8 @@ class Connection:
     def receive_close(self, side: Side, code: int | None, reason: str | None) -> None:
         """A side's peer sent a close frame (``(None, None)`` if empty; the adapter answers it,
         which ends that side's closing handshake), or 1006: its connection dropped."""
+        if self.wires[side] is Wire.CLOSING:
+            logger.debug(f"{self.url}: the {side} answered our close frame")
         if self.wires[side] in (Wire.OPEN, Wire.CLOSING):
             self.wires[side] = Wire.DONE
         if self.states[side] is State.OPEN:
@@ -412,6 +414,7 @@ class Connection:
         """The close timer of a side ran out (`StartCloseTimer`): its peer never answered our
         close frame. Its TCP connection closes in turn; the peer sees an unclean close."""
         if self.wires[side] is Wire.CLOSING:
+            logger.debug(f"{self.url}: the {side} did not answer our close frame in time")
             self.wires[side] = Wire.DONE
             self._advance()
 

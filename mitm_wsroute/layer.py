@@ -232,7 +232,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         #: The close timers running, by the wake-up each asked for.
         self.close_timers: dict[commands.RequestWakeup, Side] = {}
         if self.socket is not None:  # read once: options are slow to read per message
-            self.close_timeout: float = context.options.wsroute_close_timeout
+            self.close_timeout: float = context.options.wsroute_close_timeout_ms / 1000
             self.max_message_size: int = context.options.wsroute_max_message_size
             self.keep_messages: int = context.options.wsroute_keep_messages
             self.kept_bytes = 0
@@ -271,6 +271,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         elif isinstance(event, events.Wakeup):
             if event.command in self.close_timers:
                 side = self.close_timers.pop(event.command)
+                logger.debug(f"{self.socket.connection.url}: the {side}'s close timer ran out")
                 self.socket.connection.receive_close_timeout(side)
         else:
             assert isinstance(event, wsl.WebSocketMessageInjected)
@@ -450,6 +451,9 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             self.close_timers[wakeup] = command.side
             yield wakeup
         elif isinstance(command, CloseTcp):
+            logger.debug(
+                f"{self.socket.connection.url}: closing the {command.side}'s TCP connection"
+            )
             yield commands.CloseConnection(self.ws[command.side].conn)
         else:
             assert isinstance(command, End)

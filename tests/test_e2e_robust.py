@@ -140,6 +140,22 @@ async def test_bad_frames_close_with_the_right_code(
     await still_serves(proxy)
 
 
+@pytest.mark.parametrize(
+    ("data", "code"), [(frame(0x3, b"?"), 1002), (frame(0x1, b"\xff\xfe"), 1007)]
+)
+async def test_a_client_breaking_the_protocol_is_a_drop_for_the_upstream(
+    proxy: Any, upstream: Any, data: bytes, code: int
+) -> None:
+    up = await upstream()
+    r, w, head = await raw_upgrade(proxy.port, up.url("/through").replace("ws:", "http:"))
+    assert head.startswith(b"HTTP/1.1 101"), head
+    w.write(data)
+    assert await close_code(r) == code  # the client is failed with the codec's code...
+    w.close()
+    await asyncio.wait_for(up.closed.wait(), 10)
+    assert up.closes == [(1006, "")]  # ...and the upstream sees what it would see: a drop
+
+
 async def test_fragmented_message_under_the_limit_is_reassembled(proxy: Any) -> None:
     r, w = await raw_socket(proxy)
     w.write(frame(0x1, b"hel", fin=False) + frame(0x9, b"ping") + frame(0x0, b"lo"))

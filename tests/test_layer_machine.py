@@ -34,7 +34,7 @@ class LayerMachine(RuleBasedStateMachine):
             wsroute_max_message_size=MAX,
             wsroute_keep_messages=keep,
             wsroute_message_hooks=True,
-            wsroute_close_timeout=5.0,
+            wsroute_close_timeout_ms=5000,
         )
         self.keep = keep
         self.flow = tflow.twebsocketflow(messages=False)
