@@ -16,7 +16,7 @@ from mitmproxy.test import taddons, tflow
 
 from mitm_wsroute import layer
 from mitm_wsroute.addon import WsRoute, accept, requested_protocols
-from mitm_wsroute.connection import PAGE, SERVER, CloseSide, Send, State
+from mitm_wsroute.connection import PAGE, SERVER, CloseSide, Send, StartCloseTimer, State
 
 ROUTES = """
 from mitm_wsroute import route_web_socket
@@ -136,10 +136,12 @@ async def test_handler_exception_accepts_and_closes_1011(
     assert "Sec-WebSocket-Protocol" not in f.response.headers
     socket = layer.routed_socket(f)
     assert socket is not None
-    [close] = socket.connection.commands_to_execute()
+    [close, timer] = socket.connection.commands_to_execute()
     assert isinstance(close, CloseSide) and close.close.code == 1011
+    assert timer == StartCloseTimer(PAGE)
     assert "KeyError: 'nope'" in caplog.text
-    assert 'routes.py", line 15, in broken' in caplog.text  # the user's frame...
+    line = ROUTES.splitlines().index('    raise KeyError("nope")') + 1
+    assert f'routes.py", line {line}, in broken' in caplog.text  # the user's frame...
     assert 'addon.py", line' not in caplog.text  # ...and none of ours
 
 
