@@ -228,12 +228,13 @@ async def memory(confdir: str, cases: list[Case], n: int) -> list[str]:
     return lines
 
 
-async def many_sockets(routed: Proxy, upstream: str) -> list[str]:
+async def many_sockets(routed: Proxy, upstream: str, how: str = "") -> list[str]:
     lines = []
     for label, url, sockets in (("mocked", "ws://bench.invalid/mock", 1000),
                                 ("intercepted", f"{upstream}/intercept", 200)):  # fmt: skip
+        assert routed.url is not None
         r = await concurrent(url, routed.url, sockets, 10)
-        what = f"{sockets} concurrent {label} sockets x 10 echoes"
+        what = f"{sockets} concurrent {label} sockets x 10 echoes{how}"
         lines += [row(f"{what}: errors", r["errors"], ""),
                   row(f"{what}: echo p50", r["p50"], "µs"),
                   row(f"{what}: echo p99", r["p99"], "µs"),
@@ -294,6 +295,7 @@ async def main() -> None:
                 out(await big_messages(confdir, cases, (16 if q else 64) << 20, with_plain=not q))
                 out(await memory(confdir, cases, 10_000 if q else 100_000))
                 out(await many_sockets(cases[1][1], up))
+                out(await many_sockets(cases[4][1], up, ", wsroute_message_hooks=false"))
                 out(await facade.main(q))
         finally:
             for _, p, _ in cases:
