@@ -85,7 +85,8 @@ class WsRoute:
             """
             Largest message a routed socket accepts from either side, in bytes (characters for
             text); a larger one closes that side with 1009 (message too big), checked while
-            the message arrives. 0 for no limit.
+            the message arrives. Each frame of a fragmented message but its last counts 2 bytes
+            more, so that floods of empty frames are bounded too. 0 for no limit.
             """,
         )
         loader.add_option(

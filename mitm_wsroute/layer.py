@@ -161,45 +161,81 @@ def routed_socket(flow: http.HTTPFlow, socket: RoutedSocket | None = None) -> Ro
     return _routed.get(flow)
 
 
+#: Each frame of a fragmented message but its last counts this much against
+#: ``wsroute_max_message_size`` besides its payload (the smallest frame header, RFC 6455 §5.2),
+#: so that a message of many tiny or empty frames is bounded too.
+FRAME_COST = 2
+#: A message's original framing is kept (and forwarded frame for frame) up to this many frames;
+#: a message in more frames is forwarded as one.
+KEPT_FRAMES = 1024
+#: The pieces of a message are joined in groups of this many as they arrive, so that a message of
+#: many small pieces takes memory for its bytes, not for its pieces.
+JOINED_PIECES = 1024
+
+
+def _join(chunks: list[str | bytes]) -> str | bytes:
+    if isinstance(chunks[0], str):
+        return "".join(cast(list[str], chunks))
+    return b"".join(cast(list[bytes], chunks))
+
+
 @dataclass(slots=True)
 class _Reassembly:
     """A message being received, kept as chunks so that joining it is linear (mitmproxy's
     ``bytes +=`` is quadratic: 26 s for 64 MiB), and its size checked as it grows."""
 
     chunks: list[str | bytes] = field(default_factory=list)
+    #: The sizes of the frames of the last message, when it came in several (and not too many).
     frame_sizes: list[int] = field(default_factory=list)
     frame: int = 0
+    #: Payload so far, and `FRAME_COST` per frame.
     size: int = 0
+    pieces: int = 0
+    #: `chunks[:joined]` are groups of pieces joined already.
+    joined: int = 0
+    framing_kept: bool = True
 
     def add(self, event: wse.Message[Any], limit: int) -> str | bytes | None:
         """Add a piece; the whole message once it is complete. `OverflowError` past `limit`
-        bytes (characters for text), which forgets the message: its rest is never stored."""
+        bytes (characters for text; each frame of a fragmented message but the last counts
+        `FRAME_COST` more), which forgets the message: its rest is never stored."""
         data: str | bytes = event.data
-        if not self.chunks and event.message_finished:  # one piece: most messages
+        if not self.pieces and event.message_finished:  # one piece: most messages
             if limit and len(data) > limit:
                 raise OverflowError(f"message larger than {limit} bytes")
             return data
+        self.pieces += 1
         self.size += len(data)
-        if limit and self.size > limit:
-            self.chunks.clear()
-            self.frame_sizes.clear()
-            self.frame = self.size = 0
-            raise OverflowError(f"message larger than {limit} bytes")
-        self.chunks.append(data)
         self.frame += len(data)
         if event.frame_finished:
-            self.frame_sizes.append(self.frame)
+            if not event.message_finished:
+                self.size += FRAME_COST
+            if self.framing_kept and len(self.frame_sizes) < KEPT_FRAMES:
+                self.frame_sizes.append(self.frame)
+            else:  # too many frames to keep their sizes: forwarded as one
+                self.framing_kept = False
+                self.frame_sizes.clear()
             self.frame = 0
+        if limit and self.size > limit:
+            self._forget()
+            self.frame_sizes.clear()
+            raise OverflowError(f"message larger than {limit} bytes")
+        chunks = self.chunks
+        if data:
+            chunks.append(data)
+            if len(chunks) - self.joined >= JOINED_PIECES:
+                chunks[self.joined :] = [_join(chunks[self.joined :])]
+                self.joined += 1
         if not event.message_finished:
             return None
-        message: str | bytes
-        if isinstance(data, str):
-            message = "".join(cast(list[str], self.chunks))
-        else:
-            message = b"".join(cast(list[bytes], self.chunks))
-        self.chunks.clear()
-        self.size = 0
+        message = _join(chunks) if chunks else data
+        self._forget()
         return message
+
+    def _forget(self) -> None:
+        self.chunks.clear()
+        self.frame = self.size = self.pieces = self.joined = 0
+        self.framing_kept = True
 
 
 def _frame(data: str | bytes, message_finished: bool = True) -> wse.Message[Any]:

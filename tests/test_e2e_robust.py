@@ -156,6 +156,17 @@ async def test_a_client_breaking_the_protocol_is_a_drop_for_the_upstream(
     assert up.closes == [(1006, "")]  # ...and the upstream sees what it would see: a drop
 
 
+async def test_many_empty_frames_are_too_big_too(mitmdump: Any) -> None:
+    # Each frame of a message but the last counts 2 bytes (its smallest header) against the
+    # limit: a flood of empty continuation frames cannot slip past it, nor grow memory.
+    p = mitmdump(ROUTES, "--set", "wsroute_max_message_size=1000")
+    r, w = await raw_socket(p)
+    w.write(frame(0x2, b"", fin=False) + frame(0x0, b"", fin=False) * 2000)
+    assert await close_code(r) == 1009
+    w.close()
+    await still_serves(p)
+
+
 async def test_fragmented_message_under_the_limit_is_reassembled(proxy: Any) -> None:
     r, w = await raw_socket(proxy)
     w.write(frame(0x1, b"hel", fin=False) + frame(0x9, b"ping") + frame(0x0, b"lo"))

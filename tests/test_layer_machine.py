@@ -114,11 +114,13 @@ class LayerMachine(RuleBasedStateMachine):
         )
         chunk = max(1, len(wire) // reads)
         conn = self.layer.context.client if side is PAGE else self.layer.context.server
-        if len(data) <= MAX:
+        # what counts against the limit: the payload, and each frame's header but the last's
+        too_big = len(data) + layer.FRAME_COST * (len(pieces) - 1) > MAX
+        if not too_big:
             self.expected[side.other].append(data)
         for i in range(0, len(wire), chunk):
             self.feed(events.DataReceived(conn, wire[i : i + chunk]))
-        if len(data) > MAX:  # RFC 6455 §7.4.1: 1009 to the sender, mirrored to the other side
+        if too_big:  # RFC 6455 §7.4.1: 1009 to the sender, mirrored to the other side
             assert self.closes[side] == [1009]
             assert self.closes[side.other] == [1009]
         else:
