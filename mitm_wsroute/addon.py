@@ -188,7 +188,12 @@ class WsRoute:
             result = route.handler(WebSocketRoute(connection))
             if inspect.isawaitable(result):
                 await result
-        except Exception as e:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # SystemExit too: user code never stops the proxy
+            if isinstance(e, asyncio.CancelledError) and _cancelling():
+                raise  # the proxy itself is stopping
+            # a handler that raised or was cancelled: the client is closed with 1011
             logger.error(f"{url}: route handler failed:\n{user_traceback(e, 'request')}")
             self._handler_failed(e)
             connection.receive_handler_error(e)
@@ -221,26 +226,37 @@ class WsRoute:
     def _inject(self, event: events.MessageInjected[Any]) -> None:
         ctx.master.addons.get("proxyserver").inject_event(event)
 
-    def _call_user(self, handler: Callable[..., Any], args: tuple[Any, ...], url: str) -> None:
+    def _call_user(
+        self, handler: Callable[..., Any], args: tuple[Any, ...], url: str
+    ) -> asyncio.Task[None] | None:
+        """Run a handler; what it raises (`SystemExit` too, not `KeyboardInterrupt`) is logged
+        and contained. An awaitable result runs in a task, which is returned."""
         try:
             result = handler(*args)
-        except Exception as e:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:
             logger.error(
                 f"{url}: handler {_name(handler)} failed:\n{user_traceback(e, '_call_user')}"
             )
             self._handler_failed(e)
-            return
+            return None
         if result is not None and inspect.isawaitable(result):  # per message: None is common
-            asyncio_utils.create_task(
+            return asyncio_utils.create_task(
                 self._await_user(result, handler, url), name=f"wsroute {url}", keep_ref=True
             )
+        return None
 
     async def _await_user(
         self, result: Awaitable[Any], handler: Callable[..., Any], url: str
     ) -> None:
         try:
             await result
-        except Exception as e:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:
+            if isinstance(e, asyncio.CancelledError) and _cancelling():
+                raise  # its socket ended (or the proxy stops): the task ends quietly
             logger.error(
                 f"{url}: handler {_name(handler)} failed:\n{user_traceback(e, '_await_user')}"
             )
@@ -249,6 +265,13 @@ class WsRoute:
     def _handler_failed(self, error: BaseException) -> None:
         if self.on_handler_error is not None:
             self.on_handler_error(error)
+
+
+def _cancelling() -> bool:
+    """Whether the running task is being cancelled (rather than user code raising
+    `CancelledError` of its own)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _name(handler: Callable[..., Any]) -> str:

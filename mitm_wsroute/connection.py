@@ -270,6 +270,7 @@ class Connection:
     #: other threads are handed to it (see `route.py`); nothing else touches the state there.
     owner: Owner | None = None
     _commands: list[Command] = field(default_factory=list)
+    _warned: set[Side] = field(default_factory=set)
 
     # --- what user code asks for (through route.py) -----------------------------------------------
 
@@ -291,8 +292,12 @@ class Connection:
             self._record(Send(to, message))
         else:
             # proxy: Playwright drops these silently; users asked for feedback (#34280, #36304).
+            # Once per side at warning level: a push loop that outlives its socket must not
+            # flood the log.
             what = "never connected" if state is State.NONE else "closed"
-            logger.warning(f"{self.url}: send() to the {to} ignored, that side is {what}")
+            level = logging.DEBUG if to in self._warned else logging.WARNING
+            self._warned.add(to)
+            logger.log(level, f"{self.url}: send() to the {to} ignored, that side is {what}")
 
     def close(self, side: Side, code: int | None = None, reason: str | None = None) -> None:
         """Close one side, then act as if that side had closed (its `on_close`, or the mirror)."""

@@ -86,7 +86,9 @@ class RouteWakeup(wsl.WebSocketMessageInjected):
     """
 
 
-CallUser = Callable[[Callable[..., object], tuple[object, ...], str], None]
+#: Runs a user handler with its arguments (and the socket's URL, for the log); returns the task
+#: that runs what an async handler returned, if any.
+CallUser = Callable[[Callable[..., object], tuple[object, ...], str], "asyncio.Task[None] | None"]
 
 
 class Observer(Protocol):
@@ -116,6 +118,8 @@ class RoutedSocket:
     wakeup_pending: bool = False
     layer_started: bool = field(default=False)
     observer: Observer | None = None
+    #: Tasks of async handlers still running; cancelled when the socket ends.
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
     #: Runs a callable after the current one, on the proxy's loop (``loop.call_soon``); set by
     #: `routed_socket` (at once when there is no running loop, as in layer tests).
     schedule: Callable[[Callable[[], None]], object] = lambda fn: fn()
@@ -459,7 +463,10 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
     def _execute(self, command: Command) -> layer.CommandGenerator[None]:
         assert self.socket is not None and self.flow.websocket is not None
         if isinstance(command, CallHandler):
-            self.socket.call_user(command.handler, command.args, self.socket.connection.url)
+            task = self.socket.call_user(command.handler, command.args, self.socket.connection.url)
+            if isinstance(task, asyncio.Task) and not task.done():
+                self.socket.tasks.add(task)
+                task.add_done_callback(self.socket.tasks.discard)
         elif isinstance(command, Send):
             data = command.message
             self._record(
@@ -509,6 +516,9 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         self.flow.websocket.timestamp_end = time.time()
         self._handle_event = self._finished
         self.socket.busy = False
+        # Async handlers still running (a push loop, say) end with their socket.
+        for task in list(self.socket.tasks):
+            task.cancel()
         yield wsl.WebsocketEndHook(self.flow)
         self.flow.live = False
 

@@ -34,6 +34,8 @@ MOCK = """
                 return close_later()
             elif m == "raise":
                 raise ValueError("boom in on_message")
+            elif m == "exit":
+                raise SystemExit(3)
             else:
                 ws.send(m)  # echo, keeping text and binary
         ws.on_message(on_message)
@@ -53,6 +55,28 @@ MOCK = """
     def broken(ws):
         ws.send("never seen?")
         1 / 0
+
+    @route_web_socket("**/exits")
+    def exits(ws):
+        raise SystemExit(3)
+
+    @route_web_socket("**/cancelled")
+    async def cancelled(ws):
+        sleeper = asyncio.ensure_future(asyncio.sleep(10))
+        sleeper.cancel()
+        await sleeper
+
+    @route_web_socket("**/pushloop")
+    def pushloop(ws):
+        async def push(m):
+            try:
+                while True:
+                    ws.send("tick")
+                    await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                log.warning("push loop cancelled")
+                raise
+        ws.on_message(push)
 
     @route_web_socket("**/silent")
     def silent(ws):
@@ -170,6 +194,27 @@ async def test_client_close_reaches_on_close(
     await mock_proxy.async_wait_for(f"on_close {seen}")
 
 
+@pytest.mark.parametrize(
+    ("path", "error"), [("exits", "SystemExit"), ("cancelled", "CancelledError")]
+)
+async def test_route_handler_exiting_or_cancelled_closes_1011(
+    mock_proxy: Any, path: str, error: str
+) -> None:
+    async with connect(f"ws://chat.invalid/{path}", proxy=mock_proxy.proxy) as ws:
+        with pytest.raises(ConnectionClosed) as e:
+            await asyncio.wait_for(ws.recv(), 5)
+    assert (e.value.rcvd.code, e.value.rcvd.reason) == (1011, f"route handler raised {error}")
+    await test_on_message_exception_is_logged_and_socket_goes_on(mock_proxy)  # proxy lives
+
+
+async def test_async_handlers_end_with_their_socket(mock_proxy: Any) -> None:
+    async with connect("ws://chat.invalid/pushloop", proxy=mock_proxy.proxy) as ws:
+        await ws.send("go")
+        assert await ws.recv() == "tick"
+    await mock_proxy.async_wait_for("push loop cancelled")
+    assert mock_proxy.output.count("send() to the page ignored") <= 1
+
+
 async def test_handler_exception_closes_1011(mock_proxy: Any) -> None:
     async with connect("ws://chat.invalid/broken", proxy=mock_proxy.proxy) as ws:
         with pytest.raises(ConnectionClosed) as e:
@@ -185,6 +230,7 @@ async def test_on_message_exception_is_logged_and_socket_goes_on(mock_proxy: Any
     async with connect("ws://chat.invalid/mock", proxy=mock_proxy.proxy) as ws:
         await recv_all(ws, 2)
         await ws.send("raise")
+        await ws.send("exit")  # SystemExit is contained like an exception
         await ws.send("still alive")
         assert await ws.recv() == "still alive"
     await mock_proxy.async_wait_for("ValueError: boom in on_message")
