@@ -18,7 +18,6 @@ wake the layer with an injected `RouteWakeup` event, which `HttpLayer` routes by
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import threading
 import time
@@ -581,6 +580,12 @@ def _make_server_connection(self: HttpStream) -> layer.CommandGenerator[bool]:
     return False
 
 
+def _names_used(function: object) -> tuple[str, ...]:
+    """The global and attribute names `function`'s code refers to; none if it has no code."""
+    code = getattr(function, "__code__", None)
+    return tuple(getattr(code, "co_names", ()))
+
+
 def check_internals() -> None:
     """Raise `RuntimeError` unless mitmproxy's internals are the ones this layer was built on."""
     problems = []
@@ -593,9 +598,11 @@ def check_internals() -> None:
         problems += [
             f"{getattr(owner, '__name__', owner)}.{n}" for n in names if not hasattr(owner, n)
         ]
-    if "websocket.WebsocketLayer(" not in inspect.getsource(HttpStream.flow_done):
+    # The names a function's code uses (globals and attributes): read from its code object, so
+    # that the check also works where mitmproxy is installed without its .py files.
+    if "WebsocketLayer" not in _names_used(getattr(HttpStream, "flow_done", None)):
         problems.append("HttpStream.flow_done no longer creates websocket.WebsocketLayer")
-    if "GetHttpConnection(" not in inspect.getsource(_ORIGINAL_MAKE_SERVER_CONNECTION):
+    if "GetHttpConnection" not in _names_used(_ORIGINAL_MAKE_SERVER_CONNECTION):
         problems.append("HttpStream.make_server_connection no longer uses GetHttpConnection")
     if problems:
         raise RuntimeError(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import gc
+import inspect
+import linecache
 import weakref
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import pytest
 from mitmproxy import exceptions, http
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy.layers import websocket as wsl
+from mitmproxy.proxy.layers.http import HttpStream
 from mitmproxy.test import taddons, tflow
 
 from mitm_wsroute import layer
@@ -171,6 +174,21 @@ def test_self_check_refuses_changed_internals(monkeypatch: pytest.MonkeyPatch) -
         RuntimeError, match=r"WebsocketConnection\.send2 missing.*mitmproxy>=12.3,<13"
     ):
         layer.check_internals()
+
+
+def test_self_check_needs_no_source_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    # mitmproxy installed without its .py files (only bytecode): no source to read.
+    def no_source(obj: object) -> str:
+        raise OSError("could not get source code")
+
+    monkeypatch.setattr(inspect, "getsource", no_source)
+    monkeypatch.setattr(linecache, "getlines", lambda *a, **k: [])
+    layer.check_internals()  # passes
+    monkeypatch.setattr(HttpStream, "flow_done", lambda self: None)  # an internal that moved
+    with pytest.raises(RuntimeError) as e:
+        layer.check_internals()
+    assert str(e.value).count("\n") == 0  # one clear line
+    assert "HttpStream.flow_done no longer creates websocket.WebsocketLayer" in str(e.value)
 
 
 async def test_routed_flows_are_freed(addon: Any) -> None:
