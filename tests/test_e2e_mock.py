@@ -236,13 +236,18 @@ async def test_on_message_exception_is_logged_and_socket_goes_on(mock_proxy: Any
     await mock_proxy.async_wait_for("ValueError: boom in on_message")
 
 
-async def test_empty_handler_drops_client_messages(mock_proxy: Any) -> None:
-    async with connect("ws://chat.invalid/silent", proxy=mock_proxy.proxy) as ws:
+async def test_empty_handler_drops_client_messages(mitmdump: Any, tmp_path: Any) -> None:
+    observer = tmp_path / "observer.py"
+    observer.write_text(OBSERVER)
+    p = mitmdump(MOCK, "-s", str(observer))
+    async with connect("ws://chat.invalid/silent", proxy=p.proxy) as ws:
         await ws.send("into the void")
         pong = await ws.ping()
         await asyncio.wait_for(pong, 5)  # the socket is open and served
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(ws.recv(), 0.3)
+    # the proxy dropped it (and sent nothing: the flow holds no message to the client)
+    await p.async_wait_for(r"hook message b'into the void' from_client=True dropped=True")
+    m = await p.async_wait_for(r"hook end code=1000 by_client=True (.*)")
+    assert m.group(1) == repr([(b"into the void", True, True, False)])
 
 
 async def test_unmatched_passes_through(mock_proxy: Any, upstream: Any) -> None:

@@ -266,9 +266,8 @@ async def test_slow_async_handler_stalls_nothing(mitmdump: Any) -> None:
             await slow.send("fast")
             await other.send("other")
             assert await other.recv() == "other"
-            assert await slow.recv() == "fast"  # not held up behind "slow"
-            assert time.monotonic() - started < 0.5
-            assert await slow.recv() == "slow"
+            assert await slow.recv() == "fast"  # not held up behind "slow" (1 s)...
+            assert await slow.recv() == "slow"  # ...which comes after it
             assert time.monotonic() - started >= 1
 
 
