@@ -39,6 +39,8 @@ POLL_INTERVAL = 0.5
 DEFAULT_MAX_MESSAGE_SIZE = 128 * 1024 * 1024
 #: ``wsroute_keep_messages``: enough for mitmweb to show a conversation, ~0.3 MiB of small ones.
 DEFAULT_KEEP_MESSAGES = 1000
+#: ``wsroute_close_timeout_ms``: how long a peer may take to answer our close frame.
+DEFAULT_CLOSE_TIMEOUT_MS = 5000
 #: mitmweb's flow-list markers of routed flows (🎭 for a mock, 🔌 for an intercept).
 MOCK_MARKER = ":performing_arts:"
 INTERCEPT_MARKER = ":electric_plug:"
@@ -83,7 +85,8 @@ class WsRoute:
             """
             Largest message a routed socket accepts from either side, in bytes (characters for
             text); a larger one closes that side with 1009 (message too big), checked while
-            the message arrives. 0 for no limit.
+            the message arrives. Each frame of a fragmented message but its last counts 2 bytes
+            more, so that floods of empty frames are bounded too. 0 for no limit.
             """,
         )
         loader.add_option(
@@ -99,6 +102,17 @@ class WsRoute:
         )
 
         loader.add_option(
+            "wsroute_close_timeout_ms",
+            int,
+            DEFAULT_CLOSE_TIMEOUT_MS,
+            """
+            Milliseconds a side of a routed socket keeps its TCP connection after the proxy sent it
+            a close frame, waiting for the peer's answer (RFC 6455 section 7.1.1: the closing
+            handshake, after which clients report the close as clean). A peer that never
+            answers has its connection closed then.
+            """,
+        )
+        loader.add_option(
             "wsroute_message_hooks",
             bool,
             True,
@@ -111,11 +125,15 @@ class WsRoute:
         )
 
     def configure(self, updated: set[str]) -> None:
-        for name in ("wsroute_max_message_size", "wsroute_keep_messages"):
+        for name, zero in (
+            ("wsroute_max_message_size", " (no limit)"),
+            ("wsroute_keep_messages", " (keep all)"),
+            ("wsroute_close_timeout_ms", ""),
+        ):
             if name in updated and getattr(ctx.options, name) < 0:
                 raise exceptions.OptionsError(
                     f"Cannot parse {name} option {getattr(ctx.options, name)}: "
-                    "must be 0 (no limit) or more"
+                    f"must be 0{zero} or more"
                 )
         if "wsroute_scripts" in updated or "wsroute_base_url" in updated:
             base_url = ctx.options.wsroute_base_url
@@ -170,7 +188,12 @@ class WsRoute:
             result = route.handler(WebSocketRoute(connection))
             if inspect.isawaitable(result):
                 await result
-        except Exception as e:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # SystemExit too: user code never stops the proxy
+            if isinstance(e, asyncio.CancelledError) and _cancelling():
+                raise  # the proxy itself is stopping
+            # a handler that raised or was cancelled: the client is closed with 1011
             logger.error(f"{url}: route handler failed:\n{user_traceback(e, 'request')}")
             self._handler_failed(e)
             connection.receive_handler_error(e)
@@ -203,26 +226,37 @@ class WsRoute:
     def _inject(self, event: events.MessageInjected[Any]) -> None:
         ctx.master.addons.get("proxyserver").inject_event(event)
 
-    def _call_user(self, handler: Callable[..., Any], args: tuple[Any, ...], url: str) -> None:
+    def _call_user(
+        self, handler: Callable[..., Any], args: tuple[Any, ...], url: str
+    ) -> asyncio.Task[None] | None:
+        """Run a handler; what it raises (`SystemExit` too, not `KeyboardInterrupt`) is logged
+        and contained. An awaitable result runs in a task, which is returned."""
         try:
             result = handler(*args)
-        except Exception as e:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:
             logger.error(
                 f"{url}: handler {_name(handler)} failed:\n{user_traceback(e, '_call_user')}"
             )
             self._handler_failed(e)
-            return
+            return None
         if result is not None and inspect.isawaitable(result):  # per message: None is common
-            asyncio_utils.create_task(
+            return asyncio_utils.create_task(
                 self._await_user(result, handler, url), name=f"wsroute {url}", keep_ref=True
             )
+        return None
 
     async def _await_user(
         self, result: Awaitable[Any], handler: Callable[..., Any], url: str
     ) -> None:
         try:
             await result
-        except Exception as e:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:
+            if isinstance(e, asyncio.CancelledError) and _cancelling():
+                raise  # its socket ended (or the proxy stops): the task ends quietly
             logger.error(
                 f"{url}: handler {_name(handler)} failed:\n{user_traceback(e, '_await_user')}"
             )
@@ -231,6 +265,13 @@ class WsRoute:
     def _handler_failed(self, error: BaseException) -> None:
         if self.on_handler_error is not None:
             self.on_handler_error(error)
+
+
+def _cancelling() -> bool:
+    """Whether the running task is being cancelled (rather than user code raising
+    `CancelledError` of its own)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _name(handler: Callable[..., Any]) -> str:

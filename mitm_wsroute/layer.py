@@ -18,7 +18,6 @@ wake the layer with an injected `RouteWakeup` event, which `HttpLayer` routes by
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import threading
 import time
@@ -45,11 +44,14 @@ from .connection import (
     SERVER,
     CallHandler,
     CloseSide,
+    CloseTcp,
     Command,
     Connection,
+    End,
     Owner,
     Send,
     Side,
+    StartCloseTimer,
     State,
 )
 from .handshake import accept
@@ -73,9 +75,6 @@ _NO_MESSAGE = websocket.WebSocketMessage(Opcode.TEXT, True, b"")
 
 #: With ``wsroute_keep_messages``, the content a flow keeps at most (big messages count more).
 KEEP_BYTES = 16 * 1024 * 1024
-#: How long a side's TCP connection stays open after our close frame, waiting for the peer's
-#: (RFC 6455 §7.1.1: close TCP once the closing handshake is done, so that it counts as clean).
-CLOSE_TIMEOUT = 5.0
 
 
 class RouteWakeup(wsl.WebSocketMessageInjected):
@@ -86,7 +85,9 @@ class RouteWakeup(wsl.WebSocketMessageInjected):
     """
 
 
-CallUser = Callable[[Callable[..., object], tuple[object, ...], str], None]
+#: Runs a user handler with its arguments (and the socket's URL, for the log); returns the task
+#: that runs what an async handler returned, if any.
+CallUser = Callable[[Callable[..., object], tuple[object, ...], str], "asyncio.Task[None] | None"]
 
 
 class Observer(Protocol):
@@ -116,6 +117,8 @@ class RoutedSocket:
     wakeup_pending: bool = False
     layer_started: bool = field(default=False)
     observer: Observer | None = None
+    #: Tasks of async handlers still running; cancelled when the socket ends.
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
     #: Runs a callable after the current one, on the proxy's loop (``loop.call_soon``); set by
     #: `routed_socket` (at once when there is no running loop, as in layer tests).
     schedule: Callable[[Callable[[], None]], object] = lambda fn: fn()
@@ -161,45 +164,81 @@ def routed_socket(flow: http.HTTPFlow, socket: RoutedSocket | None = None) -> Ro
     return _routed.get(flow)
 
 
+#: Each frame of a fragmented message but its last counts this much against
+#: ``wsroute_max_message_size`` besides its payload (the smallest frame header, RFC 6455 §5.2),
+#: so that a message of many tiny or empty frames is bounded too.
+FRAME_COST = 2
+#: A message's original framing is kept (and forwarded frame for frame) up to this many frames;
+#: a message in more frames is forwarded as one.
+KEPT_FRAMES = 1024
+#: The pieces of a message are joined in groups of this many as they arrive, so that a message of
+#: many small pieces takes memory for its bytes, not for its pieces.
+JOINED_PIECES = 1024
+
+
+def _join(chunks: list[str | bytes]) -> str | bytes:
+    if isinstance(chunks[0], str):
+        return "".join(cast(list[str], chunks))
+    return b"".join(cast(list[bytes], chunks))
+
+
 @dataclass(slots=True)
 class _Reassembly:
     """A message being received, kept as chunks so that joining it is linear (mitmproxy's
     ``bytes +=`` is quadratic: 26 s for 64 MiB), and its size checked as it grows."""
 
     chunks: list[str | bytes] = field(default_factory=list)
+    #: The sizes of the frames of the last message, when it came in several (and not too many).
     frame_sizes: list[int] = field(default_factory=list)
     frame: int = 0
+    #: Payload so far, and `FRAME_COST` per frame.
     size: int = 0
+    pieces: int = 0
+    #: `chunks[:joined]` are groups of pieces joined already.
+    joined: int = 0
+    framing_kept: bool = True
 
     def add(self, event: wse.Message[Any], limit: int) -> str | bytes | None:
         """Add a piece; the whole message once it is complete. `OverflowError` past `limit`
-        bytes (characters for text), which forgets the message: its rest is never stored."""
+        bytes (characters for text; each frame of a fragmented message but the last counts
+        `FRAME_COST` more), which forgets the message: its rest is never stored."""
         data: str | bytes = event.data
-        if not self.chunks and event.message_finished:  # one piece: most messages
+        if not self.pieces and event.message_finished:  # one piece: most messages
             if limit and len(data) > limit:
                 raise OverflowError(f"message larger than {limit} bytes")
             return data
+        self.pieces += 1
         self.size += len(data)
-        if limit and self.size > limit:
-            self.chunks.clear()
-            self.frame_sizes.clear()
-            self.frame = self.size = 0
-            raise OverflowError(f"message larger than {limit} bytes")
-        self.chunks.append(data)
         self.frame += len(data)
         if event.frame_finished:
-            self.frame_sizes.append(self.frame)
+            if not event.message_finished:
+                self.size += FRAME_COST
+            if self.framing_kept and len(self.frame_sizes) < KEPT_FRAMES:
+                self.frame_sizes.append(self.frame)
+            else:  # too many frames to keep their sizes: forwarded as one
+                self.framing_kept = False
+                self.frame_sizes.clear()
             self.frame = 0
+        if limit and self.size > limit:
+            self._forget()
+            self.frame_sizes.clear()
+            raise OverflowError(f"message larger than {limit} bytes")
+        chunks = self.chunks
+        if data:
+            chunks.append(data)
+            if len(chunks) - self.joined >= JOINED_PIECES:
+                chunks[self.joined :] = [_join(chunks[self.joined :])]
+                self.joined += 1
         if not event.message_finished:
             return None
-        message: str | bytes
-        if isinstance(data, str):
-            message = "".join(cast(list[str], self.chunks))
-        else:
-            message = b"".join(cast(list[bytes], self.chunks))
-        self.chunks.clear()
-        self.size = 0
+        message = _join(chunks) if chunks else data
+        self._forget()
         return message
+
+    def _forget(self) -> None:
+        self.chunks.clear()
+        self.frame = self.size = self.pieces = self.joined = 0
+        self.framing_kept = True
 
 
 def _frame(data: str | bytes, message_finished: bool = True) -> wse.Message[Any]:
@@ -228,13 +267,11 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
     def __init__(self, context: Context, flow: http.HTTPFlow) -> None:
         super().__init__(context, flow)
         self.socket = _routed.get(flow)
-        self.tcp_open = {PAGE: True, SERVER: False}
         self.reassembly = {PAGE: _Reassembly(), SERVER: _Reassembly()}
-        self.ended = False
-        self.close_timer = False  # requested a wake-up for CLOSE_TIMEOUT
-        self.close_timed_out = False
-        self.failed = {PAGE: False, SERVER: False}  # failed sides get no closing handshake
+        #: The close timers running, by the wake-up each asked for.
+        self.close_timers: dict[commands.RequestWakeup, Side] = {}
         if self.socket is not None:  # read once: options are slow to read per message
+            self.close_timeout: float = context.options.wsroute_close_timeout_ms / 1000
             self.max_message_size: int = context.options.wsroute_max_message_size
             self.keep_messages: int = context.options.wsroute_keep_messages
             self.kept_bytes = 0
@@ -248,7 +285,6 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             return
         connection = self.socket.connection
         self.ws = (self.client_ws, self.server_ws)
-        self.tcp_open[SERVER] = connection.states[SERVER] is State.CONNECTING
         self.socket.layer_started = True
         connection.receive_open()
         self.socket.busy = True
@@ -272,11 +308,14 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         elif isinstance(event, RouteWakeup):
             pass  # drained below
         elif isinstance(event, events.Wakeup):
-            self.close_timed_out = True
+            if event.command in self.close_timers:
+                side = self.close_timers.pop(event.command)
+                logger.debug(f"{self.socket.connection.url}: the {side}'s close timer ran out")
+                self.socket.connection.receive_close_timeout(side)
         else:
             assert isinstance(event, wsl.WebSocketMessageInjected)
             yield from self._injected(event.message)
-        if self.socket.connection.has_commands or self._tcp_to_close():
+        if self.socket.connection.has_commands:
             yield from self._drain()
         self.socket.busy = False
 
@@ -289,7 +328,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 return  # after the close handshake; nothing more to read
             ws.receive_data(event.data)
         else:
-            ws.receive_data(None)  # we still close our end, in _close_connections
+            ws.receive_data(None)  # our end closes when the connection says (CloseTcp)
         reassembly = self.reassembly[side]
         for ev in ws.events():
             if isinstance(ev, wse.Message):
@@ -298,19 +337,21 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 try:
                     message = reassembly.add(ev, self.max_message_size)
                 except OverflowError as e:
-                    yield from self._fail(side, 1009, str(e))  # RFC 6455 §7.4.1: too big
+                    logger.info(f"{connection.url}: failing the {side}: 1009 {e}")
+                    connection.receive_failure(side, 1009, str(e))  # RFC 6455 §7.4.1: too big
                     continue
                 if message is not None:
                     yield from self._message(side, message)
             elif isinstance(ev, wse.Ping):
-                # RFC 6455 §5.5.2: answered by the other side when there is one, else by us.
-                if connection.states[side.other] is State.OPEN:
-                    yield self.ws[side.other].send2(ev)
+                to = connection.receive_ping(side)
+                if to is not None:
+                    yield self.ws[to].send2(ev)
                 elif ws.state is ConnectionState.OPEN:
                     yield ws.send2(ev.response())
             elif isinstance(ev, wse.Pong):
-                if connection.states[side.other] is State.OPEN:
-                    yield self.ws[side.other].send2(ev)
+                to = connection.receive_ping(side)
+                if to is not None:
+                    yield self.ws[to].send2(ev)
             elif isinstance(ev, wse.CloseConnection):
                 yield from self._close_received(side, ev)
         if isinstance(event, events.ConnectionClosed):
@@ -321,10 +362,12 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
     def _close_received(self, side: Side, ev: wse.CloseConnection) -> layer.CommandGenerator[None]:
         assert self.socket is not None
         ws = self.ws[side]
+        connection = self.socket.connection
         if ws.state is ConnectionState.OPEN:
             # wsproto reports a protocol violation (1002, 1007) as a close event without
-            # sending anything.
-            yield from self._fail(side, int(ev.code), ev.reason or "")
+            # sending anything: the connection fails that side.
+            logger.info(f"{connection.url}: failing the {side}: {int(ev.code)} {ev.reason}")
+            connection.receive_failure(side, int(ev.code), ev.reason or "")
             return
         if ws.state is ConnectionState.REMOTE_CLOSING:
             yield ws.send2(ev.response())  # RFC 6455 §5.5.1: echo the close, handshake done
@@ -334,20 +377,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             self._observe((int(ev.code), reason or ""))
         if code == CloseReason.NO_STATUS_RCVD:
             code = None
-        self.socket.connection.receive_close(side, code, reason)
-
-    def _fail(self, side: Side, code: int, reason: str) -> layer.CommandGenerator[None]:
-        """_Fail the WebSocket Connection_ of one side (RFC 6455 §7.1.7) with `code`; for the
-        route it is that side's close, with the usual rules."""
-        assert self.socket is not None
-        logger.info(f"{self.socket.connection.url}: closing the {side}: {code} {reason}")
-        ws = self.ws[side]
-        if ws.state is ConnectionState.OPEN:
-            yield ws.send2(wse.CloseConnection(code, reason))
-        if side is PAGE:
-            self._observe((code, reason))
-        self.failed[side] = True  # §7.1.7: then close TCP at once, no data is processed any more
-        self.socket.connection.receive_close(side, code, reason)
+        connection.receive_close(side, code, reason)
 
     def _record(self, message: websocket.WebSocketMessage) -> None:
         """Keep the message in the flow, and of them at most the newest ``wsroute_keep_messages``
@@ -428,12 +458,14 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         while connection.has_commands:
             for command in connection.commands_to_execute():
                 yield from self._execute(command)
-        yield from self._close_connections()
 
     def _execute(self, command: Command) -> layer.CommandGenerator[None]:
         assert self.socket is not None and self.flow.websocket is not None
         if isinstance(command, CallHandler):
-            self.socket.call_user(command.handler, command.args, self.socket.connection.url)
+            task = self.socket.call_user(command.handler, command.args, self.socket.connection.url)
+            if isinstance(task, asyncio.Task) and not task.done():
+                self.socket.tasks.add(task)
+                task.add_done_callback(self.socket.tasks.discard)
         elif isinstance(command, Send):
             data = command.message
             self._record(
@@ -448,26 +480,46 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         elif isinstance(command, CloseSide):
             ws = self.ws[command.side]
             code = command.close.code
-            if code == ABNORMAL_CLOSURE:
-                if self.tcp_open[command.side]:  # mirror an abnormal end as one: no close frame
-                    self.tcp_open[command.side] = False
-                    yield commands.CloseConnection(ws.conn)
-                    if command.side is PAGE:
-                        self._observe((ABNORMAL_CLOSURE, ""))
-            elif ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            if code == ABNORMAL_CLOSURE:  # a dropped connection: no close frame (CloseTcp)
                 if command.side is PAGE:
-                    self._observe(
-                        (
-                            CloseReason.NO_STATUS_RCVD if code is None else code,
-                            command.close.reason or "",
-                        )
-                    )
-                yield ws.send2(
-                    wse.CloseConnection(
-                        CloseReason.NO_STATUS_RCVD if code is None else code,
-                        command.close.reason or "",
-                    )
-                )
+                    self._observe((ABNORMAL_CLOSURE, ""))
+            elif ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+                wire_code = CloseReason.NO_STATUS_RCVD if code is None else code
+                if command.side is PAGE:
+                    self._observe((wire_code, command.close.reason or ""))
+                yield ws.send2(wse.CloseConnection(wire_code, command.close.reason or ""))
+        elif isinstance(command, StartCloseTimer):
+            wakeup = commands.RequestWakeup(self.close_timeout)
+            self.close_timers[wakeup] = command.side
+            yield wakeup
+        elif isinstance(command, CloseTcp):
+            logger.debug(
+                f"{self.socket.connection.url}: closing the {command.side}'s TCP connection"
+            )
+            yield commands.CloseConnection(self.ws[command.side].conn)
+        else:
+            assert isinstance(command, End)
+            yield from self._end()
+
+    def _end(self) -> layer.CommandGenerator[None]:
+        """Both TCP connections are closed: tell mitmproxy and other addons how it ended."""
+        assert self.socket is not None and self.flow.websocket is not None
+        connection = self.socket.connection
+        if connection.first_close is not None:
+            by_client, close = connection.first_close
+            self.flow.websocket.closed_by_client = by_client
+            self.flow.websocket.close_code = (
+                CloseReason.NO_STATUS_RCVD if close.code is None else close.code
+            )
+            self.flow.websocket.close_reason = close.reason or ""
+        self.flow.websocket.timestamp_end = time.time()
+        self._handle_event = self._finished
+        self.socket.busy = False
+        # Async handlers still running (a push loop, say) end with their socket.
+        for task in list(self.socket.tasks):
+            task.cancel()
+        yield wsl.WebsocketEndHook(self.flow)
+        self.flow.live = False
 
     def _send(self, to: Side, data: str | bytes) -> layer.CommandGenerator[None]:
         ws = self.ws[to]
@@ -486,63 +538,6 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             observer.message(False, data)
         else:
             observer.closed(*close)
-
-    def _tcp_to_close(self) -> bool:
-        """Whether `_close_connections` has anything to do (checked per event, cheaply)."""
-        assert self.socket is not None
-        states = self.socket.connection.states
-        return not self.ended and (
-            states[PAGE] is State.CLOSED
-            or (self.tcp_open[SERVER] and states[SERVER] is not State.OPEN)
-        )
-
-    def _close_connections(self) -> layer.CommandGenerator[None]:
-        """Close TCP of the sides the route is done with, once their closing handshake is done
-        (or `CLOSE_TIMEOUT` passed): the server first, the client last.
-
-        mitmproxy tears down every server connection with its client connection, and closing
-        the client first leaves the server socket in CLOSE-WAIT (a leak).
-        """
-        assert self.socket is not None and self.flow.websocket is not None
-        if self.ended:
-            return
-        connection = self.socket.connection
-        if self.tcp_open[SERVER] and connection.states[SERVER] is not State.OPEN:
-            if not self._handshake_done(SERVER):
-                yield from self._start_close_timer()
-                return
-            self.tcp_open[SERVER] = False
-            yield commands.CloseConnection(self.server_ws.conn)
-        if not connection.finished:
-            return
-        if self.tcp_open[PAGE]:
-            if not self._handshake_done(PAGE):
-                yield from self._start_close_timer()
-                return
-            self.tcp_open[PAGE] = False
-            yield commands.CloseConnection(self.client_ws.conn)
-        if connection.first_close is not None:
-            by_client, close = connection.first_close
-            self.flow.websocket.closed_by_client = by_client
-            self.flow.websocket.close_code = (
-                CloseReason.NO_STATUS_RCVD if close.code is None else close.code
-            )
-            self.flow.websocket.close_reason = close.reason or ""
-        self.flow.websocket.timestamp_end = time.time()
-        self.ended = True
-        self._handle_event = self._finished
-        self.socket.busy = False
-        yield wsl.WebsocketEndHook(self.flow)
-        self.flow.live = False
-
-    def _handshake_done(self, side: Side) -> bool:
-        ws = self.ws[side]
-        return ws.state is ConnectionState.CLOSED or self.failed[side] or self.close_timed_out
-
-    def _start_close_timer(self) -> layer.CommandGenerator[None]:
-        if not self.close_timer:
-            self.close_timer = True
-            yield commands.RequestWakeup(CLOSE_TIMEOUT)
 
     def _finished(self, event: events.Event) -> layer.CommandGenerator[None]:
         yield from ()  # late events (a close timer, data after the end) change nothing
@@ -585,6 +580,12 @@ def _make_server_connection(self: HttpStream) -> layer.CommandGenerator[bool]:
     return False
 
 
+def _names_used(function: object) -> tuple[str, ...]:
+    """The global and attribute names `function`'s code refers to; none if it has no code."""
+    code = getattr(function, "__code__", None)
+    return tuple(getattr(code, "co_names", ()))
+
+
 def check_internals() -> None:
     """Raise `RuntimeError` unless mitmproxy's internals are the ones this layer was built on."""
     problems = []
@@ -597,9 +598,11 @@ def check_internals() -> None:
         problems += [
             f"{getattr(owner, '__name__', owner)}.{n}" for n in names if not hasattr(owner, n)
         ]
-    if "websocket.WebsocketLayer(" not in inspect.getsource(HttpStream.flow_done):
+    # The names a function's code uses (globals and attributes): read from its code object, so
+    # that the check also works where mitmproxy is installed without its .py files.
+    if "WebsocketLayer" not in _names_used(getattr(HttpStream, "flow_done", None)):
         problems.append("HttpStream.flow_done no longer creates websocket.WebsocketLayer")
-    if "GetHttpConnection(" not in inspect.getsource(_ORIGINAL_MAKE_SERVER_CONNECTION):
+    if "GetHttpConnection" not in _names_used(_ORIGINAL_MAKE_SERVER_CONNECTION):
         problems.append("HttpStream.make_server_connection no longer uses GetHttpConnection")
     if problems:
         raise RuntimeError(

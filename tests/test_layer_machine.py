@@ -31,7 +31,10 @@ class LayerMachine(RuleBasedStateMachine):
     @initialize(keep=st.integers(0, 6))
     def start(self, keep: int) -> None:
         options = SimpleNamespace(
-            wsroute_max_message_size=MAX, wsroute_keep_messages=keep, wsroute_message_hooks=True
+            wsroute_max_message_size=MAX,
+            wsroute_keep_messages=keep,
+            wsroute_message_hooks=True,
+            wsroute_close_timeout_ms=5000,
         )
         self.keep = keep
         self.flow = tflow.twebsocketflow(messages=False)
@@ -57,6 +60,10 @@ class LayerMachine(RuleBasedStateMachine):
         self.frames = {PAGE: 0, SERVER: 0}
         self.received_frames: dict[Side, list[int]] = {PAGE: [], SERVER: []}
         self.open = {PAGE: True, SERVER: True}
+        self.timers: list[commands.RequestWakeup] = []
+        self.tcp_closed: list[Side] = []
+        self.answered = {PAGE: False, SERVER: False}  # the peer answered our close frame
+        self.timed_out: set[Side] = set()
         self.feed(events.Start())
 
     def feed(self, event: events.Event) -> None:
@@ -66,6 +73,12 @@ class LayerMachine(RuleBasedStateMachine):
             for command in self.layer.handle_event(pending.pop(0)):
                 if isinstance(command, commands.StartHook):
                     pending.append(events.HookCompleted(command))
+                elif isinstance(command, commands.RequestWakeup):
+                    self.timers.append(command)
+                elif isinstance(command, commands.CloseConnection):
+                    side = PAGE if command.connection == self.layer.context.client else SERVER
+                    assert side not in self.tcp_closed
+                    self.tcp_closed.append(side)
                 elif isinstance(command, commands.SendData):
                     side = PAGE if command.connection == self.layer.context.client else SERVER
                     self.peer[side].receive_data(command.data)
@@ -111,11 +124,13 @@ class LayerMachine(RuleBasedStateMachine):
         )
         chunk = max(1, len(wire) // reads)
         conn = self.layer.context.client if side is PAGE else self.layer.context.server
-        if len(data) <= MAX:
+        # what counts against the limit: the payload, and each frame's header but the last's
+        too_big = len(data) + layer.FRAME_COST * (len(pieces) - 1) > MAX
+        if not too_big:
             self.expected[side.other].append(data)
         for i in range(0, len(wire), chunk):
             self.feed(events.DataReceived(conn, wire[i : i + chunk]))
-        if len(data) > MAX:  # RFC 6455 §7.4.1: 1009 to the sender, mirrored to the other side
+        if too_big:  # RFC 6455 §7.4.1: 1009 to the sender, mirrored to the other side
             assert self.closes[side] == [1009]
             assert self.closes[side.other] == [1009]
         else:
@@ -131,11 +146,47 @@ class LayerMachine(RuleBasedStateMachine):
         if was_open:
             self.expected[side].append(data)
 
+    @precondition(lambda self: self.open[PAGE] and self.open[SERVER])
+    @rule(side=st.sampled_from([PAGE, SERVER]), code=st.sampled_from([1000, 4000]))
+    def route_closes_outside_an_event(self, side: Side, code: int) -> None:
+        # from a task or another thread: the connection records it, a RouteWakeup drains it
+        self.route[side].close(code=code)
+        self.feed(layer.RouteWakeup(self.flow, layer._NO_MESSAGE))
+        assert self.closes == {side: [code], side.other: [code]}  # mirrored
+        assert self.tcp_closed == []  # both wait for their peer's answer
+        assert len(self.timers) == 2  # one close timer per closing handshake
+
+    @precondition(lambda self: any(self.closes.values()))
+    @rule(side=st.sampled_from([PAGE, SERVER]))
+    def peer_answers_our_close(self, side: Side) -> None:
+        if not self.closes[side] or self.answered[side] or side in self.tcp_closed:
+            return
+        self.answered[side] = True
+        wire = self.peer[side].send(wse.CloseConnection(self.closes[side][0]))
+        conn = self.layer.context.client if side is PAGE else self.layer.context.server
+        self.feed(events.DataReceived(conn, wire))
+
+    @precondition(lambda self: bool(self.timers))
+    @rule()
+    def close_timer_runs_out(self) -> None:
+        timer = self.timers.pop(0)
+        self.timed_out.add(self.layer.close_timers[timer])
+        self.feed(events.Wakeup(timer))
+
     # --- invariants ------------------------------------------------------------------------------
 
     @invariant()
     def delivered_in_order_and_complete(self) -> None:
         assert self.received == self.expected
+
+    @invariant()
+    def tcp_closes_after_the_handshake_server_first(self) -> None:
+        if PAGE in self.tcp_closed:
+            assert self.tcp_closed[0] is SERVER  # the client's connection goes last
+        for side in self.tcp_closed:  # a side the peer breaks (1009) is not waited for
+            assert self.answered[side] or side in self.timed_out or self.closes[side] == [1009]
+        if self.tcp_closed == [SERVER, PAGE]:
+            assert self.flow.live is False  # websocket_end ran, the flow is over
 
     @invariant()
     def retention_is_bounded(self) -> None:
