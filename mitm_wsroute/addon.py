@@ -16,7 +16,7 @@ import textwrap
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Optional
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import ctx, exceptions, hooks, http
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import events
 from mitmproxy.utils import asyncio_utils
@@ -189,7 +189,12 @@ class WsRoute:
         if route is None:
             return
         connection = Connection(url, requested_protocols(req))
-        layer.routed_socket(flow, layer.RoutedSocket(connection, self._call_user, self._inject))
+        layer.routed_socket(
+            flow,
+            layer.RoutedSocket(
+                connection, self._call_user, self._inject, on_update=self._flow_updated
+            ),
+        )
         flow.metadata["wsroute"] = {"url": url, "route": route.origin}
         try:
             result = route.handler(WebSocketRoute(connection))
@@ -229,6 +234,9 @@ class WsRoute:
             flow.response = accept(flow.request, socket.connection.protocols)
             flow.websocket = WebSocketData()
             flow.metadata["wsroute"]["mode"] = "mock (upstream failed)"
+
+    def _flow_updated(self, flow: http.HTTPFlow) -> None:
+        ctx.master.addons.trigger(hooks.UpdateHook([flow]))
 
     def _inject(self, event: events.MessageInjected[Any]) -> None:
         ctx.master.addons.get("proxyserver").inject_event(event)

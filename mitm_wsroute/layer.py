@@ -117,6 +117,8 @@ class RoutedSocket:
     wakeup_pending: bool = False
     layer_started: bool = field(default=False)
     observer: Observer | None = None
+    #: Tells other addons that the flow changed (mitmproxy's ``update`` hook).
+    on_update: Callable[[http.HTTPFlow], None] | None = None
     #: Tasks of async handlers still running; cancelled when the socket ends.
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     #: Runs a callable after the current one, on the proxy's loop (``loop.call_soon``); set by
@@ -306,7 +308,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             side = PAGE if event.connection is self.context.client else SERVER
             yield from self._receive(side, event)
         elif isinstance(event, RouteWakeup):
-            pass  # drained below
+            yield from self._drain_and_update()
         elif isinstance(event, events.Wakeup):
             if event.command in self.close_timers:
                 side = self.close_timers.pop(event.command)
@@ -318,6 +320,17 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         if self.socket.connection.has_commands:
             yield from self._drain()
         self.socket.busy = False
+
+    def _drain_and_update(self) -> layer.CommandGenerator[None]:
+        """Carry out what route code recorded outside our events (a task, another thread); if
+        it sent messages, tell other addons (mitmweb shows them at once): no
+        ``websocket_message`` hook fires for route-sent messages."""
+        assert self.socket is not None and self.flow.websocket is not None
+        messages = self.flow.websocket.messages
+        newest = messages[-1] if messages else None
+        yield from self._drain()
+        if messages and messages[-1] is not newest and self.socket.on_update is not None:
+            self.socket.on_update(self.flow)
 
     def _receive(self, side: Side, event: events.ConnectionEvent) -> layer.CommandGenerator[None]:
         assert self.socket is not None
