@@ -456,8 +456,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         """``inject.websocket`` from another addon: a message to the client or the server."""
         assert self.socket is not None and self.flow.websocket is not None
         to = SERVER if message.from_client else PAGE
-        if self.socket.connection.states[to] is not State.OPEN:
-            logger.warning(f"Cannot inject a WebSocket message: the {to} side is closed.")
+        if not self.socket.connection.receive_injected(to):
             return
         self._record(message)
         yield wsl.WebsocketMessageHook(self.flow)

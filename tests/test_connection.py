@@ -522,6 +522,17 @@ def test_a_message_too_big_is_mirrored_as_1009() -> None:
     ]
 
 
+def test_injections_go_to_open_sides_only(caplog: pytest.LogCaptureFixture) -> None:
+    c, ws, server = connected()
+    assert c.receive_injected(PAGE) and c.receive_injected(SERVER)
+    server.close()
+    assert c.receive_injected(PAGE) is False  # closed by the mirror
+    assert "cannot inject a WebSocket message: the page side is closed" in caplog.text
+    m, _ = mock()
+    m.receive_open()
+    assert m.receive_injected(SERVER) is False  # a mock has no server
+
+
 def test_pings_are_forwarded_or_answered_by_the_proxy() -> None:
     c, ws, server = connected()
     assert (c.receive_ping(PAGE), c.receive_ping(SERVER)) == (SERVER, PAGE)
