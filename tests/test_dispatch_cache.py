@@ -207,7 +207,15 @@ async def test_nested_addons_changes_are_seen(tctx: taddons.context) -> None:
         "parent.websocket_message", "c1.websocket_message", "c2.websocket_message",
         "plain.websocket_message",
     ]  # fmt: skip
+    parent.addons[1] = Rec("c3")  # the same number of children, another one
+    assert await dispatch(tctx) == [
+        "parent.websocket_message", "c1.websocket_message", "c3.websocket_message",
+        "plain.websocket_message",
+    ]  # fmt: skip
     parent.addons = (Rec("t1"),)
+    assert await dispatch(tctx) == [
+        "parent.websocket_message", "t1.websocket_message", "plain.websocket_message",
+    ]  # fmt: skip
     plain.addons = [Rec("p1", addons=[Rec("p2")])]  # an addon that had no .addons gets some
     assert await dispatch(tctx) == [
         "parent.websocket_message", "t1.websocket_message",
@@ -221,6 +229,16 @@ async def test_nested_addons_changes_are_seen(tctx: taddons.context) -> None:
         "parent.websocket_message",
         "plain.websocket_message", "p1.websocket_message", "p2.websocket_message",
     ]  # fmt: skip
+
+
+async def test_chain_changed_directly_is_seen(tctx: taddons.context) -> None:
+    a = tctx.master.addons
+    a.add(Rec("one"), Rec("two"), Rec("three"))
+    assert await dispatch(tctx) == [f"{n}.websocket_message" for n in ("one", "two", "three")]
+    a.chain.reverse()
+    assert await dispatch(tctx) == [f"{n}.websocket_message" for n in ("three", "two", "one")]
+    a.chain = a.chain[:2]
+    assert await dispatch(tctx) == [f"{n}.websocket_message" for n in ("three", "two")]
 
 
 async def test_hook_attribute_changes_are_seen(tctx: taddons.context) -> None:
@@ -387,29 +405,42 @@ async def test_async_hooks_are_awaited_in_order(tctx: taddons.context) -> None:
 
 async def test_addons_added_and_removed_during_a_dispatch(tctx: taddons.context) -> None:
     a = tctx.master.addons
-    late = Rec("late")
+    late, parent = Rec("late"), Rec("parent", addons=[Rec("c1")])
 
     class Adder(Rec):
         async def websocket_message(self, flow: Any) -> None:  # type: ignore[override]
             calls.append("adder")
             if late not in a:
                 a.add(late)  # appended to the chain being walked: called in this dispatch
+                child = Rec("c2")
+                a.register(child)  # and a parent's new child: walked in this dispatch too
+                parent.addons.append(child)
             a.remove(a.get("victim"))  # the walk goes on over the chain it started with
             a.add(Rec("victim"))
 
-    a.add(Adder("adder"), Rec("victim"), Rec("two"))
+    a.add(Adder("adder"), Rec("victim"), parent, Rec("two"))
+    rest = ["parent", "c1", "c2", "two", "late"]
     assert await dispatch(tctx) == [
-        "adder",
-        "victim.websocket_message",
-        "two.websocket_message",
-        "late.websocket_message",
-    ]
+        "adder", "victim.websocket_message", *(f"{n}.websocket_message" for n in rest)
+    ]  # fmt: skip
     assert await dispatch(tctx) == [
-        "adder",
-        "two.websocket_message",
-        "late.websocket_message",
-        "victim.websocket_message",
-    ]
+        "adder", *(f"{n}.websocket_message" for n in [*rest, "victim"])
+    ]  # fmt: skip
+
+
+async def test_addon_added_by_the_last_hook_of_a_dispatch(tctx: taddons.context) -> None:
+    a = tctx.master.addons
+
+    class Adder(Rec):
+        def websocket_message(self, flow: Any) -> None:
+            calls.append("adder")
+            a.add(Rec(f"added{len(a)}"))
+
+    a.add(Rec("one"), Adder("adder"), Quiet("quiet"))
+    assert await dispatch(tctx) == ["one.websocket_message", "adder", "added3.websocket_message"]
+    assert await dispatch(tctx) == [
+        "one.websocket_message", "adder", "added3.websocket_message", "added4.websocket_message"
+    ]  # fmt: skip
 
 
 async def test_not_a_hook_event(tctx: taddons.context, caplog: pytest.LogCaptureFixture) -> None:
