@@ -160,7 +160,11 @@ async def test_same_calls_in_same_order(tctx: taddons.context) -> None:
     a.add(Rec("six", addons=[]))
     expected = [f"{n}.websocket_message" for n in ("one", "two", "three", "four", "five", "six")]
     assert await dispatch(tctx) == expected
+    walk = getattr(a, "_walk", None)
     assert await dispatch(tctx) == expected  # from the cache
+    if hasattr(a, "_walk"):  # patched: the walk was made once, and is the one traverse does
+        assert walk is not None and a._walk is walk
+        assert walk.nodes == list(addonmanager.traverse(a.chain))
     calls.clear()
     await a.handle_lifecycle(HttpRequestHook(tflow.tflow()))  # async hooks awaited, then update
     names = ("one", "two", "three", "four", "five", "six")
@@ -470,3 +474,144 @@ async def test_sync_trigger_and_registration_errors_unchanged(impl: str) -> None
     a.add(AsyncOnly())
     with pytest.raises(exceptions.AddonManagerError, match="cannot be called from sync context"):
         a.invoke_addon_sync(a.get("asynconly"), hooks.RunningHook())
+
+
+class Node:
+    """An addon of the random worlds below, its hook set by `kind`."""
+
+    def __init__(self, log: list[str], name: str, kind: str, addons: list[Any] | None) -> None:
+        self.name, self.log = name, log
+        set_hook(self, kind)
+        if addons is not None:
+            self.addons = addons
+
+
+def set_hook(node: Node, kind: str) -> None:
+    log, name = node.log, node.name
+
+    def sync(flow: Any) -> None:
+        log.append(name)
+
+    async def async_(flow: Any) -> None:
+        await asyncio.sleep(0)
+        log.append(f"{name}~")
+
+    def fail(flow: Any) -> None:
+        log.append(f"{name}!")
+        raise ValueError(name)
+
+    def halt(flow: Any) -> None:
+        log.append(f"{name}#")
+        raise exceptions.AddonHalt
+
+    hooks_by_kind: dict[str, Any] = {
+        "sync": sync, "async": async_, "fail": fail, "halt": halt, "module": logging
+    }  # fmt: skip
+    if kind in hooks_by_kind:
+        node.websocket_message = hooks_by_kind[kind]  # type: ignore[attr-defined]
+    elif "websocket_message" in vars(node):
+        del node.websocket_message  # type: ignore[attr-defined]
+
+
+KINDS = ["sync", "sync", "sync", "async", "fail", "halt", "module", "none", "none", "none"]
+
+
+def random_ops(seed: int) -> list[tuple[Any, ...]]:
+    """A random sequence of changes and dispatches, the same for both implementations."""
+    import random
+
+    rnd = random.Random(seed)
+    count = 0
+
+    def spec(depth: int = 0) -> tuple[Any, ...]:
+        nonlocal count
+        count += 1
+        children = None
+        if depth < 2 and rnd.random() < 0.3:
+            children = [spec(depth + 1) for _ in range(rnd.randint(0, 3))]
+        return (f"n{count}", rnd.choice(KINDS), children)
+
+    ops: list[tuple[Any, ...]] = [("add", spec()) for _ in range(4)]
+    for _ in range(40):
+        op = rnd.choice(["dispatch"] * 4 + ["add", "remove", "child", "addons", "hook", "reverse"])
+        if op == "add":
+            ops.append(("add", spec()))
+        elif op == "child":
+            ops.append(("child", rnd.randint(1, count), spec(2)))
+        elif op == "addons":
+            ops.append(
+                ("addons", rnd.randint(1, count), [spec(2) for _ in range(rnd.randint(0, 2))])
+            )
+        elif op == "hook":
+            ops.append(("hook", rnd.randint(1, count), rnd.choice(KINDS)))
+        elif op == "remove":
+            ops.append(("remove", rnd.randint(0, 5)))
+        else:
+            ops.append((op,))
+    return ops
+
+
+async def run_world(ops: list[tuple[Any, ...]], caplog: pytest.LogCaptureFixture) -> list[Any]:
+    """Apply `ops` to a fresh manager; what each dispatch called and logged."""
+    log: list[str] = []
+    nodes: dict[str, Node] = {}
+    a = master.Master(options.Options()).addons
+
+    def build(s: tuple[Any, ...]) -> Node:
+        name, kind, children = s
+        nodes[name] = Node(
+            log, name, kind, None if children is None else [build(c) for c in children]
+        )
+        return nodes[name]
+
+    transcript: list[Any] = []
+    for op in ops:
+        if op[0] == "add":
+            a.add(build(op[1]))
+        elif op[0] == "remove" and a.chain:
+            try:  # a subtree with children that were never registered: stock raises midway
+                a.remove(a.chain[op[1] % len(a.chain)])
+            except exceptions.AddonManagerError as e:
+                transcript.append(str(e))
+        elif op[0] == "child" and f"n{op[1]}" in nodes:
+            node = nodes[f"n{op[1]}"]
+            if isinstance(getattr(node, "addons", None), list):
+                node.addons.append(build(op[2]))
+        elif op[0] == "addons" and f"n{op[1]}" in nodes:
+            nodes[f"n{op[1]}"].addons = [build(s) for s in op[2]]
+        elif op[0] == "hook" and f"n{op[1]}" in nodes:
+            set_hook(nodes[f"n{op[1]}"], op[2])
+        elif op[0] == "reverse":
+            a.chain.reverse()
+        elif op[0] == "dispatch":
+            log.clear()
+            caplog.clear()
+            await a.trigger_event(message())
+            transcript.append((list(log), errors(caplog)))
+    return transcript
+
+
+@pytest.mark.parametrize("seed", range(40))
+async def test_random_worlds_match_stock(
+    seed: int, patched_module: ModuleType, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Random trees of addons (sync, async, failing, halting hooks, modules named like the hook),
+    changed between dispatches (added, removed, children added or replaced, hooks rebound, the
+    chain reordered): the patched manager calls and logs exactly what the stock one does."""
+    caplog.set_level(logging.ERROR)
+    ops = random_ops(seed)
+    stock = await run_world(ops, caplog)
+    monkeypatch.setattr(addonmanager, "AddonManager", patched_module.AddonManager)
+    stock_walks: list[int] = []
+    fallback = patched_module.AddonManager._trigger_event_from
+
+    async def counted(self: Any, chain: Any, start: int, event: Any) -> None:
+        stock_walks.append(start)
+        await fallback(self, chain, start, event)
+
+    monkeypatch.setattr(patched_module.AddonManager, "_trigger_event_from", counted)
+    patched = await run_world(ops, caplog)
+    assert patched == stock
+    assert stock_walks == []  # every dispatch took the cached path
+    assert sum(len(t[0]) for t in stock if isinstance(t, tuple)) > 0  # something was called
