@@ -1,33 +1,49 @@
-"""An experiment, not part of mitm_wsroute: mitmproxy's hook dispatch with the addon callables
-of each hook looked up once and cached (the same calls, in the same order).
+"""mitmproxy with the hook-dispatch cache proposed in upstream/hook-dispatch-cache/, for measuring.
 
-``python bench/instructions.py --cached-dispatch`` loads it (``-s``) into every mitmdump it
-measures. It never drops its cache, so it is only correct while no addon is added, removed or
-reloaded; a real version belongs in mitmproxy's `AddonManager`.
+`overlay(directory)` makes ``directory/mitmproxy``: the installed mitmproxy package, every entry a
+symbolic link to the installed one except ``addonmanager.py``, which is the installed file with
+``upstream/hook-dispatch-cache/addonmanager.patch`` applied (by ``patch``, as a user would). With
+`directory` first on ``PYTHONPATH``, ``mitmdump`` runs exactly the proposed `AddonManager`;
+``python bench/instructions.py --cached-dispatch`` measures every case that way.
+
+``python bench/cached_dispatch.py DIRECTORY`` makes the overlay and prints the ``PYTHONPATH``
+to use.
 """
 
-import inspect
-import logging
+from __future__ import annotations
 
-from mitmproxy import addonmanager, exceptions, hooks
+import subprocess
+import sys
+from pathlib import Path
 
-_cache: dict[str, list] = {}
+import mitmproxy
 
-
-async def trigger_event(self: addonmanager.AddonManager, event: hooks.Hook) -> None:
-    funcs = _cache.get(event.name)
-    if funcs is None:
-        funcs = _cache[event.name] = [f for a in self.chain for _, f in self._iter_hooks(a, event)]
-    args = event.args()
-    for func in funcs:
-        try:
-            result = func(*args)
-            if result is not None and inspect.isawaitable(result):
-                await result
-        except exceptions.AddonHalt:
-            return
-        except Exception as e:
-            logging.error(f"Addon error: {e}", exc_info=True)
+PATCH = (
+    Path(__file__).resolve().parent.parent
+    / "upstream"
+    / "hook-dispatch-cache"
+    / "addonmanager.patch"
+)
+INSTALLED = Path(mitmproxy.__file__).resolve().parent
 
 
-addonmanager.AddonManager.trigger_event = trigger_event  # type: ignore[method-assign]
+def overlay(directory: str | Path) -> Path:
+    """The installed mitmproxy with the patch applied, in `directory`; returns `directory`."""
+    root = Path(directory)
+    package = root / "mitmproxy"
+    package.mkdir(parents=True)
+    for entry in INSTALLED.iterdir():
+        if entry.name not in ("addonmanager.py", "__pycache__"):
+            (package / entry.name).symlink_to(entry)
+    (package / "addonmanager.py").write_bytes((INSTALLED / "addonmanager.py").read_bytes())
+    subprocess.run(
+        ["patch", "-p1", "--forward", "--batch", "--quiet", "-i", str(PATCH)],
+        cwd=root, check=True,
+    )  # fmt: skip
+    return root
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit(f"usage: {sys.argv[0]} DIRECTORY (a new one)")
+    print(f"PYTHONPATH={overlay(sys.argv[1])}")

@@ -7,13 +7,16 @@ echoes of one message size, and dumps the counters (``callgrind_control -d``): t
 covers exactly those echoes, the whole proxy included (event loop, layers, every addon's
 hooks, wsproto, our code). Cases run in parallel, one per CPU: counts do not depend on it.
 
-Used by run.py when valgrind is installed; runs alone too (``python bench/instructions.py``),
-and ``--cached-dispatch`` adds ``-s bench/cached_dispatch.py`` to every mitmdump: what
-mitmproxy's hook dispatch would cost with its lookups cached.
+Used by run.py when valgrind is installed; runs alone too (``python bench/instructions.py``).
+``--cached-dispatch`` runs every mitmdump with mitmproxy's `AddonManager` patched by the
+hook-dispatch cache proposed in upstream/hook-dispatch-cache/ (see bench/cached_dispatch.py):
+what the hooks would cost with it. ``--only TEXT`` (repeatable) keeps the cases whose label
+contains one of the texts.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import re
@@ -23,6 +26,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import cached_dispatch
 import proxies
 from proxies import ADDON, CPUS, HERE, start, start_mitmdump, stop
 from websockets.asyncio.client import connect
@@ -42,6 +46,7 @@ def cases(upstream: str) -> list[tuple[str, tuple[str, ...], str]]:
 async def _count(out: str, confdir: str, args: tuple[str, ...], url: str, size: int, n: int) -> int:
     prefix = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg", sys.executable)
     proxy = start_mitmdump("callgrind", confdir, *args, prefix=prefix, cpus=set(CPUS))
+    assert proxy.proc is not None
     pid = str(proxy.proc.pid)
     try:
         payload = "x" * size
@@ -62,10 +67,20 @@ async def _count(out: str, confdir: str, args: tuple[str, ...], url: str, size: 
 
 
 def per_echo(
-    confdir: str, upstream: str, size: int, n: int, extra: tuple[str, ...] = ()
+    confdir: str,
+    upstream: str,
+    size: int,
+    n: int,
+    extra: tuple[str, ...] = (),
+    only: tuple[str, ...] = (),
 ) -> list[tuple[str, float]]:
-    """Instructions per echo for each case, in `cases` order; `extra` goes to every mitmdump."""
-    todo = [(label, (*args, *extra), url) for label, args, url in cases(upstream)]
+    """Instructions per echo for each case, in `cases` order; `extra` goes to every mitmdump;
+    with `only`, just the cases whose label contains one of its texts."""
+    todo = [
+        (label, (*args, *extra), url)
+        for label, args, url in cases(upstream)
+        if not only or any(text in label for text in only)
+    ]
     os.environ["PYTHONHASHSEED"] = "0"  # the same dict layouts in every mitmdump started
     if not Path(confdir, "mitmproxy-ca.pem").exists():  # make the CA once, not in parallel
         stop(start_mitmdump("ca", confdir, cpus=set(CPUS)).proc)
@@ -80,16 +95,24 @@ def per_echo(
 
 
 async def main() -> None:
-    extra = ("-s", str(HERE / "cached_dispatch.py")) if "--cached-dispatch" in sys.argv else ()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cached-dispatch", action="store_true")
+    parser.add_argument("--only", action="append", default=[], metavar="TEXT")
+    args = parser.parse_args()
     echo, port = start([sys.executable, str(HERE / "echo_server.py")], r"port (\d+)", set(CPUS))
     try:
         with tempfile.TemporaryDirectory() as confdir:
+            if args.cached_dispatch:
+                path = cached_dispatch.overlay(Path(confdir, "patched"))
+                os.environ["PYTHONPATH"] = os.pathsep.join(
+                    [str(path), *filter(None, [os.environ.get("PYTHONPATH")])]
+                )
             for size, n in ((32, 300), (65536, 100)):
-                rows = per_echo(confdir, f"ws://127.0.0.1:{port}", size, n, extra)
+                rows = per_echo(confdir, f"ws://127.0.0.1:{port}", size, n, (), tuple(args.only))
                 base = rows[0][1]
                 for label, count in rows:
                     print(f"{size} B, {label}: {count:,.0f} instructions per echo, "
-                          f"{base / count:.3f}x plain")  # fmt: skip
+                          f"{base / count:.3f}x {rows[0][0]}")  # fmt: skip
     finally:
         stop(echo)
 

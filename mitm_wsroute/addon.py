@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import textwrap
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Optional
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import ctx, exceptions, hooks, http
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import events
 from mitmproxy.utils import asyncio_utils
@@ -59,7 +60,8 @@ class WsRoute:
 
     def load(self, loader: Loader) -> None:
         webview.register()
-        loader.add_option(
+        _add_option(
+            loader,
             "wsroute_scripts",
             Sequence[str],
             [],
@@ -69,16 +71,18 @@ class WsRoute:
             sockets within a second; live sockets keep their handlers.
             """,
         )
-        loader.add_option(
+        _add_option(
+            loader,
             "wsroute_base_url",
-            Optional[str],  # type: ignore[arg-type]  # noqa: UP045 - mitmproxy wants typing.Optional
+            Optional[str],  # noqa: UP045 - mitmproxy wants typing.Optional
             None,
             """
             Playwright's baseURL for relative globs (e.g. "/ws"). http(s) is matched as ws(s).
             """,
         )
 
-        loader.add_option(
+        _add_option(
+            loader,
             "wsroute_max_message_size",
             int,
             DEFAULT_MAX_MESSAGE_SIZE,
@@ -89,7 +93,8 @@ class WsRoute:
             more, so that floods of empty frames are bounded too. 0 for no limit.
             """,
         )
-        loader.add_option(
+        _add_option(
+            loader,
             "wsroute_keep_messages",
             int,
             DEFAULT_KEEP_MESSAGES,
@@ -101,7 +106,8 @@ class WsRoute:
             """,
         )
 
-        loader.add_option(
+        _add_option(
+            loader,
             "wsroute_close_timeout_ms",
             int,
             DEFAULT_CLOSE_TIMEOUT_MS,
@@ -112,7 +118,8 @@ class WsRoute:
             answers has its connection closed then.
             """,
         )
-        loader.add_option(
+        _add_option(
+            loader,
             "wsroute_message_hooks",
             bool,
             True,
@@ -182,7 +189,9 @@ class WsRoute:
         if route is None:
             return
         connection = Connection(url, requested_protocols(req), request_headers(req))
-        socket = layer.RoutedSocket(connection, self._call_user, self._inject)
+        socket = layer.RoutedSocket(
+            connection, self._call_user, self._inject, on_update=self._flow_updated
+        )
         layer.routed_socket(flow, socket)
         flow.metadata["wsroute"] = {"url": url, "route": route.origin}
         try:
@@ -276,6 +285,9 @@ class WsRoute:
             flow.websocket = WebSocketData()
             flow.metadata["wsroute"]["mode"] = "mock (upstream failed)"
 
+    def _flow_updated(self, flow: http.HTTPFlow) -> None:
+        ctx.master.addons.trigger(hooks.UpdateHook([flow]))
+
     def _inject(self, event: events.MessageInjected[Any]) -> None:
         ctx.master.addons.get("proxyserver").inject_event(event)
 
@@ -318,6 +330,13 @@ class WsRoute:
     def _handler_failed(self, error: BaseException) -> None:
         if self.on_handler_error is not None:
             self.on_handler_error(error)
+
+
+def _add_option(loader: Loader, name: str, typespec: Any, default: Any, help: str) -> None:
+    """`Loader.add_option`, with the help text as mitmproxy stores it: then reloading the
+    addon script finds the same option and keeps its value (with another text, mitmproxy
+    replaces the option, and ``--set`` values are lost)."""
+    loader.add_option(name, typespec, default, textwrap.dedent(help).strip().replace("\n", " "))
 
 
 def _cancelling() -> bool:

@@ -593,6 +593,14 @@ class Connection:
             self.wires[side] = Wire.DONE
             self._advance()
 
+    def receive_injected(self, to: Side) -> bool:
+        """Another addon injects a message to a side (mitmproxy's ``inject.websocket``).
+        Returns whether it goes out: only to a side that is open."""
+        if self.states[to] is State.OPEN:
+            return True
+        logger.warning(f"{self.url}: cannot inject a WebSocket message: the {to} side is closed")
+        return False
+
     def receive_ping(self, side: Side) -> Side | None:
         """A ping from a side's peer. Returns the side to forward it to, or None: the proxy
         answers it itself, because nobody else is there (RFC 6455 §5.5.2). Pongs go the same

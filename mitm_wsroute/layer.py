@@ -26,7 +26,7 @@ import types
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, cast
+from typing import Any, ClassVar, Protocol
 
 import wsproto.events as wse
 from mitmproxy import http, websocket
@@ -59,6 +59,7 @@ from .connection import (
 )
 from .handshake import accept
 from .latency import DelayLine
+from .messages import KEEP_BYTES, Reassembly, cut, trim
 
 __all__ = [
     "Observer",
@@ -77,8 +78,6 @@ _ORIGINAL: type[wsl.WebsocketLayer] = getattr(wsl, "_wsroute_original", wsl.Webs
 
 _NO_MESSAGE = websocket.WebSocketMessage(Opcode.TEXT, True, b"")
 
-#: With ``wsroute_keep_messages``, the content a flow keeps at most (big messages count more).
-KEEP_BYTES = 16 * 1024 * 1024
 #: The clock of `set_latency()` (asyncio's, which runs the wake-ups; tests replace it).
 clock = time.monotonic
 
@@ -134,6 +133,8 @@ class RoutedSocket:
     wakeup_pending: bool = False
     layer_started: bool = field(default=False)
     observer: Observer | None = None
+    #: Tells other addons that the flow changed (mitmproxy's ``update`` hook).
+    on_update: Callable[[http.HTTPFlow], None] | None = None
     #: Tasks of async handlers still running; cancelled when the socket ends.
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     #: Runs a callable after the current one, on the proxy's loop (``loop.call_soon``); set by
@@ -181,83 +182,6 @@ def routed_socket(flow: http.HTTPFlow, socket: RoutedSocket | None = None) -> Ro
     return _routed.get(flow)
 
 
-#: Each frame of a fragmented message but its last counts this much against
-#: ``wsroute_max_message_size`` besides its payload (the smallest frame header, RFC 6455 §5.2),
-#: so that a message of many tiny or empty frames is bounded too.
-FRAME_COST = 2
-#: A message's original framing is kept (and forwarded frame for frame) up to this many frames;
-#: a message in more frames is forwarded as one.
-KEPT_FRAMES = 1024
-#: The pieces of a message are joined in groups of this many as they arrive, so that a message of
-#: many small pieces takes memory for its bytes, not for its pieces.
-JOINED_PIECES = 1024
-
-
-def _join(chunks: list[str | bytes]) -> str | bytes:
-    if isinstance(chunks[0], str):
-        return "".join(cast(list[str], chunks))
-    return b"".join(cast(list[bytes], chunks))
-
-
-@dataclass(slots=True)
-class _Reassembly:
-    """A message being received, kept as chunks so that joining it is linear (mitmproxy's
-    ``bytes +=`` is quadratic: 26 s for 64 MiB), and its size checked as it grows."""
-
-    chunks: list[str | bytes] = field(default_factory=list)
-    #: The sizes of the frames of the last message, when it came in several (and not too many).
-    frame_sizes: list[int] = field(default_factory=list)
-    frame: int = 0
-    #: Payload so far, and `FRAME_COST` per frame.
-    size: int = 0
-    pieces: int = 0
-    #: `chunks[:joined]` are groups of pieces joined already.
-    joined: int = 0
-    framing_kept: bool = True
-
-    def add(self, event: wse.Message[Any], limit: int) -> str | bytes | None:
-        """Add a piece; the whole message once it is complete. `OverflowError` past `limit`
-        bytes (characters for text; each frame of a fragmented message but the last counts
-        `FRAME_COST` more), which forgets the message: its rest is never stored."""
-        data: str | bytes = event.data
-        if not self.pieces and event.message_finished:  # one piece: most messages
-            if limit and len(data) > limit:
-                raise OverflowError(f"message larger than {limit} bytes")
-            return data
-        self.pieces += 1
-        self.size += len(data)
-        self.frame += len(data)
-        if event.frame_finished:
-            if not event.message_finished:
-                self.size += FRAME_COST
-            if self.framing_kept and len(self.frame_sizes) < KEPT_FRAMES:
-                self.frame_sizes.append(self.frame)
-            else:  # too many frames to keep their sizes: forwarded as one
-                self.framing_kept = False
-                self.frame_sizes.clear()
-            self.frame = 0
-        if limit and self.size > limit:
-            self._forget()
-            self.frame_sizes.clear()
-            raise OverflowError(f"message larger than {limit} bytes")
-        chunks = self.chunks
-        if data:
-            chunks.append(data)
-            if len(chunks) - self.joined >= JOINED_PIECES:
-                chunks[self.joined :] = [_join(chunks[self.joined :])]
-                self.joined += 1
-        if not event.message_finished:
-            return None
-        message = _join(chunks) if chunks else data
-        self._forget()
-        return message
-
-    def _forget(self) -> None:
-        self.chunks.clear()
-        self.frame = self.size = self.pieces = self.joined = 0
-        self.framing_kept = True
-
-
 def _frame(data: str | bytes, message_finished: bool = True) -> wse.Message[Any]:
     if isinstance(data, str):
         return wse.TextMessage(data, message_finished=message_finished)
@@ -265,14 +189,10 @@ def _frame(data: str | bytes, message_finished: bool = True) -> wse.Message[Any]
 
 
 def _frames(message: str | bytes, sizes: list[int]) -> list[wse.Message[Any]]:
-    """`message` cut into frames of the given sizes (the original framing), or one frame."""
-    if len(sizes) <= 1 or sum(sizes) != len(message):
-        return [_frame(message)]
-    out, offset = [], 0
-    for i, size in enumerate(sizes):
-        out.append(_frame(message[offset : offset + size], i == len(sizes) - 1))
-        offset += size
-    return out
+    """`message` in frames of the given sizes (the original framing), or in one."""
+    pieces = cut(message, sizes)
+    last = len(pieces) - 1
+    return [_frame(piece, i == last) for i, piece in enumerate(pieces)]
 
 
 class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
@@ -284,7 +204,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
     def __init__(self, context: Context, flow: http.HTTPFlow) -> None:
         super().__init__(context, flow)
         self.socket = _routed.get(flow)
-        self.reassembly = {PAGE: _Reassembly(), SERVER: _Reassembly()}
+        self.reassembly = {PAGE: Reassembly(), SERVER: Reassembly()}
         #: The close timers running, by the wake-up each asked for.
         self.close_timers: dict[commands.RequestWakeup, Side] = {}
         #: What waits to be sent to each side, once a route called `set_latency()`.
@@ -299,6 +219,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             self.max_message_size: int = context.options.wsroute_max_message_size
             self.keep_messages: int = context.options.wsroute_keep_messages
             self.kept_bytes = 0
+            self.keep_bytes = KEEP_BYTES
             self.message_hooks: bool = context.options.wsroute_message_hooks
 
     @expect(events.Start)
@@ -330,7 +251,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             side = PAGE if event.connection is self.context.client else SERVER
             yield from self._receive(side, event)
         elif isinstance(event, RouteWakeup):
-            pass  # drained below
+            yield from self._drain_and_update()
         elif isinstance(event, events.Wakeup):
             if isinstance(event.command, _DelayWakeup):
                 yield from self._due(event.command)
@@ -344,6 +265,17 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         if self.socket.connection.has_commands:
             yield from self._drain()
         self.socket.busy = False
+
+    def _drain_and_update(self) -> layer.CommandGenerator[None]:
+        """Carry out what route code recorded outside our events (a task, another thread); if
+        it sent messages, tell other addons (mitmweb shows them at once): no
+        ``websocket_message`` hook fires for route-sent messages."""
+        assert self.socket is not None and self.flow.websocket is not None
+        messages = self.flow.websocket.messages
+        newest = messages[-1] if messages else None
+        yield from self._drain()
+        if messages and messages[-1] is not newest and self.socket.on_update is not None:
+            self.socket.on_update(self.flow)
 
     def _receive(self, side: Side, event: events.ConnectionEvent) -> layer.CommandGenerator[None]:
         assert self.socket is not None
@@ -361,7 +293,9 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 if connection.states[side] is not State.OPEN:
                     continue  # the route closed this side: what it still sends is dropped
                 try:
-                    message = reassembly.add(ev, self.max_message_size)
+                    message = reassembly.add(
+                        ev.data, ev.frame_finished, ev.message_finished, self.max_message_size
+                    )
                 except OverflowError as e:
                     logger.info(f"{connection.url}: failing the {side}: 1009 {e}")
                     connection.receive_failure(side, 1009, str(e))  # RFC 6455 §7.4.1: too big
@@ -418,14 +352,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             return
         self.kept_bytes += len(message.content)
         # Trimmed in batches, when either bound is exceeded twice over: amortised O(1).
-        if len(messages) >= 2 * keep or self.kept_bytes > 2 * KEEP_BYTES:
-            first = max(0, len(messages) - keep)
-            kept = sum(len(m.content) for m in messages[first:])
-            while kept > KEEP_BYTES and first < len(messages) - 1:
-                kept -= len(messages[first].content)
-                first += 1
-            del messages[:first]
-            self.kept_bytes = kept
+        if len(messages) >= 2 * keep or self.kept_bytes > 2 * self.keep_bytes:
+            self.kept_bytes = trim(messages, keep, self.keep_bytes)
 
     def _message(self, side: Side, data: str | bytes) -> layer.CommandGenerator[None]:
         """A whole message from `side`: kept in the flow, shown to other addons, then forwarded
@@ -480,8 +408,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         """``inject.websocket`` from another addon: a message to the client or the server."""
         assert self.socket is not None and self.flow.websocket is not None
         to = SERVER if message.from_client else PAGE
-        if self.socket.connection.states[to] is not State.OPEN:
-            logger.warning(f"Cannot inject a WebSocket message: the {to} side is closed.")
+        if not self.socket.connection.receive_injected(to):
             return
         self._record(message)
         yield wsl.WebsocketMessageHook(self.flow)

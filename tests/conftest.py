@@ -86,8 +86,9 @@ def _reader(p: Proc) -> None:
         p._cond.notify_all()
 
 
-def start_mitmdump(tmp: Path, *args: str) -> Proc:
-    """Start mitmdump with the addon on an ephemeral port and wait until it listens."""
+def start_mitmdump(tmp: Path, *args: str, addon: Path = ROOT / "addons" / "wsroute.py") -> Proc:
+    """Start mitmdump with the addon (the script `addon`) on an ephemeral port and wait until
+    it listens."""
     confdir = tmp / "confdir"
     confdir.mkdir(exist_ok=True)
     cmd = [
@@ -96,7 +97,7 @@ def start_mitmdump(tmp: Path, *args: str) -> Proc:
         "--listen-port", "0",
         "--set", f"confdir={confdir}",
         "--set", "termlog_verbosity=debug",
-        "-s", str(ROOT / "addons" / "wsroute.py"),
+        "-s", str(addon),
         *args,
     ]  # fmt: skip
     if not any(a.startswith("ssl_insecure=") for a in args):

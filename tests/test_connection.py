@@ -522,6 +522,17 @@ def test_a_message_too_big_is_mirrored_as_1009() -> None:
     ]
 
 
+def test_injections_go_to_open_sides_only(caplog: pytest.LogCaptureFixture) -> None:
+    c, ws, server = connected()
+    assert c.receive_injected(PAGE) and c.receive_injected(SERVER)
+    server.close()
+    assert c.receive_injected(PAGE) is False  # closed by the mirror
+    assert "cannot inject a WebSocket message: the page side is closed" in caplog.text
+    m, _ = mock()
+    m.receive_open()
+    assert m.receive_injected(SERVER) is False  # a mock has no server
+
+
 def test_pings_are_forwarded_or_answered_by_the_proxy() -> None:
     c, ws, server = connected()
     assert (c.receive_ping(PAGE), c.receive_ping(SERVER)) == (SERVER, PAGE)
@@ -537,7 +548,8 @@ def test_pure_modules_import_neither_mitmproxy_nor_asyncio() -> None:
     code = (
         "import sys; import mitm_wsroute.connection, mitm_wsroute.route, mitm_wsroute.router, "
         "mitm_wsroute.headers, mitm_wsroute.latency, "
-        "mitm_wsroute.urlmatch; bad = [m for m in ('mitmproxy', 'asyncio') if m in sys.modules]; "
+        "mitm_wsroute.urlmatch, mitm_wsroute.messages; "
+        "bad = [m for m in ('mitmproxy', 'asyncio') if m in sys.modules]; "
         "print(bad); sys.exit(bool(bad))"
     )
     # the package __init__ must stay pure too, so route scripts import nothing heavy

@@ -397,3 +397,33 @@ async def test_base_url_resolves_relative_routes(mitmdump: Any) -> None:
         async with connect("ws://app.invalid/relative", proxy=p.proxy):
             pass
     assert e.value.response.status_code == 502
+
+
+INTERCEPTING_ADDON = """
+import asyncio, logging
+
+def websocket_message(flow):
+    m = flow.websocket.messages[-1]
+    if m.from_client and m.content == b"hold":
+        flow.intercept()
+        def resume():
+            logging.warning("resuming the flow")
+            flow.resume()
+        asyncio.get_running_loop().call_later(0.2, resume)
+"""
+
+
+async def test_an_intercepted_routed_flow_waits_for_resume(
+    mitmdump: Any, upstream: Any, tmp_path: Path
+) -> None:
+    addon = tmp_path / "intercepting.py"
+    addon.write_text(INTERCEPTING_ADDON)
+    up = await upstream()
+    p = mitmdump(HANDLED, "-s", str(addon))
+    async with connect(up.url("/handled"), proxy=p.proxy) as ws:
+        await ws.send("hold")
+        assert await asyncio.wait_for(ws.recv(), 5) == "hold"
+    await p.async_wait_for(r"route saw 'hold'")
+    lines = list(p.lines)
+    resumed = next(i for i, line in enumerate(lines) if "resuming the flow" in line)
+    assert resumed < next(i for i, line in enumerate(lines) if "route saw 'hold'" in line)

@@ -395,6 +395,28 @@ async def test_route_calls_from_a_task_and_a_thread_keep_order(mock_proxy: Any) 
         assert ws.close_code == 4002 and ws.close_reason == "thread done"
 
 
+UPDATES = """
+import logging
+def update(flows):
+    for f in flows:
+        if f.websocket and f.websocket.messages:
+            logging.warning(f"update {f.websocket.messages[-1].content!r}")
+"""
+
+
+async def test_route_sends_from_a_task_update_other_addons(mitmdump: Any, tmp_path: Any) -> None:
+    # no websocket_message hook fires for route-sent messages: the update hook tells other
+    # addons (mitmweb) that the flow has new ones
+    updates = tmp_path / "updates.py"
+    updates.write_text(UPDATES)
+    p = mitmdump(MOCK, "-s", str(updates))
+    async with connect("ws://chat.invalid/push", proxy=p.proxy) as ws:
+        await ws.send("go")
+        for i in range(3):
+            assert await asyncio.wait_for(ws.recv(), 5) == f"task {i}"
+    await p.async_wait_for(r"update b'task 2'")  # the task's burst: one wake-up, one update
+
+
 def first_line(p: Any, pattern: str) -> int:
     """The index of the first line of `p`'s output that matches `pattern`."""
     return next(i for i, line in enumerate(p.lines) if re.search(pattern, line))

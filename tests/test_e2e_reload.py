@@ -9,6 +9,8 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
+from tests.conftest import ROOT, start_mitmdump, stop
+
 V1 = """
 from mitm_wsroute import route_web_socket
 route_web_socket("**/mock", lambda ws: ws.on_message(lambda m: ws.send(f"v1 {m}")))
@@ -59,3 +61,23 @@ async def test_broken_script_at_startup_does_not_stop_the_others(
     await p.async_wait_for("ModuleNotFoundError: No module named 'no_such_module_anywhere'")
     async with connect("ws://app.invalid/mock", proxy=p.proxy) as ws:
         assert await ask(ws, "y") == "v1 y"
+
+
+async def test_reloading_the_addon_script_itself(tmp_path: Path) -> None:
+    # mitmproxy reloads a changed -s script: the addon comes back with its routes, and a live
+    # socket keeps working across it.
+    addon = tmp_path / "wsroute_addon.py"
+    addon.write_text((ROOT / "addons" / "wsroute.py").read_text())
+    script = tmp_path / "routes.py"
+    script.write_text(V1)
+    p = start_mitmdump(tmp_path, "--set", f"wsroute_scripts={script}", addon=addon)
+    try:
+        async with connect("ws://app.invalid/mock", proxy=p.proxy) as live:
+            assert await ask(live, "a") == "v1 a"
+            rewrite(addon, addon.read_text() + "\n# edited\n")
+            await p.async_wait_for(r"Loading script .*wsroute_addon.py", count=2)
+            async with connect("ws://app.invalid/mock", proxy=p.proxy) as new:
+                assert await ask(new, "b") == "v1 b"
+            assert await ask(live, "c") == "v1 c"
+    finally:
+        stop(p)

@@ -1,18 +1,15 @@
-"""The layer's own bookkeeping: reassembly, framing, size limit, retention (properties), and
-route calls from other threads handed to the loop that owns the socket."""
+"""The layer's retention of messages in the flow (a property), and route calls from other
+threads handed to the loop that owns the socket."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import threading
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
-from unittest import mock
 
 import pytest
-import wsproto.events as wse
 from hypothesis import given
 from hypothesis import strategies as st
 from mitmproxy import websocket
@@ -32,94 +29,8 @@ from mitm_wsroute.connection import (
     StartCloseTimer,
     State,
 )
-from mitm_wsroute.layer import (
-    FRAME_COST,
-    JOINED_PIECES,
-    KEPT_FRAMES,
-    RoutedWebsocketLayer,
-    _frames,
-    _Reassembly,
-)
+from mitm_wsroute.layer import RoutedWebsocketLayer
 from mitm_wsroute.route import WebSocketRoute
-
-
-def cut(data: Any, cuts: list[int]) -> list[Any]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    edges = [0, *points, len(data)]
-    return [data[a:b] for a, b in itertools.pairwise(edges)]
-
-
-messages = st.one_of(st.text(max_size=200), st.binary(max_size=200))
-cuts = st.lists(st.integers(0, 10_000), max_size=6)
-
-
-@given(message=messages, frame_cuts=cuts, chunk_cuts=cuts)
-def test_reassembly_and_original_framing(
-    message: Any, frame_cuts: list[int], chunk_cuts: list[int]
-) -> None:
-    cls = wse.TextMessage if isinstance(message, str) else wse.BytesMessage
-    frames = cut(message, frame_cuts)
-    r = _Reassembly()
-    result = None
-    for fi, frame in enumerate(frames):
-        chunks = cut(frame, chunk_cuts)
-        for ci, chunk in enumerate(chunks):
-            last_chunk = ci == len(chunks) - 1
-            assert result is None
-            result = r.add(
-                cls(
-                    chunk,
-                    frame_finished=last_chunk,
-                    message_finished=last_chunk and fi == len(frames) - 1,
-                ),
-                limit=0,
-            )
-    assert result == message
-    one_piece = len(frames) == 1 and len(cut(message, chunk_cuts)) == 1
-    assert r.frame_sizes == ([] if one_piece else [len(f) for f in frames])  # kept when needed
-    out = _frames(message, r.frame_sizes)
-    assert [e.data for e in out] == (frames if len(frames) > 1 else [message])
-    assert [e.message_finished for e in out] == [False] * (len(out) - 1) + [True]
-
-
-@given(sizes=st.lists(st.integers(0, 50), min_size=1, max_size=10), limit=st.integers(1, 200))
-def test_size_limit_checked_while_the_message_grows(sizes: list[int], limit: int) -> None:
-    r = _Reassembly()
-    total = 0
-    for i, size in enumerate(sizes):
-        last = i == len(sizes) - 1
-        total += size + (0 if last else FRAME_COST)  # each frame's header but the last's counts
-        event = wse.BytesMessage(b"x" * size, message_finished=last)
-        if total > limit:
-            with pytest.raises(OverflowError, match=f"larger than {limit} bytes"):
-                r.add(event, limit)
-            assert r.chunks == [] and r.size == 0  # nothing of it is kept
-            return
-        r.add(event, limit)
-    assert total <= limit
-
-
-def test_many_empty_frames_are_bounded_and_cost_no_memory() -> None:
-    # 100,000 empty continuation frames: they count against the limit (1009 as for size)...
-    r = _Reassembly()
-    with pytest.raises(OverflowError, match="larger than 100000 bytes"):
-        for _ in range(100_000):
-            r.add(wse.BytesMessage(b"", message_finished=False), 100_000)
-    assert r.chunks == [] and r.frame_sizes == []
-    # ...and without a limit they keep nothing but a count.
-    for _ in range(100_000):
-        assert r.add(wse.BytesMessage(b"", message_finished=False), 0) is None
-    assert r.chunks == [] and len(r.frame_sizes) <= KEPT_FRAMES
-    assert r.add(wse.BytesMessage(b"end"), 0) == b"end"
-
-
-def test_a_message_of_many_small_frames_is_joined_as_it_arrives() -> None:
-    r = _Reassembly()
-    for i in range(10_000):
-        r.add(wse.TextMessage("é", message_finished=False), 0)
-        assert len(r.chunks) <= JOINED_PIECES + i // JOINED_PIECES
-    assert r.add(wse.TextMessage("!"), 0) == "é" * 10_000 + "!"
-    assert r.frame_sizes == []  # more frames than KEPT_FRAMES: forwarded as one
 
 
 @given(
@@ -131,11 +42,10 @@ def test_retention_is_bounded_and_keeps_the_newest(
     sizes: list[int], keep: int, budget: int
 ) -> None:
     flow = SimpleNamespace(websocket=SimpleNamespace(messages=[]))
-    layer = SimpleNamespace(flow=flow, keep_messages=keep, kept_bytes=0)
-    with mock.patch("mitm_wsroute.layer.KEEP_BYTES", budget):
-        for i, size in enumerate(sizes):
-            message = websocket.WebSocketMessage(Opcode.BINARY, True, bytes([i % 256]) * size)
-            RoutedWebsocketLayer._record(layer, message)  # type: ignore[arg-type]
+    layer = SimpleNamespace(flow=flow, keep_messages=keep, kept_bytes=0, keep_bytes=budget)
+    for i, size in enumerate(sizes):
+        message = websocket.WebSocketMessage(Opcode.BINARY, True, bytes([i % 256]) * size)
+        RoutedWebsocketLayer._record(layer, message)  # type: ignore[arg-type]
     kept = flow.websocket.messages
     if keep == 0 or not sizes:
         assert len(kept) == len(sizes)

@@ -23,6 +23,7 @@ from mitmproxy.websocket import WebSocketData
 
 from mitm_wsroute import layer
 from mitm_wsroute.connection import PAGE, SERVER, Connection, Side, State
+from mitm_wsroute.messages import FRAME_COST
 from mitm_wsroute.route import WebSocketRoute
 
 MAX = 300  # wsroute_max_message_size for the machine
@@ -164,7 +165,7 @@ class LayerMachine(RuleBasedStateMachine):
         chunk = max(1, len(wire) // reads)
         conn = self.layer.context.client if side is PAGE else self.layer.context.server
         # what counts against the limit: the payload, and each frame's header but the last's
-        too_big = len(data) + layer.FRAME_COST * (len(pieces) - 1) > MAX
+        too_big = len(data) + FRAME_COST * (len(pieces) - 1) > MAX
         if not too_big:
             self.expected[side.other].append(data)
         for i in range(0, len(wire), chunk):

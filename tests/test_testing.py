@@ -213,7 +213,8 @@ def test_expect_web_socket_and_events(proxy: WsRouteProxy) -> None:
     with c:
         third.on("framesent", lambda p: seen.append(("framesent", p)))
         third.on("framereceived", lambda p: seen.append(("framereceived", p)))
-        third.on("close", lambda ws: seen.append(("close", ws)))
+        closed_seen = threading.Event()
+        third.on("close", lambda ws: (seen.append(("close", ws)), closed_seen.set()))
         with third.expect_event("framereceived", lambda p: p == "two") as frame:
             for word in ("one", "two"):
                 c.send(word)
@@ -222,6 +223,7 @@ def test_expect_web_socket_and_events(proxy: WsRouteProxy) -> None:
         with third.expect_event("close") as closed:
             c.close()
         assert closed.value is third
+    assert closed_seen.wait(5)  # listeners run on their own thread, in order
     assert seen == [
         ("framesent", "one"),
         ("framereceived", "one"),
@@ -287,6 +289,23 @@ def test_route_push_from_the_test_thread_keeps_order(proxy: WsRouteProxy) -> Non
         with pytest.raises(ConnectionClosed) as closed:
             clients[0].recv(5)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4000
+
+
+def test_a_blocking_listener_or_handler_cannot_stop_the_proxy(proxy: WsRouteProxy) -> None:
+    release = threading.Event()
+    proxy.route_web_socket("**/slow-listener", lambda ws: ws.on_message(ws.send))
+    proxy.route_web_socket("**/waits", lambda ws: proxy.wait_for_web_socket("**/x", timeout=1))
+    with connect("ws://x.invalid/slow-listener", proxy=proxy.url) as c:
+        sock = proxy.wait_for_web_socket("**/slow-listener")
+        sock.on("framereceived", lambda payload: release.wait(10))  # blocks its thread
+        for word in ("one", "two"):
+            c.send(word)
+            assert c.recv(5) == word  # the proxy goes on while the listener blocks
+    release.set()
+    with connect("ws://x.invalid/waits", proxy=proxy.url) as c, pytest.raises(ConnectionClosed):
+        c.recv(5)  # the handler's wait raised: closed with 1011
+    [error] = proxy.handler_errors
+    assert isinstance(error, RuntimeError) and "proxy's own thread" in str(error)
 
 
 def test_handler_errors_are_collected_and_contained(proxy: WsRouteProxy) -> None:

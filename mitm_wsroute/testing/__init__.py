@@ -57,8 +57,9 @@ class WebSocket(SocketBase):
 
     def on(self, event: str, callback: Callable[[Any], Any]) -> None:
         """Call `callback` for Playwright's events: ``"framesent"`` and ``"framereceived"``
-        (with the payload), ``"close"`` (with this socket). It runs on the proxy's thread, as
-        the frame passes: keep it short."""
+        (with the payload), ``"close"`` (with this socket). Listeners run in order on a thread
+        of their own (not the proxy's, which they can never hold up); an exception in one is
+        logged."""
         if event == "close":
             self._record.on(event, lambda _: callback(self))
         else:

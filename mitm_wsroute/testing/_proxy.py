@@ -187,6 +187,7 @@ class ProxyEngine:
         if self._thread is not None:
             self._thread.join(START_TIMEOUT)
             self._thread = None
+        self.hub.close()
         if self._own_confdir and self.confdir is not None:
             shutil.rmtree(self.confdir, ignore_errors=True)
         self.state = "stopped"
@@ -207,6 +208,7 @@ class ProxyEngine:
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self.hub.proxy_thread = threading.get_ident()
         errors = _ThreadErrors()
         logging.getLogger().addHandler(errors)
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import re
 import threading
 import time
@@ -73,11 +74,44 @@ def describe_messages(messages: list[Message], last: int = 5) -> str:
 
 
 class Hub:
-    """The lock, the wake-ups and the waits of one proxy's records."""
+    """The lock, the wake-ups and the waits of one proxy's records, and the thread that runs
+    the test's event listeners (never the proxy's thread: a listener that blocks or waits must
+    not stop the proxy)."""
 
     def __init__(self) -> None:
         self.lock = threading.Condition()
         self._watchers: set[Callable[[], None]] = set()
+        #: The proxy's thread, where a blocking wait would wait for itself.
+        self.proxy_thread: int | None = None
+        self._events: queue.SimpleQueue[tuple[list[Callable[[Any], None]], Any] | None] = (
+            queue.SimpleQueue()
+        )
+        self._event_thread: threading.Thread | None = None
+
+    def emit(self, callbacks: list[Callable[[Any], None]], arg: Any) -> None:
+        """Call `callbacks` with `arg` on the listeners' thread, in the order of `emit` calls."""
+        if self._event_thread is None:
+            self._event_thread = threading.Thread(
+                target=self._run_listeners, name="wsroute test listeners", daemon=True
+            )
+            self._event_thread.start()
+        self._events.put((callbacks, arg))
+
+    def _run_listeners(self) -> None:
+        while (item := self._events.get()) is not None:
+            callbacks, arg = item
+            for callback in callbacks:
+                try:
+                    callback(arg)
+                except Exception:
+                    logger.exception("a WebSocket event listener of the test failed")
+
+    def close(self) -> None:
+        """End the listeners' thread once it has run what is queued."""
+        if self._event_thread is not None:
+            self._events.put(None)
+            self._event_thread.join(5)
+            self._event_thread = None
 
     def changed(self) -> None:
         """Wake every waiter. Call with `lock` held."""
@@ -87,6 +121,11 @@ class Hub:
 
     def wait(self, check: Callable[[], T | None], fail: Callable[[], str], timeout: float) -> T:
         """Block until `check()` (run under the lock) returns a value; `TimeoutError(fail())`."""
+        if threading.get_ident() == self.proxy_thread:
+            raise RuntimeError(
+                "a blocking wait on the proxy's own thread (in a route handler?) would stop the "
+                "proxy; use the async API (mitm_wsroute.testing.async_api) in an async handler"
+            )
         found: list[T] = []
 
         def ready() -> bool:
@@ -236,11 +275,9 @@ class SocketRecord:
         self.forgotten += drop
 
     def _emit(self, event: str, arg: Any) -> None:
-        for callback in list(self.listeners[event]):
-            try:
-                callback(arg)
-            except Exception:
-                logger.exception(f"{self.url}: {event} listener failed")
+        callbacks = self.listeners[event]
+        if callbacks:
+            self.hub.emit(list(callbacks), arg)
 
     # --- read by the test (checks run under the hub's lock) -------------------------------------
 

@@ -1,0 +1,132 @@
+"""What a routed socket does with whole messages: reassembly from pieces, with the size limit,
+the original framing, and how many messages a flow keeps.
+
+Pure: this module imports neither mitmproxy nor asyncio; `layer.py` feeds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sized
+from dataclasses import dataclass, field
+from typing import Protocol, cast
+
+__all__ = [
+    "FRAME_COST",
+    "JOINED_PIECES",
+    "KEEP_BYTES",
+    "KEPT_FRAMES",
+    "Reassembly",
+    "cut",
+    "trim",
+]
+
+#: Each frame of a fragmented message but its last counts this much against
+#: ``wsroute_max_message_size`` besides its payload (the smallest frame header, RFC 6455 §5.2),
+#: so that a message of many tiny or empty frames is bounded too.
+FRAME_COST = 2
+#: A message's original framing is kept (and forwarded frame for frame) up to this many frames;
+#: a message in more frames is forwarded as one.
+KEPT_FRAMES = 1024
+#: The pieces of a message are joined in groups of this many as they arrive, so that a message of
+#: many small pieces takes memory for its bytes, not for its pieces.
+JOINED_PIECES = 1024
+
+
+def _join(chunks: list[str | bytes]) -> str | bytes:
+    if isinstance(chunks[0], str):
+        return "".join(cast(list[str], chunks))
+    return b"".join(cast(list[bytes], chunks))
+
+
+@dataclass(slots=True)
+class Reassembly:
+    """A message being received, kept as chunks so that joining it is linear (mitmproxy's
+    ``bytes +=`` is quadratic: 26 s for 64 MiB), and its size checked as it grows."""
+
+    chunks: list[str | bytes] = field(default_factory=list)
+    #: The sizes of the frames of the last message, when it came in several (and not too many).
+    frame_sizes: list[int] = field(default_factory=list)
+    frame: int = 0
+    #: Payload so far, and `FRAME_COST` per frame.
+    size: int = 0
+    pieces: int = 0
+    #: `chunks[:joined]` are groups of pieces joined already.
+    joined: int = 0
+    framing_kept: bool = True
+
+    def add(
+        self, data: str | bytes, frame_finished: bool, message_finished: bool, limit: int
+    ) -> str | bytes | None:
+        """Add a piece (of a frame: the codec hands them over as they arrive); the whole
+        message once it is complete. `OverflowError` past `limit` bytes (characters for text;
+        each frame of a fragmented message but the last counts `FRAME_COST` more), which
+        forgets the message: its rest is never stored."""
+        if not self.pieces and message_finished:  # one piece: most messages
+            if limit and len(data) > limit:
+                raise OverflowError(f"message larger than {limit} bytes")
+            return data
+        self.pieces += 1
+        self.size += len(data)
+        self.frame += len(data)
+        if frame_finished:
+            if not message_finished:
+                self.size += FRAME_COST
+            if self.framing_kept and len(self.frame_sizes) < KEPT_FRAMES:
+                self.frame_sizes.append(self.frame)
+            else:  # too many frames to keep their sizes: forwarded as one
+                self.framing_kept = False
+                self.frame_sizes.clear()
+            self.frame = 0
+        if limit and self.size > limit:
+            self._forget()
+            self.frame_sizes.clear()
+            raise OverflowError(f"message larger than {limit} bytes")
+        chunks = self.chunks
+        if data:
+            chunks.append(data)
+            if len(chunks) - self.joined >= JOINED_PIECES:
+                chunks[self.joined :] = [_join(chunks[self.joined :])]
+                self.joined += 1
+        if not message_finished:
+            return None
+        message = _join(chunks) if chunks else data
+        self._forget()
+        return message
+
+    def _forget(self) -> None:
+        self.chunks.clear()
+        self.frame = self.size = self.pieces = self.joined = 0
+        self.framing_kept = True
+
+
+def cut(message: str | bytes, sizes: list[int]) -> list[str | bytes]:
+    """`message` cut into pieces of the given sizes (its original frames), or whole when the
+    sizes do not add up to it."""
+    if len(sizes) <= 1 or sum(sizes) != len(message):
+        return [message]
+    out, offset = [], 0
+    for size in sizes:
+        out.append(message[offset : offset + size])
+        offset += size
+    return out
+
+
+#: With ``wsroute_keep_messages``, the content a flow keeps at most (big messages count more).
+KEEP_BYTES = 16 * 1024 * 1024
+
+
+class _Kept(Protocol):
+    @property
+    def content(self) -> Sized: ...
+
+
+def trim(messages: list[_Kept], keep: int, budget: int) -> int:
+    """Drop the oldest of `messages` so that at most `keep` stay, holding at most `budget`
+    bytes of content, but always the newest. Returns the content size of what stays."""
+    first = max(0, len(messages) - keep)
+    kept = sum(len(m.content) for m in messages[first:])
+    while kept > budget and first < len(messages) - 1:
+        kept -= len(messages[first].content)
+        first += 1
+    del messages[:first]
+    return kept

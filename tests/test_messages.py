@@ -1,0 +1,83 @@
+"""The message bookkeeping of a routed socket: reassembly, original framing, size limit
+(properties and floods)."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mitm_wsroute.messages import FRAME_COST, JOINED_PIECES, KEPT_FRAMES, Reassembly
+from mitm_wsroute.messages import cut as message_cut
+
+
+def cut_at(data: Any, cuts: list[int]) -> list[Any]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    edges = [0, *points, len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(edges)]
+
+
+messages = st.one_of(st.text(max_size=200), st.binary(max_size=200))
+cuts = st.lists(st.integers(0, 10_000), max_size=6)
+
+
+@given(message=messages, frame_cuts=cuts, chunk_cuts=cuts)
+def test_reassembly_and_original_framing(
+    message: Any, frame_cuts: list[int], chunk_cuts: list[int]
+) -> None:
+    frames = cut_at(message, frame_cuts)
+    r = Reassembly()
+    result = None
+    for fi, frame in enumerate(frames):
+        chunks = cut_at(frame, chunk_cuts)
+        for ci, chunk in enumerate(chunks):
+            last_chunk = ci == len(chunks) - 1
+            assert result is None
+            result = r.add(chunk, last_chunk, last_chunk and fi == len(frames) - 1, limit=0)
+    assert result == message
+    one_piece = len(frames) == 1 and len(cut_at(message, chunk_cuts)) == 1
+    assert r.frame_sizes == ([] if one_piece else [len(f) for f in frames])  # kept when needed
+    assert message_cut(message, r.frame_sizes) == (frames if len(frames) > 1 else [message])
+
+
+@given(sizes=st.lists(st.integers(0, 50), min_size=1, max_size=10), limit=st.integers(1, 200))
+def test_size_limit_checked_while_the_message_grows(sizes: list[int], limit: int) -> None:
+    r = Reassembly()
+    total = 0
+    for i, size in enumerate(sizes):
+        last = i == len(sizes) - 1
+        total += size + (0 if last else FRAME_COST)  # each frame's header but the last's counts
+        event = b"x" * size, True, last
+        if total > limit:
+            with pytest.raises(OverflowError, match=f"larger than {limit} bytes"):
+                r.add(*event, limit)
+            assert r.chunks == [] and r.size == 0  # nothing of it is kept
+            return
+        r.add(*event, limit)
+    assert total <= limit
+
+
+def test_many_empty_frames_are_bounded_and_cost_no_memory() -> None:
+    # 100,000 empty continuation frames: they count against the limit (1009 as for size)...
+    r = Reassembly()
+    with pytest.raises(OverflowError, match="larger than 100000 bytes"):
+        for _ in range(100_000):
+            r.add(b"", True, False, 100_000)
+    assert r.chunks == [] and r.frame_sizes == []
+    # ...and without a limit they keep nothing but a count.
+    for _ in range(100_000):
+        assert r.add(b"", True, False, 0) is None
+    assert r.chunks == [] and len(r.frame_sizes) <= KEPT_FRAMES
+    assert r.add(b"end", True, True, 0) == b"end"
+
+
+def test_a_message_of_many_small_frames_is_joined_as_it_arrives() -> None:
+    r = Reassembly()
+    for i in range(10_000):
+        r.add("é", True, False, 0)
+        assert len(r.chunks) <= JOINED_PIECES + i // JOINED_PIECES
+    assert r.add("!", True, True, 0) == "é" * 10_000 + "!"
+    assert r.frame_sizes == []  # more frames than KEPT_FRAMES: forwarded as one
