@@ -130,15 +130,20 @@ def stop(p: Proc) -> None:
 
 @pytest.fixture
 def mitmdump(tmp_path: Path) -> Iterator[object]:
-    """``mitmdump(script_text, *args)`` starts a mitmdump whose route script is `script_text`."""
+    """``mitmdump(script_text, *args, other_addon=None)`` starts a mitmdump whose route script
+    is `script_text`, and with `other_addon` (the text of a mitmproxy addon script) loaded too."""
     procs: list[Proc] = []
 
-    def start(script: str | None = None, *args: str) -> Proc:
+    def start(script: str | None = None, *args: str, other_addon: str | None = None) -> Proc:
         extra = list(args)
         if script is not None:
             path = tmp_path / f"routes{len(procs)}.py"
             path.write_text(textwrap.dedent(script))
             extra += ["--set", f"wsroute_scripts={path}"]
+        if other_addon is not None:
+            path = tmp_path / f"addon{len(procs)}.py"
+            path.write_text(other_addon)
+            extra += ["-s", str(path)]
         p = start_mitmdump(tmp_path, *extra)
         procs.append(p)
         return p

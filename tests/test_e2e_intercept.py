@@ -363,14 +363,12 @@ HANDLED = """
 
 
 async def test_other_addons_change_drop_and_inject_on_routed_sockets(
-    mitmdump: Any, upstream: Any, tmp_path: Path
+    mitmdump: Any, upstream: Any
 ) -> None:
     # Forwarded messages are what other addons made of them; a handler gets the message as it
     # arrived (the route decides first, then the websocket_message hook runs).
-    other = tmp_path / "other.py"
-    other.write_text(OTHER_ADDON)
     up = await upstream()
-    p = mitmdump(ROUTES + HANDLED, "-s", str(other))
+    p = mitmdump(ROUTES + HANDLED, other_addon=OTHER_ADDON)
     async with connect(up.url("/plain"), proxy=p.proxy) as ws:
         for m in ("drop-me", "rewrite-me", "inject"):
             await ws.send(m)
@@ -413,13 +411,9 @@ def websocket_message(flow):
 """
 
 
-async def test_an_intercepted_routed_flow_waits_for_resume(
-    mitmdump: Any, upstream: Any, tmp_path: Path
-) -> None:
-    addon = tmp_path / "intercepting.py"
-    addon.write_text(INTERCEPTING_ADDON)
+async def test_an_intercepted_routed_flow_waits_for_resume(mitmdump: Any, upstream: Any) -> None:
     up = await upstream()
-    p = mitmdump(HANDLED, "-s", str(addon))
+    p = mitmdump(HANDLED, other_addon=INTERCEPTING_ADDON)
     async with connect(up.url("/handled"), proxy=p.proxy) as ws:
         await ws.send("hold")
         assert await asyncio.wait_for(ws.recv(), 5) == "hold"

@@ -236,10 +236,8 @@ async def test_on_message_exception_is_logged_and_socket_goes_on(mock_proxy: Any
     await mock_proxy.async_wait_for("ValueError: boom in on_message")
 
 
-async def test_empty_handler_drops_client_messages(mitmdump: Any, tmp_path: Any) -> None:
-    observer = tmp_path / "observer.py"
-    observer.write_text(OBSERVER)
-    p = mitmdump(MOCK, "-s", str(observer))
+async def test_empty_handler_drops_client_messages(mitmdump: Any) -> None:
+    p = mitmdump(MOCK, other_addon=OBSERVER)
     async with connect("ws://chat.invalid/silent", proxy=p.proxy) as ws:
         await ws.send("into the void")
         pong = await ws.ping()
@@ -335,10 +333,8 @@ async def test_url_of_absolute_form_request(mock_proxy: Any) -> None:
     writer.close()
 
 
-async def test_stock_hooks_see_dropped_and_injected(mitmdump: Any, tmp_path: Any) -> None:
-    observer = tmp_path / "observer.py"
-    observer.write_text(OBSERVER)
-    p = mitmdump(MOCK, "-s", str(observer))
+async def test_stock_hooks_see_dropped_and_injected(mitmdump: Any) -> None:
+    p = mitmdump(MOCK, other_addon=OBSERVER)
     async with connect("ws://chat.invalid/mock", proxy=p.proxy) as ws:
         await recv_all(ws, 2)
         await ws.send("echo me")
@@ -359,10 +355,8 @@ async def test_stock_hooks_see_dropped_and_injected(mitmdump: Any, tmp_path: Any
     )
 
 
-async def test_message_hooks_can_be_turned_off(mitmdump: Any, tmp_path: Any) -> None:
-    observer = tmp_path / "observer.py"
-    observer.write_text(OBSERVER)
-    p = mitmdump(MOCK, "-s", str(observer), "--set", "wsroute_message_hooks=false")
+async def test_message_hooks_can_be_turned_off(mitmdump: Any) -> None:
+    p = mitmdump(MOCK, "--set", "wsroute_message_hooks=false", other_addon=OBSERVER)
     async with connect("ws://chat.invalid/mock", proxy=p.proxy) as ws:
         await recv_all(ws, 2)
         await ws.send("echo me")
@@ -404,12 +398,10 @@ def update(flows):
 """
 
 
-async def test_route_sends_from_a_task_update_other_addons(mitmdump: Any, tmp_path: Any) -> None:
+async def test_route_sends_from_a_task_update_other_addons(mitmdump: Any) -> None:
     # no websocket_message hook fires for route-sent messages: the update hook tells other
     # addons (mitmweb) that the flow has new ones
-    updates = tmp_path / "updates.py"
-    updates.write_text(UPDATES)
-    p = mitmdump(MOCK, "-s", str(updates))
+    p = mitmdump(MOCK, other_addon=UPDATES)
     async with connect("ws://chat.invalid/push", proxy=p.proxy) as ws:
         await ws.send("go")
         for i in range(3):
