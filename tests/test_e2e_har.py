@@ -11,45 +11,16 @@ import asyncio
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from mitm_wsroute.har import load_har
-from tests.conftest import MITMDUMP, Proc, _reader, stop
-
-PUSH = ["welcome", b"\x00\x01binary push\xff"]
-
-
-async def app(ws: ServerConnection) -> None:
-    """A small real backend: pushes on open, answers requests, sends binary, closes on 'bye'."""
-    for m in PUSH:
-        await ws.send(m)
-    async for message in ws:
-        if message == "bye":
-            await ws.close(4000, "see you")
-            return
-        if isinstance(message, bytes):
-            await ws.send(message[::-1])
-        elif message.startswith("sum "):
-            await ws.send(str(sum(int(x) for x in message.split()[1:])))
-            await ws.send(b"\x10" * 3)
-        else:
-            await ws.send(f"echo {message}")
-
-
-@pytest_asyncio.fixture
-async def backend() -> AsyncIterator[Any]:
-    server = await serve(app, "127.0.0.1", 0, ping_interval=None)
-    yield server
-    server.close()
-    await server.wait_closed()
+from tests.conftest import PUSH, start_mitmdump, stop
 
 
 def port(server: Any) -> int:
@@ -195,7 +166,7 @@ async def test_unmatched_client_message_gets_no_reply_and_is_logged(
 async def test_plain_mitmdump_hardump_replays(backend: Any, tmp_path: Path, mitmdump: Any) -> None:
     """mitmproxy's own HAR export (``--set hardump=``) of a live session, no addon loaded."""
     har = tmp_path / "mitmproxy.har"
-    plain = start_plain_mitmdump(tmp_path, "--set", f"hardump={har}")
+    plain = start_mitmdump(tmp_path, "--set", f"hardump={har}", addon=False)
     url = f"ws://127.0.0.1:{port(backend)}/app"
     try:
         assert (await talk(plain.proxy, url))[0] == EXPECTED
@@ -208,25 +179,6 @@ async def test_plain_mitmdump_hardump_replays(backend: Any, tmp_path: Path, mitm
     replayer = mitmdump(None, "--set", f"wsroute_har={har}")
     # mitmproxy's HAR records no close, so the replay does not close: the client does.
     assert await talk(replayer.proxy, url, server_closes=False) == (EXPECTED, (1000, ""))
-
-
-def start_plain_mitmdump(tmp: Path, *args: str) -> Proc:
-    import subprocess
-
-    confdir = tmp / "plain-confdir"
-    confdir.mkdir(exist_ok=True)
-    proc = subprocess.Popen(
-        [MITMDUMP, "--listen-host", "127.0.0.1", "--listen-port", "0",
-         "--set", f"confdir={confdir}", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp,
-        start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-    p = Proc(proc, 0, confdir)
-    import threading
-
-    threading.Thread(target=_reader, args=(p,), daemon=True).start()
-    p.port = int(p.wait_for(r"listening at [\d.]+:(\d+)", timeout=30).group(1))
-    return p
 
 
 async def test_kill_9_mid_recording_leaves_the_last_complete_file(
