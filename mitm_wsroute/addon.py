@@ -39,6 +39,8 @@ POLL_INTERVAL = 0.5
 DEFAULT_MAX_MESSAGE_SIZE = 128 * 1024 * 1024
 #: ``wsroute_keep_messages``: enough for mitmweb to show a conversation, ~0.3 MiB of small ones.
 DEFAULT_KEEP_MESSAGES = 1000
+#: ``wsroute_close_timeout``: how long a peer may take to answer our close frame.
+DEFAULT_CLOSE_TIMEOUT = 5.0
 _HAR_OPTIONS = (
     "wsroute_har",
     "wsroute_har_update",
@@ -106,6 +108,17 @@ class WsRoute:
         )
 
         loader.add_option(
+            "wsroute_close_timeout",
+            float,
+            DEFAULT_CLOSE_TIMEOUT,
+            """
+            Seconds a side of a routed socket keeps its TCP connection after the proxy sent it
+            a close frame, waiting for the peer's answer (RFC 6455 section 7.1.1: the closing
+            handshake, after which clients report the close as clean). A peer that never
+            answers has its connection closed then.
+            """,
+        )
+        loader.add_option(
             "wsroute_message_hooks",
             bool,
             True,
@@ -165,11 +178,15 @@ class WsRoute:
         )
 
     def configure(self, updated: set[str]) -> None:
-        for name in ("wsroute_max_message_size", "wsroute_keep_messages"):
+        for name, zero in (
+            ("wsroute_max_message_size", " (no limit)"),
+            ("wsroute_keep_messages", " (keep all)"),
+            ("wsroute_close_timeout", ""),
+        ):
             if name in updated and getattr(ctx.options, name) < 0:
                 raise exceptions.OptionsError(
                     f"Cannot parse {name} option {getattr(ctx.options, name)}: "
-                    "must be 0 (no limit) or more"
+                    f"must be 0{zero} or more"
                 )
         if "wsroute_scripts" in updated or "wsroute_base_url" in updated:
             base_url = ctx.options.wsroute_base_url

@@ -14,8 +14,21 @@ The rules are Playwright's (`client/network.ts`, class `WebSocketRoute`):
   ``close()`` on that side) goes to that side's `on_close` handler if one is set; otherwise the
   other side is closed with the same code and reason.
 
-Every side is in one `State`. The page side is the client of the proxy; the server side is the
-upstream, and stays `State.NONE` for a mock (a route that never called `connect_to_server`).
+Every side is in one `State` (what the route sees) and one `Wire` state (its TCP connection
+and closing handshake). The page side is the client of the proxy; the server side is the
+upstream, and stays `State.NONE` and `Wire.NONE` for a mock (a route that never called
+`connect_to_server`).
+
+The closing handshake (RFC 6455 §7.1): a side we send a close frame to keeps its TCP connection
+until its peer's close frame arrives or `StartCloseTimer` runs out (then the close counts as
+clean for the peer); a side that failed (§7.1.7) or whose peer left is closed at once. The
+server's TCP connection closes before the client's, which goes last, and `End` follows it.
+
+Beyond Playwright, the route handler may answer the client's upgrade itself (`Opening`:
+`accept()` a mock now, or `reject()` it with an HTTP response), a route may `drop()` a side (a
+close with 1006 and the same rule: its TCP connection closes without a close frame) and set a
+side's latency (a `SetLatency` command: the adapter holds what is sent to that side, closes
+included, and tells the connection only when they went out).
 """
 
 from __future__ import annotations
@@ -36,8 +49,10 @@ __all__ = [
     "Close",
     "CloseHandler",
     "CloseSide",
+    "CloseTcp",
     "Command",
     "Connection",
+    "End",
     "Error",
     "Message",
     "MessageHandler",
@@ -47,7 +62,9 @@ __all__ = [
     "Send",
     "SetLatency",
     "Side",
+    "StartCloseTimer",
     "State",
+    "Wire",
     "check_close",
     "check_latency",
     "check_message",
@@ -62,6 +79,8 @@ CloseHandler = Callable[[int | None, str | None], Any]
 #: RFC 6455 §7.4.1: "designated for use in applications expecting a status code to indicate that
 #: the connection was closed abnormally". Never sent in a frame; mirrored as a dropped connection.
 ABNORMAL_CLOSURE = 1006
+#: RFC 6455 §7.4.1: a message too big to process.
+MESSAGE_TOO_BIG = 1009
 
 
 class Error(Exception):
@@ -103,6 +122,25 @@ class State(enum.IntEnum):
 
 
 _DONE = (State.NONE, State.CLOSED)
+
+
+class Wire(enum.IntEnum):
+    """One side's TCP connection and its closing handshake (RFC 6455 §7.1)."""
+
+    #: No TCP connection: a mock's server side, or an upstream that failed.
+    NONE = 0
+    #: Connected; no close frame went out to it.
+    OPEN = 1
+    #: Our close frame went out; waiting for the peer's, with a close timer running.
+    CLOSING = 2
+    #: The handshake is over (the peer answered or closed first, the side failed, its peer
+    #: left, or the timer ran out): its TCP connection closes when it is that side's turn.
+    DONE = 3
+    #: TCP connection closed.
+    CLOSED = 4
+
+
+_GONE = (Wire.NONE, Wire.CLOSED)
 
 
 class Opening(enum.IntEnum):
@@ -179,6 +217,27 @@ class CallHandler:
     args: tuple[Any, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class StartCloseTimer:
+    """Start the close timer of a side that was sent a close frame: when it runs out, tell
+    `Connection.receive_close_timeout`. One per closing handshake."""
+
+    side: Side
+
+
+@dataclass(frozen=True, slots=True)
+class CloseTcp:
+    """Close a side's TCP connection."""
+
+    side: Side
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """Both sides' TCP connections are closed: the socket is over (`Connection.first_close`
+    says how it ended). The last command."""
+
+
 @dataclass(slots=True)
 class SetLatency:
     """From now on, hold everything sent to a side for `seconds` (0: no longer), keeping order."""
@@ -187,7 +246,7 @@ class SetLatency:
     seconds: float
 
 
-Command = Send | CloseSide | CallHandler | SetLatency
+Command = Send | CloseSide | CallHandler | StartCloseTimer | CloseTcp | End | SetLatency
 
 
 def check_close(code: int | None, reason: str | None) -> Close:
@@ -278,6 +337,10 @@ class Connection:
     handlers: dict[Side, _Handlers] = field(
         default_factory=lambda: {PAGE: _Handlers(), SERVER: _Handlers()}
     )
+    #: The client's TCP connection exists from the start; the upstream's once it answered.
+    wires: dict[Side, Wire] = field(default_factory=lambda: {PAGE: Wire.OPEN, SERVER: Wire.NONE})
+    #: `End` was recorded.
+    ended: bool = False
     #: The first close on this socket and whether the client sent it (else the server or the
     #: route did), as mitmproxy's `websocket_end` reports it.
     first_close: tuple[bool, Close] | None = None
@@ -375,8 +438,9 @@ class Connection:
             logger.debug(f"{self.url}: drop() of the {side} ignored, already closed")
             return
         close = Close(ABNORMAL_CLOSURE, "")
-        self._record(CloseSide(side, close))
+        self._close_side(side, close)
         self._closed(side, close, by_peer=False)
+        self._advance()
 
     def set_latency(self, side: Side, seconds: float) -> None:
         """Hold everything sent to a side for `seconds` from now on; 0 for no delay."""
@@ -402,8 +466,9 @@ class Connection:
         if self.states[side] in (State.NONE, State.CLOSED):
             logger.debug(f"{self.url}: close() of the {side} ignored, already closed")
             return
-        self._record(CloseSide(side, close))
+        self._close_side(side, close)
         self._closed(side, close, by_peer=False)
+        self._advance()
 
     # --- what happened on the wire (through layer.py and addon.py) -----------------------------
 
@@ -413,6 +478,8 @@ class Connection:
             self.states[PAGE] = State.OPEN
         if self.states[SERVER] is State.CONNECTING:
             self.states[SERVER] = State.OPEN
+            self.wires[SERVER] = Wire.OPEN
+        self._advance()
 
     def receive_handler_error(self, error: BaseException) -> None:
         """The route handler raised: accept the client and close it with 1011 (internal error)
@@ -431,7 +498,7 @@ class Connection:
         self.states[PAGE] = State.CLOSED
         close = Close(1011, reason)
         self.first_close = self.first_close or (False, close)
-        self._record(CloseSide(PAGE, close))
+        self._close_side(PAGE, close)
 
     def receive_upstream_failed(self) -> bool:
         """The upstream handshake failed. Returns whether the route takes over the client.
@@ -469,22 +536,60 @@ class Connection:
         return None  # a mock, or the other side is gone; Playwright drops it silently.
 
     def receive_close(self, side: Side, code: int | None, reason: str | None) -> None:
-        """A side's peer closed: a close frame (``(None, None)`` if empty), or 1006 for a drop."""
-        if self.states[side] is not State.OPEN:
-            return
-        self._closed(side, Close(code, reason if code is not None else None), by_peer=True)
+        """A side's peer sent a close frame (``(None, None)`` if empty; the adapter answers it,
+        which ends that side's closing handshake), or 1006: its connection dropped."""
+        if self.wires[side] in (Wire.OPEN, Wire.CLOSING):
+            self.wires[side] = Wire.DONE
+        if self.states[side] is State.OPEN:
+            self._closed(side, Close(code, reason if code is not None else None), by_peer=True)
+        self._advance()
 
     def receive_connection_lost(self, side: Side) -> None:
-        """A side's TCP connection is gone, perhaps long after its close handshake.
+        """A side's peer ended its TCP connection, perhaps long after its close handshake.
 
         proxy: mitmproxy cannot keep an upstream connection once the client's connection is gone,
         so an upstream left open by a page `on_close` handler is closed with 1001 (going away).
         """
+        if self.wires[side] in (Wire.OPEN, Wire.CLOSING):
+            self.wires[side] = Wire.DONE  # no handshake to wait for; our end closes in turn
         if self.states[side] is State.OPEN:
-            self.receive_close(side, ABNORMAL_CLOSURE, "")
+            self._closed(side, Close(ABNORMAL_CLOSURE, ""), by_peer=True)
         if side is PAGE and self.states[SERVER] in (State.OPEN, State.CONNECTING):
             self.states[SERVER] = State.CLOSED
-            self._record(CloseSide(SERVER, Close(1001, "client connection gone")))
+            self._close_side(SERVER, Close(1001, "client connection gone"))
+        self._advance()
+
+    def receive_failure(self, side: Side, code: int, reason: str) -> None:
+        """The proxy fails a side's WebSocket connection (RFC 6455 §7.1.7): its peer broke the
+        protocol (the codec's 1002 or 1007) or sent a message over the size limit (1009).
+
+        That side is sent a close frame with `code` and its TCP connection closes at once,
+        without waiting for an answer. The route sees a protocol failure as an abnormal
+        closure, ``(1006, "")``, mirrored as a dropped connection: what the other side would see
+        without the proxy. A message too big is the proxy's own limit: the route sees that
+        1009 close, mirrored as a close frame.
+        """
+        if self.wires[side] is Wire.OPEN:
+            self._record(CloseSide(side, Close(code, reason)))
+        if self.wires[side] in (Wire.OPEN, Wire.CLOSING):
+            self.wires[side] = Wire.DONE
+        if self.states[side] is State.OPEN:
+            close = Close(code, reason) if code == MESSAGE_TOO_BIG else Close(ABNORMAL_CLOSURE, "")
+            self._closed(side, close, by_peer=True)
+        self._advance()
+
+    def receive_close_timeout(self, side: Side) -> None:
+        """The close timer of a side ran out (`StartCloseTimer`): its peer never answered our
+        close frame. Its TCP connection closes in turn; the peer sees an unclean close."""
+        if self.wires[side] is Wire.CLOSING:
+            self.wires[side] = Wire.DONE
+            self._advance()
+
+    def receive_ping(self, side: Side) -> Side | None:
+        """A ping from a side's peer. Returns the side to forward it to, or None: the proxy
+        answers it itself, because nobody else is there (RFC 6455 §5.5.2). Pongs go the same
+        way, and are not answered."""
+        return side.other if self.states[side.other] is State.OPEN else None
 
     def _record(self, command: Command) -> None:
         self._commands.append(command)
@@ -520,10 +625,44 @@ class Connection:
             self._record(CallHandler(on_close, (close.code, close.reason)))
         elif self.states[side.other] in (State.OPEN, State.CONNECTING):
             self.states[side.other] = State.CLOSED
-            self._record(CloseSide(side.other, close))
+            self._close_side(side.other, close)
             # Playwright reports a mirrored close to that side's own handler too, afterwards
             # (`_apiClosePage` fires `onClosePage`, and closing the server fires
             # `onCloseServer`): it learns that its side closed, and why.
             mirrored = self.handlers[side.other].close
             if mirrored is not None:
                 self._record(CallHandler(mirrored, (close.code, close.reason)))
+
+    # --- the closing handshake and the TCP connections (RFC 6455 §7.1) ----------------------------
+
+    def _close_side(self, side: Side, close: Close) -> None:
+        """Send a side our close frame and start its close timer; for 1006, no frame: its TCP
+        connection closes at once (`_advance`)."""
+        self._record(CloseSide(side, close))
+        wire = self.wires[side]
+        if close.code == ABNORMAL_CLOSURE:
+            if wire in (Wire.OPEN, Wire.CLOSING):
+                self.wires[side] = Wire.DONE
+        elif wire is Wire.OPEN:
+            self.wires[side] = Wire.CLOSING
+            self._record(StartCloseTimer(side))
+
+    def _advance(self) -> None:
+        """Close the TCP connections the route is done with, once their handshake is over: the
+        server's first, the client's last (mitmproxy tears down every server connection with
+        its client's; closed the other way round, the server socket is left in CLOSE-WAIT).
+        Then `End`."""
+        if self.ended:
+            return
+        wires = self.wires
+        if wires[SERVER] is Wire.DONE and self.states[SERVER] in _DONE:
+            wires[SERVER] = Wire.CLOSED
+            self._record(CloseTcp(SERVER))
+        if not self.finished or wires[SERVER] not in _GONE:
+            return
+        if wires[PAGE] is Wire.DONE:
+            wires[PAGE] = Wire.CLOSED
+            self._record(CloseTcp(PAGE))
+        if wires[PAGE] is Wire.CLOSED:
+            self.ended = True
+            self._record(End())

@@ -18,6 +18,7 @@ wake the layer with an injected `RouteWakeup` event, which `HttpLayer` routes by
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import threading
@@ -41,16 +42,20 @@ from wsproto.frame_protocol import CloseReason, Opcode
 
 from .connection import (
     ABNORMAL_CLOSURE,
+    MESSAGE_TOO_BIG,
     PAGE,
     SERVER,
     CallHandler,
     CloseSide,
+    CloseTcp,
     Command,
     Connection,
+    End,
     Owner,
     Send,
     SetLatency,
     Side,
+    StartCloseTimer,
     State,
 )
 from .handshake import accept
@@ -75,9 +80,6 @@ _NO_MESSAGE = websocket.WebSocketMessage(Opcode.TEXT, True, b"")
 
 #: With ``wsroute_keep_messages``, the content a flow keeps at most (big messages count more).
 KEEP_BYTES = 16 * 1024 * 1024
-#: How long a side's TCP connection stays open after our close frame, waiting for the peer's
-#: (RFC 6455 §7.1.1: close TCP once the closing handshake is done, so that it counts as clean).
-CLOSE_TIMEOUT = 5.0
 #: The clock of `set_latency()` (asyncio's, which runs the wake-ups; tests replace it).
 clock = time.monotonic
 
@@ -97,6 +99,9 @@ class _DelayWakeup(commands.RequestWakeup):
         super().__init__(delay)
         self.side = side
 
+
+#: What waits for a side: data or a TCP close to send, or the observer to tell.
+_Delayed = commands.Command | Callable[[], None]
 
 CallUser = Callable[[Callable[..., object], tuple[object, ...], str], None]
 
@@ -240,16 +245,15 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
     def __init__(self, context: Context, flow: http.HTTPFlow) -> None:
         super().__init__(context, flow)
         self.socket = _routed.get(flow)
-        self.tcp_open = {PAGE: True, SERVER: False}
         self.reassembly = {PAGE: _Reassembly(), SERVER: _Reassembly()}
-        self.ended = False
-        self.close_timer = False  # requested a wake-up for CLOSE_TIMEOUT
-        self.close_timed_out = False
-        self.failed = {PAGE: False, SERVER: False}  # failed sides get no closing handshake
+        #: The close timers running, by the wake-up each asked for.
+        self.close_timers: dict[commands.RequestWakeup, Side] = {}
         #: What waits to be sent to each side, once a route called `set_latency()`.
-        self.delays: tuple[DelayLine[commands.Command], DelayLine[commands.Command]] | None = None
+        self.delays: tuple[DelayLine[_Delayed], DelayLine[_Delayed]] | None = None
         self.delay_timers: list[_DelayWakeup | None] = [None, None]  # the latest, by side
+        self.end_pending = False  # End came while something still waited
         if self.socket is not None:  # read once: options are slow to read per message
+            self.close_timeout: float = context.options.wsroute_close_timeout
             self.max_message_size: int = context.options.wsroute_max_message_size
             self.keep_messages: int = context.options.wsroute_keep_messages
             self.kept_bytes = 0
@@ -263,7 +267,6 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             return
         connection = self.socket.connection
         self.ws = (self.client_ws, self.server_ws)
-        self.tcp_open[SERVER] = connection.states[SERVER] is State.CONNECTING
         self.socket.layer_started = True
         connection.receive_open()
         self.socket.busy = True
@@ -289,12 +292,13 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         elif isinstance(event, events.Wakeup):
             if isinstance(event.command, _DelayWakeup):
                 yield from self._due(event.command)
-            else:
-                self.close_timed_out = True
+            elif event.command in self.close_timers:
+                side = self.close_timers.pop(event.command)
+                self.socket.connection.receive_close_timeout(side)
         else:
             assert isinstance(event, wsl.WebSocketMessageInjected)
             yield from self._injected(event.message)
-        if self.socket.connection.has_commands or self._tcp_to_close():
+        if self.socket.connection.has_commands:
             yield from self._drain()
         self.socket.busy = False
 
@@ -307,7 +311,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 return  # after the close handshake; nothing more to read
             ws.receive_data(event.data)
         else:
-            ws.receive_data(None)  # we still close our end, in _close_connections
+            ws.receive_data(None)  # our end closes when the connection says (CloseTcp)
         reassembly = self.reassembly[side]
         for ev in ws.events():
             if isinstance(ev, wse.Message):
@@ -316,19 +320,21 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 try:
                     message = reassembly.add(ev, self.max_message_size)
                 except OverflowError as e:
-                    yield from self._fail(side, 1009, str(e))  # RFC 6455 §7.4.1: too big
+                    logger.info(f"{connection.url}: failing the {side}: 1009 {e}")
+                    connection.receive_failure(side, 1009, str(e))  # RFC 6455 §7.4.1: too big
                     continue
                 if message is not None:
                     yield from self._message(side, message)
             elif isinstance(ev, wse.Ping):
-                # RFC 6455 §5.5.2: answered by the other side when there is one, else by us.
-                if connection.states[side.other] is State.OPEN:
-                    yield from self._out(self.ws[side.other].send2(ev))
+                to = connection.receive_ping(side)
+                if to is not None:
+                    yield from self._out(self.ws[to].send2(ev))
                 elif ws.state is ConnectionState.OPEN:
                     yield from self._out(ws.send2(ev.response()))
             elif isinstance(ev, wse.Pong):
-                if connection.states[side.other] is State.OPEN:
-                    yield from self._out(self.ws[side.other].send2(ev))
+                to = connection.receive_ping(side)
+                if to is not None:
+                    yield from self._out(self.ws[to].send2(ev))
             elif isinstance(ev, wse.CloseConnection):
                 yield from self._close_received(side, ev)
         if isinstance(event, events.ConnectionClosed):
@@ -341,10 +347,12 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
     def _close_received(self, side: Side, ev: wse.CloseConnection) -> layer.CommandGenerator[None]:
         assert self.socket is not None
         ws = self.ws[side]
+        connection = self.socket.connection
         if ws.state is ConnectionState.OPEN:
             # wsproto reports a protocol violation (1002, 1007) as a close event without
-            # sending anything.
-            yield from self._fail(side, int(ev.code), ev.reason or "")
+            # sending anything: the connection fails that side.
+            logger.info(f"{connection.url}: failing the {side}: {int(ev.code)} {ev.reason}")
+            connection.receive_failure(side, int(ev.code), ev.reason or "")
             return
         if ws.state is ConnectionState.REMOTE_CLOSING:
             yield from self._out(ws.send2(ev.response()))  # RFC 6455 §5.5.1: echo the close
@@ -354,20 +362,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             self._observe((int(ev.code), reason or ""))
         if code == CloseReason.NO_STATUS_RCVD:
             code = None
-        self.socket.connection.receive_close(side, code, reason)
-
-    def _fail(self, side: Side, code: int, reason: str) -> layer.CommandGenerator[None]:
-        """_Fail the WebSocket Connection_ of one side (RFC 6455 §7.1.7) with `code`; for the
-        route it is that side's close, with the usual rules."""
-        assert self.socket is not None
-        logger.info(f"{self.socket.connection.url}: closing the {side}: {code} {reason}")
-        ws = self.ws[side]
-        if ws.state is ConnectionState.OPEN:
-            yield from self._out(ws.send2(wse.CloseConnection(code, reason)))
-        if side is PAGE:
-            self._observe((code, reason))
-        self.failed[side] = True  # §7.1.7: then close TCP at once, no data is processed any more
-        self.socket.connection.receive_close(side, code, reason)
+        connection.receive_close(side, code, reason)
 
     def _record(self, message: websocket.WebSocketMessage) -> None:
         """Keep the message in the flow, and of them at most the newest ``wsroute_keep_messages``
@@ -433,7 +428,10 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                     break  # too much waited: the side was closed with 1009 mid-message
                 yield from self._out(ws.send2(frame))
         if observer is not None and to is PAGE:
-            observer.message(False, data)
+            if self.delays is None:
+                observer.message(False, data)
+            else:
+                self._observe(None, data, later=True)
 
     def _injected(self, message: websocket.WebSocketMessage) -> layer.CommandGenerator[None]:
         """``inject.websocket`` from another addon: a message to the client or the server."""
@@ -454,7 +452,6 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         while connection.has_commands:
             for command in connection.commands_to_execute():
                 yield from self._execute(command)
-        yield from self._close_connections()
 
     def _execute(self, command: Command) -> layer.CommandGenerator[None]:
         assert self.socket is not None and self.flow.websocket is not None
@@ -474,33 +471,50 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         elif isinstance(command, CloseSide):
             ws = self.ws[command.side]
             code = command.close.code
-            if code == ABNORMAL_CLOSURE:
-                if self.tcp_open[command.side]:  # mirror an abnormal end as one: no close frame
-                    self.tcp_open[command.side] = False
-                    yield from self._out(commands.CloseConnection(ws.conn))
-                    if command.side is PAGE:
-                        self._observe((ABNORMAL_CLOSURE, ""))
-            elif ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            if code == ABNORMAL_CLOSURE:  # a dropped connection: no close frame (CloseTcp)
                 if command.side is PAGE:
-                    self._observe(
-                        (
-                            CloseReason.NO_STATUS_RCVD if code is None else code,
-                            command.close.reason or "",
-                        )
-                    )
-                yield from self._out(
-                    ws.send2(
-                        wse.CloseConnection(
-                            CloseReason.NO_STATUS_RCVD if code is None else code,
-                            command.close.reason or "",
-                        )
-                    )
-                )
+                    self._observe((ABNORMAL_CLOSURE, ""), later=True)
+            elif ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+                wire_code = CloseReason.NO_STATUS_RCVD if code is None else code
+                reason = command.close.reason or ""
+                yield from self._out(ws.send2(wse.CloseConnection(wire_code, reason)))
+                if command.side is PAGE:
+                    self._observe((wire_code, reason), later=True)
+        elif isinstance(command, StartCloseTimer):
+            wakeup = commands.RequestWakeup(self.close_timeout)
+            self.close_timers[wakeup] = command.side
+            # with a latency, the timer starts when the close frame went out
+            yield from self._out(wakeup, command.side)
+        elif isinstance(command, CloseTcp):
+            yield from self._out(commands.CloseConnection(self.ws[command.side].conn))
         elif isinstance(command, SetLatency):
             if self.delays is None:
                 limit = self.max_message_size
                 self.delays = (DelayLine(limit), DelayLine(limit))
             self.delays[command.to].latency = command.seconds
+        else:
+            assert isinstance(command, End)
+            if self.delays is not None and any(self.delays):
+                self.end_pending = True  # once what waits went out (`_due`)
+            else:
+                yield from self._end()
+
+    def _end(self) -> layer.CommandGenerator[None]:
+        """Both TCP connections are closed: tell mitmproxy and other addons how it ended."""
+        assert self.socket is not None and self.flow.websocket is not None
+        connection = self.socket.connection
+        if connection.first_close is not None:
+            by_client, close = connection.first_close
+            self.flow.websocket.closed_by_client = by_client
+            self.flow.websocket.close_code = (
+                CloseReason.NO_STATUS_RCVD if close.code is None else close.code
+            )
+            self.flow.websocket.close_reason = close.reason or ""
+        self.flow.websocket.timestamp_end = time.time()
+        self._handle_event = self._finished
+        self.socket.busy = False
+        yield wsl.WebsocketEndHook(self.flow)
+        self.flow.live = False
 
     def _send(self, to: Side, data: str | bytes) -> layer.CommandGenerator[None]:
         ws = self.ws[to]
@@ -510,77 +524,37 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             else:
                 yield from self._out(ws.send2(_frame(data)))
             if to is PAGE:
-                self._observe(None, data)
+                self._observe(None, data, later=True)
 
-    def _observe(self, close: tuple[int, str] | None, data: str | bytes = b"") -> None:
-        """Tell the observer, if any, what the client was sent: `data`, or a `close`."""
+    def _observe(
+        self, close: tuple[int, str] | None, data: str | bytes = b"", later: bool = False
+    ) -> None:
+        """Tell the observer, if any, what the client was sent: `data`, or a `close`. With
+        `later`, once what the client still waits for (`set_latency`) went out."""
         assert self.socket is not None
         observer = self.socket.observer
         if observer is None:
             return
         if close is None:
-            observer.message(False, data)
+            call = functools.partial(observer.message, False, data)
         else:
-            observer.closed(*close)
+            call = functools.partial(observer.closed, *close)
+        if later and self.delays is not None and self.delays[PAGE].active:
+            self.delays[PAGE].push(clock(), call, 0)  # behind the data: its wake-up is pending
+        else:
+            call()
 
-    def _tcp_to_close(self) -> bool:
-        """Whether `_close_connections` has anything to do (checked per event, cheaply)."""
-        assert self.socket is not None
-        states = self.socket.connection.states
-        return not self.ended and (
-            states[PAGE] is State.CLOSED
-            or (self.tcp_open[SERVER] and states[SERVER] is not State.OPEN)
-        )
-
-    def _close_connections(self) -> layer.CommandGenerator[None]:
-        """Close TCP of the sides the route is done with, once their closing handshake is done
-        (or `CLOSE_TIMEOUT` passed): the server first, the client last.
-
-        mitmproxy tears down every server connection with its client connection, and closing
-        the client first leaves the server socket in CLOSE-WAIT (a leak).
-        """
-        assert self.socket is not None and self.flow.websocket is not None
-        if self.ended:
-            return
-        connection = self.socket.connection
-        if self.tcp_open[SERVER] and connection.states[SERVER] is not State.OPEN:
-            if not self._handshake_done(SERVER):
-                yield from self._start_close_timer()
-                return
-            self.tcp_open[SERVER] = False
-            yield from self._out(commands.CloseConnection(self.server_ws.conn))
-        if not connection.finished:
-            return
-        if self.tcp_open[PAGE]:
-            if not self._handshake_done(PAGE):
-                yield from self._start_close_timer()
-                return
-            self.tcp_open[PAGE] = False
-            yield from self._out(commands.CloseConnection(self.client_ws.conn))
-        if self.delays is not None and any(self.delays):
-            return  # ends once what waits went out (at a later wake-up)
-        if connection.first_close is not None:
-            by_client, close = connection.first_close
-            self.flow.websocket.closed_by_client = by_client
-            self.flow.websocket.close_code = (
-                CloseReason.NO_STATUS_RCVD if close.code is None else close.code
-            )
-            self.flow.websocket.close_reason = close.reason or ""
-        self.flow.websocket.timestamp_end = time.time()
-        self.ended = True
-        self._handle_event = self._finished
-        self.socket.busy = False
-        yield wsl.WebsocketEndHook(self.flow)
-        self.flow.live = False
-
-    def _out(self, command: commands.Command) -> layer.CommandGenerator[None]:
-        """Send data or close TCP now, or, when that side has a latency or something waiting,
-        behind what waits (`set_latency`)."""
-        assert isinstance(command, commands.SendData | commands.CloseConnection)
+    def _out(
+        self, command: commands.Command, side: Side | None = None
+    ) -> layer.CommandGenerator[None]:
+        """Send data, close TCP or start a close timer (for `side`) now, or, when that side has
+        a latency or something waiting, behind what waits (`set_latency`)."""
         if self.delays is None:
             yield command
             return
-        side = PAGE if command.connection is self.context.client else SERVER
+        if side is None:
+            assert isinstance(command, commands.SendData | commands.CloseConnection)
+            side = PAGE if command.connection is self.context.client else SERVER
         line = self.delays[side]
         if not line.active:
             yield command
@@ -594,7 +568,9 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             assert self.socket is not None
             logger.warning(f"{self.socket.connection.url}: set_latency: {e} for the {side}")
             line.clear()
-            yield from self._fail(side, 1009, "too much waiting (set_latency)")
+            self.socket.connection.receive_failure(
+                side, MESSAGE_TOO_BIG, "too much waiting (set_latency)"
+            )
             return
         if wait is not None:
             yield from self._delay_timer(side, wait)
@@ -608,18 +584,15 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         if self.delays is None or timer is not self.delay_timers[timer.side]:
             return
         due, wait = self.delays[timer.side].pop_due(clock())
-        yield from due
+        for item in due:
+            if isinstance(item, commands.Command):
+                yield item
+            else:
+                item()
         if wait is not None:
             yield from self._delay_timer(timer.side, wait)
-
-    def _handshake_done(self, side: Side) -> bool:
-        ws = self.ws[side]
-        return ws.state is ConnectionState.CLOSED or self.failed[side] or self.close_timed_out
-
-    def _start_close_timer(self) -> layer.CommandGenerator[None]:
-        if not self.close_timer:
-            self.close_timer = True
-            yield commands.RequestWakeup(CLOSE_TIMEOUT)
+        elif self.end_pending and not any(self.delays):
+            yield from self._end()
 
     def _finished(self, event: events.Event) -> layer.CommandGenerator[None]:
         yield from ()  # late events (a close timer, data after the end) change nothing

@@ -136,7 +136,7 @@ async def test_handler_exception_accepts_and_closes_1011(
     assert "Sec-WebSocket-Protocol" not in f.response.headers
     socket = layer.routed_socket(f)
     assert socket is not None
-    [close] = socket.connection.commands_to_execute()
+    close, *_ = socket.connection.commands_to_execute()  # then its close timer
     assert isinstance(close, CloseSide) and close.close.code == 1011
     assert "KeyError: 'nope'" in caplog.text
     assert 'routes.py", line 15, in broken' in caplog.text  # the user's frame...

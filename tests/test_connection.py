@@ -14,10 +14,14 @@ from mitm_wsroute.connection import (
     CallHandler,
     Close,
     CloseSide,
+    CloseTcp,
     Connection,
+    End,
     Error,
     Send,
+    StartCloseTimer,
     State,
+    Wire,
     check_close,
 )
 from mitm_wsroute.route import WebSocketRoute
@@ -28,6 +32,14 @@ def record(log: list[Any], name: str) -> Any:
         log.append((name, *args))
 
     return handler
+
+
+def rules(c: Connection) -> list[Any]:
+    """The drained commands that carry out the forwarding and close rules, without those of the
+    closing handshakes and TCP connections (which have transcripts of their own, below)."""
+    return [
+        x for x in c.commands_to_execute() if not isinstance(x, StartCloseTimer | CloseTcp | End)
+    ]
 
 
 def mock() -> tuple[Connection, WebSocketRoute]:
@@ -161,20 +173,20 @@ def test_send_type_checked_and_ignored_when_closed(caplog: pytest.LogCaptureFixt
 def test_client_close_mirrors_to_server() -> None:
     c, ws, server = connected()
     c.receive_close(PAGE, 4003, "bye")
-    assert c.commands_to_execute() == [CloseSide(SERVER, Close(4003, "bye"))]
+    assert rules(c) == [CloseSide(SERVER, Close(4003, "bye"))]
     assert c.finished
 
 
 def test_server_close_mirrors_to_client_empty_payload() -> None:
     c, ws, server = connected()
     c.receive_close(SERVER, None, None)
-    assert c.commands_to_execute() == [CloseSide(PAGE, Close(None, None))]
+    assert rules(c) == [CloseSide(PAGE, Close(None, None))]
 
 
 def test_abnormal_close_mirrors_as_1006() -> None:
     c, ws, server = connected()
     c.receive_close(SERVER, 1006, "")
-    assert c.commands_to_execute() == [CloseSide(PAGE, Close(1006, ""))]
+    assert rules(c) == [CloseSide(PAGE, Close(1006, ""))]
 
 
 def test_server_on_close_keeps_client_open() -> None:
@@ -182,12 +194,12 @@ def test_server_on_close_keeps_client_open() -> None:
     h = record([], "closed")
     server.on_close(h)
     c.receive_close(SERVER, 4005, "gone")
-    assert c.commands_to_execute() == [CallHandler(h, (4005, "gone"))]
+    assert rules(c) == [CallHandler(h, (4005, "gone"))]
     assert c.states == {PAGE: State.OPEN, SERVER: State.CLOSED}
     ws.send("server left")
     c.receive_message(PAGE, "anyone?")  # no handler, server closed: dropped
     ws.close(code=4006, reason="later")
-    assert c.commands_to_execute() == [
+    assert rules(c) == [
         Send(PAGE, "server left"),
         CloseSide(PAGE, Close(4006, "later")),
     ]
@@ -201,7 +213,7 @@ def test_page_on_close_keeps_server_open() -> None:
     c.receive_close(PAGE, None, None)
     server.send("last words")
     server.close(code=4011, reason="translated")
-    assert c.commands_to_execute() == [
+    assert rules(c) == [
         CallHandler(h, (None, None)),
         Send(SERVER, "last words"),
         CloseSide(SERVER, Close(4011, "translated")),
@@ -223,7 +235,7 @@ def test_a_mirrored_close_reaches_that_sides_on_close_afterwards(
         route[closing].close(code=4012, reason="why")
     else:
         c.receive_close(closing, 4012, "why")
-    commands = c.commands_to_execute()
+    commands = rules(c)
     assert commands[-2:] == [
         CloseSide(closing.other, Close(4012, "why")),
         CallHandler(c.handlers[closing.other].close, (4012, "why")),  # type: ignore[arg-type]
@@ -234,7 +246,7 @@ def test_a_mirrored_close_reaches_that_sides_on_close_afterwards(
 def test_route_close_of_page_mirrors_to_server() -> None:
     c, ws, server = connected()
     ws.close(code=3009, reason="oops")
-    assert c.commands_to_execute() == [
+    assert rules(c) == [
         CloseSide(PAGE, Close(3009, "oops")),
         CloseSide(SERVER, Close(3009, "oops")),
     ]
@@ -245,7 +257,7 @@ def test_route_close_of_page_runs_page_on_close_instead() -> None:
     h = record([], "closed")
     ws.on_close(h)
     ws.close(code=3000, reason="bye")
-    assert c.commands_to_execute() == [
+    assert rules(c) == [
         CloseSide(PAGE, Close(3000, "bye")),
         CallHandler(h, (3000, "bye")),
     ]
@@ -255,7 +267,7 @@ def test_route_close_of_page_runs_page_on_close_instead() -> None:
 def test_server_close_by_route_then_mirror() -> None:
     c, ws, server = connected()
     server.close(code=1008, reason="policy")
-    assert c.commands_to_execute() == [
+    assert rules(c) == [
         CloseSide(SERVER, Close(1008, "policy")),
         CloseSide(PAGE, Close(1008, "policy")),
     ]
@@ -266,7 +278,7 @@ def test_close_twice_is_a_no_op() -> None:
     c.receive_open()
     ws.close()
     ws.close(code=4000)
-    assert c.commands_to_execute() == [CloseSide(PAGE, Close(None, None))]
+    assert rules(c) == [CloseSide(PAGE, Close(None, None))]
 
 
 def test_peer_close_after_route_close_is_the_handshake_reply() -> None:
@@ -276,7 +288,7 @@ def test_peer_close_after_route_close_is_the_handshake_reply() -> None:
     c.receive_open()
     ws.close(code=4001, reason="x")
     c.receive_close(PAGE, 4001, "x")
-    assert c.commands_to_execute() == [
+    assert rules(c) == [
         CloseSide(PAGE, Close(4001, "x")),
         CallHandler(h, (4001, "x")),
     ]
@@ -288,7 +300,7 @@ def test_client_connection_lost_closes_server_left_open() -> None:
     c.receive_close(PAGE, 1000, "")
     c.commands_to_execute()
     c.receive_connection_lost(PAGE)
-    assert c.commands_to_execute() == [CloseSide(SERVER, Close(1001, "client connection gone"))]
+    assert rules(c) == [CloseSide(SERVER, Close(1001, "client connection gone"))]
     assert c.finished
 
 
@@ -345,6 +357,7 @@ def test_handler_error_closes_page_1011_and_never_connects() -> None:
     assert c.commands_to_execute() == [
         Send(PAGE, "before the error"),
         CloseSide(PAGE, Close(1011, "route handler raised ZeroDivisionError")),
+        StartCloseTimer(PAGE),
     ]
     assert c.finished
 
@@ -373,7 +386,151 @@ def test_wakeup_called_for_every_command() -> None:
     c.wakeup = lambda: calls.append(1)
     ws.send("a")
     ws.close()
-    assert len(calls) == 2
+    assert len(calls) == len(c.commands_to_execute()) == 3  # Send, CloseSide, StartCloseTimer
+
+
+# --- closing handshakes and TCP connections (full transcripts) --------------------------------
+
+
+def test_route_close_waits_for_the_clients_answer_then_closes_tcp() -> None:
+    c, ws = mock()
+    c.receive_open()
+    ws.close(code=4001, reason="bye")
+    assert c.commands_to_execute() == [CloseSide(PAGE, Close(4001, "bye")), StartCloseTimer(PAGE)]
+    assert c.wires[PAGE] is Wire.CLOSING
+    c.receive_close(PAGE, 4001, "bye")  # the client's answer: the handshake is over
+    assert c.commands_to_execute() == [CloseTcp(PAGE), End()]
+    c.receive_close_timeout(PAGE)  # the timer, later: nothing left to do
+    assert c.commands_to_execute() == []
+
+
+def test_a_silent_client_is_closed_when_its_timer_runs_out() -> None:
+    # Whoever asked for the close (a handler, a task, another thread), the timer is a command.
+    c, ws = mock()
+    c.receive_open()
+    ws.close()
+    assert c.commands_to_execute() == [CloseSide(PAGE, Close()), StartCloseTimer(PAGE)]
+    c.receive_close_timeout(PAGE)
+    assert c.commands_to_execute() == [CloseTcp(PAGE), End()]
+
+
+def test_each_closing_handshake_has_its_own_timer() -> None:
+    # server.close() with a server on_close, the server answers; its timer runs out later,
+    # and a page close after that still gets its own full wait.
+    c, ws, server = connected()
+    server.on_close(h := record([], "closed"))
+    server.close(code=4000, reason="server")
+    assert c.commands_to_execute() == [
+        CloseSide(SERVER, Close(4000, "server")),
+        StartCloseTimer(SERVER),
+        CallHandler(h, (4000, "server")),
+    ]
+    c.receive_close(SERVER, 4000, "server")
+    assert c.commands_to_execute() == [CloseTcp(SERVER)]
+    c.receive_close_timeout(SERVER)
+    ws.close(code=1000)
+    assert c.commands_to_execute() == [CloseSide(PAGE, Close(1000, "")), StartCloseTimer(PAGE)]
+    c.receive_close_timeout(SERVER)  # a stale timer of the other side changes nothing
+    assert c.commands_to_execute() == []
+    c.receive_close(PAGE, 1000, "")
+    assert c.commands_to_execute() == [CloseTcp(PAGE), End()]
+
+
+def test_the_servers_tcp_closes_first_the_clients_last() -> None:
+    c, ws, server = connected()
+    c.receive_close(PAGE, 4003, "bye")  # the client closed; the adapter echoed it
+    assert c.commands_to_execute() == [
+        CloseSide(SERVER, Close(4003, "bye")),
+        StartCloseTimer(SERVER),
+    ]
+    assert c.wires == {PAGE: Wire.DONE, SERVER: Wire.CLOSING}  # the client waits for the server
+    c.receive_close(SERVER, 4003, "bye")
+    assert c.commands_to_execute() == [CloseTcp(SERVER), CloseTcp(PAGE), End()]
+
+
+def test_a_silent_server_is_closed_when_its_timer_runs_out_then_the_client() -> None:
+    c, ws, server = connected()
+    ws.close(code=3009, reason="oops")
+    c.commands_to_execute()
+    c.receive_close(PAGE, 3009, "oops")
+    assert c.commands_to_execute() == []  # the server has not answered yet
+    c.receive_close_timeout(SERVER)
+    assert c.commands_to_execute() == [CloseTcp(SERVER), CloseTcp(PAGE), End()]
+
+
+def test_client_leaving_closes_a_server_held_open_then_both_tcp() -> None:
+    c, ws, server = connected()
+    ws.on_close(record([], "closed"))
+    c.receive_close(PAGE, 1000, "")
+    c.commands_to_execute()
+    c.receive_connection_lost(PAGE)
+    assert c.commands_to_execute() == [
+        CloseSide(SERVER, Close(1001, "client connection gone")),
+        StartCloseTimer(SERVER),
+    ]
+    c.receive_close(SERVER, 1001, "client connection gone")
+    assert c.commands_to_execute() == [CloseTcp(SERVER), CloseTcp(PAGE), End()]
+
+
+def test_a_dropped_side_is_mirrored_as_a_drop_at_once() -> None:
+    c, ws, server = connected()
+    c.receive_connection_lost(SERVER)
+    assert c.commands_to_execute() == [
+        CloseSide(PAGE, Close(1006, "")),  # no close frame
+        CloseTcp(SERVER),
+        CloseTcp(PAGE),
+        End(),
+    ]
+
+
+@pytest.mark.parametrize("failing", [PAGE, SERVER])
+@pytest.mark.parametrize("code", [1002, 1007])
+def test_a_protocol_failure_is_an_abnormal_closure(failing: Any, code: int) -> None:
+    # The failing side gets the codec's close frame and its TCP closes at once; the route and
+    # the other side see what they would see without the proxy: a dropped connection.
+    c, ws, server = connected()
+    log: list[Any] = []
+    {PAGE: ws, SERVER: server}[failing].on_close(record(log, "closed"))
+    c.receive_failure(failing, code, "bad frame")
+    assert c.commands_to_execute() == [
+        CloseSide(failing, Close(code, "bad frame")),
+        CallHandler(c.handlers[failing].close, (1006, "")),  # type: ignore[arg-type]
+        # an upstream goes at once; the client's connection cannot go before the upstream's
+        *([CloseTcp(SERVER)] if failing is SERVER else []),
+    ]
+    assert c.states[failing.other] is State.OPEN  # its on_close holds the other side
+    c2, ws2, server2 = connected()
+    c2.receive_failure(failing, code, "bad frame")
+    assert c2.commands_to_execute() == [
+        CloseSide(failing, Close(code, "bad frame")),
+        CloseSide(failing.other, Close(1006, "")),
+        CloseTcp(SERVER),
+        CloseTcp(PAGE),
+        End(),
+    ]
+    assert c2.first_close == (failing is PAGE, Close(1006, ""))
+
+
+def test_a_message_too_big_is_mirrored_as_1009() -> None:
+    c, ws, server = connected()
+    c.receive_failure(SERVER, 1009, "message larger than 10 bytes")
+    assert c.commands_to_execute() == [
+        CloseSide(SERVER, Close(1009, "message larger than 10 bytes")),
+        CloseSide(PAGE, Close(1009, "message larger than 10 bytes")),
+        StartCloseTimer(PAGE),
+        CloseTcp(SERVER),
+    ]
+
+
+def test_pings_are_forwarded_or_answered_by_the_proxy() -> None:
+    c, ws, server = connected()
+    assert (c.receive_ping(PAGE), c.receive_ping(SERVER)) == (SERVER, PAGE)
+    server.on_close(lambda code, reason: None)
+    c.receive_close(SERVER, 1000, "")
+    assert (c.receive_ping(PAGE), c.receive_ping(SERVER)) == (None, PAGE)
+    m, _ = mock()
+    m.receive_open()
+    assert m.receive_ping(PAGE) is None
 
 
 def test_pure_modules_import_neither_mitmproxy_nor_asyncio() -> None:

@@ -294,3 +294,29 @@ async def test_drop_in_the_handler_ends_the_socket_after_its_101(proxy: Any) -> 
             await asyncio.wait_for(ws.recv(), 5)
         assert ws.close_code == 1006
     await no_leaks(proxy)
+
+
+def test_test_facade_latency_and_drop_from_the_test_thread() -> None:
+    """`WsRouteProxy`: the route called from the test's thread; the records show what the
+    client got, when it got it."""
+    from websockets.sync.client import connect as sync_connect
+
+    from mitm_wsroute.testing import WsRouteProxy
+
+    with WsRouteProxy() as proxy:
+        proxy.route_web_socket("**/echo", lambda ws: ws.on_message(ws.send))
+        with sync_connect("ws://x.invalid/echo", proxy=proxy.url) as client:
+            sock = proxy.wait_for_web_socket("**/echo")
+            assert sock.route is not None
+            sock.route.set_latency(0.3)
+            client.send("slow")
+            assert client.recv(5) == "slow"
+            sent = sock.wait_for_message("slow", direction="sent")
+            got = sock.wait_for_message("slow", direction="received")
+            assert got.timestamp - sent.timestamp >= 0.29  # recorded when it went out
+            sock.route.set_latency(0)
+            sock.route.drop()
+            with pytest.raises(ConnectionClosedError):
+                client.recv(5)
+            sock.wait_for_close()
+            assert sock.close_code == 1006

@@ -43,13 +43,14 @@ def route_socket(handler: Any, url: str = "wss://h/ws") -> tuple[Connection, lis
 
 
 def run(c: Connection) -> list[Any]:
-    """Drain the commands, running the handler calls (as the adapter does)."""
+    """Drain the commands, running the handler calls (as the adapter does); the sends and
+    closes among them (the close lifecycle's timers and TCP steps are the core's business)."""
     out: list[Any] = []
     while c.has_commands:
         for command in c.commands_to_execute():
             if isinstance(command, CallHandler):
                 command.handler(*command.args)
-            else:
+            elif isinstance(command, Send | CloseSide):
                 out.append(command)
     return out
 

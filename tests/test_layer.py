@@ -29,6 +29,7 @@ from mitm_wsroute.connection import (
     Connection,
     Error,
     Send,
+    StartCloseTimer,
     State,
 )
 from mitm_wsroute.layer import RoutedWebsocketLayer, _frames, _Reassembly
@@ -197,7 +198,9 @@ def test_a_burst_on_the_loop_is_one_wakeup(owner: LoopThread) -> None:
     assert owner.drained[:100] == [Send(PAGE, str(i)) for i in range(100)]
     assert owner.drained[100:] == [
         CloseSide(PAGE, Close(4000, "bye")),
+        StartCloseTimer(PAGE),
         CloseSide(SERVER, Close(4000, "bye")),
+        StartCloseTimer(SERVER),
     ]
 
 
@@ -211,6 +214,7 @@ def test_handlers_and_close_from_another_thread_come_in_call_order(owner: LoopTh
     assert owner.drained == [
         Send(PAGE, "before"),
         CloseSide(PAGE, Close(4001, "from a thread")),
+        StartCloseTimer(PAGE),
         CallHandler(owner.connection.handlers[PAGE].close, (4001, "from a thread")),  # type: ignore[arg-type]
     ]
     assert owner.connection.states[SERVER] is State.OPEN  # the page's on_close took it over

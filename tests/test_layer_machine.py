@@ -32,7 +32,10 @@ class LayerMachine(RuleBasedStateMachine):
     @initialize(keep=st.integers(0, 6))
     def start(self, keep: int) -> None:
         options = SimpleNamespace(
-            wsroute_max_message_size=MAX, wsroute_keep_messages=keep, wsroute_message_hooks=True
+            wsroute_max_message_size=MAX,
+            wsroute_keep_messages=keep,
+            wsroute_message_hooks=True,
+            wsroute_close_timeout=5.0,
         )
         self.keep = keep
         self.now = 1000.0
@@ -147,12 +150,13 @@ class LayerMachine(RuleBasedStateMachine):
             self.expected[side.other].append(data)
         for i in range(0, len(wire), chunk):
             self.feed(events.DataReceived(conn, wire[i : i + chunk]))
-        self.note_overflow(side.other)
         if len(data) > MAX:  # RFC 6455 §7.4.1: 1009 to the sender, mirrored to the other side
             self.advance(60)  # past any latency
             assert self.closes[side] == [1009]
             assert self.closes[side.other] == [1009]
-        elif not self.waiting(side.other) and not self.overflowed[side.other]:
+        else:
+            self.note_overflow(side.other)  # the only way it can close now
+        if len(data) <= MAX and not self.waiting(side.other) and not self.overflowed[side.other]:
             assert self.received[side.other][-1] == data  # forwarded, unchanged...
             assert self.received_frames[side.other][-1] == len(pieces)  # ...in its own frames
 
@@ -164,12 +168,12 @@ class LayerMachine(RuleBasedStateMachine):
         self.feed(events.DataReceived(self.layer.context.client, b""))  # any event drains
         if was_open:
             self.expected[side].append(data)
-        self.note_overflow(side)
+            self.note_overflow(side)
 
     def note_overflow(self, side: Side) -> None:
         """More than MAX bytes waited behind a latency: that side was closed with 1009, and
         what waited is gone."""
-        if self.layer.failed[side] and not self.overflowed[side]:
+        if self.connection.states[side] is State.CLOSED and not self.overflowed[side]:
             assert self.layer.delays is not None
             self.overflowed[side] = True
             self.expected[side] = list(self.received[side])

@@ -14,12 +14,15 @@ from mitm_wsroute.connection import (
     CallHandler,
     Close,
     CloseSide,
+    CloseTcp,
     Connection,
+    End,
     Error,
     Opening,
     Reject,
     Send,
     SetLatency,
+    StartCloseTimer,
     State,
 )
 from mitm_wsroute.headers import Headers
@@ -169,7 +172,8 @@ def test_handler_raising_after_accept_closes_the_client_1011() -> None:
     c.receive_open()
     c.receive_handler_error(KeyError("x"))
     assert c.commands_to_execute() == [
-        CloseSide(PAGE, Close(1011, "route handler raised KeyError"))
+        CloseSide(PAGE, Close(1011, "route handler raised KeyError")),
+        StartCloseTimer(PAGE),
     ]
     assert c.finished
 
@@ -180,7 +184,13 @@ def test_handler_raising_after_accept_closes_the_client_1011() -> None:
 def test_page_drop_is_mirrored_as_a_drop() -> None:
     c, ws, server = connected()
     ws.drop()
-    assert c.commands_to_execute() == [CloseSide(PAGE, DROP), CloseSide(SERVER, DROP)]
+    assert c.commands_to_execute() == [
+        CloseSide(PAGE, DROP),  # no close frame: the TCP connections close at once
+        CloseSide(SERVER, DROP),
+        CloseTcp(SERVER),
+        CloseTcp(PAGE),
+        End(),
+    ]
     assert c.finished and c.first_close == (False, DROP)
 
 
@@ -192,6 +202,7 @@ def test_server_drop_goes_to_the_server_on_close() -> None:
     commands = c.commands_to_execute()
     assert commands[0] == CloseSide(SERVER, DROP)
     assert isinstance(commands[1], CallHandler) and commands[1].args == (1006, "")
+    assert commands[2:] == [CloseTcp(SERVER)]  # the client stays
     assert c.states == {PAGE: State.OPEN, SERVER: State.CLOSED}
 
 
@@ -200,7 +211,7 @@ def test_drop_in_the_handler_ends_the_client_after_its_101() -> None:
     ws.drop()
     c.handler_returned()
     c.receive_open()
-    assert c.commands_to_execute() == [CloseSide(PAGE, DROP)]
+    assert c.commands_to_execute() == [CloseSide(PAGE, DROP), CloseTcp(PAGE), End()]
     assert c.finished
 
 
@@ -260,6 +271,9 @@ def test_drop_and_latency_from_another_thread_keep_call_order() -> None:
             SetLatency(PAGE, 0.5),
             CloseSide(SERVER, DROP),
             CloseSide(PAGE, DROP),
+            CloseTcp(SERVER),
+            CloseTcp(PAGE),
+            End(),
         ]
     finally:
         owner.stop()
