@@ -144,16 +144,26 @@ def load_har(path: str, *, allow_empty: bool = False) -> Har:
     return read_har(_parse(path), path, allow_empty=allow_empty)
 
 
-def _parse(path: str) -> Any:
+def _parse(path: str, compact: bool = True) -> Any:
+    """The parsed file; with `compact`, WebSocket messages as tuples (for reading only)."""
     try:
-        with open(path, "rb") as f:
-            text = f.read()
+        with open(path, encoding="utf-8-sig") as f:  # text: no bytes copy beside the str
+            return json.load(f, object_hook=_compact_message if compact else None)
     except OSError as e:
         raise ValueError(f"{path}: cannot read the HAR file: {e.strerror or e}") from e
-    try:
-        return json.loads(text)
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
         raise ValueError(f"{path}: not a HAR file, invalid JSON: {e}") from e
+
+
+def _compact_message(obj: dict[str, Any]) -> Any:
+    """A WebSocket message as a tuple while the JSON is parsed: a dict per message would take
+    several times the file's size in memory at once."""
+    if "opcode" in obj and len(obj) == 4:
+        try:
+            return (obj["type"], obj["time"], obj["opcode"], obj["data"])
+        except KeyError:
+            pass
+    return obj
 
 
 def _entries(doc: Any, path: str) -> list[Any]:
@@ -199,7 +209,10 @@ def _conversation(entry: dict[str, Any], index: int, path: str) -> Conversation:
     b64decode = base64.b64decode
     for i, m in enumerate(messages):
         try:
-            kind, t, opcode, payload = m["type"], m["time"], m["opcode"], m["data"]
+            if type(m) is tuple:  # made by _compact_message
+                kind, t, opcode, payload = m
+            else:
+                kind, t, opcode, payload = m["type"], m["time"], m["opcode"], m["data"]
         except (KeyError, TypeError):
             raise ValueError(
                 f"{where}: message {i} is not {{type, time, opcode, data}}: {m!r:.100}"
@@ -523,7 +536,7 @@ def kept_entries(path: str) -> tuple[list[Any], list[Any]]:
     """
     if not os.path.exists(path):
         return [], []
-    doc = _parse(path)
+    doc = _parse(path, compact=False)  # its entries are written back as they are
     read_har(doc, path, allow_empty=True)  # validates every WebSocket entry
     pages = doc["log"].get("pages")
     return (pages if isinstance(pages, list) else []), doc["log"]["entries"]
