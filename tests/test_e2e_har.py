@@ -21,6 +21,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from mitm_wsroute.har import load_har
 from tests.conftest import PUSH, start_mitmdump, stop
+from tests.test_cli import COMMAND
+from tests.test_cli import start as start_cli
 
 
 def port(server: Any) -> int:
@@ -201,3 +203,22 @@ async def test_kill_9_mid_recording_leaves_the_last_complete_file(
         recorder.proc.wait()
     assert har.read_bytes() == first
     assert len(load_har(str(har)).entries(url)) == 1
+
+
+async def test_cli_har_update_records_and_har_replays(backend: Any, tmp_path: Path) -> None:
+    """``mitm-wsroute --har FILE --har-update``, then ``mitm-wsroute --har FILE``."""
+    har = tmp_path / "cli.har"
+    url = f"ws://127.0.0.1:{port(backend)}/app"
+    common = ["-p", "0", "--listen-host", "127.0.0.1", "--har", str(har)]
+    extra = ["--", "--set", f"confdir={tmp_path}"]
+    for update in (["--har-update", "--har-url", "**/app"], []):
+        proc, proxy = await asyncio.to_thread(start_cli, COMMAND, *common, *update, *extra)
+        try:
+            assert await talk(proxy, url) == (EXPECTED, (4000, "see you"))
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(10)
+        if update:
+            backend.close()
+            await backend.wait_closed()
+            assert len(load_har(str(har)).entries(url)) == 1
