@@ -302,4 +302,5 @@ class HarRecorder:
                     "the file keeps its previous content"
                 )
             return False
+        logger.info(f"HAR recording: wrote {len(recorded)} WebSocket entries to {self.path}")
         return True

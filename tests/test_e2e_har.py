@@ -57,19 +57,26 @@ async def talk(
 EXPECTED: list[str | bytes] = [*PUSH, "6", b"\x10\x10\x10", b"\x03\x02\x01", "echo hi"]
 
 
+async def record(
+    mitmdump: Any, backend: Any, tmp_path: Path, path: str = "/app", keep: bool = False
+) -> Any:
+    """Record one `talk` through a recording mitmdump; (har, url), and with `keep` the still
+    running recorder (else it is stopped)."""
+    har = tmp_path / "rec.har"
+    url = f"ws://127.0.0.1:{port(backend)}{path}"
+    recorder = mitmdump(None, "--set", f"wsroute_har={har}", "--set", "wsroute_har_update=true")
+    assert await talk(recorder.proxy, url) == (EXPECTED, (4000, "see you"))
+    await recorder.async_wait_for("HAR recording: wrote 1 WebSocket entries")  # at its end
+    if keep:
+        return har, url, recorder
+    stop(recorder)
+    return har, url
+
+
 async def test_record_then_replay_without_the_server(
     mitmdump: Any, backend: Any, tmp_path: Path
 ) -> None:
-    har = tmp_path / "rec.har"
-    url = f"ws://127.0.0.1:{port(backend)}/app?room=1"
-    recorder = mitmdump(None, "--set", f"wsroute_har={har}", "--set", "wsroute_har_update=true")
-    assert await talk(recorder.proxy, url) == (EXPECTED, (4000, "see you"))
-    await recorder.async_wait_for(r"127\.0\.0\.1")  # the socket went through
-    for _ in range(50):  # written when the socket ends
-        if har.exists() and load_har(str(har)).entries(url):
-            break
-        await asyncio.sleep(0.1)
-    stop(recorder)
+    har, url = await record(mitmdump, backend, tmp_path, "/app?room=1")
     backend.close()
     await backend.wait_closed()
 
@@ -83,12 +90,7 @@ async def test_record_then_replay_without_the_server(
 
 
 async def test_not_found_abort_and_fallback(mitmdump: Any, backend: Any, tmp_path: Path) -> None:
-    har = tmp_path / "rec.har"
-    url = f"ws://127.0.0.1:{port(backend)}/app"
-    recorder = mitmdump(None, "--set", f"wsroute_har={har}", "--set", "wsroute_har_update=true")
-    await talk(recorder.proxy, url)
-    stop(recorder)  # written at stop at the latest
-
+    har, url = await record(mitmdump, backend, tmp_path)
     aborting = mitmdump(None, "--set", f"wsroute_har={har}")
     with pytest.raises(InvalidStatus) as refused:
         async with connect(url + "/other", proxy=aborting.proxy, open_timeout=5):
@@ -151,11 +153,7 @@ async def slow_app(ws: ServerConnection) -> None:
 async def test_unmatched_client_message_gets_no_reply_and_is_logged(
     mitmdump: Any, backend: Any, tmp_path: Path
 ) -> None:
-    har = tmp_path / "rec.har"
-    url = f"ws://127.0.0.1:{port(backend)}/app"
-    recorder = mitmdump(None, "--set", f"wsroute_har={har}", "--set", "wsroute_har_update=true")
-    await talk(recorder.proxy, url)
-    stop(recorder)
+    har, url = await record(mitmdump, backend, tmp_path)
     replayer = mitmdump(None, "--set", f"wsroute_har={har}")
     async with connect(url, proxy=replayer.proxy, open_timeout=5) as ws:
         assert [await ws.recv() for _ in PUSH] == PUSH
@@ -186,14 +184,7 @@ async def test_plain_mitmdump_hardump_replays(backend: Any, tmp_path: Path, mitm
 async def test_kill_9_mid_recording_leaves_the_last_complete_file(
     mitmdump: Any, backend: Any, tmp_path: Path
 ) -> None:
-    har = tmp_path / "rec.har"
-    url = f"ws://127.0.0.1:{port(backend)}/app"
-    recorder = mitmdump(None, "--set", f"wsroute_har={har}", "--set", "wsroute_har_update=true")
-    await talk(recorder.proxy, url)  # one complete socket: the file is written when it ends
-    for _ in range(50):
-        if har.exists():
-            break
-        await asyncio.sleep(0.1)
+    har, url, recorder = await record(mitmdump, backend, tmp_path, keep=True)
     first = har.read_bytes()
     async with connect(url, proxy=recorder.proxy, ping_interval=None) as ws:
         assert [await ws.recv() for _ in PUSH] == PUSH
