@@ -200,6 +200,13 @@ def _conversation(entry: dict[str, Any], index: int, path: str) -> Conversation:
     if url is None:
         raise ValueError(f"{where}: request.url {raw_url!r} is not a ws(s) or http(s) URL")
     messages = entry.get("_webSocketMessages", [])
+    response = entry.get("response")
+    content = response.get("content") if isinstance(response, dict) else None
+    if "_webSocketMessages" not in entry and isinstance(content, dict) and "_file" in content:
+        raise ValueError(
+            f"{where}: the messages are in an attached file ({content['_file']!r}, Playwright's "
+            "content='attach' or a .zip HAR); record to a .har path to embed them"
+        )
     if not isinstance(messages, list):
         raise ValueError(f"{where}: _webSocketMessages is not a list")
     n = len(messages)
