@@ -39,15 +39,8 @@ POLL_INTERVAL = 0.5
 DEFAULT_MAX_MESSAGE_SIZE = 128 * 1024 * 1024
 #: ``wsroute_keep_messages``: enough for mitmweb to show a conversation, ~0.3 MiB of small ones.
 DEFAULT_KEEP_MESSAGES = 1000
-#: ``wsroute_close_timeout``: how long a peer may take to answer our close frame.
-DEFAULT_CLOSE_TIMEOUT = 5.0
-_HAR_OPTIONS = (
-    "wsroute_har",
-    "wsroute_har_update",
-    "wsroute_har_url",
-    "wsroute_har_not_found",
-    "wsroute_har_timing",
-)
+#: ``wsroute_close_timeout_ms``: how long a peer may take to answer our close frame.
+DEFAULT_CLOSE_TIMEOUT_MS = 5000
 #: mitmweb's flow-list markers of routed flows (🎭 for a mock, 🔌 for an intercept).
 MOCK_MARKER = ":performing_arts:"
 INTERCEPT_MARKER = ":electric_plug:"
@@ -92,7 +85,8 @@ class WsRoute:
             """
             Largest message a routed socket accepts from either side, in bytes (characters for
             text); a larger one closes that side with 1009 (message too big), checked while
-            the message arrives. 0 for no limit.
+            the message arrives. Each frame of a fragmented message but its last counts 2 bytes
+            more, so that floods of empty frames are bounded too. 0 for no limit.
             """,
         )
         loader.add_option(
@@ -108,11 +102,11 @@ class WsRoute:
         )
 
         loader.add_option(
-            "wsroute_close_timeout",
-            float,
-            DEFAULT_CLOSE_TIMEOUT,
+            "wsroute_close_timeout_ms",
+            int,
+            DEFAULT_CLOSE_TIMEOUT_MS,
             """
-            Seconds a side of a routed socket keeps its TCP connection after the proxy sent it
+            Milliseconds a side of a routed socket keeps its TCP connection after the proxy sent it
             a close frame, waiting for the peer's answer (RFC 6455 section 7.1.1: the closing
             handshake, after which clients report the close as clean). A peer that never
             answers has its connection closed then.
@@ -181,7 +175,7 @@ class WsRoute:
         for name, zero in (
             ("wsroute_max_message_size", " (no limit)"),
             ("wsroute_keep_messages", " (keep all)"),
-            ("wsroute_close_timeout", ""),
+            ("wsroute_close_timeout_ms", ""),
         ):
             if name in updated and getattr(ctx.options, name) < 0:
                 raise exceptions.OptionsError(
@@ -266,8 +260,13 @@ class WsRoute:
         try:
             result = route.handler(WebSocketRoute(connection))
             if inspect.isawaitable(result):
-                await self._until_answered(result, connection, url)
-        except Exception as e:
+                await self._until_answered(result, socket, url)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # SystemExit too: user code never stops the proxy
+            if isinstance(e, asyncio.CancelledError) and _cancelling():
+                raise  # the proxy itself is stopping
+            # a handler that raised or was cancelled: the client is closed with 1011
             self._route_handler_failed(e, connection, url, cut_at="request")
         finally:
             connection.wakeup = socket.wake
@@ -289,33 +288,42 @@ class WsRoute:
         flow.response = accept(req, connection.protocols, answer)
 
     async def _until_answered(
-        self, result: Awaitable[Any], connection: Connection, url: str
+        self, result: Awaitable[Any], socket: layer.RoutedSocket, url: str
     ) -> None:
         """Await an async route handler until it returns, or until it answered the client with
-        `accept()` or `reject()`: then the answer goes out and the handler goes on by itself."""
+        `accept()` or `reject()`: then the answer goes out and the handler goes on by itself,
+        as one of the socket's tasks (cancelled when the socket ends)."""
+        connection = socket.connection
         answered = asyncio.Event()
         connection.wakeup = answered.set  # called by accept() and reject() (and by sends)
 
         async def route_handler() -> None:
-            await result
+            try:
+                await result
+            except KeyboardInterrupt:
+                raise
+            except BaseException as e:  # contained, as in `request`
+                if isinstance(e, asyncio.CancelledError) and _cancelling():
+                    raise  # its socket ended, or the proxy stops
+                self._route_handler_failed(e, connection, url, cut_at="route_handler")
 
         task = asyncio_utils.create_task(
             route_handler(), name=f"wsroute handler {url}", keep_ref=True
         )
-        while not task.done() and connection.opening is Opening.HANDLER:
-            answered.clear()
-            waiter = asyncio.ensure_future(answered.wait())
-            await asyncio.wait((task, waiter), return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-
-        def finished(task: asyncio.Task[None]) -> None:
-            if not task.cancelled() and (e := task.exception()) is not None:
-                self._route_handler_failed(e, connection, url, cut_at="route_handler")
-
-        if task.done():
-            finished(task)
-        else:
-            task.add_done_callback(finished)
+        try:
+            while not task.done() and connection.opening is Opening.HANDLER:
+                answered.clear()
+                waiter = asyncio.ensure_future(answered.wait())
+                try:
+                    await asyncio.wait((task, waiter), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+        except asyncio.CancelledError:
+            task.cancel()  # the proxy stops
+            raise
+        if not task.done():
+            socket.tasks.add(task)
+            task.add_done_callback(socket.tasks.discard)
 
     def _route_handler_failed(
         self, e: BaseException, connection: Connection, url: str, cut_at: str
@@ -343,26 +351,37 @@ class WsRoute:
     def _inject(self, event: events.MessageInjected[Any]) -> None:
         ctx.master.addons.get("proxyserver").inject_event(event)
 
-    def _call_user(self, handler: Callable[..., Any], args: tuple[Any, ...], url: str) -> None:
+    def _call_user(
+        self, handler: Callable[..., Any], args: tuple[Any, ...], url: str
+    ) -> asyncio.Task[None] | None:
+        """Run a handler; what it raises (`SystemExit` too, not `KeyboardInterrupt`) is logged
+        and contained. An awaitable result runs in a task, which is returned."""
         try:
             result = handler(*args)
-        except Exception as e:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:
             logger.error(
                 f"{url}: handler {_name(handler)} failed:\n{user_traceback(e, '_call_user')}"
             )
             self._handler_failed(e)
-            return
+            return None
         if result is not None and inspect.isawaitable(result):  # per message: None is common
-            asyncio_utils.create_task(
+            return asyncio_utils.create_task(
                 self._await_user(result, handler, url), name=f"wsroute {url}", keep_ref=True
             )
+        return None
 
     async def _await_user(
         self, result: Awaitable[Any], handler: Callable[..., Any], url: str
     ) -> None:
         try:
             await result
-        except Exception as e:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:
+            if isinstance(e, asyncio.CancelledError) and _cancelling():
+                raise  # its socket ended (or the proxy stops): the task ends quietly
             logger.error(
                 f"{url}: handler {_name(handler)} failed:\n{user_traceback(e, '_await_user')}"
             )
@@ -373,5 +392,22 @@ class WsRoute:
             self.on_handler_error(error)
 
 
+def _cancelling() -> bool:
+    """Whether the running task is being cancelled (rather than user code raising
+    `CancelledError` of its own)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def _name(handler: Callable[..., Any]) -> str:
     return getattr(handler, "__qualname__", repr(handler))
+
+
+#: The options of `route_from_har` (any of them changed: its route is made again).
+_HAR_OPTIONS = (
+    "wsroute_har",
+    "wsroute_har_update",
+    "wsroute_har_url",
+    "wsroute_har_not_found",
+    "wsroute_har_timing",
+)

@@ -350,6 +350,7 @@ class Connection:
     #: other threads are handed to it (see `route.py`); nothing else touches the state there.
     owner: Owner | None = None
     _commands: list[Command] = field(default_factory=list)
+    _warned: set[Side] = field(default_factory=set)
 
     # --- what user code asks for (through route.py) -----------------------------------------------
 
@@ -457,8 +458,12 @@ class Connection:
             self._record(Send(to, message))
         else:
             # proxy: Playwright drops these silently; users asked for feedback (#34280, #36304).
+            # Once per side at warning level: a push loop that outlives its socket must not
+            # flood the log.
             what = "never connected" if state is State.NONE else "closed"
-            logger.warning(f"{self.url}: send() to the {to} ignored, that side is {what}")
+            level = logging.DEBUG if to in self._warned else logging.WARNING
+            self._warned.add(to)
+            logger.log(level, f"{self.url}: send() to the {to} ignored, that side is {what}")
 
     def close(self, side: Side, code: int | None = None, reason: str | None = None) -> None:
         """Close one side, then act as if that side had closed (its `on_close`, or the mirror)."""
@@ -538,6 +543,8 @@ class Connection:
     def receive_close(self, side: Side, code: int | None, reason: str | None) -> None:
         """A side's peer sent a close frame (``(None, None)`` if empty; the adapter answers it,
         which ends that side's closing handshake), or 1006: its connection dropped."""
+        if self.wires[side] is Wire.CLOSING:
+            logger.debug(f"{self.url}: the {side} answered our close frame")
         if self.wires[side] in (Wire.OPEN, Wire.CLOSING):
             self.wires[side] = Wire.DONE
         if self.states[side] is State.OPEN:
@@ -582,6 +589,7 @@ class Connection:
         """The close timer of a side ran out (`StartCloseTimer`): its peer never answered our
         close frame. Its TCP connection closes in turn; the peer sees an unclean close."""
         if self.wires[side] is Wire.CLOSING:
+            logger.debug(f"{self.url}: the {side} did not answer our close frame in time")
             self.wires[side] = Wire.DONE
             self._advance()
 

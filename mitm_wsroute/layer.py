@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import logging
 import threading
 import time
@@ -103,7 +102,9 @@ class _DelayWakeup(commands.RequestWakeup):
 #: What waits for a side: data or a TCP close to send, or the observer to tell.
 _Delayed = commands.Command | Callable[[], None]
 
-CallUser = Callable[[Callable[..., object], tuple[object, ...], str], None]
+#: Runs a user handler with its arguments (and the socket's URL, for the log); returns the task
+#: that runs what an async handler returned, if any.
+CallUser = Callable[[Callable[..., object], tuple[object, ...], str], "asyncio.Task[None] | None"]
 
 
 class Observer(Protocol):
@@ -133,6 +134,8 @@ class RoutedSocket:
     wakeup_pending: bool = False
     layer_started: bool = field(default=False)
     observer: Observer | None = None
+    #: Tasks of async handlers still running; cancelled when the socket ends.
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
     #: Runs a callable after the current one, on the proxy's loop (``loop.call_soon``); set by
     #: `routed_socket` (at once when there is no running loop, as in layer tests).
     schedule: Callable[[Callable[[], None]], object] = lambda fn: fn()
@@ -178,45 +181,81 @@ def routed_socket(flow: http.HTTPFlow, socket: RoutedSocket | None = None) -> Ro
     return _routed.get(flow)
 
 
+#: Each frame of a fragmented message but its last counts this much against
+#: ``wsroute_max_message_size`` besides its payload (the smallest frame header, RFC 6455 §5.2),
+#: so that a message of many tiny or empty frames is bounded too.
+FRAME_COST = 2
+#: A message's original framing is kept (and forwarded frame for frame) up to this many frames;
+#: a message in more frames is forwarded as one.
+KEPT_FRAMES = 1024
+#: The pieces of a message are joined in groups of this many as they arrive, so that a message of
+#: many small pieces takes memory for its bytes, not for its pieces.
+JOINED_PIECES = 1024
+
+
+def _join(chunks: list[str | bytes]) -> str | bytes:
+    if isinstance(chunks[0], str):
+        return "".join(cast(list[str], chunks))
+    return b"".join(cast(list[bytes], chunks))
+
+
 @dataclass(slots=True)
 class _Reassembly:
     """A message being received, kept as chunks so that joining it is linear (mitmproxy's
     ``bytes +=`` is quadratic: 26 s for 64 MiB), and its size checked as it grows."""
 
     chunks: list[str | bytes] = field(default_factory=list)
+    #: The sizes of the frames of the last message, when it came in several (and not too many).
     frame_sizes: list[int] = field(default_factory=list)
     frame: int = 0
+    #: Payload so far, and `FRAME_COST` per frame.
     size: int = 0
+    pieces: int = 0
+    #: `chunks[:joined]` are groups of pieces joined already.
+    joined: int = 0
+    framing_kept: bool = True
 
     def add(self, event: wse.Message[Any], limit: int) -> str | bytes | None:
         """Add a piece; the whole message once it is complete. `OverflowError` past `limit`
-        bytes (characters for text), which forgets the message: its rest is never stored."""
+        bytes (characters for text; each frame of a fragmented message but the last counts
+        `FRAME_COST` more), which forgets the message: its rest is never stored."""
         data: str | bytes = event.data
-        if not self.chunks and event.message_finished:  # one piece: most messages
+        if not self.pieces and event.message_finished:  # one piece: most messages
             if limit and len(data) > limit:
                 raise OverflowError(f"message larger than {limit} bytes")
             return data
+        self.pieces += 1
         self.size += len(data)
-        if limit and self.size > limit:
-            self.chunks.clear()
-            self.frame_sizes.clear()
-            self.frame = self.size = 0
-            raise OverflowError(f"message larger than {limit} bytes")
-        self.chunks.append(data)
         self.frame += len(data)
         if event.frame_finished:
-            self.frame_sizes.append(self.frame)
+            if not event.message_finished:
+                self.size += FRAME_COST
+            if self.framing_kept and len(self.frame_sizes) < KEPT_FRAMES:
+                self.frame_sizes.append(self.frame)
+            else:  # too many frames to keep their sizes: forwarded as one
+                self.framing_kept = False
+                self.frame_sizes.clear()
             self.frame = 0
+        if limit and self.size > limit:
+            self._forget()
+            self.frame_sizes.clear()
+            raise OverflowError(f"message larger than {limit} bytes")
+        chunks = self.chunks
+        if data:
+            chunks.append(data)
+            if len(chunks) - self.joined >= JOINED_PIECES:
+                chunks[self.joined :] = [_join(chunks[self.joined :])]
+                self.joined += 1
         if not event.message_finished:
             return None
-        message: str | bytes
-        if isinstance(data, str):
-            message = "".join(cast(list[str], self.chunks))
-        else:
-            message = b"".join(cast(list[bytes], self.chunks))
-        self.chunks.clear()
-        self.size = 0
+        message = _join(chunks) if chunks else data
+        self._forget()
         return message
+
+    def _forget(self) -> None:
+        self.chunks.clear()
+        self.frame = self.size = self.pieces = self.joined = 0
+        self.framing_kept = True
 
 
 def _frame(data: str | bytes, message_finished: bool = True) -> wse.Message[Any]:
@@ -252,8 +291,11 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         self.delays: tuple[DelayLine[_Delayed], DelayLine[_Delayed]] | None = None
         self.delay_timers: list[_DelayWakeup | None] = [None, None]  # the latest, by side
         self.end_pending = False  # End came while something still waited
+        #: The client's TCP close, held while the server's line still waits: the server's
+        #: connection must close first (mitmproxy tears it down with the client's).
+        self.held_page_close: commands.CloseConnection | None = None
         if self.socket is not None:  # read once: options are slow to read per message
-            self.close_timeout: float = context.options.wsroute_close_timeout
+            self.close_timeout: float = context.options.wsroute_close_timeout_ms / 1000
             self.max_message_size: int = context.options.wsroute_max_message_size
             self.keep_messages: int = context.options.wsroute_keep_messages
             self.kept_bytes = 0
@@ -294,6 +336,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 yield from self._due(event.command)
             elif event.command in self.close_timers:
                 side = self.close_timers.pop(event.command)
+                logger.debug(f"{self.socket.connection.url}: the {side}'s close timer ran out")
                 self.socket.connection.receive_close_timeout(side)
         else:
             assert isinstance(event, wsl.WebSocketMessageInjected)
@@ -328,13 +371,13 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             elif isinstance(ev, wse.Ping):
                 to = connection.receive_ping(side)
                 if to is not None:
-                    yield from self._out(self.ws[to].send2(ev))
+                    yield from self._out(self.ws[to].send2(ev), data=True)
                 elif ws.state is ConnectionState.OPEN:
-                    yield from self._out(ws.send2(ev.response()))
+                    yield from self._out(ws.send2(ev.response()), data=True)
             elif isinstance(ev, wse.Pong):
                 to = connection.receive_ping(side)
                 if to is not None:
-                    yield from self._out(self.ws[to].send2(ev))
+                    yield from self._out(self.ws[to].send2(ev), data=True)
             elif isinstance(ev, wse.CloseConnection):
                 yield from self._close_received(side, ev)
         if isinstance(event, events.ConnectionClosed):
@@ -426,7 +469,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             for frame in _frames(data, frame_sizes):
                 if ws.state is not ConnectionState.OPEN:
                     break  # too much waited: the side was closed with 1009 mid-message
-                yield from self._out(ws.send2(frame))
+                yield from self._out(ws.send2(frame), data=True)
         if observer is not None and to is PAGE:
             if self.delays is None:
                 observer.message(False, data)
@@ -456,7 +499,10 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
     def _execute(self, command: Command) -> layer.CommandGenerator[None]:
         assert self.socket is not None and self.flow.websocket is not None
         if isinstance(command, CallHandler):
-            self.socket.call_user(command.handler, command.args, self.socket.connection.url)
+            task = self.socket.call_user(command.handler, command.args, self.socket.connection.url)
+            if isinstance(task, asyncio.Task) and not task.done():
+                self.socket.tasks.add(task)
+                task.add_done_callback(self.socket.tasks.discard)
         elif isinstance(command, Send):
             data = command.message
             self._record(
@@ -486,7 +532,14 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             # with a latency, the timer starts when the close frame went out
             yield from self._out(wakeup, command.side)
         elif isinstance(command, CloseTcp):
-            yield from self._out(commands.CloseConnection(self.ws[command.side].conn))
+            logger.debug(
+                f"{self.socket.connection.url}: closing the {command.side}'s TCP connection"
+            )
+            close = commands.CloseConnection(self.ws[command.side].conn)
+            if command.side is PAGE and self.delays is not None and self.delays[SERVER]:
+                self.held_page_close = close  # after the server's (`_due`)
+            else:
+                yield from self._out(close)
         elif isinstance(command, SetLatency):
             if self.delays is None:
                 limit = self.max_message_size
@@ -494,7 +547,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             self.delays[command.to].latency = command.seconds
         else:
             assert isinstance(command, End)
-            if self.delays is not None and any(self.delays):
+            if self.delays is not None and (any(self.delays) or self.held_page_close):
                 self.end_pending = True  # once what waits went out (`_due`)
             else:
                 yield from self._end()
@@ -513,6 +566,9 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         self.flow.websocket.timestamp_end = time.time()
         self._handle_event = self._finished
         self.socket.busy = False
+        # Async handlers still running (a push loop, say) end with their socket.
+        for task in list(self.socket.tasks):
+            task.cancel()
         yield wsl.WebsocketEndHook(self.flow)
         self.flow.live = False
 
@@ -522,7 +578,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             if self.delays is None:
                 yield ws.send2(_frame(data))
             else:
-                yield from self._out(ws.send2(_frame(data)))
+                yield from self._out(ws.send2(_frame(data)), data=True)
             if to is PAGE:
                 self._observe(None, data, later=True)
 
@@ -545,10 +601,11 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             call()
 
     def _out(
-        self, command: commands.Command, side: Side | None = None
+        self, command: commands.Command, side: Side | None = None, data: bool = False
     ) -> layer.CommandGenerator[None]:
-        """Send data, close TCP or start a close timer (for `side`) now, or, when that side has
-        a latency or something waiting, behind what waits (`set_latency`)."""
+        """Send a frame, close TCP or start a close timer (for `side`) now, or, when that side
+        has a latency or something waiting, behind what waits (`set_latency`). The `data`
+        frames (messages and pings) count against the size limit; closes never fail it."""
         if self.delays is None:
             yield command
             return
@@ -559,18 +616,24 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         if not line.active:
             yield command
             return
-        size = len(command.data) if isinstance(command, commands.SendData) else 0
+        size = len(command.data) if data and isinstance(command, commands.SendData) else 0
         try:
             wait = line.push(clock(), command, size)
         except OverflowError as e:
             # Bounded like a message: past wsroute_max_message_size waiting, the side is
             # closed with 1009 (message too big), as for a message that large.
+            # What waited is dropped (never a close: nothing is sent after one), and the 1009
+            # close frame goes out now, so nothing sent later in this event can precede it.
             assert self.socket is not None
             logger.warning(f"{self.socket.connection.url}: set_latency: {e} for the {side}")
             line.clear()
-            self.socket.connection.receive_failure(
-                side, MESSAGE_TOO_BIG, "too much waiting (set_latency)"
-            )
+            reason = "too much waiting (set_latency)"
+            ws = self.ws[side]
+            if ws.state is ConnectionState.OPEN:
+                yield ws.send2(wse.CloseConnection(MESSAGE_TOO_BIG, reason))
+                if side is PAGE:
+                    self._observe((MESSAGE_TOO_BIG, reason))
+            self.socket.connection.receive_failure(side, MESSAGE_TOO_BIG, reason)
             return
         if wait is not None:
             yield from self._delay_timer(side, wait)
@@ -591,7 +654,11 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 item()
         if wait is not None:
             yield from self._delay_timer(timer.side, wait)
-        elif self.end_pending and not any(self.delays):
+            return
+        if timer.side is SERVER and self.held_page_close is not None:
+            close, self.held_page_close = self.held_page_close, None
+            yield from self._out(close)
+        if self.end_pending and not any(self.delays) and self.held_page_close is None:
             yield from self._end()
 
     def _finished(self, event: events.Event) -> layer.CommandGenerator[None]:
@@ -635,6 +702,12 @@ def _make_server_connection(self: HttpStream) -> layer.CommandGenerator[bool]:
     return False
 
 
+def _names_used(function: object) -> tuple[str, ...]:
+    """The global and attribute names `function`'s code refers to; none if it has no code."""
+    code = getattr(function, "__code__", None)
+    return tuple(getattr(code, "co_names", ()))
+
+
 def check_internals() -> None:
     """Raise `RuntimeError` unless mitmproxy's internals are the ones this layer was built on."""
     problems = []
@@ -647,9 +720,11 @@ def check_internals() -> None:
         problems += [
             f"{getattr(owner, '__name__', owner)}.{n}" for n in names if not hasattr(owner, n)
         ]
-    if "websocket.WebsocketLayer(" not in inspect.getsource(HttpStream.flow_done):
+    # The names a function's code uses (globals and attributes): read from its code object, so
+    # that the check also works where mitmproxy is installed without its .py files.
+    if "WebsocketLayer" not in _names_used(getattr(HttpStream, "flow_done", None)):
         problems.append("HttpStream.flow_done no longer creates websocket.WebsocketLayer")
-    if "GetHttpConnection(" not in inspect.getsource(_ORIGINAL_MAKE_SERVER_CONNECTION):
+    if "GetHttpConnection" not in _names_used(_ORIGINAL_MAKE_SERVER_CONNECTION):
         problems.append("HttpStream.make_server_connection no longer uses GetHttpConnection")
     if problems:
         raise RuntimeError(

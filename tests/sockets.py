@@ -4,6 +4,8 @@ which TCP connections a process holds open (Linux /proc), to prove nothing leaks
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import os
 import re
 from typing import Any
@@ -59,3 +61,26 @@ async def no_leaks(p: Any) -> None:
             return
         await asyncio.sleep(0.1)
     assert open_tcp_connections(p.proc.pid) == []
+
+
+async def raw_websocket_server(
+    then_send: bytes,
+) -> tuple[asyncio.Server, int]:
+    """A WebSocket server on 127.0.0.1 that accepts any upgrade, then writes `then_send` (raw
+    bytes, e.g. a frame that breaks the protocol) and reads until the peer goes."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        key = re.search(r"(?i)sec-websocket-key: *(\S+)", head)
+        assert key is not None
+        digest = hashlib.sha1((key.group(1) + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode())
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + base64.b64encode(digest.digest()) + b"\r\n\r\n" + then_send
+        )
+        while await reader.read(65536):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]

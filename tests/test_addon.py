@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import gc
+import inspect
+import linecache
 import weakref
 from pathlib import Path
 from typing import Any
@@ -12,11 +14,12 @@ import pytest
 from mitmproxy import exceptions, http
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy.layers import websocket as wsl
+from mitmproxy.proxy.layers.http import HttpStream
 from mitmproxy.test import taddons, tflow
 
 from mitm_wsroute import layer
 from mitm_wsroute.addon import WsRoute, accept, requested_protocols
-from mitm_wsroute.connection import PAGE, SERVER, CloseSide, Send, State
+from mitm_wsroute.connection import PAGE, SERVER, CloseSide, Send, StartCloseTimer, State
 
 ROUTES = """
 from mitm_wsroute import route_web_socket
@@ -136,10 +139,12 @@ async def test_handler_exception_accepts_and_closes_1011(
     assert "Sec-WebSocket-Protocol" not in f.response.headers
     socket = layer.routed_socket(f)
     assert socket is not None
-    close, *_ = socket.connection.commands_to_execute()  # then its close timer
+    [close, timer] = socket.connection.commands_to_execute()
     assert isinstance(close, CloseSide) and close.close.code == 1011
+    assert timer == StartCloseTimer(PAGE)
     assert "KeyError: 'nope'" in caplog.text
-    assert 'routes.py", line 15, in broken' in caplog.text  # the user's frame...
+    line = ROUTES.splitlines().index('    raise KeyError("nope")') + 1
+    assert f'routes.py", line {line}, in broken' in caplog.text  # the user's frame...
     assert 'addon.py", line' not in caplog.text  # ...and none of ours
 
 
@@ -169,6 +174,21 @@ def test_self_check_refuses_changed_internals(monkeypatch: pytest.MonkeyPatch) -
         RuntimeError, match=r"WebsocketConnection\.send2 missing.*mitmproxy>=12.3,<13"
     ):
         layer.check_internals()
+
+
+def test_self_check_needs_no_source_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    # mitmproxy installed without its .py files (only bytecode): no source to read.
+    def no_source(obj: object) -> str:
+        raise OSError("could not get source code")
+
+    monkeypatch.setattr(inspect, "getsource", no_source)
+    monkeypatch.setattr(linecache, "getlines", lambda *a, **k: [])
+    layer.check_internals()  # passes
+    monkeypatch.setattr(HttpStream, "flow_done", lambda self: None)  # an internal that moved
+    with pytest.raises(RuntimeError) as e:
+        layer.check_internals()
+    assert str(e.value).count("\n") == 0  # one clear line
+    assert "HttpStream.flow_done no longer creates websocket.WebsocketLayer" in str(e.value)
 
 
 async def test_routed_flows_are_freed(addon: Any) -> None:

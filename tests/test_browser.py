@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, Page, Playwright, async_playwright
 
+from tests.sockets import raw_websocket_server
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 #: Headless in a container, and nothing but the test's own traffic.
 CHROMIUM_ARGS = [
@@ -27,6 +29,7 @@ CHROMIUM_ARGS = [
 ]
 # Playwright's "should work with server" scenario, as a user would run it
 INTERCEPT_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "intercept_chat.py"
+CLOSE_TIMEOUT_MS = 500
 
 ROUTES = """
     import logging
@@ -48,6 +51,17 @@ ROUTES = """
     @route_web_socket("**/plain")
     def plain(ws):
         ws.connect_to_server()
+
+    @route_web_socket("**/server-then-page")
+    def server_then_page(ws):
+        server = ws.connect_to_server()
+        server.on_close(lambda code, reason: log.warning(f"server on_close {code} {reason!r}"))
+        def on_message(m):
+            if m == "close-server":
+                server.close(code=4000, reason="server first")
+            elif m == "close-page":
+                ws.close(code=4001, reason="page later")
+        ws.on_message(on_message)
 """
 
 OPEN = """
@@ -80,7 +94,13 @@ async def launch(pw: Playwright, proxy: str) -> Browser:
 
 @pytest.fixture
 async def page(mitmdump: Any) -> AsyncIterator[tuple[Page, Any]]:
-    proxy = mitmdump(ROUTES, "--set", f"wsroute_scripts={INTERCEPT_EXAMPLE}")
+    proxy = mitmdump(
+        ROUTES,
+        "--set",
+        f"wsroute_scripts={INTERCEPT_EXAMPLE}",
+        "--set",
+        f"wsroute_close_timeout_ms={CLOSE_TIMEOUT_MS}",
+    )
     async with async_playwright() as pw:
         browser = await launch(pw, proxy.proxy)
         try:
@@ -140,3 +160,43 @@ async def test_browser_sees_server_close_code(page: Any, upstream: Any) -> None:
     await p.evaluate(OPEN, [up.url("/plain"), [], "blob"])
     await p.evaluate("ws.send('cmd:close:1008:oops')")
     assert (await wait_log(p, 2))[1] == "close 1008 oops true"
+
+
+async def test_browser_a_later_close_gets_its_own_closing_handshake(
+    page: Any, upstream: Any
+) -> None:
+    # server.close() with a server on_close starts the server's close timer; a page close made
+    # after that timer ran out still waits for Chromium's answer: a clean close.
+    p, proxy = page
+    up = await upstream()
+    await p.evaluate(OPEN, [up.url("/server-then-page"), [], "blob"])
+    await p.evaluate("ws.send('close-server')")
+    await proxy.async_wait_for("server on_close 4000 'server first'")
+    await proxy.async_wait_for("the server's close timer ran out")
+    await p.evaluate("ws.send('close-page')")
+    assert (await wait_log(p, 2))[1] == "close 4001 page later true"
+
+
+@pytest.mark.parametrize(
+    ("name", "bad_frame"),
+    [
+        ("reserved opcode", b"\x83\x01?"),
+        ("invalid UTF-8 in text", b"\x81\x02\xff\xfe"),
+        ("control frame over 125 bytes", b"\x89\x7e\x00\x7e" + b"p" * 126),
+    ],
+)
+async def test_browser_sees_an_upstream_protocol_failure_as_a_drop(
+    page: Any, name: str, bad_frame: bytes
+) -> None:
+    # Without the proxy, Chromium would fail the connection itself: 1006, not clean. Through
+    # an intercepting route with no handlers it sees the same (the proxy drops the connection),
+    # not a clean 1002 carrying the proxy's error text.
+    p, proxy = page
+    server, port = await raw_websocket_server(then_send=bad_frame)
+    try:
+        await p.evaluate(OPEN, [f"ws://127.0.0.1:{port}/plain", [], "blob"])
+        # (Chromium adds an `error` event only when it finds the violation itself; for a
+        # connection that drops it reports the close alone.)
+        assert await wait_log(p, 2) == ["open ", "close 1006  false"], name
+    finally:
+        server.close()

@@ -20,11 +20,14 @@ from mitm_wsroute.connection import (
     CallHandler,
     Close,
     CloseSide,
+    CloseTcp,
     Connection,
+    End,
     Error,
     Send,
     SetLatency,
     Side,
+    StartCloseTimer,
     State,
 )
 from mitm_wsroute.route import WebSocketRoute
@@ -45,6 +48,14 @@ class RoutedSocket(RuleBasedStateMachine):
         self.delivered_to = {PAGE: [], SERVER: []}  # type: dict[Side, list[Any]]
         self.close_calls: list[tuple[Side, int | None, str | None]] = []
         self.pending_close: tuple[Side, Close] | None = None
+        # the TCP connections and closing handshakes, as the wire sees them
+        self.tcp = {PAGE: True, SERVER: False}  # open
+        self.frame_out = {PAGE: False, SERVER: False}  # our close frame went out
+        self.peer_done = {PAGE: False, SERVER: False}  # its close frame came, or it left
+        self.timers: set[Side] = set()  # close timers running
+        self.timed_out = {PAGE: False, SERVER: False}
+        self.tcp_closes: list[Side] = []
+        self.ends = 0
         self.latency = {PAGE: 0.0, SERVER: 0.0}
 
     @initialize(
@@ -55,6 +66,7 @@ class RoutedSocket(RuleBasedStateMachine):
         if opening == "connect":
             self.server = self.page.connect_to_server()
             self.peer_open[SERVER] = True
+            self.tcp[SERVER] = True
             for m in early:
                 self.server.send(m)
         elif opening == "accept":
@@ -103,8 +115,26 @@ class RoutedSocket(RuleBasedStateMachine):
                     if self.pending_close and self.pending_close[0] is cmd.side.other:
                         assert self.pending_close[1] == cmd.close, "mirrored a different close"
                         self.pending_close = None
+                    if cmd.close.code != 1006:
+                        self.frame_out[cmd.side] = True
                 elif isinstance(cmd, CallHandler):
                     cmd.handler(*cmd.args)
+                elif isinstance(cmd, StartCloseTimer):
+                    assert self.frame_out[cmd.side] and cmd.side not in self.timers
+                    self.timers.add(cmd.side)
+                elif isinstance(cmd, CloseTcp):
+                    side = cmd.side
+                    assert self.tcp[side], f"{side}'s TCP closed twice, or never open"
+                    # RFC 6455 §7.1.1: only once its closing handshake is over, or given up on
+                    assert self.peer_done[side] or self.timed_out[side] or not self.frame_out[side]
+                    if side is PAGE:  # the client's connection goes last
+                        assert not self.tcp[SERVER], "client's TCP closed before the server's"
+                    self.tcp[side] = False
+                    self.tcp_closes.append(side)
+                    self.timers.discard(side)
+                elif isinstance(cmd, End):
+                    assert not any(self.tcp.values()) and self.ends == 0
+                    self.ends += 1
                 elif isinstance(cmd, SetLatency):
                     assert not self.wire_closed[cmd.to], f"{cmd} after that side was closed"
                     self.latency[cmd.to] = cmd.seconds
@@ -132,6 +162,7 @@ class RoutedSocket(RuleBasedStateMachine):
         other_open = self.c.states[side.other] is State.OPEN
         self.pending_close = (side, close) if was_open and not had_handler and other_open else None
         n = len(self.close_calls)
+        self.peer_done[side] = True
         self.c.receive_close(side, close.code, close.reason)
         if drop:
             self.c.receive_connection_lost(side)
@@ -140,6 +171,39 @@ class RoutedSocket(RuleBasedStateMachine):
         assert self.pending_close is None, "close was neither handled nor mirrored"
         if was_open and had_handler:
             assert self.close_calls[n] == (side, close.code, close.reason)
+
+    @precondition(
+        lambda self: any(self.frame_out[s] and not self.peer_done[s] and self.tcp[s] for s in Side)
+    )
+    @rule(data=st.data(), leaves=st.booleans())
+    def peer_answers_our_close(self, data: st.DataObject, leaves: bool) -> None:
+        waiting = [s for s in Side if self.frame_out[s] and not self.peer_done[s] and self.tcp[s]]
+        side = data.draw(st.sampled_from(waiting))
+        self.peer_done[side] = True
+        if leaves:  # it ends its TCP connection instead of answering
+            self.c.receive_connection_lost(side)
+        else:
+            self.c.receive_close(side, 1000, "")
+        self.run()
+
+    @precondition(lambda self: bool(self.timers))
+    @rule(data=st.data())
+    def close_timer_runs_out(self, data: st.DataObject) -> None:
+        side = data.draw(st.sampled_from(sorted(self.timers)))
+        self.timers.discard(side)
+        self.timed_out[side] = True
+        self.c.receive_close_timeout(side)
+        self.run()
+
+    @precondition(lambda self: any(self.peer_open.values()))
+    @rule(data=st.data(), code=st.sampled_from([1002, 1007, 1009]))
+    def peer_breaks_the_protocol(self, data: st.DataObject, code: int) -> None:
+        side = data.draw(st.sampled_from([s for s in (PAGE, SERVER) if self.peer_open[s]]))
+        self.peer_open[side] = False
+        self.c.receive_failure(side, code, "bad")
+        self.peer_done[side] = True  # failed: its connection is not waited for
+        self.run()
+        assert not self.tcp[side] or side is PAGE, "a failed upstream is closed at once"
 
     @rule(side=st.sampled_from([PAGE, SERVER]), m=messages)
     def route_sends(self, side: Side, m: Any) -> None:
@@ -230,11 +294,24 @@ class RoutedSocket(RuleBasedStateMachine):
                 assert self.c.states[side] in (State.CLOSED, State.NONE)
 
     @invariant()
+    def a_side_waiting_for_an_answer_has_a_timer(self) -> None:
+        for side in Side:
+            if self.frame_out[side] and not self.peer_done[side] and self.tcp[side]:
+                assert side in self.timers or self.timed_out[side]
+
+    @invariant()
     def both_parties_gone_means_finished(self) -> None:
         if not any(self.peer_open.values()):
+            self.peer_done[PAGE] = True  # the client leaves
             self.c.receive_connection_lost(PAGE)
             self.run()
             assert self.c.finished
+            for side in sorted(self.timers):  # once every handshake is over, the socket ends
+                self.timers.discard(side)
+                self.timed_out[side] = True
+                self.c.receive_close_timeout(side)
+            self.run()
+            assert self.ends == 1 and not any(self.tcp.values())
 
 
 TestRoutedSocket = RoutedSocket.TestCase

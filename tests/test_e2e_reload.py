@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +34,9 @@ async def test_edit_takes_effect_for_new_sockets_live_ones_keep_handlers(
     async with connect("ws://app.invalid/mock", proxy=p.proxy) as live:
         assert await ask(live, "a") == "v1 a"
         rewrite(script, V1.replace("v1", "v2"))
-        edited = time.monotonic()
         await p.async_wait_for(r"loaded 1 WebSocket route\(s\) from .*routes0.py", 5, count=2)
         async with connect("ws://app.invalid/mock", proxy=p.proxy) as new:
             assert await ask(new, "b") == "v2 b"
-        assert time.monotonic() - edited < 2
         assert await ask(live, "c") == "v1 c"  # the live socket keeps the handler it started with
 
 

@@ -32,7 +32,14 @@ from mitm_wsroute.connection import (
     StartCloseTimer,
     State,
 )
-from mitm_wsroute.layer import RoutedWebsocketLayer, _frames, _Reassembly
+from mitm_wsroute.layer import (
+    FRAME_COST,
+    JOINED_PIECES,
+    KEPT_FRAMES,
+    RoutedWebsocketLayer,
+    _frames,
+    _Reassembly,
+)
 from mitm_wsroute.route import WebSocketRoute
 
 
@@ -75,13 +82,14 @@ def test_reassembly_and_original_framing(
     assert [e.message_finished for e in out] == [False] * (len(out) - 1) + [True]
 
 
-@given(sizes=st.lists(st.integers(1, 50), min_size=1, max_size=10), limit=st.integers(1, 200))
+@given(sizes=st.lists(st.integers(0, 50), min_size=1, max_size=10), limit=st.integers(1, 200))
 def test_size_limit_checked_while_the_message_grows(sizes: list[int], limit: int) -> None:
     r = _Reassembly()
     total = 0
     for i, size in enumerate(sizes):
-        total += size
-        event = wse.BytesMessage(b"x" * size, message_finished=i == len(sizes) - 1)
+        last = i == len(sizes) - 1
+        total += size + (0 if last else FRAME_COST)  # each frame's header but the last's counts
+        event = wse.BytesMessage(b"x" * size, message_finished=last)
         if total > limit:
             with pytest.raises(OverflowError, match=f"larger than {limit} bytes"):
                 r.add(event, limit)
@@ -89,6 +97,29 @@ def test_size_limit_checked_while_the_message_grows(sizes: list[int], limit: int
             return
         r.add(event, limit)
     assert total <= limit
+
+
+def test_many_empty_frames_are_bounded_and_cost_no_memory() -> None:
+    # 100,000 empty continuation frames: they count against the limit (1009 as for size)...
+    r = _Reassembly()
+    with pytest.raises(OverflowError, match="larger than 100000 bytes"):
+        for _ in range(100_000):
+            r.add(wse.BytesMessage(b"", message_finished=False), 100_000)
+    assert r.chunks == [] and r.frame_sizes == []
+    # ...and without a limit they keep nothing but a count.
+    for _ in range(100_000):
+        assert r.add(wse.BytesMessage(b"", message_finished=False), 0) is None
+    assert r.chunks == [] and len(r.frame_sizes) <= KEPT_FRAMES
+    assert r.add(wse.BytesMessage(b"end"), 0) == b"end"
+
+
+def test_a_message_of_many_small_frames_is_joined_as_it_arrives() -> None:
+    r = _Reassembly()
+    for i in range(10_000):
+        r.add(wse.TextMessage("é", message_finished=False), 0)
+        assert len(r.chunks) <= JOINED_PIECES + i // JOINED_PIECES
+    assert r.add(wse.TextMessage("!"), 0) == "é" * 10_000 + "!"
+    assert r.frame_sizes == []  # more frames than KEPT_FRAMES: forwarded as one
 
 
 @given(

@@ -1,9 +1,9 @@
 """A hypothesis state machine over the real layer: random message sizes and fragmentation,
 split TCP reads, the size and retention options, on an intercepted socket.
 
-The layer runs as mitmproxy runs it (events in, commands out, hooks answered, wake-ups
-delivered on a fake clock); wsproto peers stand in for the client and the server and decode
-what the layer sends them. Routes drop sides and change their latency in between.
+The layer runs as mitmproxy runs it (events in, commands out, hooks answered, the wake-ups of
+`set_latency` delivered on a fake clock); wsproto peers stand in for the client and the server
+and decode what the layer sends them. Routes drop sides and change their latency in between.
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ class LayerMachine(RuleBasedStateMachine):
             wsroute_max_message_size=MAX,
             wsroute_keep_messages=keep,
             wsroute_message_hooks=True,
-            wsroute_close_timeout=5.0,
+            wsroute_close_timeout_ms=5000,
         )
         self.keep = keep
         self.now = 1000.0
-        self.timers: list[tuple[float, commands.RequestWakeup]] = []
+        self.delay_wakeups: list[tuple[float, commands.RequestWakeup]] = []
         self.saved_clock = layer.clock
         layer.clock = lambda: self.now
         self.flow = tflow.twebsocketflow(messages=False)
@@ -65,6 +65,11 @@ class LayerMachine(RuleBasedStateMachine):
         self.frames = {PAGE: 0, SERVER: 0}
         self.received_frames: dict[Side, list[int]] = {PAGE: [], SERVER: []}
         self.open = {PAGE: True, SERVER: True}
+        self.timers: list[commands.RequestWakeup] = []
+        self.tcp_closed: list[Side] = []
+        self.answered = {PAGE: False, SERVER: False}  # the peer answered our close frame
+        self.timed_out: set[Side] = set()
+        self.dropped = {PAGE: False, SERVER: False}  # a route dropped it (or the other side)
         self.overflowed = {PAGE: False, SERVER: False}
         self.feed(events.Start())
 
@@ -79,13 +84,14 @@ class LayerMachine(RuleBasedStateMachine):
             for command in self.layer.handle_event(pending.pop(0)):
                 if isinstance(command, commands.StartHook):
                     pending.append(events.HookCompleted(command))
+                elif isinstance(command, layer._DelayWakeup):
+                    self.delay_wakeups.append((self.now + command.delay, command))
                 elif isinstance(command, commands.RequestWakeup):
-                    self.timers.append((self.now + command.delay, command))
+                    self.timers.append(command)
                 elif isinstance(command, commands.CloseConnection):
                     side = PAGE if command.connection == self.layer.context.client else SERVER
-                    if self.open[side]:  # TCP gone without a close frame: 1006 for the peer
-                        self.closes[side].append(1006)
-                    self.open[side] = False
+                    assert side not in self.tcp_closed
+                    self.tcp_closed.append(side)
                 elif isinstance(command, commands.SendData):
                     side = PAGE if command.connection == self.layer.context.client else SERVER
                     self.peer[side].receive_data(command.data)
@@ -105,8 +111,6 @@ class LayerMachine(RuleBasedStateMachine):
                             self.closes[side].append(ev.code)
                             self.open[side] = False
 
-    # --- rules -----------------------------------------------------------------------------------
-
     def both_open(self) -> bool:
         return all(self.open.values()) and all(
             s is State.OPEN for s in self.connection.states.values()
@@ -116,11 +120,24 @@ class LayerMachine(RuleBasedStateMachine):
         return len(self.layer.delays[side]) if self.layer.delays is not None else 0
 
     def advance(self, dt: float) -> None:
-        """Time passes: the layer gets the wake-ups due by then, earliest first."""
-        self.now += dt
-        while due := sorted((t for t in self.timers if t[0] <= self.now), key=lambda t: t[0]):
-            self.timers.remove(due[0])
+        """Time passes: the layer gets the latency wake-ups due by then, earliest first, each
+        at its time (close timers run out by their own rule)."""
+        end = self.now + dt
+        while due := sorted((t for t in self.delay_wakeups if t[0] <= end), key=lambda t: t[0]):
+            self.delay_wakeups.remove(due[0])
+            self.now = max(self.now, due[0][0])
             self.feed(events.Wakeup(due[0][1]))
+        self.now = end
+
+    def note_overflow(self, side: Side) -> None:
+        """More than MAX bytes waited behind a latency: that side was closed with 1009, and
+        what waited is gone."""
+        if self.connection.states[side] is State.CLOSED and not self.overflowed[side]:
+            assert self.layer.delays is not None
+            self.overflowed[side] = True
+            self.expected[side] = list(self.received[side])
+
+    # --- rules -----------------------------------------------------------------------------------
 
     @precondition(both_open)
     @rule(
@@ -146,17 +163,19 @@ class LayerMachine(RuleBasedStateMachine):
         )
         chunk = max(1, len(wire) // reads)
         conn = self.layer.context.client if side is PAGE else self.layer.context.server
-        if len(data) <= MAX:
+        # what counts against the limit: the payload, and each frame's header but the last's
+        too_big = len(data) + layer.FRAME_COST * (len(pieces) - 1) > MAX
+        if not too_big:
             self.expected[side.other].append(data)
         for i in range(0, len(wire), chunk):
             self.feed(events.DataReceived(conn, wire[i : i + chunk]))
-        if len(data) > MAX:  # RFC 6455 §7.4.1: 1009 to the sender, mirrored to the other side
+        if too_big:  # RFC 6455 §7.4.1: 1009 to the sender, mirrored to the other side
             self.advance(60)  # past any latency
             assert self.closes[side] == [1009]
             assert self.closes[side.other] == [1009]
         else:
             self.note_overflow(side.other)  # the only way it can close now
-        if len(data) <= MAX and not self.waiting(side.other) and not self.overflowed[side.other]:
+        if not too_big and not self.waiting(side.other) and not self.overflowed[side.other]:
             assert self.received[side.other][-1] == data  # forwarded, unchanged...
             assert self.received_frames[side.other][-1] == len(pieces)  # ...in its own frames
 
@@ -168,15 +187,7 @@ class LayerMachine(RuleBasedStateMachine):
         self.feed(events.DataReceived(self.layer.context.client, b""))  # any event drains
         if was_open:
             self.expected[side].append(data)
-            self.note_overflow(side)
-
-    def note_overflow(self, side: Side) -> None:
-        """More than MAX bytes waited behind a latency: that side was closed with 1009, and
-        what waited is gone."""
-        if self.connection.states[side] is State.CLOSED and not self.overflowed[side]:
-            assert self.layer.delays is not None
-            self.overflowed[side] = True
-            self.expected[side] = list(self.received[side])
+            self.note_overflow(side)  # past MAX waiting behind a latency
 
     @rule(side=st.sampled_from([PAGE, SERVER]), seconds=st.sampled_from([0, 0.1, 0.5, 2]))
     def route_sets_latency(self, side: Side, seconds: float) -> None:
@@ -195,7 +206,36 @@ class LayerMachine(RuleBasedStateMachine):
         self.advance(60)  # past any latency: what waited went out first, then the drop
         for s in (PAGE, SERVER):  # no on_close here: the drop is mirrored as a drop
             if was_open[s]:
-                assert not self.open[s] and self.closes[s][-1] == 1006
+                self.dropped[s] = True
+                assert s in self.tcp_closed and self.open[s]  # no close frame, TCP gone
+
+    @precondition(both_open)
+    @rule(side=st.sampled_from([PAGE, SERVER]), code=st.sampled_from([1000, 4000]))
+    def route_closes_outside_an_event(self, side: Side, code: int) -> None:
+        # from a task or another thread: the connection records it, a RouteWakeup drains it
+        self.route[side].close(code=code)
+        self.feed(layer.RouteWakeup(self.flow, layer._NO_MESSAGE))
+        self.advance(60)  # past any latency: the close frames and their timers
+        assert self.closes == {side: [code], side.other: [code]}  # mirrored
+        assert self.tcp_closed == []  # both wait for their peer's answer
+        assert len(self.timers) == 2  # one close timer per closing handshake
+
+    @precondition(lambda self: any(self.closes.values()))
+    @rule(side=st.sampled_from([PAGE, SERVER]))
+    def peer_answers_our_close(self, side: Side) -> None:
+        if not self.closes[side] or self.answered[side] or side in self.tcp_closed:
+            return
+        self.answered[side] = True
+        wire = self.peer[side].send(wse.CloseConnection(self.closes[side][0]))
+        conn = self.layer.context.client if side is PAGE else self.layer.context.server
+        self.feed(events.DataReceived(conn, wire))
+
+    @precondition(lambda self: bool(self.timers))
+    @rule()
+    def close_timer_runs_out(self) -> None:
+        timer = self.timers.pop(0)
+        self.timed_out.add(self.layer.close_timers[timer])
+        self.feed(events.Wakeup(timer))
 
     # --- invariants ------------------------------------------------------------------------------
 
@@ -208,6 +248,20 @@ class LayerMachine(RuleBasedStateMachine):
                 assert got == want  # all of it once nothing waits
             if self.overflowed[side] and not self.waiting(side):
                 assert self.closes[side] and self.closes[side][0] == 1009
+
+    @invariant()
+    def tcp_closes_after_the_handshake_server_first(self) -> None:
+        if PAGE in self.tcp_closed:
+            assert self.tcp_closed[0] is SERVER  # the client's connection goes last
+        for side in self.tcp_closed:  # a side the peer breaks (1009) is not waited for
+            assert (
+                self.answered[side]
+                or side in self.timed_out
+                or self.closes[side] == [1009]
+                or self.dropped[side]
+            )
+        if self.tcp_closed == [SERVER, PAGE]:
+            assert self.flow.live is False  # websocket_end ran, the flow is over
 
     @invariant()
     def retention_is_bounded(self) -> None:
@@ -230,7 +284,7 @@ def test_latency_transcript() -> None:
         m.route_sends(PAGE, 3)
         m.peer_sends(SERVER, text=False, size=6, frames=2, reads=2)  # forwarded, waits too
         m.route_sends(PAGE, 4)
-        assert m.received[PAGE] == [] and len(m.timers) == 1  # one wake-up for all of it
+        assert m.received[PAGE] == [] and len(m.delay_wakeups) == 1  # one for all of it
         m.time_passes(0.1)
         assert m.received[PAGE] == []
         m.route_sets_latency(PAGE, 0)
@@ -243,6 +297,27 @@ def test_latency_transcript() -> None:
         assert m.received_frames[PAGE][1] == 2  # forwarded in its own frames
         m.route_sets_latency(SERVER, 2)
         m.route_drops(SERVER)  # the drop waits too, then is mirrored to the client
-        assert m.closes == {PAGE: [1006], SERVER: [1006]}
+        assert m.tcp_closed == [SERVER, PAGE] and m.closes == {PAGE: [], SERVER: []}
+        assert m.flow.live is False  # websocket_end ran once nothing waited
+    finally:
+        m.teardown()
+
+
+def test_latency_overflow_fails_that_side_alone() -> None:
+    """Past the size limit waiting, that side gets 1009 at once and what waited for it is
+    gone; the close mirrored to the other side waits behind that side's data, and never
+    counts against the limit itself."""
+    m = LayerMachine()
+    m.start(keep=0)
+    try:
+        m.route_sets_latency(PAGE, 0.1)
+        m.route_sets_latency(SERVER, 0.1)
+        m.route_sends(PAGE, 1)
+        m.route_sends(SERVER, 255)  # close to the limit (300 bytes) with its frame header
+        m.route_sends(PAGE, 294)  # too much waiting for the client
+        assert m.closes[PAGE] == [1009] and m.received[PAGE] == []
+        assert m.closes[SERVER] == []  # its 1009 waits behind its data
+        m.time_passes(0.1)
+        assert m.received[SERVER] == [b"r" * 255] and m.closes[SERVER] == [1009]
     finally:
         m.teardown()

@@ -3,6 +3,7 @@ servers, ws and wss."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -271,8 +272,10 @@ def test_test_routes_win_over_scripts_and_unroute(tmp_path: Path) -> None:
 
 def test_route_push_from_the_test_thread_keeps_order(proxy: WsRouteProxy) -> None:
     proxy.route_web_socket("**/feed", lambda ws: None)
-    clients = [connect("ws://x.invalid/feed", proxy=proxy.url) for _ in range(3)]
-    try:
+    with contextlib.ExitStack() as stack:
+        clients = [
+            stack.enter_context(connect("ws://x.invalid/feed", proxy=proxy.url)) for _ in "abc"
+        ]
         socks = [proxy.wait_for_web_socket("**/feed") for _ in clients]
         for i in range(200):  # a broadcast: every client gets every message, in order
             for sock in socks:
@@ -284,9 +287,6 @@ def test_route_push_from_the_test_thread_keeps_order(proxy: WsRouteProxy) -> Non
         with pytest.raises(ConnectionClosed) as closed:
             clients[0].recv(5)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4000
-    finally:
-        for c in clients:
-            c.close()
 
 
 def test_handler_errors_are_collected_and_contained(proxy: WsRouteProxy) -> None:
@@ -349,12 +349,11 @@ def test_stop_leaves_nothing_behind() -> None:
     proxy = WsRouteProxy().start()
     confdir = proxy.ca_cert.parent
     proxy.route_web_socket("**/live", lambda ws: None)
-    c = connect("ws://x.invalid/live", proxy=proxy.url)  # still open at stop
-    proxy.wait_for_web_socket()
-    proxy.stop()
-    with pytest.raises(ConnectionClosed):
-        c.recv(5)
-    c.close()
+    with connect("ws://x.invalid/live", proxy=proxy.url) as c:  # still open at stop
+        proxy.wait_for_web_socket()
+        proxy.stop()
+        with pytest.raises(ConnectionClosed):
+            c.recv(5)
     assert not confdir.exists()
     assert _threads_and_fds() == before
     with pytest.raises(RuntimeError, match="stopped"):
@@ -406,13 +405,12 @@ def test_record_is_bounded() -> None:
 
 def test_reset_forgets_sockets_but_live_ones_go_on(proxy: WsRouteProxy) -> None:
     proxy.route_web_socket("**/many", lambda ws: ws.on_message(ws.send))
-    live = connect("ws://x.invalid/many", proxy=proxy.url)
-    for _ in range(20):
-        with connect("ws://x.invalid/many", proxy=proxy.url):
-            pass
-    assert len(proxy.web_sockets) == 21
-    proxy.reset()
-    assert proxy.web_sockets == []
-    live.send("still routed")  # live sockets keep their handlers
-    assert live.recv(5) == "still routed"
-    live.close()
+    with connect("ws://x.invalid/many", proxy=proxy.url) as live:
+        for _ in range(20):
+            with connect("ws://x.invalid/many", proxy=proxy.url):
+                pass
+        assert len(proxy.web_sockets) == 21
+        proxy.reset()
+        assert proxy.web_sockets == []
+        live.send("still routed")  # live sockets keep their handlers
+        assert live.recv(5) == "still routed"

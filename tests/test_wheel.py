@@ -100,3 +100,18 @@ def test_pytest_fixture_from_the_wheel(venv: Path, tmp_path: Path) -> None:
     )
     out = run_in(venv, tmp_path, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_user.py")
     assert "1 passed" in out.stdout, out.stdout + out.stderr
+
+
+def test_the_wheel_carries_its_licenses(venv: Path, tmp_path: Path) -> None:
+    out = run_in(
+        venv,
+        tmp_path,
+        "-c",
+        "from importlib.metadata import files, metadata\n"
+        "print(metadata('mitm-wsroute')['License-Expression'])\n"
+        "print(sorted(f.name for f in files('mitm-wsroute') if 'licenses' in str(f)))",
+    )
+    assert out.stdout.splitlines() == [
+        "MIT AND Apache-2.0",  # Apache-2.0: the vendored URL parser, named in NOTICE
+        "['Apache-2.0.txt', 'LICENSE', 'NOTICE']",
+    ], out.stderr
