@@ -159,7 +159,7 @@ def _replay_handler(har: Har, timing: Timing) -> RouteHandler:
             f"({len(conversation)} messages)"
         )
         player = Replay(conversation, timing)
-        out = _Sender(ws)
+        out = _Sender(ws, timing == "recorded")
 
         def on_message(message: str | bytes) -> None:
             steps = player.receive(message)
@@ -184,14 +184,15 @@ def _replay_handler(har: Har, timing: Timing) -> RouteHandler:
 class _Sender:
     """Carries out replay steps towards the client in order, waiting out their delays."""
 
-    def __init__(self, ws: WebSocketRoute) -> None:
+    def __init__(self, ws: WebSocketRoute, timed: bool) -> None:
         self.ws = ws
+        self.timed = timed
         self.queue: deque[Step] = deque()
         self.task: Any = None  # the asyncio.Task that waits out delays, while one runs
 
     def run(self, steps: list[Step]) -> None:
-        if self.task is None and not any(s.delay for s in steps):
-            for step in steps:  # the common case: at once, no task
+        if not self.timed or (self.task is None and not any(s.delay for s in steps)):
+            for step in steps:  # at once, no task (every delay is 0 without timing)
                 self._do(step)
             return
         self.queue.extend(steps)
