@@ -45,18 +45,17 @@ def make_har(path: Path, messages: int, binary: bool = True, payload: str = "x" 
 
 
 LOAD = """
-import gc, resource, sys, time
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
+import gc, sys, time
+def status(field):  # VmRSS now, VmHWM the peak (per process image: not inherited over exec)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
 from mitm_wsroute.har import Replay, load_har
-gc.collect(); before = rss()
+gc.collect(); before = status("VmRSS:")
 t = time.perf_counter(); har = load_har(sys.argv[1]); load = time.perf_counter() - t
-gc.collect(); after = rss()
+gc.collect(); after = status("VmRSS:")
 t = time.perf_counter(); conversation = har.entries(sys.argv[2])[0]
 replay = Replay(conversation); replay.open(); start = time.perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(load, after - before, peak - before, start, len(conversation))
+print(load, after - before, status("VmHWM:") - before, start, len(conversation))
 """
 
 
