@@ -87,6 +87,13 @@ ROUTES = """
         ws.send("last words")  # sent before the drop: goes out first
         ws.drop()
 
+    @route_web_socket("**/accept-then-exit")
+    async def accept_then_exit(ws):
+        import asyncio
+        ws.accept()
+        await asyncio.sleep(0)
+        raise SystemExit("a handler cannot stop the proxy")
+
     @route_web_socket("**/no-compression")
     def no_compression(ws):
         ws.accept(compression=False)
@@ -320,3 +327,11 @@ def test_test_facade_latency_and_drop_from_the_test_thread() -> None:
                 client.recv(5)
             sock.wait_for_close()
             assert sock.close_code == 1006
+
+
+async def test_handler_raising_after_accept_closes_the_client_1011(proxy: Any) -> None:
+    for _ in range(2):  # the proxy lives on
+        async with connect("ws://chat.invalid/accept-then-exit", proxy=proxy.proxy) as ws:
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 5)
+            assert ws.close_code == 1011 and ws.close_reason == "route handler raised SystemExit"
