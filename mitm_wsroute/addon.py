@@ -21,9 +21,9 @@ from mitmproxy.proxy import events
 from mitmproxy.utils import asyncio_utils
 from mitmproxy.websocket import WebSocketData
 
-from . import layer, webview
-from .connection import SERVER, Connection, State
-from .handshake import accept, is_websocket_upgrade, requested_protocols
+from . import handshake, harroute, layer, webview
+from .connection import SERVER, Accept, Connection, Opening, Reject, State
+from .handshake import accept, is_websocket_upgrade, request_headers, requested_protocols
 from .route import WebSocketRoute
 from .router import Router
 from .scripts import RouteScripts, user_traceback
@@ -124,6 +124,53 @@ class WsRoute:
             """,
         )
 
+        loader.add_option(
+            "wsroute_har",
+            Optional[str],  # type: ignore[arg-type]  # noqa: UP045 - mitmproxy wants typing.Optional
+            None,
+            """
+            Replay the WebSocket conversations of this HAR file as mocks (route_from_har), or
+            record into it with wsroute_har_update. Its route wins over the scripts' routes.
+            """,
+        )
+        loader.add_option(
+            "wsroute_har_update",
+            bool,
+            False,
+            """
+            Record instead of replaying: matching sockets connect to their server, and their
+            conversations are written to wsroute_har when each socket ends and at exit.
+            """,
+        )
+        loader.add_option(
+            "wsroute_har_url",
+            Optional[str],  # type: ignore[arg-type]  # noqa: UP045 - mitmproxy wants typing.Optional
+            None,
+            """
+            Only sockets whose URL matches this glob are replayed or recorded (default: all).
+            """,
+        )
+        loader.add_option(
+            "wsroute_har_not_found",
+            str,
+            "abort",
+            """
+            A matching socket whose URL has no entry in wsroute_har: "abort" refuses its upgrade
+            with 404, "fallback" leaves it to the scripts' routes (else it passes through).
+            """,
+            choices=["abort", "fallback"],
+        )
+        loader.add_option(
+            "wsroute_har_timing",
+            str,
+            "none",
+            """
+            "recorded" keeps the recorded gap before each replayed server message; "none"
+            sends at once.
+            """,
+            choices=["none", "recorded"],
+        )
+
     def configure(self, updated: set[str]) -> None:
         for name, zero in (
             ("wsroute_max_message_size", " (no limit)"),
@@ -147,11 +194,35 @@ class WsRoute:
                 self.scripts.configure(list(ctx.options.wsroute_scripts), base_url)
             except ValueError as e:
                 raise exceptions.OptionsError(f"Cannot load wsroute_scripts: {e}") from e
+        if updated.intersection(_HAR_OPTIONS) or "wsroute_base_url" in updated:
+            self._configure_har()
         if ctx.options.connection_strategy != "lazy":
             # Eager connects go upstream (and do TLS) before the URL is known, so a mock of a
             # host that does not exist would fail with 502.
             logger.info("wsroute: setting connection_strategy=lazy, so that mocks never connect")
             ctx.options.update(connection_strategy="lazy")
+
+    def _configure_har(self) -> None:
+        opts = ctx.options
+        if not opts.wsroute_har:
+            self.router.option_routes = ()
+            return
+        try:
+            base_url = parse_base_url(opts.wsroute_base_url) if opts.wsroute_base_url else None
+            routes = harroute.har_routes(
+                opts.wsroute_har,
+                url=opts.wsroute_har_url or None,
+                not_found=opts.wsroute_har_not_found,
+                update=opts.wsroute_har_update,
+                timing=opts.wsroute_har_timing,
+                base_url=base_url,
+                origin="wsroute_har option",
+            )
+        except ValueError as e:
+            raise exceptions.OptionsError(f"Cannot load wsroute_har option: {e}") from e
+        self.router.option_routes = tuple(routes)
+        what = "recording into" if opts.wsroute_har_update else "replaying"
+        logger.info(f"wsroute: {what} {opts.wsroute_har}")
 
     def running(self) -> None:
         layer.install()
@@ -162,6 +233,7 @@ class WsRoute:
             )
 
     def done(self) -> None:
+        harroute.flush_recordings()
         if self._poller is not None:
             self._poller.cancel()
             self._poller = None
@@ -181,31 +253,84 @@ class WsRoute:
         route = self.router.find(url)
         if route is None:
             return
-        connection = Connection(url, requested_protocols(req))
-        layer.routed_socket(flow, layer.RoutedSocket(connection, self._call_user, self._inject))
+        connection = Connection(url, requested_protocols(req), request_headers(req))
+        socket = layer.RoutedSocket(connection, self._call_user, self._inject)
+        layer.routed_socket(flow, socket)
         flow.metadata["wsroute"] = {"url": url, "route": route.origin}
         try:
             result = route.handler(WebSocketRoute(connection))
             if inspect.isawaitable(result):
-                await result
+                await self._until_answered(result, socket, url)
         except KeyboardInterrupt:
             raise
         except BaseException as e:  # SystemExit too: user code never stops the proxy
             if isinstance(e, asyncio.CancelledError) and _cancelling():
                 raise  # the proxy itself is stopping
             # a handler that raised or was cancelled: the client is closed with 1011
-            logger.error(f"{url}: route handler failed:\n{user_traceback(e, 'request')}")
-            self._handler_failed(e)
-            connection.receive_handler_error(e)
+            self._route_handler_failed(e, connection, url, cut_at="request")
+        finally:
+            connection.wakeup = socket.wake
+        connection.handler_returned()
         # mitmweb shows a marker per kind in the flow list, and the route in the comment.
         flow.comment = f"wsroute: {route.label}"
+        if isinstance(connection.answer, Reject):
+            flow.metadata["wsroute"]["mode"] = "rejected"
+            flow.marked = MOCK_MARKER
+            flow.response = handshake.reject(connection.answer)
+            return
         if connection.states[SERVER] is State.CONNECTING:
             flow.metadata["wsroute"]["mode"] = "intercept"
             flow.marked = INTERCEPT_MARKER
             return
         flow.metadata["wsroute"]["mode"] = "mock"
         flow.marked = MOCK_MARKER
-        flow.response = accept(req, connection.protocols)
+        answer = connection.answer if isinstance(connection.answer, Accept) else None
+        flow.response = accept(req, connection.protocols, answer)
+
+    async def _until_answered(
+        self, result: Awaitable[Any], socket: layer.RoutedSocket, url: str
+    ) -> None:
+        """Await an async route handler until it returns, or until it answered the client with
+        `accept()` or `reject()`: then the answer goes out and the handler goes on by itself,
+        as one of the socket's tasks (cancelled when the socket ends)."""
+        connection = socket.connection
+        answered = asyncio.Event()
+        connection.wakeup = answered.set  # called by accept() and reject() (and by sends)
+
+        async def route_handler() -> None:
+            try:
+                await result
+            except KeyboardInterrupt:
+                raise
+            except BaseException as e:  # contained, as in `request`
+                if isinstance(e, asyncio.CancelledError) and _cancelling():
+                    raise  # its socket ended, or the proxy stops
+                self._route_handler_failed(e, connection, url, cut_at="route_handler")
+
+        task = asyncio_utils.create_task(
+            route_handler(), name=f"wsroute handler {url}", keep_ref=True
+        )
+        try:
+            while not task.done() and connection.opening is Opening.HANDLER:
+                answered.clear()
+                waiter = asyncio.ensure_future(answered.wait())
+                try:
+                    await asyncio.wait((task, waiter), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+        except asyncio.CancelledError:
+            task.cancel()  # the proxy stops
+            raise
+        if not task.done():
+            socket.tasks.add(task)
+            task.add_done_callback(socket.tasks.discard)
+
+    def _route_handler_failed(
+        self, e: BaseException, connection: Connection, url: str, cut_at: str
+    ) -> None:
+        logger.error(f"{url}: route handler failed:\n{user_traceback(e, cut_at)}")
+        self._handler_failed(e)
+        connection.receive_handler_error(e)
 
     def response(self, flow: http.HTTPFlow) -> None:
         socket = layer.routed_socket(flow)
@@ -276,3 +401,13 @@ def _cancelling() -> bool:
 
 def _name(handler: Callable[..., Any]) -> str:
     return getattr(handler, "__qualname__", repr(handler))
+
+
+#: The options of `route_from_har` (any of them changed: its route is made again).
+_HAR_OPTIONS = (
+    "wsroute_har",
+    "wsroute_har_update",
+    "wsroute_har_url",
+    "wsroute_har_not_found",
+    "wsroute_har_timing",
+)

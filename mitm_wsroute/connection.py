@@ -23,18 +23,28 @@ The closing handshake (RFC 6455 §7.1): a side we send a close frame to keeps it
 until its peer's close frame arrives or `StartCloseTimer` runs out (then the close counts as
 clean for the peer); a side that failed (§7.1.7) or whose peer left is closed at once. The
 server's TCP connection closes before the client's, which goes last, and `End` follows it.
+
+Beyond Playwright, the route handler may answer the client's upgrade itself (`Opening`:
+`accept()` a mock now, or `reject()` it with an HTTP response), a route may `drop()` a side (a
+close with 1006 and the same rule: its TCP connection closes without a close frame) and set a
+side's latency (a `SetLatency` command: the adapter holds what is sent to that side, closes
+included, and tells the connection only when they went out).
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .headers import Headers, HeadersLike, header_fields
+
 __all__ = [
     "ABNORMAL_CLOSURE",
+    "Accept",
     "CallHandler",
     "Close",
     "CloseHandler",
@@ -46,13 +56,17 @@ __all__ = [
     "Error",
     "Message",
     "MessageHandler",
+    "Opening",
     "Owner",
+    "Reject",
     "Send",
+    "SetLatency",
     "Side",
     "StartCloseTimer",
     "State",
     "Wire",
     "check_close",
+    "check_latency",
     "check_message",
 ]
 
@@ -129,6 +143,43 @@ class Wire(enum.IntEnum):
 _GONE = (Wire.NONE, Wire.CLOSED)
 
 
+class Opening(enum.IntEnum):
+    """How the route answers the client's opening handshake (its HTTP upgrade request)."""
+
+    #: The route handler runs: `reject()`, `accept()` and `connect_to_server()` may still decide.
+    HANDLER = 0
+    #: `accept()` was called: the client gets a mock's 101 now, whatever the handler does next.
+    ACCEPTED = 1
+    #: `reject()` was called: the client gets that HTTP response; the socket never opens.
+    REJECTED = 2
+    #: The handler returned (or raised) without either: a mock's 101, or the upstream's answer.
+    RETURNED = 3
+
+
+#: `accept()`'s default protocol: the first one the client asked for (as Playwright's mock).
+FIRST_PROTOCOL: Any = ...
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """A mock's 101, as `accept()` asked for it."""
+
+    #: The subprotocol to answer with (one the client asked for), or None for none.
+    protocol: str | None
+    headers: tuple[tuple[str, str], ...] = ()
+    #: Accept permessage-deflate (RFC 7692) when the client offers it.
+    compression: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """The HTTP response `reject()` answers the upgrade with."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+
 @dataclass(frozen=True, slots=True)
 class Close:
     """A close as handlers see it: ``(None, None)`` for an empty close payload."""
@@ -187,7 +238,15 @@ class End:
     says how it ended). The last command."""
 
 
-Command = Send | CloseSide | CallHandler | StartCloseTimer | CloseTcp | End
+@dataclass(slots=True)
+class SetLatency:
+    """From now on, hold everything sent to a side for `seconds` (0: no longer), keeping order."""
+
+    to: Side
+    seconds: float
+
+
+Command = Send | CloseSide | CallHandler | StartCloseTimer | CloseTcp | End | SetLatency
 
 
 def check_close(code: int | None, reason: str | None) -> Close:
@@ -213,6 +272,22 @@ def check_close(code: int | None, reason: str | None) -> Close:
     if len(reason.encode()) > 123:
         raise ValueError(f"close reason is {len(reason.encode())} UTF-8 bytes; at most 123 fit")
     return Close(code, reason)
+
+
+def check_latency(seconds: object) -> float:
+    """`seconds` as a latency, checked.
+
+    Raises:
+        ValueError: not a number, negative, or not finite.
+    """
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise ValueError(f"set_latency() takes seconds as a number, not {seconds!r}")
+    if not (seconds >= 0 and math.isfinite(seconds)):
+        raise ValueError(
+            f"set_latency({seconds}): the latency must be 0 or more seconds "
+            "(0 removes it; to stop traffic, drop() or close() the side)"
+        )
+    return float(seconds)
 
 
 def check_message(message: object) -> None:
@@ -251,6 +326,11 @@ class Connection:
 
     url: str
     protocols: list[str]
+    #: The client's upgrade request headers.
+    request_headers: Headers = field(default_factory=Headers)
+    opening: Opening = Opening.HANDLER
+    #: What `accept()` or `reject()` asked for, once called.
+    answer: Accept | Reject | None = None
     states: dict[Side, State] = field(
         default_factory=lambda: {PAGE: State.CONNECTING, SERVER: State.NONE}
     )
@@ -277,6 +357,13 @@ class Connection:
     def connect_to_server(self) -> None:
         if self.states[SERVER] is not State.NONE:
             raise Error("Already connected to the server")
+        if self.opening in (Opening.ACCEPTED, Opening.REJECTED):
+            what = (
+                "accept() made this socket a mock"
+                if self.opening is Opening.ACCEPTED
+                else "reject() already answered the client"
+            )
+            raise Error(f"connect_to_server() cannot follow: {what}")
         if self.states[PAGE] is not State.CONNECTING:
             # proxy: the 101 of a mock is already sent; there is no upstream handshake to add.
             raise Error(
@@ -284,6 +371,85 @@ class Connection:
                 f"(the page side is {self.states[PAGE].name.lower()})"
             )
         self.states[SERVER] = State.CONNECTING
+
+    def reject(self, status: int, headers: HeadersLike | None, body: bytes | str) -> None:
+        """Answer the upgrade with an HTTP response; the socket never opens, no upstream."""
+        if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
+            raise ValueError(
+                f"reject() status must be an HTTP status from 200 to 599, not {status!r} "
+                "(to open the socket, return from the handler or call accept())"
+            )
+        if isinstance(body, str):
+            body = body.encode()
+        if not isinstance(body, bytes):
+            raise ValueError(f"reject() body must be bytes or str, not {type(body).__name__}")
+        answer = Reject(status, header_fields(headers), body)
+        self._check_opening(
+            "reject()",
+            "the server answers the upgrade; call reject() instead of connect_to_server(), or "
+            "close() the client later",
+        )
+        self.states[PAGE] = State.CLOSED
+        self._commands.clear()  # sends made before: the socket never opens
+        self._answer(Opening.REJECTED, answer)
+
+    def accept(self, protocol: str | None, headers: HeadersLike | None, compression: bool) -> None:
+        """Answer the upgrade of a mock with a 101 now (the handler may go on)."""
+        if protocol is FIRST_PROTOCOL:
+            protocol = self.protocols[0] if self.protocols else None
+        elif protocol is not None and protocol not in self.protocols:
+            raise ValueError(
+                f"accept(protocol={protocol!r}): the client did not ask for it; pass one of "
+                f"{self.protocols}, or None to answer without a subprotocol"
+            )
+        answer = Accept(protocol, header_fields(headers), bool(compression))
+        self._check_opening(
+            "accept()",
+            "accept() is for mocks; the client gets the server's 101, with the server's "
+            "subprotocol and extensions",
+        )
+        self._answer(Opening.ACCEPTED, answer)
+
+    def _answer(self, opening: Opening, answer: Accept | Reject) -> None:
+        self.opening, self.answer = opening, answer
+        self._notify()
+
+    def _check_opening(self, call: str, if_connected: str) -> None:
+        """Raise unless the route handler runs and has neither answered nor connected."""
+        if self.opening is Opening.HANDLER:
+            if self.states[SERVER] is not State.NONE:
+                raise Error(f"{call} cannot follow connect_to_server(): {if_connected}")
+            return
+        if self.opening is Opening.RETURNED:
+            raise Error(
+                f"{call} must be called in the route handler, before it returns; the client "
+                "has its answer by now: close() or drop() it instead"
+            )
+        done = "accept()" if self.opening is Opening.ACCEPTED else "reject()"
+        raise Error(f"{call} cannot follow {done}: the client has its answer already")
+
+    def handler_returned(self) -> None:
+        """The route handler returned or raised: what it did not decide is decided now."""
+        if self.opening is Opening.HANDLER:
+            self.opening = Opening.RETURNED
+
+    def drop(self, side: Side) -> None:
+        """End a side's TCP connection without a close frame, then act as if it had dropped."""
+        if self.states[side] in _DONE:
+            logger.debug(f"{self.url}: drop() of the {side} ignored, already closed")
+            return
+        close = Close(ABNORMAL_CLOSURE, "")
+        self._close_side(side, close)
+        self._closed(side, close, by_peer=False)
+        self._advance()
+
+    def set_latency(self, side: Side, seconds: float) -> None:
+        """Hold everything sent to a side for `seconds` from now on; 0 for no delay."""
+        seconds = check_latency(seconds)
+        if self.states[side] in _DONE:
+            logger.debug(f"{self.url}: set_latency() of the {side} ignored, it is closed")
+            return
+        self._record(SetLatency(side, seconds))
 
     def send(self, to: Side, message: Message) -> None:
         check_message(message)
@@ -323,13 +489,17 @@ class Connection:
     def receive_handler_error(self, error: BaseException) -> None:
         """The route handler raised: accept the client and close it with 1011 (internal error)
         and a reason naming the exception type; never connect upstream."""
+        self.handler_returned()
         if self.states[SERVER] is State.CONNECTING:
             self.states[SERVER] = State.NONE
-        if self.states[PAGE] is not State.CONNECTING:
-            return  # the handler closed the page itself before it raised
         reason = f"route handler raised {type(error).__name__}".encode()[:123].decode(
             errors="ignore"
         )
+        if self.states[PAGE] is State.OPEN:  # after accept(), the handler went on and raised
+            self.close(PAGE, 1011, reason)
+            return
+        if self.states[PAGE] is not State.CONNECTING:
+            return  # the handler closed the page itself before it raised
         self.states[PAGE] = State.CLOSED
         close = Close(1011, reason)
         self.first_close = self.first_close or (False, close)
@@ -431,6 +601,10 @@ class Connection:
 
     def _record(self, command: Command) -> None:
         self._commands.append(command)
+        if self.wakeup is not None:
+            self.wakeup()
+
+    def _notify(self) -> None:
         if self.wakeup is not None:
             self.wakeup()
 

@@ -18,6 +18,7 @@ wake the layer with an injected `RouteWakeup` event, which `HttpLayer` routes by
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -40,6 +41,7 @@ from wsproto.frame_protocol import CloseReason, Opcode
 
 from .connection import (
     ABNORMAL_CLOSURE,
+    MESSAGE_TOO_BIG,
     PAGE,
     SERVER,
     CallHandler,
@@ -50,11 +52,13 @@ from .connection import (
     End,
     Owner,
     Send,
+    SetLatency,
     Side,
     StartCloseTimer,
     State,
 )
 from .handshake import accept
+from .latency import DelayLine
 
 __all__ = [
     "Observer",
@@ -75,6 +79,8 @@ _NO_MESSAGE = websocket.WebSocketMessage(Opcode.TEXT, True, b"")
 
 #: With ``wsroute_keep_messages``, the content a flow keeps at most (big messages count more).
 KEEP_BYTES = 16 * 1024 * 1024
+#: The clock of `set_latency()` (asyncio's, which runs the wake-ups; tests replace it).
+clock = time.monotonic
 
 
 class RouteWakeup(wsl.WebSocketMessageInjected):
@@ -84,6 +90,17 @@ class RouteWakeup(wsl.WebSocketMessageInjected):
     server connection mitmproxy never opened (it falls back to the client connection).
     """
 
+
+class _DelayWakeup(commands.RequestWakeup):
+    """A wake-up for what waits to be sent to one side (`set_latency`)."""
+
+    def __init__(self, delay: float, side: Side) -> None:
+        super().__init__(delay)
+        self.side = side
+
+
+#: What waits for a side: data or a TCP close to send, or the observer to tell.
+_Delayed = commands.Command | Callable[[], None]
 
 #: Runs a user handler with its arguments (and the socket's URL, for the log); returns the task
 #: that runs what an async handler returned, if any.
@@ -270,6 +287,13 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         self.reassembly = {PAGE: _Reassembly(), SERVER: _Reassembly()}
         #: The close timers running, by the wake-up each asked for.
         self.close_timers: dict[commands.RequestWakeup, Side] = {}
+        #: What waits to be sent to each side, once a route called `set_latency()`.
+        self.delays: tuple[DelayLine[_Delayed], DelayLine[_Delayed]] | None = None
+        self.delay_timers: list[_DelayWakeup | None] = [None, None]  # the latest, by side
+        self.end_pending = False  # End came while something still waited
+        #: The client's TCP close, held while the server's line still waits: the server's
+        #: connection must close first (mitmproxy tears it down with the client's).
+        self.held_page_close: commands.CloseConnection | None = None
         if self.socket is not None:  # read once: options are slow to read per message
             self.close_timeout: float = context.options.wsroute_close_timeout_ms / 1000
             self.max_message_size: int = context.options.wsroute_max_message_size
@@ -308,7 +332,9 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         elif isinstance(event, RouteWakeup):
             pass  # drained below
         elif isinstance(event, events.Wakeup):
-            if event.command in self.close_timers:
+            if isinstance(event.command, _DelayWakeup):
+                yield from self._due(event.command)
+            elif event.command in self.close_timers:
                 side = self.close_timers.pop(event.command)
                 logger.debug(f"{self.socket.connection.url}: the {side}'s close timer ran out")
                 self.socket.connection.receive_close_timeout(side)
@@ -345,16 +371,18 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             elif isinstance(ev, wse.Ping):
                 to = connection.receive_ping(side)
                 if to is not None:
-                    yield self.ws[to].send2(ev)
+                    yield from self._out(self.ws[to].send2(ev), data=True)
                 elif ws.state is ConnectionState.OPEN:
-                    yield ws.send2(ev.response())
+                    yield from self._out(ws.send2(ev.response()), data=True)
             elif isinstance(ev, wse.Pong):
                 to = connection.receive_ping(side)
                 if to is not None:
-                    yield self.ws[to].send2(ev)
+                    yield from self._out(self.ws[to].send2(ev), data=True)
             elif isinstance(ev, wse.CloseConnection):
                 yield from self._close_received(side, ev)
         if isinstance(event, events.ConnectionClosed):
+            if self.delays is not None:
+                self.delays[side].clear()  # nothing reaches that peer any more
             if side is PAGE:
                 self._observe((ABNORMAL_CLOSURE, ""))
             connection.receive_connection_lost(side)
@@ -370,7 +398,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             connection.receive_failure(side, int(ev.code), ev.reason or "")
             return
         if ws.state is ConnectionState.REMOTE_CLOSING:
-            yield ws.send2(ev.response())  # RFC 6455 §5.5.1: echo the close, handshake done
+            yield from self._out(ws.send2(ev.response()))  # RFC 6455 §5.5.1: echo the close
         code: int | None = int(ev.code)
         reason = "" if code == ABNORMAL_CLOSURE else ev.reason
         if side is PAGE:
@@ -434,10 +462,19 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             data = message.text if isinstance(data, str) else message.content
             frame_sizes = []
         ws = self.ws[to]
-        for frame in _frames(data, frame_sizes):
-            yield ws.send2(frame)
+        if self.delays is None:
+            for frame in _frames(data, frame_sizes):
+                yield ws.send2(frame)
+        else:
+            for frame in _frames(data, frame_sizes):
+                if ws.state is not ConnectionState.OPEN:
+                    break  # too much waited: the side was closed with 1009 mid-message
+                yield from self._out(ws.send2(frame), data=True)
         if observer is not None and to is PAGE:
-            observer.message(False, data)
+            if self.delays is None:
+                observer.message(False, data)
+            else:
+                self._observe(None, data, later=True)
 
     def _injected(self, message: websocket.WebSocketMessage) -> layer.CommandGenerator[None]:
         """``inject.websocket`` from another addon: a message to the client or the server."""
@@ -482,24 +519,38 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             code = command.close.code
             if code == ABNORMAL_CLOSURE:  # a dropped connection: no close frame (CloseTcp)
                 if command.side is PAGE:
-                    self._observe((ABNORMAL_CLOSURE, ""))
+                    self._observe((ABNORMAL_CLOSURE, ""), later=True)
             elif ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
                 wire_code = CloseReason.NO_STATUS_RCVD if code is None else code
+                reason = command.close.reason or ""
+                yield from self._out(ws.send2(wse.CloseConnection(wire_code, reason)))
                 if command.side is PAGE:
-                    self._observe((wire_code, command.close.reason or ""))
-                yield ws.send2(wse.CloseConnection(wire_code, command.close.reason or ""))
+                    self._observe((wire_code, reason), later=True)
         elif isinstance(command, StartCloseTimer):
             wakeup = commands.RequestWakeup(self.close_timeout)
             self.close_timers[wakeup] = command.side
-            yield wakeup
+            # with a latency, the timer starts when the close frame went out
+            yield from self._out(wakeup, command.side)
         elif isinstance(command, CloseTcp):
             logger.debug(
                 f"{self.socket.connection.url}: closing the {command.side}'s TCP connection"
             )
-            yield commands.CloseConnection(self.ws[command.side].conn)
+            close = commands.CloseConnection(self.ws[command.side].conn)
+            if command.side is PAGE and self.delays is not None and self.delays[SERVER]:
+                self.held_page_close = close  # after the server's (`_due`)
+            else:
+                yield from self._out(close)
+        elif isinstance(command, SetLatency):
+            if self.delays is None:
+                limit = self.max_message_size
+                self.delays = (DelayLine(limit), DelayLine(limit))
+            self.delays[command.to].latency = command.seconds
         else:
             assert isinstance(command, End)
-            yield from self._end()
+            if self.delays is not None and (any(self.delays) or self.held_page_close):
+                self.end_pending = True  # once what waits went out (`_due`)
+            else:
+                yield from self._end()
 
     def _end(self) -> layer.CommandGenerator[None]:
         """Both TCP connections are closed: tell mitmproxy and other addons how it ended."""
@@ -524,20 +575,91 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
     def _send(self, to: Side, data: str | bytes) -> layer.CommandGenerator[None]:
         ws = self.ws[to]
         if ws.state is ConnectionState.OPEN:
-            yield ws.send2(_frame(data))
+            if self.delays is None:
+                yield ws.send2(_frame(data))
+            else:
+                yield from self._out(ws.send2(_frame(data)), data=True)
             if to is PAGE:
-                self._observe(None, data)
+                self._observe(None, data, later=True)
 
-    def _observe(self, close: tuple[int, str] | None, data: str | bytes = b"") -> None:
-        """Tell the observer, if any, what the client was sent: `data`, or a `close`."""
+    def _observe(
+        self, close: tuple[int, str] | None, data: str | bytes = b"", later: bool = False
+    ) -> None:
+        """Tell the observer, if any, what the client was sent: `data`, or a `close`. With
+        `later`, once what the client still waits for (`set_latency`) went out."""
         assert self.socket is not None
         observer = self.socket.observer
         if observer is None:
             return
         if close is None:
-            observer.message(False, data)
+            call = functools.partial(observer.message, False, data)
         else:
-            observer.closed(*close)
+            call = functools.partial(observer.closed, *close)
+        if later and self.delays is not None and self.delays[PAGE].active:
+            self.delays[PAGE].push(clock(), call, 0)  # behind the data: its wake-up is pending
+        else:
+            call()
+
+    def _out(
+        self, command: commands.Command, side: Side | None = None, data: bool = False
+    ) -> layer.CommandGenerator[None]:
+        """Send a frame, close TCP or start a close timer (for `side`) now, or, when that side
+        has a latency or something waiting, behind what waits (`set_latency`). The `data`
+        frames (messages and pings) count against the size limit; closes never fail it."""
+        if self.delays is None:
+            yield command
+            return
+        if side is None:
+            assert isinstance(command, commands.SendData | commands.CloseConnection)
+            side = PAGE if command.connection is self.context.client else SERVER
+        line = self.delays[side]
+        if not line.active:
+            yield command
+            return
+        size = len(command.data) if data and isinstance(command, commands.SendData) else 0
+        try:
+            wait = line.push(clock(), command, size)
+        except OverflowError as e:
+            # Bounded like a message: past wsroute_max_message_size waiting, the side is
+            # closed with 1009 (message too big), as for a message that large.
+            # What waited is dropped (never a close: nothing is sent after one), and the 1009
+            # close frame goes out now, so nothing sent later in this event can precede it.
+            assert self.socket is not None
+            logger.warning(f"{self.socket.connection.url}: set_latency: {e} for the {side}")
+            line.clear()
+            reason = "too much waiting (set_latency)"
+            ws = self.ws[side]
+            if ws.state is ConnectionState.OPEN:
+                yield ws.send2(wse.CloseConnection(MESSAGE_TOO_BIG, reason))
+                if side is PAGE:
+                    self._observe((MESSAGE_TOO_BIG, reason))
+            self.socket.connection.receive_failure(side, MESSAGE_TOO_BIG, reason)
+            return
+        if wait is not None:
+            yield from self._delay_timer(side, wait)
+
+    def _delay_timer(self, side: Side, wait: float) -> layer.CommandGenerator[None]:
+        timer = self.delay_timers[side] = _DelayWakeup(wait, side)
+        yield timer
+
+    def _due(self, timer: _DelayWakeup) -> layer.CommandGenerator[None]:
+        """A delay line's wake-up: send what is due (stale wake-ups change nothing)."""
+        if self.delays is None or timer is not self.delay_timers[timer.side]:
+            return
+        due, wait = self.delays[timer.side].pop_due(clock())
+        for item in due:
+            if isinstance(item, commands.Command):
+                yield item
+            else:
+                item()
+        if wait is not None:
+            yield from self._delay_timer(timer.side, wait)
+            return
+        if timer.side is SERVER and self.held_page_close is not None:
+            close, self.held_page_close = self.held_page_close, None
+            yield from self._out(close)
+        if self.end_pending and not any(self.delays) and self.held_page_close is None:
+            yield from self._end()
 
     def _finished(self, event: events.Event) -> layer.CommandGenerator[None]:
         yield from ()  # late events (a close timer, data after the end) change nothing

@@ -15,6 +15,7 @@ from threading import get_ident
 from typing import Any
 
 from .connection import (
+    FIRST_PROTOCOL,
     PAGE,
     SERVER,
     CloseHandler,
@@ -25,8 +26,10 @@ from .connection import (
     Owner,
     Side,
     check_close,
+    check_latency,
     check_message,
 )
+from .headers import Headers, HeadersLike
 
 __all__ = ["WebSocketRoute"]
 
@@ -75,6 +78,90 @@ class WebSocketRoute:
     def protocols(self) -> list[str]:
         """The subprotocols the client requested, in order (a copy)."""
         return list(self._connection.protocols)
+
+    @property
+    def request_headers(self) -> Headers:
+        """The client's upgrade request headers (beyond Playwright): names case-insensitive,
+        repeated fields kept (`Headers.get_all`). Same on the server side."""
+        return self._connection.request_headers
+
+    def reject(
+        self, status: int = 403, *, headers: HeadersLike | None = None, body: bytes | str = b""
+    ) -> None:
+        """Answer the client's upgrade with this HTTP response instead of opening the socket
+        (beyond Playwright). No upstream connection is made. Call it in the route handler,
+        before it returns and before `connect_to_server()`.
+
+        Raises:
+            Error: on the server side, after the handler returned, after `accept()` or after
+                `connect_to_server()`.
+            ValueError: `status` is not 200-599, or a header cannot be sent.
+        """
+        self._in_handler("reject")
+        self._connection.reject(status, headers, body)
+
+    def accept(
+        self,
+        *,
+        protocol: str | None = FIRST_PROTOCOL,
+        headers: HeadersLike | None = None,
+        compression: bool = True,
+    ) -> None:
+        """Send a mock's 101 now (beyond Playwright), with `protocol` (one the client asked
+        for, or None for none; default: the first it asked for) and extra `headers`. With
+        `compression` (the default) permessage-deflate is accepted when the client offers it,
+        as a real server would; False declines it. Without `accept()`, a mock is accepted this
+        way when the route handler returns. Call it in the route handler.
+
+        Raises:
+            Error: on the server side, after `connect_to_server()`, after the handler
+                returned, or after `reject()`.
+            ValueError: `protocol` is one the client did not ask for, or a header cannot be sent.
+        """
+        self._in_handler("accept")
+        self._connection.accept(protocol, headers, compression)
+
+    def drop(self) -> None:
+        """End this side's TCP connection without a close frame (beyond Playwright): its peer
+        sees an abnormal closure (1006). Then, as for a dropped connection, this side's
+        `on_close` gets ``(1006, "")`` if set, else the other side is dropped too.
+
+        Raises:
+            Error: called on another thread after the proxy stopped.
+        """
+        owner = self._foreign_owner()
+        if owner is None:
+            self._connection.drop(self._side)
+        else:
+            self._hand_over(owner, "drop()", self._connection.drop, self._side)
+
+    def set_latency(self, seconds: float) -> None:
+        """Hold everything sent to this side (forwarded, sent by a route, closes too) for
+        `seconds` before it goes out, keeping order (beyond Playwright). ``0`` removes it.
+        What waits counts against ``wsroute_max_message_size``: past it, this side is closed
+        with 1009 (message too big).
+
+        Raises:
+            ValueError: `seconds` is negative or not a finite number.
+            Error: called on another thread after the proxy stopped.
+        """
+        owner = self._foreign_owner()
+        if owner is None:
+            self._connection.set_latency(self._side, seconds)
+        else:
+            seconds = check_latency(seconds)
+            self._hand_over(
+                owner, "set_latency()", self._connection.set_latency, self._side, seconds
+            )
+
+    def _in_handler(self, name: str) -> None:
+        if self._side is SERVER:
+            raise Error(
+                f"{name}() must be called on the page-side WebSocketRoute: it answers the "
+                "client's upgrade"
+            )
+        if self._foreign_owner() is not None:
+            raise Error(f"{name}() must be called from the route handler, on the proxy's thread")
 
     def connect_to_server(self) -> WebSocketRoute:
         """Connect to the real server and return the server side of the route.

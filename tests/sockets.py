@@ -8,6 +8,7 @@ import base64
 import hashlib
 import os
 import re
+from typing import Any
 
 # /proc/net/tcp state codes (include/net/tcp_states.h)
 _STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1",
@@ -51,6 +52,15 @@ async def raw_upgrade(
     )
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     return reader, writer, head
+
+
+async def no_leaks(p: Any) -> None:
+    """The mitmdump of `p` holds no TCP connection any more (polled: closing is the kernel's)."""
+    for _ in range(50):
+        if not open_tcp_connections(p.proc.pid):
+            return
+        await asyncio.sleep(0.1)
+    assert open_tcp_connections(p.proc.pid) == []
 
 
 async def raw_websocket_server(

@@ -12,11 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Page, async_playwright
+from playwright.async_api import Browser, Page, Playwright, async_playwright
 
 from tests.sockets import raw_websocket_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+#: Headless in a container, and nothing but the test's own traffic.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 # Playwright's "should work with server" scenario, as a user would run it
 INTERCEPT_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "intercept_chat.py"
 CLOSE_TIMEOUT_MS = 500
@@ -73,6 +83,15 @@ OPEN = """
 """
 
 
+async def launch(pw: Playwright, proxy: str) -> Browser:
+    """Debian's Chromium, headless, every request through `proxy` (loopback included)."""
+    return await pw.chromium.launch(
+        executable_path=CHROMIUM,
+        args=CHROMIUM_ARGS,
+        proxy={"server": proxy, "bypass": "<-loopback>"},
+    )
+
+
 @pytest.fixture
 async def page(mitmdump: Any) -> AsyncIterator[tuple[Page, Any]]:
     proxy = mitmdump(
@@ -83,19 +102,7 @@ async def page(mitmdump: Any) -> AsyncIterator[tuple[Page, Any]]:
         f"wsroute_close_timeout_ms={CLOSE_TIMEOUT_MS}",
     )
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--disable-quic",
-            ],
-            proxy={"server": proxy.proxy, "bypass": "<-loopback>"},
-        )
+        browser = await launch(pw, proxy.proxy)
         try:
             yield await browser.new_page(), proxy
         finally:

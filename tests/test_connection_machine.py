@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -22,7 +23,9 @@ from mitm_wsroute.connection import (
     CloseTcp,
     Connection,
     End,
+    Error,
     Send,
+    SetLatency,
     Side,
     StartCloseTimer,
     State,
@@ -53,15 +56,33 @@ class RoutedSocket(RuleBasedStateMachine):
         self.timed_out = {PAGE: False, SERVER: False}
         self.tcp_closes: list[Side] = []
         self.ends = 0
+        self.latency = {PAGE: 0.0, SERVER: 0.0}
 
-    @initialize(connect=st.booleans(), early=st.lists(messages, max_size=2))
-    def open(self, connect: bool, early: list[Any]) -> None:
-        if connect:
+    @initialize(
+        opening=st.sampled_from(["return", "connect", "accept", "reject", "drop"]),
+        early=st.lists(messages, max_size=2),
+    )
+    def open(self, opening: str, early: list[Any]) -> None:
+        if opening == "connect":
             self.server = self.page.connect_to_server()
             self.peer_open[SERVER] = True
             self.tcp[SERVER] = True
             for m in early:
                 self.server.send(m)
+        elif opening == "accept":
+            self.page.accept()
+            for m in early:
+                self.page.send(m)
+        elif opening == "reject":
+            self.page.send("never sent")
+            self.page.reject(503)
+        elif opening == "drop":
+            self.page.drop()
+        self.c.handler_returned()
+        if opening == "reject":  # the client got an HTTP answer: no socket, no layer
+            self.peer_open[PAGE], self.wire_closed[PAGE] = False, True
+            assert self.c.commands_to_execute() == [] and self.c.finished
+            return
         self.c.receive_open()
         self.run()
 
@@ -114,6 +135,9 @@ class RoutedSocket(RuleBasedStateMachine):
                 elif isinstance(cmd, End):
                     assert not any(self.tcp.values()) and self.ends == 0
                     self.ends += 1
+                elif isinstance(cmd, SetLatency):
+                    assert not self.wire_closed[cmd.to], f"{cmd} after that side was closed"
+                    self.latency[cmd.to] = cmd.seconds
 
     # --- rules -----------------------------------------------------------------------------------
 
@@ -194,6 +218,40 @@ class RoutedSocket(RuleBasedStateMachine):
             return
         self.route(side).close(code=code, reason=None if code is None else "route")
         self.run()
+
+    @rule(side=st.sampled_from([PAGE, SERVER]))
+    def route_drops(self, side: Side) -> None:
+        if side is SERVER and self.server is None:
+            return
+        was_open = self.c.states[side] is State.OPEN
+        had_handler = self.c.handlers[side].close is not None
+        other_open = self.c.states[side.other] is State.OPEN
+        drop = Close(1006, "")
+        self.pending_close = (side, drop) if was_open and not had_handler and other_open else None
+        n = len(self.close_calls)
+        self.route(side).drop()
+        self.run()
+        assert self.pending_close is None, "drop was neither handled nor mirrored as a drop"
+        if was_open:
+            assert self.wire_closed[side]
+            if had_handler:
+                assert self.close_calls[n] == (side, 1006, "")
+
+    @rule(side=st.sampled_from([PAGE, SERVER]), seconds=st.sampled_from([0, 0.05, 0.3, 2]))
+    def route_sets_latency(self, side: Side, seconds: float) -> None:
+        if side is SERVER and self.server is None:
+            return
+        self.route(side).set_latency(seconds)
+        self.run()
+        if not self.wire_closed[side]:
+            assert self.latency[side] == seconds
+
+    @rule(call=st.sampled_from(["reject", "accept", "connect_to_server"]))
+    def late_answer(self, call: str) -> None:
+        before = dict(self.c.states)
+        with pytest.raises(Error):
+            getattr(self.page, call)()
+        assert self.c.states == before and not self.c.has_commands
 
     @rule(side=st.sampled_from([PAGE, SERVER]), kind=st.sampled_from(["swallow", "echo", "relay"]))
     def on_message(self, side: Side, kind: str) -> None:

@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.sockets import open_tcp_connections
+from tests.sockets import no_leaks
 
 ROUTES = """
     import logging
@@ -132,14 +132,6 @@ async def closed_with(ws: ClientConnection) -> tuple[int | None, str | None]:
     if e.value.rcvd is None:
         return 1006, None
     return e.value.rcvd.code, e.value.rcvd.reason
-
-
-async def no_leaks(p: Any) -> None:
-    for _ in range(50):
-        if not open_tcp_connections(p.proc.pid):
-            return
-        await asyncio.sleep(0.1)
-    assert open_tcp_connections(p.proc.pid) == []
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
@@ -334,3 +326,74 @@ async def test_many_concurrent_intercepted_sockets(mitmdump: Any, upstream: Any)
     await asyncio.gather(*(client(i) for i in range(200)))
     assert up.accepted == 200
     await no_leaks(p)
+
+
+# --- other addons on a routed socket ----------------------------------------------------------
+
+OTHER_ADDON = """
+import logging
+from mitmproxy import ctx
+
+def websocket_message(flow):
+    m = flow.websocket.messages[-1]
+    if m.content == b"rewrite-me":
+        m.content = b"rewritten"
+    elif m.content == b"drop-me":
+        m.drop()
+    elif m.content == b"inject":
+        ctx.master.commands.call("inject.websocket", flow, True, b"from another addon")
+"""
+
+HANDLED = """
+    import logging
+    from mitm_wsroute import route_web_socket
+
+    @route_web_socket("**/handled")
+    def handled(ws):
+        server = ws.connect_to_server()
+        def on_message(m):
+            logging.warning(f"route saw {m!r}")
+            server.send(m)
+        ws.on_message(on_message)
+
+    @route_web_socket("/relative")
+    def relative(ws):
+        ws.send(f"relative route for {ws.url}")
+"""
+
+
+async def test_other_addons_change_drop_and_inject_on_routed_sockets(
+    mitmdump: Any, upstream: Any, tmp_path: Path
+) -> None:
+    # Forwarded messages are what other addons made of them; a handler gets the message as it
+    # arrived (the route decides first, then the websocket_message hook runs).
+    other = tmp_path / "other.py"
+    other.write_text(OTHER_ADDON)
+    up = await upstream()
+    p = mitmdump(ROUTES + HANDLED, "-s", str(other))
+    async with connect(up.url("/plain"), proxy=p.proxy) as ws:
+        for m in ("drop-me", "rewrite-me", "inject"):
+            await ws.send(m)
+        got = [await asyncio.wait_for(ws.recv(), 5) for _ in range(3)]
+        # the upstream's echoes of what it got, and inject.websocket's message to the client
+        assert sorted(got) == ["from another addon", "inject", "rewritten"]
+        assert got.index("rewritten") < got.index("inject")
+    assert up.received[:2] == ["rewritten", "inject"]  # "drop-me" never reached the upstream
+    async with connect(up.url("/handled"), proxy=p.proxy) as ws:
+        await ws.send("rewrite-me")
+        # the echo is changed on its way back (forwarded, no server-side handler)
+        assert await asyncio.wait_for(ws.recv(), 5) == "rewritten"
+    await p.async_wait_for(r"route saw 'rewrite-me'")  # the handler got it as it arrived...
+    assert up.received[-1] == "rewrite-me"  # ...and sent that on
+
+
+async def test_base_url_resolves_relative_routes(mitmdump: Any) -> None:
+    p = mitmdump(HANDLED, "--set", "wsroute_base_url=https://app.invalid/")
+    async with connect("wss://app.invalid/relative", proxy=p.proxy, ssl=p.ca()) as ws:
+        assert (
+            await asyncio.wait_for(ws.recv(), 5) == "relative route for wss://app.invalid/relative"
+        )
+    with pytest.raises(InvalidStatus) as e:  # another origin: not routed, no such upstream
+        async with connect("ws://app.invalid/relative", proxy=p.proxy):
+            pass
+    assert e.value.response.status_code == 502

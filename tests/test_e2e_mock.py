@@ -12,7 +12,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.sockets import open_tcp_connections, raw_upgrade
+from tests.sockets import no_leaks, open_tcp_connections, raw_upgrade
 
 MOCK = """
     import logging
@@ -299,11 +299,7 @@ async def test_no_sockets_left_after_closes(mock_proxy: Any) -> None:
                 await ws.wait_closed()
             if i == 2:
                 ws.transport.abort()  # a TCP drop
-    for _ in range(50):
-        if not open_tcp_connections(mock_proxy.proc.pid):
-            break
-        await asyncio.sleep(0.1)
-    assert open_tcp_connections(mock_proxy.proc.pid) == []
+    await no_leaks(mock_proxy)
 
 
 def test_sockets_helper_sees_connections() -> None:

@@ -1,8 +1,9 @@
 """A hypothesis state machine over the real layer: random message sizes and fragmentation,
 split TCP reads, the size and retention options, on an intercepted socket.
 
-The layer runs as mitmproxy runs it (events in, commands out, hooks answered); wsproto peers
-stand in for the client and the server and decode what the layer sends them.
+The layer runs as mitmproxy runs it (events in, commands out, hooks answered, the wake-ups of
+`set_latency` delivered on a fake clock); wsproto peers stand in for the client and the server
+and decode what the layer sends them. Routes drop sides and change their latency in between.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from mitmproxy.test import tflow
 from mitmproxy.websocket import WebSocketData
 
 from mitm_wsroute import layer
-from mitm_wsroute.connection import PAGE, SERVER, Connection, Side
+from mitm_wsroute.connection import PAGE, SERVER, Connection, Side, State
 from mitm_wsroute.route import WebSocketRoute
 
 MAX = 300  # wsroute_max_message_size for the machine
@@ -37,9 +38,13 @@ class LayerMachine(RuleBasedStateMachine):
             wsroute_close_timeout_ms=5000,
         )
         self.keep = keep
+        self.now = 1000.0
+        self.delay_wakeups: list[tuple[float, commands.RequestWakeup]] = []
+        self.saved_clock = layer.clock
+        layer.clock = lambda: self.now
         self.flow = tflow.twebsocketflow(messages=False)
         self.flow.websocket = None
-        connection = Connection("ws://example.com/ws", [])
+        self.connection = connection = Connection("ws://example.com/ws", [])
         self.route = {PAGE: WebSocketRoute(connection)}
         self.route[SERVER] = self.route[PAGE].connect_to_server()
         socket = layer.RoutedSocket(connection, lambda h, a, url: h(*a), lambda e: None)
@@ -64,7 +69,13 @@ class LayerMachine(RuleBasedStateMachine):
         self.tcp_closed: list[Side] = []
         self.answered = {PAGE: False, SERVER: False}  # the peer answered our close frame
         self.timed_out: set[Side] = set()
+        self.dropped = {PAGE: False, SERVER: False}  # a route dropped it (or the other side)
+        self.overflowed = {PAGE: False, SERVER: False}
         self.feed(events.Start())
+
+    def teardown(self) -> None:
+        if hasattr(self, "saved_clock"):
+            layer.clock = self.saved_clock
 
     def feed(self, event: events.Event) -> None:
         """Run the layer on `event`, answer its hooks, deliver its output to the peers."""
@@ -73,6 +84,8 @@ class LayerMachine(RuleBasedStateMachine):
             for command in self.layer.handle_event(pending.pop(0)):
                 if isinstance(command, commands.StartHook):
                     pending.append(events.HookCompleted(command))
+                elif isinstance(command, layer._DelayWakeup):
+                    self.delay_wakeups.append((self.now + command.delay, command))
                 elif isinstance(command, commands.RequestWakeup):
                     self.timers.append(command)
                 elif isinstance(command, commands.CloseConnection):
@@ -98,9 +111,35 @@ class LayerMachine(RuleBasedStateMachine):
                             self.closes[side].append(ev.code)
                             self.open[side] = False
 
+    def both_open(self) -> bool:
+        return all(self.open.values()) and all(
+            s is State.OPEN for s in self.connection.states.values()
+        )
+
+    def waiting(self, side: Side) -> int:
+        return len(self.layer.delays[side]) if self.layer.delays is not None else 0
+
+    def advance(self, dt: float) -> None:
+        """Time passes: the layer gets the latency wake-ups due by then, earliest first, each
+        at its time (close timers run out by their own rule)."""
+        end = self.now + dt
+        while due := sorted((t for t in self.delay_wakeups if t[0] <= end), key=lambda t: t[0]):
+            self.delay_wakeups.remove(due[0])
+            self.now = max(self.now, due[0][0])
+            self.feed(events.Wakeup(due[0][1]))
+        self.now = end
+
+    def note_overflow(self, side: Side) -> None:
+        """More than MAX bytes waited behind a latency: that side was closed with 1009, and
+        what waited is gone."""
+        if self.connection.states[side] is State.CLOSED and not self.overflowed[side]:
+            assert self.layer.delays is not None
+            self.overflowed[side] = True
+            self.expected[side] = list(self.received[side])
+
     # --- rules -----------------------------------------------------------------------------------
 
-    @precondition(lambda self: self.open[PAGE] and self.open[SERVER])
+    @precondition(both_open)
     @rule(
         side=st.sampled_from([PAGE, SERVER]),
         text=st.booleans(),
@@ -131,27 +170,52 @@ class LayerMachine(RuleBasedStateMachine):
         for i in range(0, len(wire), chunk):
             self.feed(events.DataReceived(conn, wire[i : i + chunk]))
         if too_big:  # RFC 6455 §7.4.1: 1009 to the sender, mirrored to the other side
+            self.advance(60)  # past any latency
             assert self.closes[side] == [1009]
             assert self.closes[side.other] == [1009]
         else:
+            self.note_overflow(side.other)  # the only way it can close now
+        if not too_big and not self.waiting(side.other) and not self.overflowed[side.other]:
             assert self.received[side.other][-1] == data  # forwarded, unchanged...
             assert self.received_frames[side.other][-1] == len(pieces)  # ...in its own frames
 
     @rule(side=st.sampled_from([PAGE, SERVER]), size=st.integers(0, MAX * 2))
     def route_sends(self, side: Side, size: int) -> None:
         data = b"r" * size  # the size limit is for what arrives, not for what a route sends
-        was_open = self.open[side]
+        was_open = self.connection.states[side] is State.OPEN
         self.route[side].send(data)
         self.feed(events.DataReceived(self.layer.context.client, b""))  # any event drains
         if was_open:
             self.expected[side].append(data)
+            self.note_overflow(side)  # past MAX waiting behind a latency
 
-    @precondition(lambda self: self.open[PAGE] and self.open[SERVER])
+    @rule(side=st.sampled_from([PAGE, SERVER]), seconds=st.sampled_from([0, 0.1, 0.5, 2]))
+    def route_sets_latency(self, side: Side, seconds: float) -> None:
+        self.route[side].set_latency(seconds)
+        self.feed(events.DataReceived(self.layer.context.client, b""))
+
+    @rule(dt=st.sampled_from([0.05, 0.1, 0.5, 3]))
+    def time_passes(self, dt: float) -> None:
+        self.advance(dt)
+
+    @rule(side=st.sampled_from([PAGE, SERVER]))
+    def route_drops(self, side: Side) -> None:
+        was_open = {s: self.connection.states[s] is State.OPEN for s in (PAGE, SERVER)}
+        self.route[side].drop()
+        self.feed(events.DataReceived(self.layer.context.client, b""))
+        self.advance(60)  # past any latency: what waited went out first, then the drop
+        for s in (PAGE, SERVER):  # no on_close here: the drop is mirrored as a drop
+            if was_open[s]:
+                self.dropped[s] = True
+                assert s in self.tcp_closed and self.open[s]  # no close frame, TCP gone
+
+    @precondition(both_open)
     @rule(side=st.sampled_from([PAGE, SERVER]), code=st.sampled_from([1000, 4000]))
     def route_closes_outside_an_event(self, side: Side, code: int) -> None:
         # from a task or another thread: the connection records it, a RouteWakeup drains it
         self.route[side].close(code=code)
         self.feed(layer.RouteWakeup(self.flow, layer._NO_MESSAGE))
+        self.advance(60)  # past any latency: the close frames and their timers
         assert self.closes == {side: [code], side.other: [code]}  # mirrored
         assert self.tcp_closed == []  # both wait for their peer's answer
         assert len(self.timers) == 2  # one close timer per closing handshake
@@ -177,14 +241,25 @@ class LayerMachine(RuleBasedStateMachine):
 
     @invariant()
     def delivered_in_order_and_complete(self) -> None:
-        assert self.received == self.expected
+        for side in (PAGE, SERVER):
+            got, want = self.received[side], self.expected[side]
+            assert got == want[: len(got)]  # in order, never more than was sent
+            if not self.waiting(side):
+                assert got == want  # all of it once nothing waits
+            if self.overflowed[side] and not self.waiting(side):
+                assert self.closes[side] and self.closes[side][0] == 1009
 
     @invariant()
     def tcp_closes_after_the_handshake_server_first(self) -> None:
         if PAGE in self.tcp_closed:
             assert self.tcp_closed[0] is SERVER  # the client's connection goes last
         for side in self.tcp_closed:  # a side the peer breaks (1009) is not waited for
-            assert self.answered[side] or side in self.timed_out or self.closes[side] == [1009]
+            assert (
+                self.answered[side]
+                or side in self.timed_out
+                or self.closes[side] == [1009]
+                or self.dropped[side]
+            )
         if self.tcp_closed == [SERVER, PAGE]:
             assert self.flow.live is False  # websocket_end ran, the flow is over
 
@@ -196,4 +271,53 @@ class LayerMachine(RuleBasedStateMachine):
 
 
 TestLayerMachine = LayerMachine.TestCase
-TestLayerMachine.settings = settings(max_examples=60, stateful_step_count=12, deadline=None)
+TestLayerMachine.settings = settings(max_examples=100, stateful_step_count=20, deadline=None)
+
+
+def test_latency_transcript() -> None:
+    """The machine as a harness: what waits, when it goes out, and that 0 removes the latency
+    only once what waited went out."""
+    m = LayerMachine()
+    m.start(keep=0)
+    try:
+        m.route_sets_latency(PAGE, 0.5)
+        m.route_sends(PAGE, 3)
+        m.peer_sends(SERVER, text=False, size=6, frames=2, reads=2)  # forwarded, waits too
+        m.route_sends(PAGE, 4)
+        assert m.received[PAGE] == [] and len(m.delay_wakeups) == 1  # one for all of it
+        m.time_passes(0.1)
+        assert m.received[PAGE] == []
+        m.route_sets_latency(PAGE, 0)
+        m.route_sends(PAGE, 6)  # waits behind what waits
+        assert m.received[PAGE] == []
+        m.time_passes(0.5)
+        assert m.received[PAGE] == [b"rrr", b"xxxxxx", b"rrrr", b"rrrrrr"]
+        m.route_sends(PAGE, 7)  # nothing waits, no latency: at once
+        assert m.received[PAGE][-1] == b"r" * 7 and m.waiting(PAGE) == 0
+        assert m.received_frames[PAGE][1] == 2  # forwarded in its own frames
+        m.route_sets_latency(SERVER, 2)
+        m.route_drops(SERVER)  # the drop waits too, then is mirrored to the client
+        assert m.tcp_closed == [SERVER, PAGE] and m.closes == {PAGE: [], SERVER: []}
+        assert m.flow.live is False  # websocket_end ran once nothing waited
+    finally:
+        m.teardown()
+
+
+def test_latency_overflow_fails_that_side_alone() -> None:
+    """Past the size limit waiting, that side gets 1009 at once and what waited for it is
+    gone; the close mirrored to the other side waits behind that side's data, and never
+    counts against the limit itself."""
+    m = LayerMachine()
+    m.start(keep=0)
+    try:
+        m.route_sets_latency(PAGE, 0.1)
+        m.route_sets_latency(SERVER, 0.1)
+        m.route_sends(PAGE, 1)
+        m.route_sends(SERVER, 255)  # close to the limit (300 bytes) with its frame header
+        m.route_sends(PAGE, 294)  # too much waiting for the client
+        assert m.closes[PAGE] == [1009] and m.received[PAGE] == []
+        assert m.closes[SERVER] == []  # its 1009 waits behind its data
+        m.time_passes(0.1)
+        assert m.received[SERVER] == [b"r" * 255] and m.closes[SERVER] == [1009]
+    finally:
+        m.teardown()

@@ -15,18 +15,10 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 from websockets.sync.client import connect
 
+from tests.test_browser import CHROMIUM_ARGS as ARGS
 from tests.test_cli import COMMAND, start
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 ROUTES = """
 from mitm_wsroute import route_web_socket
 
