@@ -34,7 +34,7 @@ chromium:
 			chromium fonts-noto-color-emoji >/dev/null; }
 
 # Node's `ws` for the Node client example (pinned in examples/node/package-lock.json).
-NODE_DEPS := examples/node/node_modules bench/mockttp/node_modules/.package-lock.json
+NODE_DEPS := examples/node/node_modules/.package-lock.json
 $(NODE_DEPS): examples/node/package-lock.json
 	@command -v npm >/dev/null 2>&1 || { echo "error: the Node example needs node and npm" >&2; exit 1; }
 	cd examples/node && npm ci --no-audit --no-fund --loglevel=error
@@ -50,7 +50,7 @@ test: $(STAMP) chromium $(NODE_DEPS)
 # Mockttp, the peer the bench measures against (pinned in bench/mockttp/package-lock.json).
 BENCH_DEPS := bench/mockttp/node_modules/.package-lock.json
 $(BENCH_DEPS): bench/mockttp/package-lock.json
-	cd bench/mockttp && npm ci --no-audit --no-fund --loglevel=error
+	cd bench/mockttp && npm install --no-audit --no-fund --loglevel=error  # npm ci trips on an optional peer
 	@touch $@
 
 bench: $(STAMP) $(BENCH_DEPS)

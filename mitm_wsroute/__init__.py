@@ -12,9 +12,17 @@ run with ``mitmdump -s addons/wsroute.py --set wsroute_scripts=routes.py``.
 """
 
 from .connection import Error
+from .harroute import route_from_har
 from .headers import Headers
 from .route import WebSocketRoute
 from .router import route_web_socket
 from .urlmatch import URLMatch
 
-__all__ = ["Error", "Headers", "URLMatch", "WebSocketRoute", "route_web_socket"]
+__all__ = [
+    "Error",
+    "Headers",
+    "URLMatch",
+    "WebSocketRoute",
+    "route_from_har",
+    "route_web_socket",
+]

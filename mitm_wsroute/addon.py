@@ -22,7 +22,7 @@ from mitmproxy.proxy import events
 from mitmproxy.utils import asyncio_utils
 from mitmproxy.websocket import WebSocketData
 
-from . import handshake, layer, webview
+from . import handshake, harroute, layer, webview
 from .connection import SERVER, Accept, Connection, Opening, Reject, State
 from .handshake import accept, is_websocket_upgrade, request_headers, requested_protocols
 from .route import WebSocketRoute
@@ -131,6 +131,53 @@ class WsRoute:
             """,
         )
 
+        loader.add_option(
+            "wsroute_har",
+            Optional[str],  # type: ignore[arg-type]  # noqa: UP045 - mitmproxy wants typing.Optional
+            None,
+            """
+            Replay the WebSocket conversations of this HAR file as mocks (route_from_har), or
+            record into it with wsroute_har_update. Its route wins over the scripts' routes.
+            """,
+        )
+        loader.add_option(
+            "wsroute_har_update",
+            bool,
+            False,
+            """
+            Record instead of replaying: matching sockets connect to their server, and their
+            conversations are written to wsroute_har when each socket ends and at exit.
+            """,
+        )
+        loader.add_option(
+            "wsroute_har_url",
+            Optional[str],  # type: ignore[arg-type]  # noqa: UP045 - mitmproxy wants typing.Optional
+            None,
+            """
+            Only sockets whose URL matches this glob are replayed or recorded (default: all).
+            """,
+        )
+        loader.add_option(
+            "wsroute_har_not_found",
+            str,
+            "abort",
+            """
+            A matching socket whose URL has no entry in wsroute_har: "abort" refuses its upgrade
+            with 404, "fallback" leaves it to the scripts' routes (else it passes through).
+            """,
+            choices=["abort", "fallback"],
+        )
+        loader.add_option(
+            "wsroute_har_timing",
+            str,
+            "none",
+            """
+            "recorded" keeps the recorded gap before each replayed server message; "none"
+            sends at once.
+            """,
+            choices=["none", "recorded"],
+        )
+
     def configure(self, updated: set[str]) -> None:
         for name, zero in (
             ("wsroute_max_message_size", " (no limit)"),
@@ -154,11 +201,35 @@ class WsRoute:
                 self.scripts.configure(list(ctx.options.wsroute_scripts), base_url)
             except ValueError as e:
                 raise exceptions.OptionsError(f"Cannot load wsroute_scripts: {e}") from e
+        if updated.intersection(_HAR_OPTIONS) or "wsroute_base_url" in updated:
+            self._configure_har()
         if ctx.options.connection_strategy != "lazy":
             # Eager connects go upstream (and do TLS) before the URL is known, so a mock of a
             # host that does not exist would fail with 502.
             logger.info("wsroute: setting connection_strategy=lazy, so that mocks never connect")
             ctx.options.update(connection_strategy="lazy")
+
+    def _configure_har(self) -> None:
+        opts = ctx.options
+        if not opts.wsroute_har:
+            self.router.option_routes = ()
+            return
+        try:
+            base_url = parse_base_url(opts.wsroute_base_url) if opts.wsroute_base_url else None
+            routes = harroute.har_routes(
+                opts.wsroute_har,
+                url=opts.wsroute_har_url or None,
+                not_found=opts.wsroute_har_not_found,
+                update=opts.wsroute_har_update,
+                timing=opts.wsroute_har_timing,
+                base_url=base_url,
+                origin="wsroute_har option",
+            )
+        except ValueError as e:
+            raise exceptions.OptionsError(f"Cannot load wsroute_har option: {e}") from e
+        self.router.option_routes = tuple(routes)
+        what = "recording into" if opts.wsroute_har_update else "replaying"
+        logger.info(f"wsroute: {what} {opts.wsroute_har}")
 
     def running(self) -> None:
         layer.install()
@@ -169,6 +240,7 @@ class WsRoute:
             )
 
     def done(self) -> None:
+        harroute.flush_recordings()
         if self._poller is not None:
             self._poller.cancel()
             self._poller = None
@@ -348,3 +420,13 @@ def _cancelling() -> bool:
 
 def _name(handler: Callable[..., Any]) -> str:
     return getattr(handler, "__qualname__", repr(handler))
+
+
+#: The options of `route_from_har` (any of them changed: its route is made again).
+_HAR_OPTIONS = (
+    "wsroute_har",
+    "wsroute_har_update",
+    "wsroute_har_url",
+    "wsroute_har_not_found",
+    "wsroute_har_timing",
+)

@@ -22,7 +22,14 @@ from .urlmatch import URLMatch, compile_url_match
 if TYPE_CHECKING:
     from .route import WebSocketRoute
 
-__all__ = ["Route", "RouteHandler", "Router", "registrar", "route_web_socket"]
+__all__ = [
+    "Route",
+    "RouteHandler",
+    "Router",
+    "registrar",
+    "route_web_socket",
+    "script_collector",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +60,8 @@ _collector: _Collector | None = None
 
 class Router:
     """Ordered groups of routes, one group per route script, below the routes a test registered
-    directly (`add`), which win over every script."""
+    directly (`add`) and those of the addon's options (`option_routes`), which win over every
+    script."""
 
     def __init__(self) -> None:
         self._groups: dict[str, list[Route]] = {}
@@ -61,6 +69,9 @@ class Router:
         # Replaced, never changed in place, so that another thread may add and remove routes
         # while `find` runs on the proxy's thread.
         self._direct: tuple[Route, ...] = ()
+        #: Routes made from the addon's options (``wsroute_har``): above the scripts' routes,
+        #: below the direct ones.
+        self.option_routes: tuple[Route, ...] = ()
 
     def add(self, route: Route) -> None:
         """Register a route above every script's routes (the newest wins)."""
@@ -94,7 +105,8 @@ class Router:
 
     def find(self, url: str) -> Route | None:
         """The route that serves `url`, or None. A predicate that raises is logged, not matched."""
-        groups = [self._direct, *(self._groups.get(g, ()) for g in reversed(self._order))]
+        scripts = (self._groups.get(g, ()) for g in reversed(self._order))
+        groups = [self._direct, self.option_routes, *scripts]
         for routes in groups:
             for route in reversed(routes):
                 try:
@@ -137,13 +149,22 @@ def route_web_socket(
         ValueError: `url` is an invalid glob.
         RuntimeError: called outside a route script that ``wsroute_scripts`` loads.
     """
-    collector = _collector
-    if collector is None:
+    collector = script_collector("route_web_socket")
+    return registrar(url, handler, collector.base_url, collector.routes.append)
+
+
+def script_collector(caller: str) -> _Collector:
+    """Where the route script being loaded registers its routes.
+
+    Raises:
+        RuntimeError: no route script is being loaded.
+    """
+    if _collector is None:
         raise RuntimeError(
-            "route_web_socket() registers routes from a route script; load the script with "
+            f"{caller}() registers routes from a route script; load the script with "
             "mitmdump -s addons/wsroute.py --set wsroute_scripts=PATH"
         )
-    return registrar(url, handler, collector.base_url, collector.routes.append)
+    return _collector
 
 
 def registrar(

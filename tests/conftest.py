@@ -86,9 +86,11 @@ def _reader(p: Proc) -> None:
         p._cond.notify_all()
 
 
-def start_mitmdump(tmp: Path, *args: str, addon: Path = ROOT / "addons" / "wsroute.py") -> Proc:
-    """Start mitmdump with the addon (the script `addon`) on an ephemeral port and wait until
-    it listens."""
+def start_mitmdump(
+    tmp: Path, *args: str, addon: Path | None = ROOT / "addons" / "wsroute.py"
+) -> Proc:
+    """Start mitmdump with the addon (the script `addon`; None: plain mitmdump) on an
+    ephemeral port and wait until it listens."""
     confdir = tmp / "confdir"
     confdir.mkdir(exist_ok=True)
     cmd = [
@@ -97,7 +99,7 @@ def start_mitmdump(tmp: Path, *args: str, addon: Path = ROOT / "addons" / "wsrou
         "--listen-port", "0",
         "--set", f"confdir={confdir}",
         "--set", "termlog_verbosity=debug",
-        "-s", str(addon),
+        *(["-s", str(addon)] if addon is not None else []),
         *args,
     ]  # fmt: skip
     if not any(a.startswith("ssl_insecure=") for a in args):
@@ -287,5 +289,34 @@ async def sentinel() -> AsyncIterator[object]:
     server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
     counter.port = server.sockets[0].getsockname()[1]
     yield counter
+    server.close()
+    await server.wait_closed()
+
+
+PUSH: list[str | bytes] = ["welcome", b"\x00\x01binary push\xff"]
+
+
+async def app(ws: ServerConnection) -> None:
+    """A small real backend: pushes on open, answers requests, sends binary, closes on 'bye'."""
+    for m in PUSH:
+        await ws.send(m)
+    async for message in ws:
+        if message == "bye":
+            await ws.close(4000, "see you")
+            return
+        if isinstance(message, bytes):
+            await ws.send(message[::-1])
+        elif message.startswith("sum "):
+            await ws.send(str(sum(int(x) for x in message.split()[1:])))
+            await ws.send(b"\x10" * 3)
+        else:
+            await ws.send(f"echo {message}")
+
+
+@pytest_asyncio.fixture
+async def backend() -> AsyncIterator[Server]:
+    """A running `app` server on 127.0.0.1 (tests may close it early, to show a replay)."""
+    server = await serve(app, "127.0.0.1", 0, ping_interval=None)
+    yield server
     server.close()
     await server.wait_closed()

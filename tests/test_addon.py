@@ -200,3 +200,33 @@ async def test_routed_flows_are_freed(addon: Any) -> None:
     del f
     gc.collect()
     assert gone() is None  # nothing of ours keeps a finished flow alive
+
+
+def test_har_options_route_above_the_scripts(addon: Any, tmp_path: Path) -> None:
+    a, tctx = addon
+    har = tmp_path / "r.har"
+    har.write_text(
+        '{"log": {"version": "1.2", "entries": [{"_resourceType": "websocket", "request": '
+        '{"url": "http://example.com/mock"}, "_webSocketMessages": []}]}}'
+    )
+    tctx.configure(a, wsroute_har=str(har))
+    found = a.router.find("ws://example.com/mock")
+    assert found is not None and found.label == "har:r.har"
+    other = a.router.find("ws://example.com/intercept")
+    assert other is not None and other.label == "har:r.har"  # abort: 404 for it
+    tctx.configure(a, wsroute_har_not_found="fallback")
+    other = a.router.find("ws://example.com/intercept")
+    assert other is not None and other.label == "routes.py:intercept"
+    tctx.configure(a, wsroute_har_url="**/nothing")
+    found = a.router.find("ws://example.com/mock")
+    assert found is not None and found.label == "routes.py:mock"
+    tctx.configure(a, wsroute_har=None)
+    assert a.router.option_routes == ()
+
+
+def test_bad_har_option_raises_options_error(addon: Any, tmp_path: Path) -> None:
+    a, tctx = addon
+    bad = tmp_path / "bad.har"
+    bad.write_text("{}")
+    with pytest.raises(exceptions.OptionsError, match=rf"wsroute_har option: {bad}: not a HAR"):
+        tctx.configure(a, wsroute_har=str(bad))

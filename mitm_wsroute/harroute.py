@@ -1,0 +1,307 @@
+"""`route_from_har`: replay recorded WebSocket conversations as mocks, or record new ones.
+
+Pure at import (neither mitmproxy nor asyncio; asyncio is imported when a timed replay first
+waits), so that route scripts stay light. Built on the public `WebSocketRoute` API: a replay is
+a mock route handler that answers with `har.Replay`; a recording is an intercept whose handlers
+forward both directions unchanged and write down what the client saw, with a page-side
+`on_close` that records and mirrors the close. The HAR file is rewritten (atomically) each
+time a recorded socket ends, and by `flush_recordings()` when the proxy stops.
+
+`har_routes()` is the core, for any route table (the addon's ``wsroute_har`` options, the test
+facade); `route_from_har()` is its form for route scripts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+from . import router
+from .har import Har, Recording, Replay, Step, kept_entries, load_har, merge_entries, write_har
+from .router import Route, RouteHandler
+from .urlmatch import URLMatch, compile_url_match
+
+if TYPE_CHECKING:
+    from .route import WebSocketRoute
+
+__all__ = ["HarRecorder", "flush_recordings", "har_routes", "route_from_har"]
+
+logger = logging.getLogger(__name__)
+
+NotFound = Literal["abort", "fallback"]
+Timing = Literal["none", "recorded"]
+
+#: Every recorder that may still hold unwritten conversations (flushed when the proxy stops).
+_recorders: weakref.WeakSet[HarRecorder] = weakref.WeakSet()
+
+
+def route_from_har(
+    har: str | os.PathLike[str],
+    *,
+    url: URLMatch | None = None,
+    not_found: NotFound = "abort",
+    update: bool = False,
+    timing: Timing = "none",
+) -> None:
+    """Serve the WebSockets whose URL matches `url` from the conversations recorded in the HAR
+    file `har` (Playwright's ``page.route_from_har`` names, for WebSockets). Call it from a
+    route script. Its route is registered like `route_web_socket`'s: a later one wins.
+
+    Args:
+        har: a HAR 1.2 file with WebSocket entries (``_resourceType: "websocket"`` and
+            ``_webSocketMessages``), as Chrome DevTools, Playwright's ``record_har_path``,
+            mitmproxy's ``hardump`` and this project (``update=True``) write.
+        url: a glob, `re.Pattern` or predicate, as for `route_web_socket`; None for any URL.
+        not_found: for a matching socket whose URL has no entry: ``"abort"`` answers its
+            upgrade with 404; ``"fallback"`` lets the next route have it (else it passes
+            through).
+        update: record instead of replaying: matching sockets connect to their server, and
+            their conversations, as the client saw them, are written to `har` (entries for the
+            same URL replaced, others kept) each time a socket ends and when the proxy stops.
+        timing: ``"recorded"`` keeps the recorded gap before each server message;
+            ``"none"`` (the default) sends at once.
+
+    Raises:
+        ValueError: `har` is not such a HAR file (the message names the file, the entry and
+            what is wrong), or an argument is invalid.
+        RuntimeError: called outside a route script.
+    """
+    collector = router.script_collector("route_from_har")
+    frame = sys._getframe(1)
+    origin = f"{frame.f_code.co_filename}:{frame.f_lineno}"
+    routes = har_routes(
+        har,
+        url=url,
+        not_found=not_found,
+        update=update,
+        timing=timing,
+        base_url=collector.base_url,
+        origin=origin,
+    )
+    collector.routes.extend(routes)
+
+
+def har_routes(
+    har: str | os.PathLike[str],
+    *,
+    url: URLMatch | None = None,
+    not_found: NotFound = "abort",
+    update: bool = False,
+    timing: Timing = "none",
+    base_url: str | None = None,
+    origin: str | None = None,
+) -> list[Route]:
+    """The routes `route_from_har` registers, for any route table (register them in order; the
+    list is one route today). Arguments as for `route_from_har`; `base_url` resolves relative
+    globs, `origin` (``file:line``) names the route in the log.
+
+    With ``update=True`` a `HarRecorder` writes the file; `flush_recordings()` writes every
+    recorder's file (the addon calls it when the proxy stops).
+
+    Raises:
+        ValueError: as `route_from_har`.
+    """
+    if not_found not in ("abort", "fallback"):
+        raise ValueError(f"not_found must be 'abort' or 'fallback', not {not_found!r}")
+    if timing not in ("none", "recorded"):
+        raise ValueError(f"timing must be 'none' or 'recorded', not {timing!r}")
+    path = os.path.abspath(os.fspath(har))
+    matches = compile_url_match(url, base_url) if url is not None else _any
+    label = f"har:{os.path.basename(path)}"
+    origin = origin or path
+    if update:
+        recorder = HarRecorder(path)
+        return [Route(url or "**", matches, recorder.handler, origin, f"{label} (recording)")]
+    loaded = load_har(path)
+    handler = _replay_handler(loaded, timing)
+    if not_found == "fallback":
+        inner = matches
+
+        def matches(u: str) -> bool:
+            return inner(u) and bool(loaded.entries(u))
+
+    return [Route(url or "**", matches, handler, origin, label)]
+
+
+def flush_recordings() -> None:
+    """Write the file of every recording in progress (sockets still open included)."""
+    for recorder in list(_recorders):
+        recorder.flush()
+
+
+def _any(url: str) -> bool:
+    return True
+
+
+# --- replay --------------------------------------------------------------------------------------
+
+
+def _replay_handler(har: Har, timing: Timing) -> RouteHandler:
+    served: dict[str, int] = {}  # sockets per URL so far: the n-th gets the n-th entry
+
+    def replay(ws: WebSocketRoute) -> None:
+        entries = har.entries(ws.url)
+        if not entries:
+            logger.warning(f"{ws.url}: no WebSocket entry in {har.path}; upgrade refused (404)")
+            ws.reject(404, body=f"no WebSocket entry for {ws.url} in {har.path}\n")
+            return
+        n = served.get(ws.url, 0)
+        served[ws.url] = n + 1
+        conversation = entries[min(n, len(entries) - 1)]
+        logger.info(
+            f"{ws.url}: replaying entry {conversation.index} of {har.path} "
+            f"({len(conversation)} messages)"
+        )
+        player = Replay(conversation, timing)
+        out = _Sender(ws, timing == "recorded")
+
+        def on_message(message: str | bytes) -> None:
+            steps = player.receive(message)
+            if steps is None:
+                logger.warning(
+                    f"{ws.url}: client message {message!r:.80} matches nothing recorded in "
+                    f"entry {conversation.index} of {har.path}; no reply"
+                )
+                return
+            out.run(steps)
+
+        ws.on_message(on_message)
+        ws.on_close(lambda code, reason: out.cancel())
+        protocol = conversation.protocol
+        if protocol and protocol in ws.protocols and protocol != ws.protocols[0]:
+            ws.accept(protocol=protocol)  # the subprotocol the recorded server chose
+        out.run(player.open())
+
+    return replay
+
+
+class _Sender:
+    """Carries out replay steps towards the client in order, waiting out their delays."""
+
+    def __init__(self, ws: WebSocketRoute, timed: bool) -> None:
+        self.ws = ws
+        self.timed = timed
+        self.queue: deque[Step] = deque()
+        self.task: Any = None  # the asyncio.Task that waits out delays, while one runs
+
+    def run(self, steps: list[Step]) -> None:
+        if not self.timed or (self.task is None and not any(s.delay for s in steps)):
+            for step in steps:  # at once, no task (every delay is 0 without timing)
+                self._do(step)
+            return
+        self.queue.extend(steps)
+        if self.task is None:
+            import asyncio  # here: route scripts import this module, and it stays light
+
+            self.task = asyncio.get_running_loop().create_task(self._drain(asyncio.sleep))
+
+    async def _drain(self, sleep: Callable[[float], Awaitable[None]]) -> None:
+        try:
+            while self.queue:
+                step = self.queue.popleft()
+                if step.delay:
+                    await sleep(step.delay)
+                self._do(step)
+        finally:
+            self.task = None
+
+    def cancel(self) -> None:
+        self.queue.clear()
+        if self.task is not None:
+            self.task.cancel()
+
+    def _do(self, step: Step) -> None:
+        if step.close is None:
+            assert step.message is not None
+            self.ws.send(step.message)
+        else:
+            _close(self.ws, step.close.code, step.close.reason)
+
+
+def _close(ws: WebSocketRoute, code: int | None, reason: str | None) -> None:
+    """Close that side as recorded: a drop for 1006, an empty close frame for no code."""
+    if code == 1006:
+        ws.drop()
+        return
+    try:
+        ws.close(code=code, reason=reason)
+    except ValueError:  # a code that may not be sent (1005, 1015, ...): the nearest thing
+        ws.close()
+
+
+# --- recording -----------------------------------------------------------------------------------
+
+
+class HarRecorder:
+    """Records the conversations of the sockets its `handler` routes into one HAR file.
+
+    The file starts as it was (a missing file is created); each socket's entry is added in
+    the order the sockets opened, and the entries the file had for the URLs recorded are
+    dropped. The file is rewritten atomically by `flush()`: when a socket ends and when the
+    proxy stops (`flush_recordings`). A write that fails is logged once per socket; the old
+    file stays as it was and the proxy goes on.
+
+    Raises:
+        ValueError: the file exists and is not a HAR (it is never overwritten).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.pages, self.old_entries = kept_entries(path)
+        self.recordings: list[Recording] = []
+        self.started = time.time()
+        self._failures_logged: set[int] = set()
+        _recorders.add(self)
+
+    def handler(self, ws: WebSocketRoute) -> None:
+        """The route handler: connect, forward both ways unchanged, record what passes."""
+        server = ws.connect_to_server()
+        recording = Recording(ws.url, time.time(), list(ws.request_headers.fields))
+        self.recordings.append(recording)
+        now = time.time
+
+        def from_client(message: str | bytes) -> None:
+            recording.message(True, message, now())
+            server.send(message)
+
+        def from_server(message: str | bytes) -> None:
+            recording.message(False, message, now())
+            ws.send(message)
+
+        def closed(code: int | None, reason: str | None) -> None:
+            # Runs for the client's close, and after a server close mirrored to the client.
+            first = ws._connection.first_close
+            by_client = first is None or first[0]
+            if recording.closed(code, reason, "client" if by_client else "server", now()):
+                if by_client:
+                    _close(server, code, reason)
+                self.flush(recording)
+
+        ws.on_message(from_client)
+        server.on_message(from_server)
+        ws.on_close(closed)
+
+    def flush(self, cause: Recording | None = None) -> bool:
+        """Write the file now. Returns whether it was written."""
+        recorded = [r.entry() for r in self.recordings if r.messages or r.close]
+        entries = merge_entries(self.old_entries, recorded)
+        try:
+            write_har(self.path, entries, self.started, self.pages)
+        except OSError as e:
+            key = id(cause)
+            if key not in self._failures_logged:
+                self._failures_logged.add(key)
+                what = cause.url if cause is not None else "at stop"
+                logger.error(
+                    f"cannot write the HAR recording {self.path} ({what}): {e}; "
+                    "the file keeps its previous content"
+                )
+            return False
+        logger.info(f"HAR recording: wrote {len(recorded)} WebSocket entries to {self.path}")
+        return True
