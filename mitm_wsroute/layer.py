@@ -190,6 +190,8 @@ def _frame(data: str | bytes, message_finished: bool = True) -> wse.Message[Any]
 
 def _frames(message: str | bytes, sizes: list[int]) -> list[wse.Message[Any]]:
     """`message` in frames of the given sizes (the original framing), or in one."""
+    if len(sizes) <= 1:  # per message: most come in one frame
+        return [_frame(message)]
     pieces = cut(message, sizes)
     last = len(pieces) - 1
     return [_frame(piece, i == last) for i, piece in enumerate(pieces)]
@@ -293,9 +295,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 if connection.states[side] is not State.OPEN:
                     continue  # the route closed this side: what it still sends is dropped
                 try:
-                    message = reassembly.add(
-                        ev.data, ev.frame_finished, ev.message_finished, self.max_message_size
-                    )
+                    message = reassembly.add(ev, self.max_message_size)
                 except OverflowError as e:
                     logger.info(f"{connection.url}: failing the {side}: 1009 {e}")
                     connection.receive_failure(side, 1009, str(e))  # RFC 6455 §7.4.1: too big

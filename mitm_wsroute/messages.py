@@ -15,6 +15,7 @@ __all__ = [
     "JOINED_PIECES",
     "KEEP_BYTES",
     "KEPT_FRAMES",
+    "Piece",
     "Reassembly",
     "cut",
     "trim",
@@ -30,6 +31,17 @@ KEPT_FRAMES = 1024
 #: The pieces of a message are joined in groups of this many as they arrive, so that a message of
 #: many small pieces takes memory for its bytes, not for its pieces.
 JOINED_PIECES = 1024
+
+
+class Piece(Protocol):
+    """A piece of a message as the codec hands it over (wsproto's `Message` events)."""
+
+    @property
+    def data(self) -> str | bytes: ...
+    @property
+    def frame_finished(self) -> bool: ...
+    @property
+    def message_finished(self) -> bool: ...
 
 
 def _join(chunks: list[str | bytes]) -> str | bytes:
@@ -54,21 +66,21 @@ class Reassembly:
     joined: int = 0
     framing_kept: bool = True
 
-    def add(
-        self, data: str | bytes, frame_finished: bool, message_finished: bool, limit: int
-    ) -> str | bytes | None:
+    def add(self, piece: Piece, limit: int) -> str | bytes | None:
         """Add a piece (of a frame: the codec hands them over as they arrive); the whole
         message once it is complete. `OverflowError` past `limit` bytes (characters for text;
         each frame of a fragmented message but the last counts `FRAME_COST` more), which
         forgets the message: its rest is never stored."""
-        if not self.pieces and message_finished:  # one piece: most messages
+        data = piece.data
+        if not self.pieces and piece.message_finished:  # one piece: most messages
             if limit and len(data) > limit:
                 raise OverflowError(f"message larger than {limit} bytes")
             return data
         self.pieces += 1
         self.size += len(data)
         self.frame += len(data)
-        if frame_finished:
+        message_finished = piece.message_finished
+        if piece.frame_finished:
             if not message_finished:
                 self.size += FRAME_COST
             if self.framing_kept and len(self.frame_sizes) < KEPT_FRAMES:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -12,6 +13,15 @@ from hypothesis import strategies as st
 
 from mitm_wsroute.messages import FRAME_COST, JOINED_PIECES, KEPT_FRAMES, Reassembly
 from mitm_wsroute.messages import cut as message_cut
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A piece of a message as the codec hands it over."""
+
+    data: str | bytes
+    frame_finished: bool = True
+    message_finished: bool = True
 
 
 def cut_at(data: Any, cuts: list[int]) -> list[Any]:
@@ -36,7 +46,7 @@ def test_reassembly_and_original_framing(
         for ci, chunk in enumerate(chunks):
             last_chunk = ci == len(chunks) - 1
             assert result is None
-            result = r.add(chunk, last_chunk, last_chunk and fi == len(frames) - 1, limit=0)
+            result = r.add(Piece(chunk, last_chunk, last_chunk and fi == len(frames) - 1), limit=0)
     assert result == message
     one_piece = len(frames) == 1 and len(cut_at(message, chunk_cuts)) == 1
     assert r.frame_sizes == ([] if one_piece else [len(f) for f in frames])  # kept when needed
@@ -53,10 +63,10 @@ def test_size_limit_checked_while_the_message_grows(sizes: list[int], limit: int
         event = b"x" * size, True, last
         if total > limit:
             with pytest.raises(OverflowError, match=f"larger than {limit} bytes"):
-                r.add(*event, limit)
+                r.add(Piece(*event), limit)
             assert r.chunks == [] and r.size == 0  # nothing of it is kept
             return
-        r.add(*event, limit)
+        r.add(Piece(*event), limit)
     assert total <= limit
 
 
@@ -65,19 +75,19 @@ def test_many_empty_frames_are_bounded_and_cost_no_memory() -> None:
     r = Reassembly()
     with pytest.raises(OverflowError, match="larger than 100000 bytes"):
         for _ in range(100_000):
-            r.add(b"", True, False, 100_000)
+            r.add(Piece(b"", True, False), 100_000)
     assert r.chunks == [] and r.frame_sizes == []
     # ...and without a limit they keep nothing but a count.
     for _ in range(100_000):
-        assert r.add(b"", True, False, 0) is None
+        assert r.add(Piece(b"", True, False), 0) is None
     assert r.chunks == [] and len(r.frame_sizes) <= KEPT_FRAMES
-    assert r.add(b"end", True, True, 0) == b"end"
+    assert r.add(Piece(b"end", True, True), 0) == b"end"
 
 
 def test_a_message_of_many_small_frames_is_joined_as_it_arrives() -> None:
     r = Reassembly()
     for i in range(10_000):
-        r.add("é", True, False, 0)
+        r.add(Piece("é", True, False), 0)
         assert len(r.chunks) <= JOINED_PIECES + i // JOINED_PIECES
-    assert r.add("!", True, True, 0) == "é" * 10_000 + "!"
+    assert r.add(Piece("!", True, True), 0) == "é" * 10_000 + "!"
     assert r.frame_sizes == []  # more frames than KEPT_FRAMES: forwarded as one
