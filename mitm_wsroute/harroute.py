@@ -37,6 +37,10 @@ logger = logging.getLogger(__name__)
 NotFound = Literal["abort", "fallback"]
 Timing = Literal["none", "recorded"]
 
+#: Told of every client message a replay has no recorded match for (the test facade lists them
+#: on the socket's record); the replay sends no reply to such a message.
+on_unmatched: Callable[[WebSocketRoute, str | bytes], None] | None = None
+
 #: Every recorder that may still hold unwritten conversations (flushed when the proxy stops).
 _recorders: weakref.WeakSet[HarRecorder] = weakref.WeakSet()
 
@@ -168,6 +172,8 @@ def _replay_handler(har: Har, timing: Timing) -> RouteHandler:
                     f"{ws.url}: client message {message!r:.80} matches nothing recorded in "
                     f"entry {conversation.index} of {har.path}; no reply"
                 )
+                if on_unmatched is not None:
+                    on_unmatched(ws, message)
                 return
             out.run(steps)
 

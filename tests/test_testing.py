@@ -329,6 +329,39 @@ def test_handler_errors_are_collected_and_contained(proxy: WsRouteProxy) -> None
         proxy.route_web_socket("{a,{b}}", broken)
 
 
+def test_route_from_har_records_then_replays_without_the_server(tmp_path: Path) -> None:
+    har = tmp_path / "session.har"
+    server = _serve()
+    url = f"ws://127.0.0.1:{port_of(next(server))}/rec"
+
+    def talk(proxy: WsRouteProxy, *sent: str | bytes) -> list[str | bytes]:
+        with connect(url, proxy=proxy.url) as c:
+            got = [c.recv(5)]
+            for m in sent:
+                c.send(m)
+                got.append(c.recv(5))
+        return got
+
+    with WsRouteProxy() as recording:
+        recording.route_from_har(har, update=True)
+        assert talk(recording, "a", b"\x01") == ["welcome", "a", b"\x01"]
+        assert recording.wait_for_web_socket().routed == "intercept"
+    next(server, None)  # shuts the server down: the replay must not need it
+    with WsRouteProxy() as replaying:
+        replaying.route_from_har(har, url="**/rec")
+        assert talk(replaying, "a", b"\x01") == ["welcome", "a", b"\x01"]
+        with connect(url, proxy=replaying.url) as c:
+            assert c.recv(5) == "welcome"
+            c.send("never recorded")
+            c.send("a")
+            assert c.recv(5) == "a"  # an unmatched message gets no reply
+        socks = replaying.web_sockets
+        assert [s.routed for s in socks] == ["mock", "mock"]
+        assert socks[1].unmatched_messages == ["never recorded"]
+        with pytest.raises(ValueError, match=r"test_testing\.py: not a HAR file, invalid JSON"):
+            replaying.route_from_har(__file__)  # a Python file is no HAR
+
+
 # --- subprocess clients through `env` --------------------------------------------------------
 
 

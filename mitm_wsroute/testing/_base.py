@@ -76,6 +76,13 @@ class SocketBase:
         called from the test's thread), else None."""
         return self._record.route
 
+    @property
+    def unmatched_messages(self) -> list[str | bytes]:
+        """Client messages that a HAR replay (`route_from_har`) found no recorded match for,
+        and so sent no reply to."""
+        with self._record.hub.lock:
+            return list(self._record.unmatched)
+
     def is_closed(self) -> bool:
         return self._record.close is not None
 
@@ -209,6 +216,27 @@ class ProxyBase[S: SocketBase]:
             ValueError: `url` is an invalid glob.
         """
         return self._engine.route(url, handler)
+
+    def route_from_har(
+        self,
+        har: str | os.PathLike[str],
+        *,
+        url: URLMatch | None = None,
+        not_found: Literal["abort", "fallback"] = "abort",
+        update: bool = False,
+        timing: Literal["none", "recorded"] = "none",
+    ) -> None:
+        """Serve the WebSockets whose URL matches `url` from the conversations recorded in the
+        HAR file `har`, or with ``update=True`` record them into it (Playwright's
+        ``route_from_har`` names; see `mitm_wsroute.route_from_har`). Its route wins over the
+        scripts' routes, like `route_web_socket`'s; `unroute_web_socket(url)` removes it.
+        Recordings are written as each socket ends and at `stop()`.
+
+        Raises:
+            ValueError: `har` is not a HAR with WebSocket entries (the message says where), or
+                an argument is invalid.
+        """
+        self._engine.route_from_har(har, url=url, not_found=not_found, update=update, timing=timing)
 
     def unroute_web_socket(self, url: URLMatch, handler: RouteHandler | None = None) -> None:
         """Remove the routes registered here with `url` (and `handler`, if given). Live

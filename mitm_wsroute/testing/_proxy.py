@@ -20,8 +20,9 @@ from mitmproxy import exceptions, http, master, options
 from mitmproxy.addonmanager import Loader
 from mitmproxy.utils import asyncio_utils
 
-from mitm_wsroute import layer
+from mitm_wsroute import harroute, layer
 from mitm_wsroute.addon import WsRoute
+from mitm_wsroute.connection import Connection
 from mitm_wsroute.handshake import is_websocket_upgrade
 from mitm_wsroute.route import WebSocketRoute
 from mitm_wsroute.router import Route, RouteHandler, registrar
@@ -37,6 +38,20 @@ logger = logging.getLogger(__name__)
 RECORD_MESSAGES = 100_000
 RECORD_BYTES = 64 * 1024 * 1024
 START_TIMEOUT = 30.0
+
+
+#: The record of each routed socket, by its connection (for what routes report about it).
+_by_connection: weakref.WeakKeyDictionary[Connection, SocketRecord] = weakref.WeakKeyDictionary()
+
+
+def _unmatched(ws: WebSocketRoute, message: str | bytes) -> None:
+    record = _by_connection.get(ws._connection)
+    if record is not None:
+        with record.hub.lock:
+            record.unmatched.append(message)
+
+
+harroute.on_unmatched = _unmatched
 
 
 class _Recorder:
@@ -84,6 +99,7 @@ class _Recorder:
         )
         if socket is not None:
             socket.observer = record
+            _by_connection[socket.connection] = record
         self.records[flow] = record
         self.engine.add_socket(record)
 
@@ -291,6 +307,11 @@ class ProxyEngine:
 
     def _add_route(self, route: Route) -> None:
         self.wsroute.router.add(route)
+
+    def route_from_har(self, har: str | os.PathLike[str], **options: Any) -> None:
+        origin = f"route_from_har({os.fspath(har)!r})"
+        for route in harroute.har_routes(har, base_url=self.base_url, origin=origin, **options):
+            self._add_route(route)
 
     def unroute(self, url: URLMatch | None, handler: RouteHandler | None = None) -> None:
         self.wsroute.router.remove(url, handler)

@@ -221,6 +221,8 @@ class SocketRecord:
     forgotten: int = 0
     kept_bytes: int = 0
     close: tuple[int, str] | None = None
+    #: Client messages a HAR replay had no recorded match for (it sent no reply).
+    unmatched: list[str | bytes] = field(default_factory=list)
     #: `wait_for_message`'s cursor: the absolute position after the message it returned last.
     cursor: int = 0
     #: Callbacks per event, called on the proxy's thread.
