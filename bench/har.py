@@ -20,12 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from proxies import ADDON, start_mitmdump, stop
+from run import echoes, row
 from websockets.asyncio.client import connect
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.proxies import ADDON, start_mitmdump, stop
-from bench.run import echoes
 from mitm_wsroute.har import Recording, write_har
 
 T0 = 1_764_390_000.0
@@ -65,13 +63,12 @@ def load_cost(path: Path) -> list[str]:
     ).stdout.split()
     load, retained, peak, start, n = float(out[0]), int(out[1]), int(out[2]), float(out[3]), out[4]
     size = path.stat().st_size
+    what = f"HAR of {int(n):,} messages ({size / 2**20:.1f} MiB)"
     return [
-        f"HAR with {n} messages: {size / 2**20:.1f} MiB",
-        f"load time: {load * 1000:.0f} ms (goal < 1000 ms)",
-        f"memory kept after load: {retained / 2**20:.1f} MiB = {retained / size:.2f}x the file"
-        " (goal < 3x)",
-        f"peak memory while loading: {peak / 2**20:.1f} MiB = {peak / size:.2f}x the file",
-        f"replay start (index the conversation, first turn): {start * 1000:.0f} ms",
+        row(f"{what}: load time (goal < 1 s)", load * 1000, "ms"),
+        row(f"{what}: memory kept after load, x the file size (goal < 3x)", retained / size, "x"),
+        row(f"{what}: peak memory while loading, x the file size", peak / size, "x"),
+        row(f"{what}: replay start (index the conversation, first turn)", start * 1000, "ms"),
     ]
 
 
@@ -97,31 +94,35 @@ async def throughput(path: Path, echoes_n: int, rounds: int, confdir: str) -> li
     finally:
         stop(mock.proc)
         stop(replay.proc)
+    spread = f" ({min(ratios):.2f} to {max(ratios):.2f})" if len(ratios) > 1 else ""
     return [
-        f"mock echo (route script): {statistics.median(mocks):,.0f} msg/s",
-        f"replayed echo (wsroute_har): {statistics.median(replays):,.0f} msg/s, "
-        f"{statistics.median(ratios):.2f}x the mock (range {min(ratios):.2f} to "
-        f"{max(ratios):.2f}; goal >= 0.9x)",
+        row("32 B msgs/s, mock echo (route script)", statistics.median(mocks), "msg/s"),
+        row(
+            "32 B msgs/s, replayed echo (wsroute_har), vs the mock echo (goal >= 0.9x)",
+            statistics.median(replays),
+            "msg/s",
+            statistics.median(ratios),
+            spread,
+        ),
     ]
 
 
-async def main() -> None:
+async def main(messages: int = 100_000, echoes_n: int = 20_000, rounds: int = 3) -> list[str]:
+    """The rows of the table (`make bench` calls it too)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "big.har"
+        make_har(path, messages)
+        lines = load_cost(path)
+        echo_har = Path(tmp) / "echo.har"
+        # one recorded turn per echo the client sends, the warm-up included
+        make_har(echo_har, 2 * (echoes_n + 200), binary=False)
+        return lines + await throughput(echo_har, echoes_n, rounds, tmp)
+
+
+if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--echoes", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "big.har"
-        make_har(path, args.messages)
-        for line in load_cost(path):
-            print(line, flush=True)
-        echo_har = Path(tmp) / "echo.har"
-        # one recorded turn per echo the client sends, the warm-up included
-        make_har(echo_har, 2 * (args.echoes + 200), binary=False)
-        for line in await throughput(echo_har, args.echoes, args.rounds, tmp):
-            print(line, flush=True)
-
-
-if __name__ == "__main__":
-    asyncio.run(main())
+    a = parser.parse_args()
+    print(*asyncio.run(main(a.messages, a.echoes, a.rounds)), sep="\n")
