@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,8 +59,9 @@ def start(cmd: list[str], ready: str, cpus: set[int]) -> tuple[subprocess.Popen[
     assert proc.stdout is not None
     for line in proc.stdout:
         if m := re.search(ready, line):
-            # keep draining output so the process never blocks on a full pipe
-            asyncio.get_running_loop().run_in_executor(None, proc.stdout.read)
+            # keep draining output so the process never blocks on a full pipe; a thread of its
+            # own, not the event loop's executor, which a dozen such reads would fill up
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
             return proc, int(m.group(1))
     raise SystemExit(f"{cmd[0]} did not start: exit code {proc.wait()}")
 

@@ -4,6 +4,7 @@ servers, ws and wss."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import re
 import socket
@@ -392,12 +393,20 @@ def test_env_points_a_subprocess_client_at_the_proxy_over_wss(
 # --- life cycle -----------------------------------------------------------------------------
 
 
-def _threads_and_fds() -> tuple[int, int]:
-    return threading.active_count(), len(os.listdir("/proc/self/fd"))
+def _threads_and_files() -> tuple[set[int], set[str]]:
+    """This process's threads, and what its file descriptors point at (sockets by inode)."""
+    gc.collect()
+    files = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            files.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass  # closed meanwhile (the listing's own descriptor)
+    return {t.ident for t in threading.enumerate() if t.ident}, files
 
 
 def test_stop_leaves_nothing_behind() -> None:
-    before = _threads_and_fds()
+    threads, files = _threads_and_files()
     proxy = WsRouteProxy().start()
     confdir = proxy.ca_cert.parent
     proxy.route_web_socket("**/live", lambda ws: None)
@@ -407,7 +416,10 @@ def test_stop_leaves_nothing_behind() -> None:
         with pytest.raises(ConnectionClosed):
             c.recv(5)
     assert not confdir.exists()
-    assert _threads_and_fds() == before
+    threads_after, files_after = _threads_and_files()
+    # what other tests left may end meanwhile; nothing of this proxy's may remain
+    assert threads_after - threads == set()
+    assert files_after - files == set()
     with pytest.raises(RuntimeError, match="stopped"):
         proxy.wait_for_web_socket()
     with pytest.raises(RuntimeError, match="stopped"):
