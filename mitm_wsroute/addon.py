@@ -1,6 +1,6 @@
 """The mitmproxy addon: options, the route decision per WebSocket, and running user code.
 
-In the ``request`` hook a WebSocket upgrade whose URL matches a route gets a `Connection`, and
+In the ``request`` hook a WebSocket upgrade whose URL matches a route gets a `RoutedConnection`, and
 the route handler runs (awaited when async) while mitmproxy holds the request. A handler that
 called `connect_to_server()` lets the request go upstream (intercept); any other is a mock:
 the addon answers the upgrade with its own 101, and no upstream connection is ever attempted.
@@ -23,7 +23,7 @@ from mitmproxy.utils import asyncio_utils
 from mitmproxy.websocket import WebSocketData
 
 from . import handshake, harroute, layer, webview
-from .connection import SERVER, Accept, Connection, Opening, Reject, State
+from .connection import SERVER, Accept, Opening, Reject, RoutedConnection, State
 from .handshake import accept, is_websocket_upgrade, request_headers, requested_protocols
 from .route import WebSocketRoute
 from .router import Router
@@ -260,7 +260,7 @@ class WsRoute:
         route = self.router.find(url)
         if route is None:
             return
-        connection = Connection(url, requested_protocols(req), request_headers(req))
+        connection = RoutedConnection(url, requested_protocols(req), request_headers(req))
         socket = layer.RoutedSocket(
             connection, self._call_user, self._inject, on_update=self._flow_updated
         )
@@ -335,7 +335,7 @@ class WsRoute:
             task.add_done_callback(socket.tasks.discard)
 
     def _route_handler_failed(
-        self, e: BaseException, connection: Connection, url: str, cut_at: str
+        self, e: BaseException, connection: RoutedConnection, url: str, cut_at: str
     ) -> None:
         logger.error(f"{url}: route handler failed:\n{user_traceback(e, cut_at)}")
         self._handler_failed(e)

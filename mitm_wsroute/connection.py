@@ -51,7 +51,6 @@ __all__ = [
     "CloseSide",
     "CloseTcp",
     "Command",
-    "Connection",
     "End",
     "Error",
     "Message",
@@ -59,6 +58,7 @@ __all__ = [
     "Opening",
     "Owner",
     "Reject",
+    "RoutedConnection",
     "Send",
     "SetLatency",
     "Side",
@@ -220,7 +220,7 @@ class CallHandler:
 @dataclass(frozen=True, slots=True)
 class StartCloseTimer:
     """Start the close timer of a side that was sent a close frame: when it runs out, tell
-    `Connection.receive_close_timeout`. One per closing handshake."""
+    `RoutedConnection.receive_close_timeout`. One per closing handshake."""
 
     side: Side
 
@@ -234,7 +234,7 @@ class CloseTcp:
 
 @dataclass(frozen=True, slots=True)
 class End:
-    """Both sides' TCP connections are closed: the socket is over (`Connection.first_close`
+    """Both sides' TCP connections are closed: the socket is over (`RoutedConnection.first_close`
     says how it ended). The last command."""
 
 
@@ -316,7 +316,7 @@ class _Handlers:
 
 
 @dataclass(eq=False)
-class Connection:
+class RoutedConnection:
     """One routed WebSocket, both sides.
 
     Args:

@@ -6,7 +6,7 @@ close to both sides, mitmproxy issue 4711). So we subclass `WebsocketLayer` and 
 rebinding ``mitmproxy.proxy.layers.websocket.WebsocketLayer``, which `HttpStream.flow_done`
 looks up at call time. A flow without a route runs mitmproxy's own code, untouched.
 
-For a routed flow the layer feeds what the wire says into the flow's `Connection` (which
+For a routed flow the layer feeds what the wire says into the flow's `RoutedConnection` (which
 decides), then carries out the commands it drains: data flows one way, wire → connection →
 commands → wire. Calls that user code makes outside our events (from an async handler, later)
 wake the layer with an injected `RouteWakeup` event, which `HttpLayer` routes by flow like
@@ -48,9 +48,9 @@ from .connection import (
     CloseSide,
     CloseTcp,
     Command,
-    Connection,
     End,
     Owner,
+    RoutedConnection,
     Send,
     SetLatency,
     Side,
@@ -120,7 +120,7 @@ class Observer(Protocol):
 class RoutedSocket:
     """What the layer needs for one routed flow, set up by the addon before the 101."""
 
-    connection: Connection
+    connection: RoutedConnection
     #: Runs a user handler: logs its exceptions, schedules what it returns if awaitable.
     call_user: CallUser
     #: Hands an event to mitmproxy's connection handler (``Proxyserver.inject_event``).

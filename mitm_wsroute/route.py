@@ -1,4 +1,4 @@
-"""`WebSocketRoute`: Playwright's public object, as a thin view over one `Connection`.
+"""`WebSocketRoute`: Playwright's public object, as a thin view over one `RoutedConnection`.
 
 Pure: this module imports neither mitmproxy nor asyncio. Every method only records intent on
 the connection; the adapter carries it out.
@@ -19,11 +19,11 @@ from .connection import (
     PAGE,
     SERVER,
     CloseHandler,
-    Connection,
     Error,
     Message,
     MessageHandler,
     Owner,
+    RoutedConnection,
     Side,
     check_close,
     check_latency,
@@ -61,7 +61,7 @@ class WebSocketRoute:
 
     __slots__ = ("_connection", "_server", "_side")
 
-    def __init__(self, connection: Connection, side: Side = PAGE) -> None:
+    def __init__(self, connection: RoutedConnection, side: Side = PAGE) -> None:
         self._connection = connection
         self._side = side
         self._server: WebSocketRoute | None = None

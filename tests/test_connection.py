@@ -15,9 +15,9 @@ from mitm_wsroute.connection import (
     Close,
     CloseSide,
     CloseTcp,
-    Connection,
     End,
     Error,
+    RoutedConnection,
     Send,
     StartCloseTimer,
     State,
@@ -34,7 +34,7 @@ def record(log: list[Any], name: str) -> Any:
     return handler
 
 
-def rules(c: Connection) -> list[Any]:
+def rules(c: RoutedConnection) -> list[Any]:
     """The drained commands that carry out the forwarding and close rules, without those of the
     closing handshakes and TCP connections (which have transcripts of their own, below)."""
     return [
@@ -42,12 +42,12 @@ def rules(c: Connection) -> list[Any]:
     ]
 
 
-def mock() -> tuple[Connection, WebSocketRoute]:
-    c = Connection("ws://h/ws", ["a", "b"])
+def mock() -> tuple[RoutedConnection, WebSocketRoute]:
+    c = RoutedConnection("ws://h/ws", ["a", "b"])
     return c, WebSocketRoute(c)
 
 
-def connected() -> tuple[Connection, WebSocketRoute, WebSocketRoute]:
+def connected() -> tuple[RoutedConnection, WebSocketRoute, WebSocketRoute]:
     c, ws = mock()
     server = ws.connect_to_server()
     c.receive_open()

@@ -21,9 +21,9 @@ from mitm_wsroute.connection import (
     Close,
     CloseSide,
     CloseTcp,
-    Connection,
     End,
     Error,
+    RoutedConnection,
     Send,
     SetLatency,
     Side,
@@ -39,7 +39,7 @@ codes = st.sampled_from([None, 1000, 1001, 1008, 1011, 3000, 4001, 4999])
 class RoutedSocket(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.c = Connection("ws://h/", [])
+        self.c = RoutedConnection("ws://h/", [])
         self.page = WebSocketRoute(self.c)
         self.server: WebSocketRoute | None = None
         self.peer_open = {PAGE: True, SERVER: False}  # a peer that has not closed or dropped

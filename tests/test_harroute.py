@@ -16,8 +16,8 @@ from mitm_wsroute.connection import (
     CallHandler,
     Close,
     CloseSide,
-    Connection,
     Reject,
+    RoutedConnection,
     Send,
     State,
 )
@@ -33,16 +33,16 @@ def write(path: Path, *entries: Any) -> str:
     return str(path)
 
 
-def route_socket(handler: Any, url: str = "wss://h/ws") -> tuple[Connection, list[Any]]:
+def route_socket(handler: Any, url: str = "wss://h/ws") -> tuple[RoutedConnection, list[Any]]:
     """Run the route handler for a new socket, open it; the commands so far."""
-    c = Connection(url, [])
+    c = RoutedConnection(url, [])
     handler(WebSocketRoute(c))
     c.handler_returned()
     c.receive_open()
     return c, run(c)
 
 
-def run(c: Connection) -> list[Any]:
+def run(c: RoutedConnection) -> list[Any]:
     """Drain the commands, running the handler calls (as the adapter does); the sends and
     closes among them (the close lifecycle's timers and TCP steps are the core's business)."""
     out: list[Any] = []
@@ -85,7 +85,7 @@ def test_replay_never_connects_upstream(replay_har: str) -> None:
 def test_not_found_abort_refuses_with_404_and_fallback_does_not_match(replay_har: str) -> None:
     [route] = har_routes(replay_har, url="**/*")
     assert route.matches("wss://h/other")
-    c = Connection("wss://h/other", [])
+    c = RoutedConnection("wss://h/other", [])
     route.handler(WebSocketRoute(c))
     assert isinstance(c.answer, Reject) and c.answer.status == 404
     [fallback] = har_routes(replay_har, not_found="fallback")

@@ -23,8 +23,8 @@ from mitm_wsroute.connection import (
     CallHandler,
     Close,
     CloseSide,
-    Connection,
     Error,
+    RoutedConnection,
     Send,
     StartCloseTimer,
     State,
@@ -69,7 +69,7 @@ class LoopThread:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.connection = Connection("ws://h/ws", [])
+        self.connection = RoutedConnection("ws://h/ws", [])
         self.route = WebSocketRoute(self.connection)
         self.server = self.route.connect_to_server() if connected else None
         self.connection.receive_open()

@@ -22,7 +22,7 @@ from mitmproxy.test import tflow
 from mitmproxy.websocket import WebSocketData
 
 from mitm_wsroute import layer
-from mitm_wsroute.connection import PAGE, SERVER, Connection, Side, State
+from mitm_wsroute.connection import PAGE, SERVER, RoutedConnection, Side, State
 from mitm_wsroute.messages import FRAME_COST
 from mitm_wsroute.route import WebSocketRoute
 
@@ -45,7 +45,7 @@ class LayerMachine(RuleBasedStateMachine):
         layer.clock = lambda: self.now
         self.flow = tflow.twebsocketflow(messages=False)
         self.flow.websocket = None
-        self.connection = connection = Connection("ws://example.com/ws", [])
+        self.connection = connection = RoutedConnection("ws://example.com/ws", [])
         self.route = {PAGE: WebSocketRoute(connection)}
         self.route[SERVER] = self.route[PAGE].connect_to_server()
         socket = layer.RoutedSocket(connection, lambda h, a, url: h(*a), lambda e: None)

@@ -15,11 +15,11 @@ from mitm_wsroute.connection import (
     Close,
     CloseSide,
     CloseTcp,
-    Connection,
     End,
     Error,
     Opening,
     Reject,
+    RoutedConnection,
     Send,
     SetLatency,
     StartCloseTimer,
@@ -32,8 +32,8 @@ from tests.test_connection import connected
 DROP = Close(1006, "")
 
 
-def mock(**kwargs: Any) -> tuple[Connection, WebSocketRoute]:
-    c = Connection("ws://h/ws", ["a", "b"], **kwargs)
+def mock(**kwargs: Any) -> tuple[RoutedConnection, WebSocketRoute]:
+    c = RoutedConnection("ws://h/ws", ["a", "b"], **kwargs)
     return c, WebSocketRoute(c)
 
 
@@ -136,7 +136,7 @@ def test_accept_defaults_and_choices() -> None:
     c, ws = mock()
     ws.accept(protocol=None)
     assert c.answer == Accept(None)
-    c = Connection("ws://h/", [])
+    c = RoutedConnection("ws://h/", [])
     WebSocketRoute(c).accept()
     assert c.answer == Accept(None)
 

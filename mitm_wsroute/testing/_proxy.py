@@ -22,7 +22,7 @@ from mitmproxy.utils import asyncio_utils
 
 from mitm_wsroute import harroute, layer
 from mitm_wsroute.addon import WsRoute
-from mitm_wsroute.connection import Connection
+from mitm_wsroute.connection import RoutedConnection
 from mitm_wsroute.handshake import is_websocket_upgrade
 from mitm_wsroute.route import WebSocketRoute
 from mitm_wsroute.router import Route, RouteHandler, registrar
@@ -41,7 +41,9 @@ START_TIMEOUT = 30.0
 
 
 #: The record of each routed socket, by its connection (for what routes report about it).
-_by_connection: weakref.WeakKeyDictionary[Connection, SocketRecord] = weakref.WeakKeyDictionary()
+_by_connection: weakref.WeakKeyDictionary[RoutedConnection, SocketRecord] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _unmatched(ws: WebSocketRoute, message: str | bytes) -> None:
