@@ -45,6 +45,8 @@ DEFAULT_CLOSE_TIMEOUT_MS = 5000
 #: mitmweb's flow-list markers of routed flows (🎭 for a mock, 🔌 for an intercept).
 MOCK_MARKER = ":performing_arts:"
 INTERCEPT_MARKER = ":electric_plug:"
+#: How long the update hook for route-sent messages waits, so that a burst makes one update.
+UPDATE_DELAY = 0.05
 
 
 class WsRoute:
@@ -57,6 +59,7 @@ class WsRoute:
         #: Told of every exception a route, `on_message` or `on_close` handler raised, after
         #: it was logged (the test facade collects them).
         self.on_handler_error: Callable[[BaseException], None] | None = None
+        self._updates_due: set[http.HTTPFlow] = set()
 
     def load(self, loader: Loader) -> None:
         webview.register()
@@ -262,7 +265,11 @@ class WsRoute:
             return
         connection = RoutedConnection(url, requested_protocols(req), request_headers(req))
         socket = layer.RoutedSocket(
-            connection, self._call_user, self._inject, on_update=self._flow_updated
+            connection,
+            self._call_user,
+            self._inject,
+            on_update=self._flow_updated,
+            update_soon=self._flow_updated_soon,
         )
         layer.routed_socket(flow, socket)
         flow.metadata["wsroute"] = {"url": url, "route": route.origin}
@@ -359,6 +366,17 @@ class WsRoute:
 
     def _flow_updated(self, flow: http.HTTPFlow) -> None:
         ctx.master.addons.trigger(hooks.UpdateHook([flow]))
+
+    def _flow_updated_soon(self, flow: http.HTTPFlow) -> None:
+        """`_flow_updated`, at most once per `UPDATE_DELAY` and flow."""
+        if flow in self._updates_due:
+            return
+        self._updates_due.add(flow)
+        asyncio.get_running_loop().call_later(UPDATE_DELAY, self._update_due, flow)
+
+    def _update_due(self, flow: http.HTTPFlow) -> None:
+        self._updates_due.discard(flow)
+        self._flow_updated(flow)
 
     def _inject(self, event: events.MessageInjected[Any]) -> None:
         ctx.master.addons.get("proxyserver").inject_event(event)

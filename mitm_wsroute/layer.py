@@ -135,6 +135,8 @@ class RoutedSocket:
     observer: Observer | None = None
     #: Tells other addons that the flow changed (mitmproxy's ``update`` hook).
     on_update: Callable[[http.HTTPFlow], None] | None = None
+    #: Tells other addons soon (coalesced) that the flow has new route-sent messages.
+    update_soon: Callable[[http.HTTPFlow], None] | None = None
     #: Tasks of async handlers still running; cancelled when the socket ends.
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     #: Runs a callable after the current one, on the proxy's loop (``loop.call_soon``); set by
@@ -223,6 +225,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             self.kept_bytes = 0
             self.keep_bytes = KEEP_BYTES
             self.message_hooks: bool = context.options.wsroute_message_hooks
+            self.route_sent = False  # a route-sent message was recorded in this event
 
     @expect(events.Start)
     def start(self, event: events.Event) -> layer.CommandGenerator[None]:
@@ -266,6 +269,12 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             yield from self._injected(event.message)
         if self.socket.connection.has_commands:
             yield from self._drain()
+        if self.route_sent:
+            # Route-sent messages fire no websocket_message hook: an update hook tells other
+            # addons (mitmweb) about them; coalesced, since a reply per message is common.
+            self.route_sent = False
+            if self.message_hooks and self.socket.update_soon is not None:
+                self.socket.update_soon(self.flow)
         self.socket.busy = False
 
     def _drain_and_update(self) -> layer.CommandGenerator[None]:
@@ -278,6 +287,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         yield from self._drain()
         if messages and messages[-1] is not newest and self.socket.on_update is not None:
             self.socket.on_update(self.flow)
+            self.route_sent = False
 
     def _receive(self, side: Side, event: events.ConnectionEvent) -> layer.CommandGenerator[None]:
         assert self.socket is not None
@@ -432,6 +442,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 task.add_done_callback(self.socket.tasks.discard)
         elif isinstance(command, Send):
             data = command.message
+            self.route_sent = True
             self._record(
                 websocket.WebSocketMessage(
                     Opcode.TEXT if isinstance(data, str) else Opcode.BINARY,

@@ -409,6 +409,18 @@ async def test_route_sends_from_a_task_update_other_addons(mitmdump: Any) -> Non
     await p.async_wait_for(r"update b'task 2'")  # the task's burst: one wake-up, one update
 
 
+async def test_route_replies_in_the_message_event_update_other_addons(mitmdump: Any) -> None:
+    # a reply sent by on_message, in the client message's own event: coalesced into an update
+    # hook, so mitmweb shows it without waiting for the next message
+    last = "f.websocket.messages[-1]"
+    p = mitmdump(MOCK, other_addon=UPDATES.replace("!r}", f"!r}} injected={{{last}.injected}}"))
+    async with connect("ws://chat.invalid/mock", proxy=p.proxy) as ws:
+        await recv_all(ws, 2)  # hello 1, hello 2
+        await ws.send("in-event echo")
+        assert await asyncio.wait_for(ws.recv(), 5) == "in-event echo"
+        await p.async_wait_for(r"update b'in-event echo' injected=True")
+
+
 def first_line(p: Any, pattern: str) -> int:
     """The index of the first line of `p`'s output that matches `pattern`."""
     return next(i for i, line in enumerate(p.lines) if re.search(pattern, line))
