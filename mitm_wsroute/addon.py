@@ -46,7 +46,7 @@ DEFAULT_CLOSE_TIMEOUT_MS = 5000
 MOCK_MARKER = ":performing_arts:"
 INTERCEPT_MARKER = ":electric_plug:"
 #: How long the update hook for route-sent messages waits, so that a burst makes one update.
-UPDATE_DELAY = 0.05
+UPDATE_DELAY = 0.2
 
 
 class WsRoute:
