@@ -43,8 +43,11 @@ $(NODE_DEPS): examples/node/package-lock.json
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
+# The end-to-end tests run twice: as configured by default, and with mitmproxy's per-message
+# hooks off, where the layer reads and writes routed sockets itself.
 test: $(STAMP) chromium $(NODE_DEPS)
 	$(PY) -m pytest
+	WSROUTE_TEST_MESSAGE_HOOKS=false $(PY) -m pytest tests/test_e2e_*.py tests/test_browser*.py
 
 # Routed sockets against plain mitmdump, in one run (several minutes; `BENCH_ARGS=--quick` for less).
 # Mockttp, the peer the bench measures against (pinned in bench/mockttp/package-lock.json).

@@ -60,6 +60,7 @@ class WsRoute:
         #: it was logged (the test facade collects them).
         self.on_handler_error: Callable[[BaseException], None] | None = None
         self._updates_due: set[http.HTTPFlow] = set()
+        self._proxyserver_addon: Any = None
 
     def load(self, loader: Loader) -> None:
         webview.register()
@@ -270,6 +271,7 @@ class WsRoute:
             self._inject,
             on_update=self._flow_updated,
             update_soon=self._flow_updated_soon,
+            proxyserver=self._proxyserver(),
         )
         layer.routed_socket(flow, socket)
         flow.metadata["wsroute"] = {"url": url, "route": route.origin}
@@ -378,8 +380,14 @@ class WsRoute:
         self._updates_due.discard(flow)
         self._flow_updated(flow)
 
+    def _proxyserver(self) -> Any:
+        """mitmproxy's ``proxyserver`` addon, looked up once: a lookup walks every addon."""
+        if self._proxyserver_addon is None:
+            self._proxyserver_addon = ctx.master.addons.get("proxyserver")
+        return self._proxyserver_addon
+
     def _inject(self, event: events.MessageInjected[Any]) -> None:
-        ctx.master.addons.get("proxyserver").inject_event(event)
+        self._proxyserver().inject_event(event)
 
     def _call_user(
         self, handler: Callable[..., Any], args: tuple[Any, ...], url: str

@@ -18,8 +18,10 @@ wake the layer with an injected `RouteWakeup` event, which `HttpLayer` routes by
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
+import os
 import threading
 import time
 import types
@@ -32,8 +34,9 @@ import wsproto.events as wse
 from mitmproxy import http, websocket
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.context import Context
+from mitmproxy.proxy.layers import modes
 from mitmproxy.proxy.layers import websocket as wsl
-from mitmproxy.proxy.layers.http import GetHttpConnection, HttpStream
+from mitmproxy.proxy.layers.http import GetHttpConnection, HttpLayer, HttpStream
 from mitmproxy.proxy.layers.http._hooks import HttpResponseHeadersHook
 from mitmproxy.proxy.utils import expect
 from wsproto.connection import ConnectionState
@@ -57,9 +60,10 @@ from .connection import (
     StartCloseTimer,
     State,
 )
+from .frames import next_whole, whole
 from .handshake import accept
 from .latency import DelayLine
-from .messages import KEEP_BYTES, Reassembly, cut, trim
+from .messages import KEEP_BYTES, Piece, Reassembly, cut, trim
 
 __all__ = [
     "Observer",
@@ -77,6 +81,9 @@ logger = logging.getLogger(__name__)
 _ORIGINAL: type[wsl.WebsocketLayer] = getattr(wsl, "_wsroute_original", wsl.WebsocketLayer)
 
 _NO_MESSAGE = websocket.WebSocketMessage(Opcode.TEXT, True, b"")
+
+#: The largest frame the layer collects whole before reading it (`frames.next_whole`).
+WHOLE_LIMIT = 1 << 20
 
 #: The clock of `set_latency()` (asyncio's, which runs the wake-ups; tests replace it).
 clock = time.monotonic
@@ -142,6 +149,9 @@ class RoutedSocket:
     #: Runs a callable after the current one, on the proxy's loop (``loop.call_soon``); set by
     #: `routed_socket` (at once when there is no running loop, as in layer tests).
     schedule: Callable[[Callable[[], None]], object] = lambda fn: fn()
+    #: mitmproxy's ``proxyserver`` addon, whose connection handlers own the sockets' streams
+    #: (`RoutedWebsocketLayer._own_io`); None: the layer never reads or writes them itself.
+    proxyserver: object | None = None
 
     def wake(self) -> None:
         """Called by the connection for every command recorded, on the proxy's thread: wakes
@@ -209,6 +219,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         super().__init__(context, flow)
         self.socket = _routed.get(flow)
         self.reassembly = {PAGE: Reassembly(), SERVER: Reassembly()}
+        #: The start of a whole frame (`frames.next_whole`) read so far, by side.
+        self.partial = [b"", b""]
         #: The close timers running, by the wake-up each asked for.
         self.close_timers: dict[commands.RequestWakeup, Side] = {}
         #: What waits to be sent to each side, once a route called `set_latency()`.
@@ -221,11 +233,23 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         if self.socket is not None:  # read once: options are slow to read per message
             self.close_timeout: float = context.options.wsroute_close_timeout_ms / 1000
             self.max_message_size: int = context.options.wsroute_max_message_size
+            #: Bigger frames are the codec's, which hands them over in pieces as they come in.
+            self.whole_limit = min(self.max_message_size or WHOLE_LIMIT, WHOLE_LIMIT)
             self.keep_messages: int = context.options.wsroute_keep_messages
             self.kept_bytes = 0
             self.keep_bytes = KEEP_BYTES
             self.message_hooks: bool = context.options.wsroute_message_hooks
             self.route_sent = False  # a route-sent message was recorded in this event
+        #: The transports the layer reads and writes itself (`_own_io`), by `id` of connection.
+        self.transports: dict[int, asyncio.Transport] = {}
+        #: What waits for mitmproxy's event machinery, oldest first (`_fast_receive`).
+        self.backlog: collections.deque[_Backlogged] = collections.deque()
+        self.backlog_wakeup = False  # a `RouteWakeup` for the backlog is on its way
+        self.write_paused: set[Side] = set()  # sides whose transport's buffer is full
+        #: mitmproxy's handler of this client's connections, once the layer owns one of them.
+        self.handler: Any = None
+        self.to_own = False  # a connection waits to become the layer's (`_own_io`)
+        self.ended = False
 
     @expect(events.Start)
     def start(self, event: events.Event) -> layer.CommandGenerator[None]:
@@ -235,11 +259,15 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             return
         connection = self.socket.connection
         self.ws = (self.client_ws, self.server_ws)
+        #: Sides whose frames `frames` may read and write (no extension changes them).
+        self.plain = tuple(not ws._proto.extensions for ws in self.ws)
         self.socket.layer_started = True
         connection.receive_open()
         self.socket.busy = True
         yield from self._drain()
         self.socket.busy = False
+        if not self.message_hooks:
+            self._own_io()
 
     _handle_event = start
 
@@ -247,6 +275,16 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         events.DataReceived, events.ConnectionClosed, wsl.WebSocketMessageInjected, events.Wakeup
     )
     def relay_messages(self, event: events.Event) -> layer.CommandGenerator[None]:
+        """An event from mitmproxy: after what waits in the backlog, if anything (`_own_io`)."""
+        if self.backlog:
+            yield from self._flush_backlog()
+            if self.ended:
+                return
+        yield from self._relay(event)
+        if self.to_own:
+            self._own_io()
+
+    def _relay(self, event: events.Event) -> layer.CommandGenerator[None]:
         assert self.socket is not None
         self.socket.busy = True
         # This event drains every command: a wake-up on its way is not needed any more, and one
@@ -296,22 +334,31 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         if isinstance(event, events.DataReceived):
             if ws.state is ConnectionState.CLOSED:
                 return  # after the close handshake; nothing more to read
-            ws.receive_data(event.data)
+            data = event.data
+            if self.partial[side]:
+                data = self.partial[side] + data
+                self.partial[side] = b""
+            if self.plain[side] and _codec_idle(ws):
+                # Whole single-frame messages, the common case, are read here; the codec
+                # reads from the first frame that is anything else on (`frames`).
+                pos, masked, limit = 0, side is PAGE, self.whole_limit
+                while ws.state is ConnectionState.OPEN and (
+                    found := next_whole(data, pos, masked, limit)
+                ):
+                    message, pos = found
+                    if message is None:  # the start of one: the rest comes with the next read
+                        self.partial[side] = data[pos:]
+                        return
+                    yield from self._piece(side, _Whole(message))
+                if pos == len(data):
+                    return
+                data = data[pos:]
+            ws.receive_data(data)
         else:
             ws.receive_data(None)  # our end closes when the connection says (CloseTcp)
-        reassembly = self.reassembly[side]
         for ev in ws.events():
             if isinstance(ev, wse.Message):
-                if connection.states[side] is not State.OPEN:
-                    continue  # the route closed this side: what it still sends is dropped
-                try:
-                    message = reassembly.add(ev, self.max_message_size)
-                except OverflowError as e:
-                    logger.info(f"{connection.url}: failing the {side}: 1009 {e}")
-                    connection.receive_failure(side, 1009, str(e))  # RFC 6455 §7.4.1: too big
-                    continue
-                if message is not None:
-                    yield from self._message(side, message)
+                yield from self._piece(side, ev)
             elif isinstance(ev, wse.Ping):
                 to = connection.receive_ping(side)
                 if to is not None:
@@ -330,6 +377,21 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             if side is PAGE:
                 self._observe((ABNORMAL_CLOSURE, ""))
             connection.receive_connection_lost(side)
+
+    def _piece(self, side: Side, piece: Piece) -> layer.CommandGenerator[None]:
+        """A piece of a message from `side`: the message once it is whole."""
+        assert self.socket is not None
+        connection = self.socket.connection
+        if connection.states[side] is not State.OPEN:
+            return  # the route closed this side: what it still sends is dropped
+        try:
+            message = self.reassembly[side].add(piece, self.max_message_size)
+        except OverflowError as e:
+            logger.info(f"{connection.url}: failing the {side}: 1009 {e}")
+            connection.receive_failure(side, 1009, str(e))  # RFC 6455 §7.4.1: too big
+            return
+        if message is not None:
+            yield from self._message(side, message)
 
     def _close_received(self, side: Side, ev: wse.CloseConnection) -> layer.CommandGenerator[None]:
         assert self.socket is not None
@@ -401,8 +463,11 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             frame_sizes = []
         ws = self.ws[to]
         if self.delays is None:
-            for frame in _frames(data, frame_sizes):
-                yield ws.send2(frame)
+            if len(frame_sizes) <= 1:
+                yield self._whole(to, data)
+            else:
+                for frame in _frames(data, frame_sizes):
+                    yield ws.send2(frame)
         else:
             for frame in _frames(data, frame_sizes):
                 if ws.state is not ConnectionState.OPEN:
@@ -503,6 +568,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             self.flow.websocket.close_reason = close.reason or ""
         self.flow.websocket.timestamp_end = time.time()
         self._handle_event = self._finished
+        self.ended = True
         self.socket.busy = False
         # Async handlers still running (a push loop, say) end with their socket.
         for task in list(self.socket.tasks):
@@ -510,13 +576,21 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         yield wsl.WebsocketEndHook(self.flow)
         self.flow.live = False
 
+    def _whole(self, to: Side, data: str | bytes) -> commands.SendData:
+        """A message to `to`, in one frame: written here (`frames`) when the codec is between
+        messages; masked as a client's for the server."""
+        ws = self.ws[to]
+        if self.plain[to] and ws._proto._outbound_opcode is None:
+            return commands.SendData(ws.conn, whole(data, None if to is PAGE else os.urandom(4)))
+        return ws.send2(_frame(data))
+
     def _send(self, to: Side, data: str | bytes) -> layer.CommandGenerator[None]:
         ws = self.ws[to]
         if ws.state is ConnectionState.OPEN:
             if self.delays is None:
-                yield ws.send2(_frame(data))
+                yield self._whole(to, data)
             else:
-                yield from self._out(ws.send2(_frame(data)), data=True)
+                yield from self._out(self._whole(to, data), data=True)
             if to is PAGE:
                 self._observe(None, data, later=True)
 
@@ -600,7 +674,281 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             yield from self._end()
 
     def _finished(self, event: events.Event) -> layer.CommandGenerator[None]:
-        yield from ()  # late events (a close timer, data after the end) change nothing
+        # Late events (a close timer, data after the end) change nothing; what `_end` yields
+        # from a read of our own waits in the backlog.
+        yield from self._flush_backlog()
+
+    # --- reading and writing the connections directly ---------------------------------------------
+
+    def _own_io(self) -> None:
+        """With ``wsroute_message_hooks`` off, read and write this socket's connections here.
+
+        mitmproxy hands every read to the top of its layer stack (a task, a lock, every layer
+        down to ours) and every frame we send back up it, one write each: most of what a routed
+        message costs once no hook runs. Here, each connection's asyncio transport gets
+        `_Reader` as its protocol: data goes straight to `_relay`, and the frames it yields go
+        straight to the transports, one write per transport and read. Anything else it yields
+        (closing a connection, a timer, a hook), and all that comes after it, goes through
+        mitmproxy's machinery as before (`backlog`), and so does the end of a stream.
+
+        A connection becomes the layer's once mitmproxy holds nothing read from it that the
+        layer has not had (its stream's buffer is empty, no event waits in the layer's queue):
+        until then, this is tried again after each of mitmproxy's events (`to_own`). Only for
+        plain TCP connections in a plain layer stack (no TLS, no upstream proxy)."""
+        assert self.socket is not None
+        url = self.socket.connection.url
+        self.to_own = False
+        if self.handler is None:  # the first time
+            proxyserver = self.socket.proxyserver
+            handler = getattr(proxyserver, "connections", {}).get(self.context.client.id)
+            why = _why_not_own(self.context, handler)
+            if why:
+                logger.debug(f"{url}: mitmproxy reads and writes the socket ({why})")
+                return
+            self.handler = handler
+        for side in (PAGE, SERVER):
+            conn = self.ws[side].conn
+            io = self.handler.transports.get(conn)
+            if io is None or id(conn) in self.transports:
+                continue  # no such connection (a mock's server), or ours already
+            reader, writer = io.reader, io.writer
+            if not (
+                isinstance(reader, asyncio.StreamReader)
+                and isinstance(writer, asyncio.StreamWriter)
+                and isinstance(writer.transport.get_protocol(), asyncio.StreamReaderProtocol)
+            ):
+                logger.debug(
+                    f"{url}: mitmproxy reads and writes the {side} (not an asyncio stream)"
+                )
+                continue
+            buffered = reader._buffer  # type: ignore[attr-defined]
+            if buffered or self._paused is not None or self._paused_event_queue:
+                self.to_own = True  # mitmproxy still holds data from it: after that
+                continue
+            transport = writer.transport
+            assert isinstance(transport, asyncio.Transport)
+            original = transport.get_protocol()
+            assert isinstance(original, asyncio.StreamReaderProtocol)
+            transport.set_protocol(_Reader(self, side, original))
+            self.transports[id(conn)] = transport
+            if original._paused:  # type: ignore[attr-defined]  # full: read no more until drained
+                self.write_paused.add(side)
+            logger.debug(f"{url}: the layer reads and writes the {side}'s connection itself")
+        if self.write_paused:
+            self._pause_reading(True)
+
+    def _fast_receive(self, side: Side, data: bytes) -> None:
+        """Data read from a connection (`_own_io`): handled at once, unless something waits
+        for mitmproxy's machinery, or the layer waits for a hook (mitmproxy queues its events
+        then): it waits behind that."""
+        assert self.socket is not None
+        if self.ended:
+            return
+        self.handler.timeout_watchdog.register_activity()  # per read, as mitmproxy: idle timeout
+        if self.backlog or self._paused is not None or self.socket.busy:
+            self.backlog.append((side, data))
+            self._wake_for_backlog()
+            return
+        try:
+            self._run(self._relay(events.DataReceived(self.ws[side].conn, data)))
+        except Exception:
+            self.socket.busy = False
+            logger.exception(f"{self.socket.connection.url}: the routed socket has crashed")
+
+    def _run(self, generator: layer.CommandGenerator[None]) -> None:
+        """Carry out what `_relay` yields for a read (`_fast_receive`): frames to a
+        connection the layer writes itself go out at once, one write per transport; anything
+        else, and all after it, waits in `backlog` for mitmproxy."""
+        backlog = self.backlog
+        transports = self.transports
+        out: dict[asyncio.Transport, list[bytes]] = {}
+        try:
+            command = next(generator)
+            while True:
+                if (
+                    isinstance(command, commands.SendData)
+                    and not backlog
+                    and (transport := transports.get(id(command.connection))) is not None
+                ):
+                    chunks = out.get(transport)
+                    if chunks is None:
+                        out[transport] = [command.data]
+                    else:
+                        chunks.append(command.data)
+                elif command.blocking:
+                    backlog.append(_Resume(command, generator))  # the rest of this event too
+                    break
+                else:
+                    backlog.append(command)
+                command = next(generator)
+        except StopIteration:
+            pass
+        for transport, chunks in out.items():
+            if not transport.is_closing():
+                transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if backlog:
+            self._wake_for_backlog()
+
+    def _wake_for_backlog(self) -> None:
+        if self.backlog_wakeup:
+            return
+        assert self.socket is not None
+        self.backlog_wakeup = True
+        socket = self.socket
+
+        def inject() -> None:
+            flow = socket.flow()
+            try:
+                if flow is None:
+                    raise ValueError("the flow is gone")
+                socket.inject(RouteWakeup(flow, _NO_MESSAGE))
+            except Exception as e:  # ValueError: "Flow is not from a live connection."
+                self.backlog_wakeup = False
+                logger.debug(f"{socket.connection.url}: cannot wake the layer ({e})")
+
+        socket.schedule(inject)
+
+    def _flush_backlog(self) -> layer.CommandGenerator[None]:
+        """What waits for mitmproxy's machinery, in order, as part of the event it handles."""
+        assert self.socket is not None
+        self.backlog_wakeup = False
+        backlog = self.backlog
+        while backlog:
+            item = backlog.popleft()
+            if isinstance(item, commands.Command):
+                yield item
+            elif isinstance(item, _Resume):
+                yield from item.commands()
+            elif not self.ended:  # data after the end changes nothing
+                side, data = item
+                self.socket.busy = True
+                yield from self._receive(side, events.DataReceived(self.ws[side].conn, data))
+                if self.socket.connection.has_commands:
+                    yield from self._drain()
+                self.socket.busy = False
+
+    def _write_paused(self, side: Side, paused: bool) -> None:
+        """A transport's write buffer filled up or drained: like mitmproxy, read from none of
+        the socket's connections while any of them cannot take more."""
+        was = bool(self.write_paused)
+        if paused:
+            self.write_paused.add(side)
+        else:
+            self.write_paused.discard(side)
+        if bool(self.write_paused) != was:
+            self._pause_reading(not was)
+
+    def _pause_reading(self, pause: bool) -> None:
+        for transport in self.transports.values():
+            if transport.is_closing():
+                continue
+            if pause:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+
+@dataclass(frozen=True, slots=True)
+class _Whole:
+    """A message read in one frame by `frames.next_whole` (a `Piece`, as wsproto's events)."""
+
+    data: str | bytes
+    frame_finished: bool = True
+    message_finished: bool = True
+
+
+def _codec_idle(ws: wsl.WebsocketConnection) -> bool:
+    """wsproto holds nothing of `ws`'s stream (no event, no part of a frame or message), so
+    a frame may be read without it (`frames.next_whole`)."""
+    proto = ws._proto
+    decoder = proto._frame_decoder
+    return (
+        ws.state is ConnectionState.OPEN
+        and not ws._events
+        and decoder.header is None
+        and not len(decoder.buffer)
+        and proto._message_decoder.opcode is None
+    )
+
+
+@dataclass
+class _Resume:
+    """The rest of an event that yielded a blocking command (a hook) outside mitmproxy's
+    machinery (`_run`): carried out, from that command on, as part of a later event."""
+
+    command: commands.Command
+    rest: layer.CommandGenerator[None]
+
+    def commands(self) -> layer.CommandGenerator[None]:
+        reply = yield self.command
+        while True:
+            try:
+                command = self.rest.send(reply)
+            except StopIteration:
+                return
+            reply = yield command
+
+
+#: What waits in a layer's backlog: a command, the rest of an event, or data read.
+_Backlogged = commands.Command | _Resume | tuple[Side, bytes]
+
+#: The layers that may sit above a routed socket whose connections the layer reads itself:
+#: none of them changes the bytes (no TLS, no tunnel).
+_PLAIN_LAYERS = (
+    layer.NextLayer,
+    modes.HttpProxy,
+    modes.ReverseProxy,
+    modes.TransparentProxy,
+    modes.Socks5Proxy,
+    HttpLayer,
+    HttpStream,
+)
+
+
+def _why_not_own(context: Context, handler: Any) -> str | None:
+    """Why the layer must leave its connections to mitmproxy (`_own_io`), if it must."""
+    if not _own_io_ok:
+        return "its internals differ: see the warning at start-up"
+    if handler is None:
+        return "no connection handler"
+    if context.client.tls or context.server.tls:
+        return "TLS"
+    if context.server.via is not None:
+        return "upstream proxy"
+    for above in context.layers[:-1]:
+        if not isinstance(above, _PLAIN_LAYERS):
+            return f"{type(above).__name__} layer"
+    return None
+
+
+class _Reader(asyncio.Protocol):
+    """A routed socket's connection's protocol, in place of mitmproxy's stream reader
+    (`RoutedWebsocketLayer._own_io`): data goes to the layer at once; the end of the stream
+    and flow control also go on to mitmproxy's protocol, which handles them as before."""
+
+    def __init__(
+        self, owner: RoutedWebsocketLayer, side: Side, original: asyncio.StreamReaderProtocol
+    ) -> None:
+        self.owner = owner
+        self.side = side
+        self.original = original
+
+    def data_received(self, data: bytes) -> None:
+        self.owner._fast_receive(self.side, data)
+
+    def eof_received(self) -> bool | None:
+        return self.original.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.original.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.original.pause_writing()
+        self.owner._write_paused(self.side, True)
+
+    def resume_writing(self) -> None:
+        self.original.resume_writing()
+        self.owner._write_paused(self.side, False)
 
 
 _ORIGINAL_MAKE_SERVER_CONNECTION = getattr(
@@ -671,9 +1019,48 @@ def check_internals() -> None:
         )
 
 
+def own_io_problems() -> list[str]:
+    """What `RoutedWebsocketLayer._own_io` needs of mitmproxy's connection handling and of
+    asyncio's streams, and is missing here: while any is, mitmproxy reads every socket."""
+    from mitmproxy.addons.proxyserver import Proxyserver
+    from mitmproxy.proxy.server import ConnectionHandler, TimeoutWatchdog
+
+    problems = []
+    for function, names in (
+        (ConnectionHandler.__init__, ("transports", "timeout_watchdog")),
+        (Proxyserver.inject_event, ("connections",)),
+        (layer.Layer.__init__, ("_paused", "_paused_event_queue")),
+        (asyncio.StreamReader.__init__, ("_buffer",)),
+        (asyncio.streams.FlowControlMixin.__init__, ("_paused",)),
+    ):
+        used = _names_used(function)
+        problems += [f"{function.__qualname__} uses no {n}" for n in names if n not in used]
+    if not issubclass(asyncio.StreamReaderProtocol, asyncio.streams.FlowControlMixin):
+        problems.append("StreamReaderProtocol is no FlowControlMixin")
+    for owner, name in (
+        (TimeoutWatchdog, "register_activity"),
+        (asyncio.Transport, "set_protocol"),
+    ):
+        if not hasattr(owner, name):
+            problems.append(f"{owner.__name__}.{name} missing")
+    return problems
+
+
+#: Routed sockets may be read and written by their layer (`install` checks).
+_own_io_ok = False
+
+
 def install() -> None:
     """Make mitmproxy create our layer for every WebSocket (routed or not). Idempotent."""
+    global _own_io_ok
     check_internals()
+    problems = own_io_problems()
+    if problems:
+        logger.warning(
+            "wsroute: with wsroute_message_hooks off, mitmproxy still reads routed sockets "
+            f"(slower): this mitmproxy or Python differs ({'; '.join(problems)})"
+        )
+    _own_io_ok = not problems
     wsl._wsroute_original = _ORIGINAL  # type: ignore[attr-defined]
     wsl.WebsocketLayer = RoutedWebsocketLayer  # type: ignore[misc]
     HttpStream._wsroute_original_make_server_connection = _ORIGINAL_MAKE_SERVER_CONNECTION  # type: ignore[attr-defined]

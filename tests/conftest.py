@@ -27,6 +27,9 @@ from websockets.exceptions import ConnectionClosed
 
 ROOT = Path(__file__).resolve().parent.parent
 MITMDUMP = str(Path(sys.executable).with_name("mitmdump"))
+#: For a test about other addons seeing each message: `make test` runs the end-to-end tests
+#: with ``wsroute_message_hooks`` off too (``WSROUTE_TEST_MESSAGE_HOOKS=false``).
+MESSAGE_HOOKS = ("--set", "wsroute_message_hooks=true")
 
 
 @dataclass
@@ -104,6 +107,9 @@ def start_mitmdump(
     ]  # fmt: skip
     if not any(a.startswith("ssl_insecure=") for a in args):
         cmd += ["--set", "ssl_insecure=true"]  # the test upstream's certificate is self-signed
+    hooks = os.environ.get("WSROUTE_TEST_MESSAGE_HOOKS")
+    if hooks and not any(a.startswith("wsroute_message_hooks=") for a in args):
+        cmd += ["--set", f"wsroute_message_hooks={hooks}"]  # `make test` runs both ways
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,

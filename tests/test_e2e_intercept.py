@@ -13,6 +13,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from tests.conftest import MESSAGE_HOOKS
 from tests.sockets import no_leaks
 
 ROUTES = """
@@ -368,7 +369,7 @@ async def test_other_addons_change_drop_and_inject_on_routed_sockets(
     # Forwarded messages are what other addons made of them; a handler gets the message as it
     # arrived (the route decides first, then the websocket_message hook runs).
     up = await upstream()
-    p = mitmdump(ROUTES + HANDLED, other_addon=OTHER_ADDON)
+    p = mitmdump(ROUTES + HANDLED, *MESSAGE_HOOKS, other_addon=OTHER_ADDON)
     async with connect(up.url("/plain"), proxy=p.proxy) as ws:
         for m in ("drop-me", "rewrite-me", "inject"):
             await ws.send(m)
@@ -413,7 +414,7 @@ def websocket_message(flow):
 
 async def test_an_intercepted_routed_flow_waits_for_resume(mitmdump: Any, upstream: Any) -> None:
     up = await upstream()
-    p = mitmdump(HANDLED, other_addon=INTERCEPTING_ADDON)
+    p = mitmdump(HANDLED, *MESSAGE_HOOKS, other_addon=INTERCEPTING_ADDON)
     async with connect(up.url("/handled"), proxy=p.proxy) as ws:
         await ws.send("hold")
         assert await asyncio.wait_for(ws.recv(), 5) == "hold"

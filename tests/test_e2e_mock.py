@@ -12,6 +12,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.conftest import MESSAGE_HOOKS
 from tests.sockets import no_leaks, open_tcp_connections, raw_upgrade
 
 MOCK = """
@@ -237,7 +238,7 @@ async def test_on_message_exception_is_logged_and_socket_goes_on(mock_proxy: Any
 
 
 async def test_empty_handler_drops_client_messages(mitmdump: Any) -> None:
-    p = mitmdump(MOCK, other_addon=OBSERVER)
+    p = mitmdump(MOCK, *MESSAGE_HOOKS, other_addon=OBSERVER)
     async with connect("ws://chat.invalid/silent", proxy=p.proxy) as ws:
         await ws.send("into the void")
         pong = await ws.ping()
@@ -334,7 +335,7 @@ async def test_url_of_absolute_form_request(mock_proxy: Any) -> None:
 
 
 async def test_stock_hooks_see_dropped_and_injected(mitmdump: Any) -> None:
-    p = mitmdump(MOCK, other_addon=OBSERVER)
+    p = mitmdump(MOCK, *MESSAGE_HOOKS, other_addon=OBSERVER)
     async with connect("ws://chat.invalid/mock", proxy=p.proxy) as ws:
         await recv_all(ws, 2)
         await ws.send("echo me")
@@ -413,7 +414,11 @@ async def test_route_replies_in_the_message_event_update_other_addons(mitmdump: 
     # a reply sent by on_message, in the client message's own event: coalesced into an update
     # hook, so mitmweb shows it without waiting for the next message
     last = "f.websocket.messages[-1]"
-    p = mitmdump(MOCK, other_addon=UPDATES.replace("!r}", f"!r}} injected={{{last}.injected}}"))
+    p = mitmdump(
+        MOCK,
+        *MESSAGE_HOOKS,
+        other_addon=UPDATES.replace("!r}", f"!r}} injected={{{last}.injected}}"),
+    )
     async with connect("ws://chat.invalid/mock", proxy=p.proxy) as ws:
         await recv_all(ws, 2)  # hello 1, hello 2
         await ws.send("in-event echo")
