@@ -97,28 +97,49 @@ async def rss_after(p: Proxy, url: str, n: int) -> tuple[float, float]:
         return before, p.rss_mib()
 
 
-async def concurrent(url: str, proxy: str, sockets: int, each: int) -> dict[str, float]:
+async def concurrent(
+    url: str, proxy: str, sockets: int, each: int, open_first: bool = False
+) -> dict[str, float]:
+    """`sockets` clients at once, each echoing `each` times in a row: each as soon as it is
+    open, while the others still connect (a connection storm), or, `open_first`, once all
+    are open. The wall time counts the echoes only when they start together."""
     latencies: list[float] = []
     errors = 0
+    all_open = asyncio.Event()
+    opened = 0
 
     async def client() -> None:
-        nonlocal errors
+        nonlocal errors, opened
         try:
             async with connect(url, proxy=proxy, compression=None, ping_interval=None,
                                open_timeout=120) as ws:  # fmt: skip
+                opened += 1
+                if open_first:
+                    if opened == sockets:
+                        all_open.set()
+                    await all_open.wait()
                 for _ in range(each):
                     t = time.perf_counter()
                     await ws.send("x" * 32)
                     await ws.recv()
                     latencies.append((time.perf_counter() - t) * 1e6)
+                done.append(time.perf_counter())
         except Exception:
             errors += 1
+            opened += 1  # never open: the others do not wait for it
+            if open_first and opened == sockets:
+                all_open.set()
 
+    done: list[float] = []
     t0 = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(sockets)))
+    task = asyncio.gather(*(client() for _ in range(sockets)))
+    if open_first:
+        await all_open.wait()
+        t0 = time.perf_counter()
+    await task
     latencies.sort()
     return {
-        "secs": time.perf_counter() - t0,
+        "secs": (max(done) if done else time.perf_counter()) - t0,
         "errors": errors,
         "p50": statistics.median(latencies) if latencies else 0,
         "p99": latencies[int(len(latencies) * 0.99)] if latencies else 0,
@@ -227,17 +248,24 @@ async def memory(confdir: str, cases: list[Case], n: int) -> list[str]:
     return lines
 
 
-async def many_sockets(routed: Proxy, upstream: str, how: str = "") -> list[str]:
+async def many_sockets(
+    routed: Proxy, upstream: str, how: str = "", mock_only: bool = False
+) -> list[str]:
+    """Many sockets at once, echoing: once all are open, and while they open."""
     lines = []
-    for label, url, sockets in (("mocked", "ws://bench.invalid/mock", 1000),
-                                ("intercepted", f"{upstream}/intercept", 200)):  # fmt: skip
-        assert routed.url is not None
-        r = await concurrent(url, routed.url, sockets, 10)
-        what = f"{sockets} concurrent {label} sockets x 10 echoes{how}"
-        lines += [row(f"{what}: errors", r["errors"], ""),
-                  row(f"{what}: echo p50", r["p50"], "µs"),
-                  row(f"{what}: echo p99", r["p99"], "µs"),
-                  row(f"{what}: wall time", r["secs"], "s")]  # fmt: skip
+    kinds = (
+        ("mocked", "ws://bench.invalid/mock", 1000),
+        ("intercepted", f"{upstream}/intercept", 200),
+    )
+    for label, url, sockets in kinds[: 1 if mock_only else 2]:
+        for open_first, when in ((True, "all open"), (False, "opening while others echo")):
+            assert routed.url is not None
+            r = await concurrent(url, routed.url, sockets, 10, open_first)
+            what = f"{sockets} concurrent {label} sockets x 10 echoes, {when}{how}"
+            lines += [row(f"{what}: errors", r["errors"], ""),
+                      row(f"{what}: echo p50", r["p50"], "µs"),
+                      row(f"{what}: echo p99", r["p99"], "µs"),
+                      row(f"{what}: wall time", r["secs"], "s")]  # fmt: skip
     return lines
 
 
@@ -295,6 +323,8 @@ async def main() -> None:
                 out(await memory(confdir, cases, 10_000 if q else 100_000))
                 out(await many_sockets(cases[1][1], up))
                 out(await many_sockets(cases[4][1], up, ", wsroute_message_hooks=false"))
+                mockttp = next(p for label, p, _ in cases if label == "Mockttp echo")
+                out(await many_sockets(mockttp, up, ", Mockttp echo", mock_only=True))
                 import facade  # here: facade and har import this module
                 import har
 

@@ -191,6 +191,32 @@ def test_self_check_needs_no_source_code(monkeypatch: pytest.MonkeyPatch) -> Non
     assert "HttpStream.flow_done no longer creates websocket.WebsocketLayer" in str(e.value)
 
 
+def test_reading_sockets_itself_needs_these_internals(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from mitmproxy.proxy.server import TimeoutWatchdog
+
+    assert layer.own_io_problems() == []
+    layer.install()
+    assert layer._own_io_ok
+    monkeypatch.delattr(TimeoutWatchdog, "register_activity")
+    monkeypatch.setattr(layer.layer.Layer, "__init__", lambda self, context: None)
+    problems = layer.own_io_problems()
+    assert [p.split(" ", 1)[1] for p in problems] == [
+        "uses no _paused",
+        "uses no _paused_event_queue",
+        "missing",
+    ]
+    # the addon still runs; mitmproxy reads every socket, and a warning says why
+    layer.install()
+    assert not layer._own_io_ok
+    assert "mitmproxy still reads routed sockets" in caplog.text
+    assert "TimeoutWatchdog.register_activity missing" in caplog.text
+    monkeypatch.undo()
+    layer.install()
+    assert layer._own_io_ok
+
+
 async def test_routed_flows_are_freed(addon: Any) -> None:
     a, tctx = addon
     f = upgrade("/mock")
