@@ -164,15 +164,20 @@ class RoutedSocket:
         self.schedule(self._inject_wakeup)
 
     def _inject_wakeup(self) -> None:
+        if not self.inject_wakeup():
+            self.wakeup_pending = False  # never stay pending: a later command must wake it again
+
+    def inject_wakeup(self) -> bool:
+        """Send the layer a `RouteWakeup`; False if the socket is gone."""
         flow = self.flow()
         try:
             if flow is None:
                 raise ValueError("the flow is gone")
             self.inject(RouteWakeup(flow, _NO_MESSAGE))
         except Exception as e:  # ValueError: "Flow is not from a live connection."
-            # Never stay pending: a later command must be able to wake the layer again.
-            self.wakeup_pending = False
             logger.debug(f"{self.connection.url}: cannot wake the layer ({e}); socket gone?")
+            return False
+        return True
 
 
 _routed: weakref.WeakKeyDictionary[http.HTTPFlow, RoutedSocket] = weakref.WeakKeyDictionary()
@@ -797,14 +802,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         socket = self.socket
 
         def inject() -> None:
-            flow = socket.flow()
-            try:
-                if flow is None:
-                    raise ValueError("the flow is gone")
-                socket.inject(RouteWakeup(flow, _NO_MESSAGE))
-            except Exception as e:  # ValueError: "Flow is not from a live connection."
+            if not socket.inject_wakeup():
                 self.backlog_wakeup = False
-                logger.debug(f"{socket.connection.url}: cannot wake the layer ({e})")
 
         socket.schedule(inject)
 
