@@ -12,7 +12,11 @@ commands → wire. Calls that user code makes outside our events (from an async 
 wake the layer with an injected `RouteWakeup` event, which `HttpLayer` routes by flow like
 ``inject.websocket``.
 
-`check_internals()` refuses to run on a mitmproxy whose internals moved (see README).
+With ``wsroute_message_hooks`` off, the layer also reads and writes a routed socket's plain TCP
+connections itself, on their asyncio transports (`RoutedWebsocketLayer._own_io`).
+
+`check_internals()` refuses to run on a mitmproxy whose internals moved (see README);
+`own_io_problems()` says what reading the connections itself would miss, and then it is not done.
 """
 
 from __future__ import annotations
