@@ -824,11 +824,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 yield from item.commands()
             elif not self.ended:  # data after the end changes nothing
                 side, data = item
-                self.socket.busy = True
-                yield from self._receive(side, events.DataReceived(self.ws[side].conn, data))
-                if self.socket.connection.has_commands:
-                    yield from self._drain()
-                self.socket.busy = False
+                yield from self._relay(events.DataReceived(self.ws[side].conn, data))
 
     def _write_paused(self, side: Side, paused: bool) -> None:
         """A transport's write buffer filled up or drained: like mitmproxy, read from none of

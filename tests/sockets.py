@@ -1,5 +1,6 @@
-"""Raw sockets for end-to-end tests: an absolute-form WebSocket upgrade through the proxy, and
-which TCP connections a process holds open (Linux /proc), to prove nothing leaks."""
+"""Raw sockets for end-to-end tests: an absolute-form WebSocket upgrade through the proxy, a
+frame read off the wire, and which TCP connections a process holds open (Linux /proc), to
+prove nothing leaks."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import base64
 import hashlib
 import os
 import re
+import struct
 from typing import Any
 
 # /proc/net/tcp state codes (include/net/tcp_states.h)
@@ -52,6 +54,17 @@ async def raw_upgrade(
     )
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     return reader, writer, head
+
+
+async def read_frame(r: asyncio.StreamReader) -> tuple[int, bytes]:
+    """The opcode and payload of the next frame the proxy sends (unmasked, RFC 6455 §5.2)."""
+    b0, b1 = await r.readexactly(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", await r.readexactly(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", await r.readexactly(8))[0]
+    return b0 & 0x0F, await r.readexactly(n)
 
 
 async def no_leaks(p: Any) -> None:

@@ -18,7 +18,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.sockets import raw_upgrade
+from tests.sockets import raw_upgrade, read_frame
 
 ROUTES = """
     import asyncio
@@ -69,16 +69,6 @@ def frame(opcode: int, payload: bytes, fin: bool = True, mask: bool = True) -> b
     key = os.urandom(4)
     size = bytes([size[0] | 0x80]) + size[1:]
     return head + size + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-
-
-async def read_frame(r: asyncio.StreamReader) -> tuple[int, bytes]:
-    b0, b1 = await r.readexactly(2)
-    n = b1 & 0x7F
-    if n == 126:
-        n = struct.unpack("!H", await r.readexactly(2))[0]
-    elif n == 127:
-        n = struct.unpack("!Q", await r.readexactly(8))[0]
-    return b0 & 0x0F, await r.readexactly(n)
 
 
 async def raw_socket(

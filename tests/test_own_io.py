@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.sockets import raw_upgrade
+from tests.sockets import raw_upgrade, read_frame
 
 HOOKS_OFF = ("--set", "wsroute_message_hooks=false")
 
@@ -45,16 +45,6 @@ def frame(payload: bytes, opcode: int = 2) -> bytes:
     else:
         size = b"\xff" + struct.pack("!Q", n)
     return bytes([0x80 | opcode]) + size + b"\0\0\0\0" + payload
-
-
-async def read_frame(r: asyncio.StreamReader) -> tuple[int, bytes]:
-    b0, b1 = await r.readexactly(2)
-    n = b1 & 0x7F
-    if n == 126:
-        n = struct.unpack("!H", await r.readexactly(2))[0]
-    elif n == 127:
-        n = struct.unpack("!Q", await r.readexactly(8))[0]
-    return b0 & 0x0F, await r.readexactly(n)
 
 
 async def test_which_sockets_the_layer_reads_itself(mitmdump: Any, upstream: Any) -> None:
