@@ -12,6 +12,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import proxies
 import run
@@ -69,8 +70,11 @@ async def record_cost(upstream: str, confdir: str, repeats: int, quick: bool) ->
             for _, p, _ in cases:
                 stop(p.proc)
     n = 10_000 if quick else 100_000
-    for label, make in (("mitmdump with the addon", lambda: start_mitmdump("a", confdir, *ADDON)),
-                        ("test proxy, recording", lambda: start_facade("f"))):  # fmt: skip
+    makers: tuple[tuple[str, Callable[[], Proxy]], ...] = (
+        ("mitmdump with the addon", lambda: start_mitmdump("a", confdir, *ADDON)),
+        ("test proxy, recording", lambda: start_facade("f")),
+    )
+    for label, make in makers:
         fresh = make()
         before, after = await run.rss_after(fresh, "ws://bench.invalid/mock", n)
         stop(fresh.proc)

@@ -84,7 +84,9 @@ async def throughput(path: Path, echoes_n: int, rounds: int, confdir: str) -> li
     mock = start_mitmdump("mock echo", confdir, *ADDON)
     replay = start_mitmdump("replay", confdir, "-s", ADDON[1], "--set", f"wsroute_har={path}")
     try:
-        ratios, mocks, replays = [], [], []
+        ratios: list[float] = []
+        mocks: list[float] = []
+        replays: list[float] = []
         for i in range(rounds):
             order = [(mock, mocks), (replay, replays)]
             for p, results in order if i % 2 == 0 else reversed(order):

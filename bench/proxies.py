@@ -78,9 +78,20 @@ def start_mitmdump(
 
 
 def stop(proc: subprocess.Popen[str] | None) -> None:
-    if proc is not None:
+    """SIGTERM, again every 2 s for 30 s, then SIGKILL. mitmproxy can miss a SIGTERM right after
+    a burst of connections: each log line wakes its event loop through asyncio's self-pipe
+    (`call_soon_threadsafe`), a burst fills that pipe, and the signal's wake-up byte is lost."""
+    if proc is None:
+        return
+    for _ in range(15):
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
+        try:
+            proc.wait(2)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 #: The peers: Mockttp as a proxy (npm, pinned in bench/mockttp), and no proxy at all.

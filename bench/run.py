@@ -17,16 +17,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 
+import gc_pauses
 import instructions
 import proxies
-from proxies import ADDON, CLIENT_CPUS, CPUS, HERE, PROXY_CPUS, Proxy, start, start_mitmdump, stop
+from proxies import (
+    ADDON,
+    CLIENT_CPUS,
+    CPUS,
+    HERE,
+    HOOKLESS,
+    PROXY_CPUS,
+    Proxy,
+    start,
+    start_mitmdump,
+    stop,
+)
 from websockets.asyncio.client import ClientConnection, connect
 
 
@@ -97,22 +112,34 @@ async def rss_after(p: Proxy, url: str, n: int) -> tuple[float, float]:
         return before, p.rss_mib()
 
 
+#: Handshakes in flight at once while the "all open" sockets open: a thousand at once overflow
+#: the proxy's listen backlog (asyncio's default is 100) and the kernel retries them seconds later.
+OPENING = 50
+
+
 async def concurrent(
     url: str, proxy: str, sockets: int, each: int, open_first: bool = False
 ) -> dict[str, float]:
     """`sockets` clients at once, each echoing `each` times in a row: each as soon as it is
     open, while the others still connect (a connection storm), or, `open_first`, once all
-    are open. The wall time counts the echoes only when they start together."""
+    are open (`OPENING` at a time), closing once all are done. The wall time counts the
+    echoes only when they start together; `start` and `end` (time.monotonic()) bound them.
+
+    The client's own collector is off meanwhile: with a thousand sockets open, its full
+    collections would add their pauses to every echo in flight, whatever the proxy."""
     latencies: list[float] = []
     errors = 0
-    all_open = asyncio.Event()
+    all_open, all_done = asyncio.Event(), asyncio.Event()
     opened = 0
+    gate = asyncio.Semaphore(OPENING if open_first else sockets)
 
     async def client() -> None:
         nonlocal errors, opened
         try:
-            async with connect(url, proxy=proxy, compression=None, ping_interval=None,
-                               open_timeout=120) as ws:  # fmt: skip
+            async with gate:
+                ws = await connect(url, proxy=proxy, compression=None, ping_interval=None,
+                                   open_timeout=120)  # fmt: skip
+            async with ws:
                 opened += 1
                 if open_first:
                     if opened == sockets:
@@ -123,23 +150,37 @@ async def concurrent(
                     await ws.send("x" * 32)
                     await ws.recv()
                     latencies.append((time.perf_counter() - t) * 1e6)
-                done.append(time.perf_counter())
+                done.append(time.monotonic())
+                if open_first:  # closing costs the proxy too: not while others still echo
+                    if len(done) + errors == sockets:
+                        all_done.set()
+                    await all_done.wait()
         except Exception:
             errors += 1
             opened += 1  # never open: the others do not wait for it
             if open_first and opened == sockets:
                 all_open.set()
+            if open_first and len(done) + errors == sockets:
+                all_done.set()
 
     done: list[float] = []
-    t0 = time.perf_counter()
-    task = asyncio.gather(*(client() for _ in range(sockets)))
-    if open_first:
-        await all_open.wait()
-        t0 = time.perf_counter()
-    await task
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.monotonic()
+        task = asyncio.gather(*(client() for _ in range(sockets)))
+        if open_first:
+            await all_open.wait()
+            start = time.monotonic()
+        await task
+    finally:
+        gc.enable()
     latencies.sort()
+    end = max(done) if done else time.monotonic()
     return {
-        "secs": (max(done) if done else time.perf_counter()) - t0,
+        "start": start,
+        "end": end,
+        "secs": end - start,
         "errors": errors,
         "p50": statistics.median(latencies) if latencies else 0,
         "p99": latencies[int(len(latencies) * 0.99)] if latencies else 0,
@@ -223,6 +264,7 @@ async def big_messages(confdir: str, cases: list[Case], size: int, with_plain: b
     lines, base = [], None
     for label, _, url in cases[int(not with_plain) : 4]:
         fresh = start_mitmdump("big", confdir, *(() if label == "plain mitmdump" else ADDON))
+        assert fresh.url is not None
         secs = await big_message(url, fresh.url, size)
         stop(fresh.proc)
         base = base or (secs if label == "plain mitmdump" else None)
@@ -248,24 +290,53 @@ async def memory(confdir: str, cases: list[Case], n: int) -> list[str]:
     return lines
 
 
+#: Rounds of each many-sockets case, in one proxy.
+ROUNDS = 3
+
+
+def gc_logged(confdir: str, args: tuple[str, ...], gc_log: str) -> Proxy:
+    """A fresh mitmdump with `args` that records its collector's pauses in `gc_log`."""
+    return start_mitmdump("many", confdir, *args, "-s", str(HERE / "gc_pauses.py"), "--set",
+                          f"bench_gc_log={gc_log}")  # fmt: skip
+
+
 async def many_sockets(
-    routed: Proxy, upstream: str, how: str = "", mock_only: bool = False
+    label: str, start_proxy: Callable[[str], Proxy], upstream: str, mock_only: bool = False
 ) -> list[str]:
-    """Many sockets at once, echoing: once all are open, and while they open."""
+    """Many sockets at once, echoing: once all are open, and while they open; `ROUNDS` times
+    each in one fresh proxy, so that later rounds run after earlier ones closed their sockets.
+    `start_proxy(gc_log)` starts the proxy; a mitmdump records its collector's pauses there."""
     lines = []
     kinds = (
         ("mocked", "ws://bench.invalid/mock", 1000),
         ("intercepted", f"{upstream}/intercept", 200),
     )
-    for label, url, sockets in kinds[: 1 if mock_only else 2]:
+    for kind, url, sockets in kinds[: 1 if mock_only else 2]:
         for open_first, when in ((True, "all open"), (False, "opening while others echo")):
-            assert routed.url is not None
-            r = await concurrent(url, routed.url, sockets, 10, open_first)
-            what = f"{sockets} concurrent {label} sockets x 10 echoes, {when}{how}"
-            lines += [row(f"{what}: errors", r["errors"], ""),
-                      row(f"{what}: echo p50", r["p50"], "µs"),
-                      row(f"{what}: echo p99", r["p99"], "µs"),
-                      row(f"{what}: wall time", r["secs"], "s")]  # fmt: skip
+            with tempfile.NamedTemporaryFile(suffix=".gc") as gc_log:
+                proxy = start_proxy(gc_log.name)
+                try:
+                    assert proxy.url is not None
+                    runs = [await concurrent(url, proxy.url, sockets, 10, open_first)
+                            for _ in range(ROUNDS)]  # fmt: skip
+                finally:
+                    stop(proxy.proc)
+                pauses = [gc_pauses.longest(gc_log.name, r["start"], r["end"]) for r in runs]
+            what = f"{sockets} {kind} sockets x 10 echoes, {when}, {label}"
+
+            def spread(values: list[float]) -> str:
+                return f" ({min(values):,.0f} to {max(values):,.0f} ms)" if len(values) > 1 else ""
+
+            lines.append(row(f"{what}: errors", sum(r["errors"] for r in runs), ""))
+            for metric in ("p50", "p99"):
+                ms = [r[metric] / 1000 for r in runs]
+                lines.append(row(f"{what}: echo {metric}", statistics.median(ms), "ms", None,
+                                 spread(ms)))  # fmt: skip
+            if max(pauses):
+                pause = f"{what}: longest collector pause in the proxy while echoing"
+                lines.append(row(pause, statistics.median(pauses), "ms", None, spread(pauses)))
+            lines.append(row(f"{what}: wall time", statistics.median(r["secs"] for r in runs),
+                             "s"))  # fmt: skip
     return lines
 
 
@@ -321,10 +392,15 @@ async def main() -> None:
             if not a.small:
                 out(await big_messages(confdir, cases, (16 if q else 64) << 20, with_plain=not q))
                 out(await memory(confdir, cases, 10_000 if q else 100_000))
-                out(await many_sockets(cases[1][1], up))
-                out(await many_sockets(cases[4][1], up, ", wsroute_message_hooks=false"))
-                mockttp = next(p for label, p, _ in cases if label == "Mockttp echo")
-                out(await many_sockets(mockttp, up, ", Mockttp echo", mock_only=True))
+                for label, args, mock_only in (
+                    ("hooks on", ADDON, False),
+                    ("wsroute_message_hooks=false", HOOKLESS, False),
+                    ("wsroute_message_hooks=false, wsroute_keep_messages=1",
+                     (*HOOKLESS, "--set", "wsroute_keep_messages=1"), True),
+                ):  # fmt: skip
+                    out(await many_sockets(label, partial(gc_logged, confdir, args), up, mock_only))
+                out(await many_sockets("Mockttp echo", lambda _: proxies.start_peer(
+                    "Mockttp echo", proxies.MOCKTTP), up, mock_only=True))  # fmt: skip
                 import facade  # here: facade and har import this module
                 import har
 
