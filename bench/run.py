@@ -187,6 +187,10 @@ async def concurrent(
     }
 
 
+def number(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 or float(value).is_integer() else f"{value:,.1f}"
+
+
 def row(
     label: str,
     value: float,
@@ -195,8 +199,7 @@ def row(
     spread: str = "",
     vs_peer: str = "",
 ) -> str:
-    number = f"{value:,.0f}" if value >= 100 or float(value).is_integer() else f"{value:,.1f}"
-    value_cell = f"{number} {unit}".strip()
+    value_cell = f"{number(value)} {unit}".strip()
     ratio_cell = f"{'' if ratio is None else f'{ratio:.2f}x'}{spread}"
     return f"| {label} | {value_cell} | {ratio_cell} |" + (f" {vs_peer} |" if vs_peer else "")
 
@@ -291,7 +294,7 @@ async def memory(confdir: str, cases: list[Case], n: int) -> list[str]:
 
 
 #: Rounds of each many-sockets case, in one proxy.
-ROUNDS = 3
+ROUNDS = 5
 
 
 def gc_logged(confdir: str, args: tuple[str, ...], gc_log: str) -> Proxy:
@@ -325,7 +328,7 @@ async def many_sockets(
             what = f"{sockets} {kind} sockets x 10 echoes, {when}, {label}"
 
             def spread(values: list[float]) -> str:
-                return f" ({min(values):,.0f} to {max(values):,.0f} ms)" if len(values) > 1 else ""
+                return f" ({number(min(values))} to {number(max(values))} ms)" if values[1:] else ""
 
             lines.append(row(f"{what}: errors", sum(r["errors"] for r in runs), ""))
             for metric in ("p50", "p99"):
