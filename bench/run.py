@@ -192,6 +192,11 @@ def number(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 or float(value).is_integer() else f"{value:,.1f}"
 
 
+def spread_ms(values: list[float]) -> str:
+    """The range of values in ms, for a row's ratio cell."""
+    return f" ({number(min(values))} to {number(max(values))} ms)" if values[1:] else ""
+
+
 def row(
     label: str,
     value: float,
@@ -327,18 +332,14 @@ async def many_sockets(
                     stop(proxy.proc)
                 pauses = [gc_pauses.longest(gc_log.name, r["start"], r["end"]) for r in runs]
             what = f"{sockets} {kind} sockets x 10 echoes, {when}, {label}"
-
-            def spread(values: list[float]) -> str:
-                return f" ({number(min(values))} to {number(max(values))} ms)" if values[1:] else ""
-
             lines.append(row(f"{what}: errors", sum(r["errors"] for r in runs), ""))
             for metric in ("p50", "p99"):
                 ms = [r[metric] / 1000 for r in runs]
                 lines.append(row(f"{what}: echo {metric}", statistics.median(ms), "ms", None,
-                                 spread(ms)))  # fmt: skip
+                                 spread_ms(ms)))  # fmt: skip
             if max(pauses):
                 pause = f"{what}: longest collector pause in the proxy while echoing"
-                lines.append(row(pause, statistics.median(pauses), "ms", None, spread(pauses)))
+                lines.append(row(pause, statistics.median(pauses), "ms", None, spread_ms(pauses)))
             lines.append(row(f"{what}: wall time", statistics.median(r["secs"] for r in runs),
                              "s"))  # fmt: skip
     return lines
