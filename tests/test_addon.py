@@ -17,6 +17,7 @@ from mitmproxy.proxy.layers import websocket as wsl
 from mitmproxy.proxy.layers.http import HttpStream
 from mitmproxy.test import taddons, tflow
 
+from mitm_wsroute import addon as addon_module
 from mitm_wsroute import layer
 from mitm_wsroute.addon import WsRoute, accept, requested_protocols
 from mitm_wsroute.connection import PAGE, SERVER, CloseSide, Send, StartCloseTimer, State
@@ -256,3 +257,37 @@ def test_bad_har_option_raises_options_error(addon: Any, tmp_path: Path) -> None
     bad.write_text("{}")
     with pytest.raises(exceptions.OptionsError, match=rf"wsroute_har option: {bad}: not a HAR"):
         tctx.configure(a, wsroute_har=str(bad))
+
+
+@pytest.fixture
+def gc_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The addon's calls of gc.collect/freeze/unfreeze, recorded instead of made (this process
+    is pytest's), as if no addon had frozen anything yet in this process."""
+    calls: list[str] = []
+    for name in ("collect", "freeze", "unfreeze"):
+        monkeypatch.setattr(gc, name, lambda *_, name=name: calls.append(name) or 0)
+    monkeypatch.setattr(addon_module, "_frozen", False)
+    return calls
+
+
+def test_gc_freeze_once_per_process_when_first_configured(addon: Any, gc_calls: list[str]) -> None:
+    a, tctx = addon
+    tctx.configure(a, wsroute_scripts=[])
+    assert gc_calls == []  # only the option itself decides
+    tctx.configure(a, wsroute_gc_freeze=True)
+    assert gc_calls == ["collect", "freeze"]  # the garbage first: frozen, it would stay
+    tctx.configure(a, wsroute_gc_freeze=False)
+    tctx.configure(a, wsroute_gc_freeze=True)
+    other = WsRoute()  # a reloaded addon script: a new addon, the same process
+    tctx.configure(other, wsroute_gc_freeze=True)
+    assert gc_calls == ["collect", "freeze"]  # sockets may exist by now: never again
+    a.done()  # unloaded: whatever it holds must be collectable again
+    assert gc_calls == ["collect", "freeze", "unfreeze"]
+
+
+def test_gc_freeze_off_freezes_nothing(addon: Any, gc_calls: list[str]) -> None:
+    a, tctx = addon
+    tctx.configure(a, wsroute_gc_freeze=False)
+    tctx.configure(a, wsroute_gc_freeze=True)  # read once: too late
+    a.done()
+    assert gc_calls == []

@@ -271,3 +271,23 @@ async def test_many_concurrent_mocked_sockets(mitmdump: Any) -> None:
                 assert await ws.recv() == f"{i}-{j}"
 
     await asyncio.gather(*(client(i) for i in range(1000)))
+
+
+FREEZE_COUNT = """
+import gc, logging
+
+def running():
+    logging.warning(f"frozen objects: {gc.get_freeze_count()}")
+"""
+
+
+async def test_mitmdump_freezes_what_exists_at_start_up(mitmdump: Any) -> None:
+    p = mitmdump(ROUTES, other_addon=FREEZE_COUNT)
+    frozen = int((await p.async_wait_for(r"frozen objects: (\d+)")).group(1))
+    assert frozen > 10_000  # Python's and mitmproxy's modules: tens of thousands of objects
+    async with connect("ws://chat.invalid/echo", proxy=p.proxy) as ws:
+        await ws.send("after")
+        assert await ws.recv() == "after"
+    off = mitmdump(ROUTES, "--set", "wsroute_gc_freeze=false", other_addon=FREEZE_COUNT)
+    unfrozen = int((await off.async_wait_for(r"frozen objects: (\d+)")).group(1))
+    assert unfrozen < 1000  # the interpreter's own (CPython 3.12 starts with a few hundred)

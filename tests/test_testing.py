@@ -85,6 +85,13 @@ def client_ssl(proxy: WsRouteProxy) -> ssl.SSLContext:
 # --- recording: every socket, routed or not, as the client saw it -----------------------------
 
 
+def test_the_tests_process_is_left_to_its_own_garbage_collection() -> None:
+    before = gc.get_freeze_count()  # the interpreter's own few hundred
+    with WsRouteProxy() as p:
+        assert p._engine.options.wsroute_gc_freeze is False
+    assert gc.get_freeze_count() == before  # frozen objects of a test would never be freed
+
+
 def test_records_a_mock_as_the_client_saw_it(proxy: WsRouteProxy) -> None:
     @proxy.route_web_socket("ws://nowhere.invalid/chat")
     def chat(ws: Any) -> None:

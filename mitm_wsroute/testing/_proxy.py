@@ -260,6 +260,7 @@ class ProxyEngine:
             "mode": [self.mode],
             "confdir": str(self.confdir),
             "wsroute_scripts": self.scripts,
+            "wsroute_gc_freeze": False,  # the process is the test's, not the proxy's
             **self.extra_options,
         }
         try:
