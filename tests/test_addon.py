@@ -40,6 +40,9 @@ async def broken(ws):
 """
 
 
+MOCK_URL = "ws://example.com/mock"
+
+
 def upgrade(path: str, protocols: str | None = "a, b") -> http.HTTPFlow:
     f = tflow.tflow()
     f.request.url = f"http://example.com{path}"
@@ -291,3 +294,17 @@ def test_gc_freeze_off_freezes_nothing(addon: Any, gc_calls: list[str]) -> None:
     tctx.configure(a, wsroute_gc_freeze=True)  # read once: too late
     a.done()
     assert gc_calls == []
+
+
+def test_gc_freeze_comes_before_the_route_scripts(
+    tmp_path: Path, gc_calls: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    routes = tmp_path / "routes.py"
+    routes.write_text(ROUTES)
+    a = WsRoute()
+    routed_when_frozen = []
+    monkeypatch.setattr(gc, "freeze", lambda: routed_when_frozen.append(a.router.find(MOCK_URL)))
+    with taddons.context(Proxyserver(), a) as tctx:
+        tctx.configure(a, wsroute_scripts=[str(routes)], wsroute_gc_freeze=True)  # as mitmdump
+        assert routed_when_frozen == [None]  # so a script's reload frees the old module
+        assert a.router.find(MOCK_URL) is not None
