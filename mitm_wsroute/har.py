@@ -15,6 +15,11 @@ The WebSocket entries are in Chrome's shape, which Chrome DevTools, Playwright's
 project's addition (the others do not record closes). ``time`` is epoch seconds in Chrome's
 and mitmproxy's files and epoch milliseconds in Playwright's; only gaps within one entry are
 used, so milliseconds are recognised by their size and scaled.
+
+Playwright can keep each entry's messages in a file of their own instead, one JSON message per
+line, named by ``response.content._file``: next to the HAR (``record_har_content="attach"``),
+or in the same ``.zip`` as the HAR (a ``record_har_path`` ending in ``.zip``, whose HAR is the
+archive's ``har.har``). Both are read; recordings are written as one ``.har`` file.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ import datetime
 import json
 import os
 import tempfile
+import zipfile
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -57,6 +63,8 @@ PAGE_ID = "wsroute"
 _MS_THRESHOLD = 1e11
 
 Message = str | bytes
+#: An attached file's bytes by its name (``response.content._file``).
+Attachments = Callable[[str], bytes]
 Closer = Literal["client", "server"]
 
 
@@ -141,18 +149,77 @@ def load_har(path: str, *, allow_empty: bool = False) -> Har:
             (unless `allow_empty`), or an entry is broken (bad base64, unknown opcode, ...); the
             message names the file, the entry index and what is wrong.
     """
-    return read_har(_parse(path), path, allow_empty=allow_empty)
+    doc, attachments = _parse(path)
+    return read_har(doc, path, allow_empty=allow_empty, attachments=attachments)
 
 
-def _parse(path: str, compact: bool = True) -> Any:
-    """The parsed file; with `compact`, WebSocket messages as tuples (for reading only)."""
+def _parse(path: str, compact: bool = True) -> tuple[Any, Attachments]:
+    """The parsed file, and its attached files; with `compact`, WebSocket messages as tuples
+    (for reading only). A ``.zip`` is Playwright's archive: its HAR and attached files are
+    members; else attached files are beside the HAR."""
+    hook = _compact_message if compact else None
     try:
-        with open(path, encoding="utf-8-sig") as f:  # text: no bytes copy beside the str
-            return json.load(f, object_hook=_compact_message if compact else None)
+        if not path.lower().endswith(".zip"):
+            with open(path, encoding="utf-8-sig") as f:  # text: no bytes copy beside the str
+                return json.load(f, object_hook=hook), _beside(path)
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            hars = ["har.har"] if "har.har" in names else [n for n in names if n.endswith(".har")]
+            if len(hars) != 1:
+                raise ValueError(
+                    f"{path}: not a HAR archive: it holds no har.har (Playwright's name) and "
+                    f"{'several' if hars else 'no'} other .har files"
+                )
+            with archive.open(hars[0]) as member:
+                doc = json.load(member, object_hook=hook)
+            return doc, _in_archive(path)
     except OSError as e:
         raise ValueError(f"{path}: cannot read the HAR file: {e.strerror or e}") from e
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"{path}: not a HAR archive, invalid .zip: {e}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not a HAR file, invalid JSON: {e}") from e
+
+
+def _attached_name(name: str) -> str:
+    """A ``_file`` name, refused unless it is a plain file name (a HAR must not make the proxy
+    read files elsewhere)."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise ValueError(f"the attached file name {name!r} is not a plain file name")
+    return name
+
+
+def _beside(path: str) -> Attachments:
+    folder = os.path.dirname(os.path.abspath(path))
+
+    def read(name: str) -> bytes:
+        try:
+            with open(os.path.join(folder, _attached_name(name)), "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise ValueError(f"cannot read its attached file {name!r}: {e.strerror or e}") from e
+
+    return read
+
+
+def _in_archive(path: str) -> Attachments:
+    def read(name: str) -> bytes:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return archive.read(_attached_name(name))
+        except KeyError:
+            raise ValueError(f"its attached file {name!r} is not in the archive") from None
+        except (OSError, zipfile.BadZipFile) as e:
+            raise ValueError(f"cannot read its attached file {name!r}: {e}") from e
+
+    return read
+
+
+def _no_attachments(name: str) -> bytes:
+    raise ValueError(
+        f"the messages are in an attached file ({name!r}, Playwright's content='attach' or a "
+        ".zip HAR), and this HAR was given without its folder: load it from its file"
+    )
 
 
 def _compact_message(obj: dict[str, Any]) -> Any:
@@ -174,13 +241,20 @@ def _entries(doc: Any, path: str) -> list[Any]:
     return entries
 
 
-def read_har(doc: Any, path: str = "<har>", *, allow_empty: bool = False) -> Har:
-    """`load_har` for a parsed document; `path` is for error messages."""
+def read_har(
+    doc: Any,
+    path: str = "<har>",
+    *,
+    allow_empty: bool = False,
+    attachments: Attachments = _no_attachments,
+) -> Har:
+    """`load_har` for a parsed document; `path` is for error messages, `attachments` reads
+    the files that hold an entry's messages."""
     by_url: dict[str, list[Conversation]] = {}
     for index, entry in enumerate(_entries(doc, path)):
         if not isinstance(entry, dict) or entry.get("_resourceType") != "websocket":
             continue  # HTTP entries are not replayed
-        conversation = _conversation(entry, index, path)
+        conversation = _conversation(entry, index, path, attachments)
         by_url.setdefault(conversation.url, []).append(conversation)
     if not by_url and not allow_empty:
         raise ValueError(
@@ -190,7 +264,9 @@ def read_har(doc: Any, path: str = "<har>", *, allow_empty: bool = False) -> Har
     return Har(path, by_url)
 
 
-def _conversation(entry: dict[str, Any], index: int, path: str) -> Conversation:
+def _conversation(
+    entry: dict[str, Any], index: int, path: str, attachments: Attachments
+) -> Conversation:
     where = f"{path}: entry {index}"
     request = entry.get("request")
     raw_url = request.get("url") if isinstance(request, dict) else None
@@ -203,10 +279,7 @@ def _conversation(entry: dict[str, Any], index: int, path: str) -> Conversation:
     response = entry.get("response")
     content = response.get("content") if isinstance(response, dict) else None
     if "_webSocketMessages" not in entry and isinstance(content, dict) and "_file" in content:
-        raise ValueError(
-            f"{where}: the messages are in an attached file ({content['_file']!r}, Playwright's "
-            "content='attach' or a .zip HAR); record to a .har path to embed them"
-        )
+        messages = _attached_messages(attachments, content["_file"], where)
     if not isinstance(messages, list):
         raise ValueError(f"{where}: _webSocketMessages is not a list")
     n = len(messages)
@@ -258,6 +331,22 @@ def _conversation(entry: dict[str, Any], index: int, path: str) -> Conversation:
         started=_started(entry.get("startedDateTime")),
         protocol=_protocol(entry),
     )
+
+
+def _attached_messages(attachments: Attachments, name: Any, where: str) -> list[Any]:
+    """An entry's messages from its attached file: one JSON message per line."""
+    try:
+        lines = attachments(str(name)).decode("utf-8-sig").splitlines()
+    except ValueError as e:  # UnicodeDecodeError too
+        raise ValueError(f"{where}: {e}") from e
+    messages = []
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                messages.append(json.loads(line, object_hook=_compact_message))
+            except ValueError as e:
+                raise ValueError(f"{where}: {name}, line {number}: invalid JSON: {e}") from e
+    return messages
 
 
 def _close(raw: Any, where: str) -> HarClose | None:
@@ -541,10 +630,15 @@ def kept_entries(path: str) -> tuple[list[Any], list[Any]]:
     Raises:
         ValueError: the file exists but is not a HAR (a recording must not overwrite it).
     """
+    if path.lower().endswith(".zip"):
+        raise ValueError(
+            f"{path}: recording into a .zip HAR is not supported; record into a .har path "
+            "(the messages are written into it, which Chrome DevTools and replay both read)"
+        )
     if not os.path.exists(path):
         return [], []
-    doc = _parse(path, compact=False)  # its entries are written back as they are
-    read_har(doc, path, allow_empty=True)  # validates every WebSocket entry
+    doc, attachments = _parse(path, compact=False)  # its entries are written back as they are
+    read_har(doc, path, allow_empty=True, attachments=attachments)  # validates WebSocket entries
     pages = doc["log"].get("pages")
     return (pages if isinstance(pages, list) else []), doc["log"]["entries"]
 

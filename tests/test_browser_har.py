@@ -4,10 +4,12 @@ mitmdump. Debian's Chromium, driven by playwright-python; the routing is mitmdum
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, async_playwright
 from websockets.asyncio.client import connect
@@ -55,11 +57,15 @@ async def browser() -> AsyncIterator[Browser]:
             await b.close()
 
 
-async def session(browser: Browser, url: str, proxy: str | None, har: Path | None) -> list[str]:
-    """A page's session: open, let the pushes arrive, send, wait for the answers, close."""
+async def session(
+    browser: Browser, url: str, proxy: str | None, har: Path | None, **record: Any
+) -> list[str]:
+    """A page's session: open, let the pushes arrive, send, wait for the answers, close.
+    `record`: more of Playwright's ``record_har_*`` options."""
     context = await browser.new_context(
         proxy={"server": proxy, "bypass": "<-loopback>"} if proxy else None,
         record_har_path=str(har) if har else None,
+        **record,
     )
     try:
         page = await context.new_page()
@@ -91,7 +97,11 @@ async def test_playwright_record_har_path_writes_frames_and_replays(
     assert entry["_webSocketMessages"][0]["time"] > 1e12
     backend.close()
     await backend.wait_closed()
+    await replays(har, url, mitmdump)
 
+
+async def replays(har: Path, url: str, mitmdump: Any) -> None:
+    """mitmdump replays the session recorded in `har` (the backend is gone)."""
     proxy = mitmdump(None, "--set", f"wsroute_har={har}")
     async with connect(url, proxy=proxy.proxy, open_timeout=5) as ws:
         assert [await ws.recv() for _ in PUSH] == PUSH
@@ -100,6 +110,27 @@ async def test_playwright_record_har_path_writes_frames_and_replays(
         for m in ("sum 1 2 3", b"\x01\x02\x03", "hi"):
             await ws.send(m)
         assert [await ws.recv() for _ in range(4)] == ["6", b"\x10" * 3, b"\x03\x02\x01", "echo hi"]
+
+
+@pytest.mark.parametrize(
+    ("name", "record"),
+    [("playwright.zip", {}), ("playwright.har", {"record_har_content": "attach"})],
+)
+async def test_playwright_har_with_attached_messages_replays(
+    browser: Browser, backend: Any, tmp_path: Path, mitmdump: Any, name: str, record: Any
+) -> None:
+    # A .zip (the HAR and each socket's messages as members) or a .har with its messages in
+    # files beside it: one JSON message per line, named by the entry's response.content._file.
+    har = tmp_path / name
+    url = f"ws://127.0.0.1:{port(backend)}/app"
+    assert await session(browser, url, None, har, **record) == SEEN
+    attached = [p.name for p in tmp_path.iterdir() if p.suffix == ".jsonl"]
+    if har.suffix == ".zip":
+        attached = [n for n in zipfile.ZipFile(har).namelist() if n.endswith(".jsonl")]
+    assert attached  # Playwright did keep the messages apart
+    backend.close()
+    await backend.wait_closed()
+    await replays(har, url, mitmdump)
 
 
 async def test_chromium_page_recorded_through_the_proxy_then_replayed(

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,19 @@ def entry(url: str = "wss://h/ws", messages: Any = (), **extra: Any) -> dict[str
 
 def msg(kind: str, data: str, opcode: int = 1, time: float = T0) -> dict[str, Any]:
     return {"type": kind, "time": time, "opcode": opcode, "data": data}
+
+
+def attached(name: str, url: str = "wss://h/ws") -> dict[str, Any]:
+    """An entry whose messages are in an attached file, as Playwright writes them."""
+    return {
+        "_resourceType": "websocket",
+        "request": {"url": url},
+        "response": {"status": 101, "content": {"size": -1, "_file": name}},
+    }
+
+
+def jsonl(*messages: dict[str, Any]) -> bytes:
+    return "".join(json.dumps(m) + "\n" for m in messages).encode()
 
 
 def har(*entries: Any) -> dict[str, Any]:
@@ -133,9 +147,10 @@ BAD = [
      "entry 0: message 0 data is not a string"),
     (json.dumps(har(entry(_webSocketMessages={}))).encode(),
      "entry 0: _webSocketMessages is not a list"),
-    (json.dumps(har({"_resourceType": "websocket", "request": {"url": "wss://h/"},
-                     "response": {"content": {"_file": "abc.jsonl"}}})).encode(),
-     "entry 0: the messages are in an attached file ('abc.jsonl'"),
+    (json.dumps(har(attached("abc.jsonl"))).encode(),
+     "entry 0: cannot read its attached file 'abc.jsonl'"),
+    (json.dumps(har(attached("../abc.jsonl"))).encode(),
+     "entry 0: the attached file name '../abc.jsonl' is not a plain file name"),
     (json.dumps(har(entry(url="ftp://h/"))).encode(), "entry 0: request.url 'ftp://h/' is not"),
     (json.dumps(har({"_resourceType": "websocket"})).encode(), "entry 0: no request.url"),
     (json.dumps(har(entry(_webSocketClose={"code": "x", "by": "server"}))).encode(),
@@ -160,6 +175,70 @@ def test_bad_input_names_the_file_the_entry_and_what_is_wrong(
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot read the HAR file"):
         load_har(str(tmp_path / "nope.har"))
+
+
+ATTACHED = [msg("receive", "hi", time=T0 * 1000), msg("send", "AP8=", 2, time=T0 * 1000 + 500)]
+
+
+def test_messages_in_a_playwright_zip_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "rec.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("har.har", json.dumps(har(attached("a1.jsonl"), entry(url="wss://h/inline"))))
+        z.writestr("a1.jsonl", jsonl(*ATTACHED))
+    loaded = load_har(str(path))
+    (first,) = loaded.entries("wss://h/ws")
+    assert list(first.messages()) == [(False, T0, "hi"), (True, T0 + 0.5, b"\x00\xff")]
+    assert len(loaded.entries("wss://h/inline")) == 1
+
+
+def test_messages_attached_beside_a_har_are_read(tmp_path: Path) -> None:
+    (tmp_path / "a1.jsonl").write_bytes(jsonl(*ATTACHED) + b"\n")  # blank lines are nothing
+    path = tmp_path / "rec.har"
+    path.write_text(json.dumps(har(attached("a1.jsonl"))))
+    (first,) = load_har(str(path)).entries("wss://h/ws")
+    assert list(first.messages()) == [(False, T0, "hi"), (True, T0 + 0.5, b"\x00\xff")]
+    assert kept_entries(str(path))[1] == [attached("a1.jsonl")]  # a recording keeps it as is
+
+
+@pytest.mark.parametrize(
+    ("members", "what"),
+    [
+        ({"notes.txt": b""}, "not a HAR archive: it holds no har.har (Playwright's name) and no"),
+        ({"a.har": b"{}", "b.har": b"{}"}, "and several other .har files"),
+        ({"har.har": json.dumps(har(attached("gone.jsonl"))).encode()},
+         "entry 0: its attached file 'gone.jsonl' is not in the archive"),
+        ({"har.har": json.dumps(har(attached("a.jsonl"))).encode(), "a.jsonl": b"{oops\n"},
+         "entry 0: a.jsonl, line 1: invalid JSON"),
+        ({"har.har": json.dumps(har(attached("a.jsonl"))).encode(),
+          "a.jsonl": jsonl(msg("send", "x", 9))},
+         "entry 0: message 0 has opcode 9"),
+    ],
+)  # fmt: skip
+def test_bad_archive_names_the_file_and_what_is_wrong(
+    tmp_path: Path, members: dict[str, bytes], what: str
+) -> None:
+    path = tmp_path / "rec.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    with pytest.raises(ValueError) as e:
+        load_har(str(path))
+    assert str(e.value).startswith(f"{path}: ")
+    assert what in str(e.value)
+
+
+def test_a_parsed_har_has_no_folder_for_attached_messages() -> None:
+    with pytest.raises(ValueError, match="entry 0: the messages are in an attached file"):
+        read_har(har(attached("a1.jsonl")), "x.har")
+
+
+def test_a_zip_that_is_not_one_and_recording_into_a_zip_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "rec.zip"
+    path.write_text(json.dumps(har(entry())))
+    with pytest.raises(ValueError, match=r"not a HAR archive, invalid \.zip"):
+        load_har(str(path))
+    with pytest.raises(ValueError, match=r"recording into a \.zip HAR is not supported"):
+        kept_entries(str(tmp_path / "new.zip"))
 
 
 def test_empty_har_allowed_for_recording(tmp_path: Path) -> None:
