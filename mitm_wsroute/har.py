@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import contextlib
 import datetime
 import json
 import os
@@ -149,36 +150,44 @@ def load_har(path: str, *, allow_empty: bool = False) -> Har:
             (unless `allow_empty`), or an entry is broken (bad base64, unknown opcode, ...); the
             message names the file, the entry index and what is wrong.
     """
-    doc, attachments = _parse(path)
-    return read_har(doc, path, allow_empty=allow_empty, attachments=attachments)
+    with _parse(path) as (doc, attachments):
+        return read_har(doc, path, allow_empty=allow_empty, attachments=attachments)
 
 
-def _parse(path: str, compact: bool = True) -> tuple[Any, Attachments]:
-    """The parsed file, and its attached files; with `compact`, WebSocket messages as tuples
-    (for reading only). A ``.zip`` is Playwright's archive: its HAR and attached files are
-    members; else attached files are beside the HAR."""
+@contextlib.contextmanager
+def _parse(path: str, compact: bool = True) -> Iterator[tuple[Any, Attachments]]:
+    """The parsed file, and its attached files, while in this context; with `compact`,
+    WebSocket messages as tuples (for reading only). A ``.zip`` is Playwright's archive, open
+    while in the context: its HAR and attached files are members; else attached files are
+    beside the HAR."""
     hook = _compact_message if compact else None
-    try:
-        if not path.lower().endswith(".zip"):
-            with open(path, encoding="utf-8-sig") as f:  # text: no bytes copy beside the str
-                return json.load(f, object_hook=hook), _beside(path)
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            hars = ["har.har"] if "har.har" in names else [n for n in names if n.endswith(".har")]
-            if len(hars) != 1:
-                raise ValueError(
-                    f"{path}: not a HAR archive: it holds no har.har (Playwright's name) and "
-                    f"{'several' if hars else 'no'} other .har files"
-                )
-            with archive.open(hars[0]) as member:
-                doc = json.load(member, object_hook=hook)
-            return doc, _in_archive(path)
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read the HAR file: {e.strerror or e}") from e
-    except zipfile.BadZipFile as e:
-        raise ValueError(f"{path}: not a HAR archive, invalid .zip: {e}") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a HAR file, invalid JSON: {e}") from e
+    with contextlib.ExitStack() as stack:
+        try:
+            if not path.lower().endswith(".zip"):
+                with open(path, encoding="utf-8-sig") as f:  # text: no bytes copy beside the str
+                    doc, attachments = json.load(f, object_hook=hook), _beside(path)
+            else:
+                archive = stack.enter_context(zipfile.ZipFile(path))
+                doc, attachments = _archived_har(archive, path, hook), _in_archive(archive)
+        except OSError as e:
+            raise ValueError(f"{path}: cannot read the HAR file: {e.strerror or e}") from e
+        except zipfile.BadZipFile as e:
+            raise ValueError(f"{path}: not a HAR archive, invalid .zip: {e}") from e
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not a HAR file, invalid JSON: {e}") from e
+        yield doc, attachments
+
+
+def _archived_har(archive: zipfile.ZipFile, path: str, hook: Any) -> Any:
+    names = archive.namelist()
+    hars = ["har.har"] if "har.har" in names else [n for n in names if n.endswith(".har")]
+    if len(hars) != 1:
+        raise ValueError(
+            f"{path}: not a HAR archive: it holds no har.har (Playwright's name) and "
+            f"{'several' if hars else 'no'} other .har files"
+        )
+    with archive.open(hars[0]) as member:
+        return json.load(member, object_hook=hook)
 
 
 def _attached_name(name: str) -> str:
@@ -202,11 +211,10 @@ def _beside(path: str) -> Attachments:
     return read
 
 
-def _in_archive(path: str) -> Attachments:
+def _in_archive(archive: zipfile.ZipFile) -> Attachments:
     def read(name: str) -> bytes:
         try:
-            with zipfile.ZipFile(path) as archive:
-                return archive.read(_attached_name(name))
+            return archive.read(_attached_name(name))
         except KeyError:
             raise ValueError(f"its attached file {name!r} is not in the archive") from None
         except (OSError, zipfile.BadZipFile) as e:
@@ -637,8 +645,8 @@ def kept_entries(path: str) -> tuple[list[Any], list[Any]]:
         )
     if not os.path.exists(path):
         return [], []
-    doc, attachments = _parse(path, compact=False)  # its entries are written back as they are
-    read_har(doc, path, allow_empty=True, attachments=attachments)  # validates WebSocket entries
+    with _parse(path, compact=False) as (doc, attachments):  # entries written back as they are
+        read_har(doc, path, allow_empty=True, attachments=attachments)  # validates them
     pages = doc["log"].get("pages")
     return (pages if isinstance(pages, list) else []), doc["log"]["entries"]
 
