@@ -269,6 +269,8 @@ def check_close(code: int | None, reason: str | None) -> Close:
             "(1005, 1006 and 1015 are reserved for reporting, RFC 6455 section 7.4.1)"
         )
     reason = reason or ""
+    if not reason.isascii():
+        _check_utf8(reason, "close()")
     if len(reason.encode()) > 123:
         raise ValueError(f"close reason is {len(reason.encode())} UTF-8 bytes; at most 123 fit")
     return Close(code, reason)
@@ -290,10 +292,41 @@ def check_latency(seconds: object) -> float:
     return float(seconds)
 
 
-def check_message(message: object) -> None:
-    """Raise `TypeError` unless `message` can be sent: `str` (text) or `bytes` (binary)."""
-    if not isinstance(message, str | bytes):
-        raise TypeError(f"send() takes str or bytes, not {type(message).__name__}")
+def check_message(message: object) -> Message:
+    """`message` as it is sent: `str` (a text frame) as is, any bytes-like object (`bytes`,
+    `bytearray`, `memoryview`: a binary frame) copied into `bytes` now, so that changing the
+    buffer after the call changes nothing.
+
+    Raises:
+        TypeError: `message` is neither text nor bytes-like.
+        ValueError: the text cannot be encoded in UTF-8 (a lone surrogate, e.g. ``"\\ud800"``).
+    """
+    if type(message) is str:
+        if not message.isascii():  # per message: most are ASCII, which always encodes
+            _check_utf8(message, "send()")
+        return message
+    if type(message) is bytes:
+        return message
+    if isinstance(message, str):  # a subclass of str
+        _check_utf8(message, "send()")
+        return str(message)
+    if isinstance(message, bytes | bytearray | memoryview):
+        return bytes(message)
+    raise TypeError(
+        f"send() takes str or a bytes-like object (bytes, bytearray, memoryview), "
+        f"not {type(message).__name__}"
+    )
+
+
+def _check_utf8(text: str, call: str) -> None:
+    try:
+        text.encode()
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"{call}: the text cannot be sent as UTF-8 (RFC 6455 section 5.6): "
+            f"{text[e.start : e.end]!r} at index {e.start} is a lone surrogate; "
+            "send bytes, or text without lone surrogates"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,6 +474,11 @@ class RoutedConnection:
         close = Close(ABNORMAL_CLOSURE, "")
         self._close_side(side, close)
         self._closed(side, close, by_peer=False)
+        if side is PAGE:
+            # The client's TCP connection ends now, also when a page `on_close` keeps the
+            # upstream open. proxy: mitmproxy tears the upstream down with its client, so the
+            # server is told first, as when the client's connection is lost.
+            self._server_going_away(wait=False)
         self._advance()
 
     def set_latency(self, side: Side, seconds: float) -> None:
@@ -452,7 +490,7 @@ class RoutedConnection:
         self._record(SetLatency(side, seconds))
 
     def send(self, to: Side, message: Message) -> None:
-        check_message(message)
+        message = check_message(message)
         state = self.states[to]
         if state in (State.OPEN, State.CONNECTING):
             self._record(Send(to, message))
@@ -561,10 +599,20 @@ class RoutedConnection:
             self.wires[side] = Wire.DONE  # no handshake to wait for; our end closes in turn
         if self.states[side] is State.OPEN:
             self._closed(side, Close(ABNORMAL_CLOSURE, ""), by_peer=True)
-        if side is PAGE and self.states[SERVER] in (State.OPEN, State.CONNECTING):
-            self.states[SERVER] = State.CLOSED
-            self._close_side(SERVER, Close(1001, "client connection gone"))
+        if side is PAGE:
+            self._server_going_away(wait=True)
         self._advance()
+
+    def _server_going_away(self, wait: bool) -> None:
+        """The client's connection ends while the server side is still open (a page `on_close`
+        kept it): close the server with 1001 (going away). With `wait`, its closing handshake
+        runs as usual; without, its TCP connection closes right after the close frame."""
+        if self.states[SERVER] not in (State.OPEN, State.CONNECTING):
+            return
+        self.states[SERVER] = State.CLOSED
+        self._close_side(SERVER, Close(1001, "client connection gone"), timer=wait)
+        if not wait and self.wires[SERVER] is Wire.CLOSING:
+            self.wires[SERVER] = Wire.DONE
 
     def receive_failure(self, side: Side, code: int, reason: str) -> None:
         """The proxy fails a side's WebSocket connection (RFC 6455 §7.1.7): its peer broke the
@@ -651,9 +699,9 @@ class RoutedConnection:
 
     # --- the closing handshake and the TCP connections (RFC 6455 §7.1) ----------------------------
 
-    def _close_side(self, side: Side, close: Close) -> None:
-        """Send a side our close frame and start its close timer; for 1006, no frame: its TCP
-        connection closes at once (`_advance`)."""
+    def _close_side(self, side: Side, close: Close, timer: bool = True) -> None:
+        """Send a side our close frame and start its close timer (unless not `timer`); for
+        1006, no frame: its TCP connection closes at once (`_advance`)."""
         self._record(CloseSide(side, close))
         wire = self.wires[side]
         if close.code == ABNORMAL_CLOSURE:
@@ -661,7 +709,8 @@ class RoutedConnection:
                 self.wires[side] = Wire.DONE
         elif wire is Wire.OPEN:
             self.wires[side] = Wire.CLOSING
-            self._record(StartCloseTimer(side))
+            if timer:
+                self._record(StartCloseTimer(side))
 
     def _advance(self) -> None:
         """Close the TCP connections the route is done with, once their handshake is over: the

@@ -37,14 +37,14 @@ class Piece(Protocol):
     """A piece of a message as the codec hands it over (wsproto's `Message` events)."""
 
     @property
-    def data(self) -> str | bytes: ...
+    def data(self) -> str | bytes | bytearray: ...
     @property
     def frame_finished(self) -> bool: ...
     @property
     def message_finished(self) -> bool: ...
 
 
-def _join(chunks: list[str | bytes]) -> str | bytes:
+def _join(chunks: list[str | bytes | bytearray]) -> str | bytes:
     if isinstance(chunks[0], str):
         return "".join(cast(list[str], chunks))
     return b"".join(cast(list[bytes], chunks))
@@ -55,7 +55,7 @@ class Reassembly:
     """A message being received, kept as chunks so that joining it is linear (mitmproxy's
     ``bytes +=`` is quadratic: 26 s for 64 MiB), and its size checked as it grows."""
 
-    chunks: list[str | bytes] = field(default_factory=list)
+    chunks: list[str | bytes | bytearray] = field(default_factory=list)
     #: The sizes of the frames of the last message, when it came in several (and not too many).
     frame_sizes: list[int] = field(default_factory=list)
     frame: int = 0
@@ -75,7 +75,9 @@ class Reassembly:
         if not self.pieces and piece.message_finished:  # one piece: most messages
             if limit and len(data) > limit:
                 raise OverflowError(f"message larger than {limit} bytes")
-            return data
+            # wsproto hands over binary payloads as `bytearray`: handlers get `bytes`, whichever
+            # path read the message
+            return bytes(data) if isinstance(data, bytearray) else data
         self.pieces += 1
         self.size += len(data)
         self.frame += len(data)
@@ -101,7 +103,7 @@ class Reassembly:
                 self.joined += 1
         if not message_finished:
             return None
-        message = _join(chunks) if chunks else data
+        message = _join(chunks) if chunks else ("" if isinstance(data, str) else b"")
         self._forget()
         return message
 

@@ -201,13 +201,15 @@ class WebSocketRoute:
         self._set_handler("close", handler)
 
     def send(self, message: Message) -> None:
-        """Send a message to this side: `str` as a text frame, `bytes` as a binary frame.
+        """Send a message to this side: `str` as a text frame, `bytes` (or any bytes-like
+        object: `bytearray`, `memoryview`, copied at the call) as a binary frame.
 
         Never blocks; messages to one side go out in call order. Ignored (with a warning in the
-        log) once that side is closed.
+        log) once that side is closed. What is not written yet counts in `buffered_amount`.
 
         Raises:
-            TypeError: `message` is neither `str` nor `bytes`.
+            TypeError: `message` is neither `str` nor bytes-like.
+            ValueError: the text cannot be encoded in UTF-8 (a lone surrogate).
             Error: called on another thread after the proxy stopped.
         """
         connection = self._connection
@@ -215,7 +217,7 @@ class WebSocketRoute:
         if owner is None or owner.thread == get_ident():  # per message: the common case first
             connection.send(self._side, message)
             return
-        check_message(message)
+        message = check_message(message)  # the caller's buffer is copied now, on its thread
         self._hand_over(owner, "send()", connection.send, self._side, message)
 
     def close(self, *, code: int | None = None, reason: str | None = None) -> _Closed:
@@ -227,7 +229,8 @@ class WebSocketRoute:
 
         Raises:
             ValueError: the code is not valid on the wire (1000-1003, 1007-1014, 3000-4999), the
-                reason is over 123 UTF-8 bytes, or a reason comes without a code.
+                reason is over 123 UTF-8 bytes or cannot be encoded in UTF-8, or a reason comes
+                without a code.
             Error: called on another thread after the proxy stopped.
         """
         # proxy: Playwright's page side accepts any code and its server side silently ignores

@@ -157,7 +157,7 @@ def test_handlers_are_looked_up_per_message_and_replaced() -> None:
 
 def test_send_type_checked_and_ignored_when_closed(caplog: pytest.LogCaptureFixture) -> None:
     c, ws = mock()
-    with pytest.raises(TypeError, match="str or bytes"):
+    with pytest.raises(TypeError, match="str or a bytes-like object"):
         ws.send(42)  # type: ignore[arg-type]
     c.receive_open()
     c.receive_close(PAGE, 1000, "")
@@ -165,6 +165,41 @@ def test_send_type_checked_and_ignored_when_closed(caplog: pytest.LogCaptureFixt
     ws.send("late")
     assert c.commands_to_execute() == []
     assert "send() to the page ignored, that side is closed" in caplog.text
+
+
+@pytest.mark.parametrize("make", [bytearray, memoryview, lambda b: memoryview(bytearray(b))])
+def test_send_takes_any_bytes_like_object_and_copies_it_at_the_call(make: Any) -> None:
+    c, ws = mock()
+    buffer = bytearray(b"abc")
+    ws.send(make(buffer))
+    buffer[0] = ord("X")  # changed after the call: what was sent stays
+    [command] = c.commands_to_execute()
+    assert command == Send(PAGE, b"abc") and type(command.message) is bytes
+
+
+def test_send_of_a_str_subclass_sends_a_plain_str() -> None:
+    class Text(str):
+        pass
+
+    c, ws = mock()
+    ws.send(Text("hi"))
+    [command] = c.commands_to_execute()
+    assert type(command.message) is str and command.message == "hi"
+
+
+@pytest.mark.parametrize("text", ["\ud800", "ok \udfff then", "é\ud83d"])
+def test_text_utf8_cannot_encode_raises_at_the_call_and_the_socket_goes_on(text: str) -> None:
+    c, ws = mock()
+    c.receive_open()
+    with pytest.raises(ValueError, match="lone surrogate"):
+        ws.send(text)
+    with pytest.raises(ValueError, match="lone surrogate"):
+        ws.close(code=1000, reason=text)
+    assert c.commands_to_execute() == []  # nothing recorded for either call
+    ws.send("after")
+    ws.send("emoji \U0001f600 is fine")
+    assert c.commands_to_execute() == [Send(PAGE, "after"), Send(PAGE, "emoji \U0001f600 is fine")]
+    assert c.states[PAGE] is State.OPEN
 
 
 # --- close ----------------------------------------------------------------------------------
@@ -481,6 +516,37 @@ def test_a_dropped_side_is_mirrored_as_a_drop_at_once() -> None:
         CloseTcp(PAGE),
         End(),
     ]
+
+
+def test_drop_of_the_page_ends_its_connection_at_once_with_a_page_on_close() -> None:
+    # The page's on_close would hold the server open; mitmproxy cannot keep an upstream whose
+    # client is gone, so the server is told (1001) and both TCP connections close now.
+    c, ws, server = connected()
+    log: list[Any] = []
+    ws.on_close(record(log, "page closed"))
+    ws.drop()
+    assert c.commands_to_execute() == [
+        CloseSide(PAGE, Close(1006, "")),
+        CallHandler(c.handlers[PAGE].close, (1006, "")),  # type: ignore[arg-type]
+        CloseSide(SERVER, Close(1001, "client connection gone")),
+        CloseTcp(SERVER),  # no close timer: the client's connection goes now
+        CloseTcp(PAGE),
+        End(),
+    ]
+    assert c.states == {PAGE: State.CLOSED, SERVER: State.CLOSED}
+
+
+def test_drop_of_the_server_with_a_server_on_close_keeps_the_page() -> None:
+    c, ws, server = connected()
+    log: list[Any] = []
+    server.on_close(record(log, "server closed"))
+    server.drop()
+    assert c.commands_to_execute() == [
+        CloseSide(SERVER, Close(1006, "")),
+        CallHandler(c.handlers[SERVER].close, (1006, "")),  # type: ignore[arg-type]
+        CloseTcp(SERVER),
+    ]
+    assert c.states[PAGE] is State.OPEN
 
 
 @pytest.mark.parametrize("failing", [PAGE, SERVER])

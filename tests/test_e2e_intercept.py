@@ -14,7 +14,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import MESSAGE_HOOKS
-from tests.sockets import no_leaks
+from tests.sockets import no_leaks, raw_websocket_server
 
 ROUTES = """
     import logging
@@ -422,3 +422,54 @@ async def test_an_intercepted_routed_flow_waits_for_resume(mitmdump: Any, upstre
     lines = list(p.lines)
     resumed = next(i for i, line in enumerate(lines) if "resuming the flow" in line)
     assert resumed < next(i for i, line in enumerate(lines) if "route saw 'hold'" in line)
+
+
+TYPES = """
+    from mitm_wsroute import route_web_socket
+
+    @route_web_socket("**/types")
+    def types(ws):
+        # Playwright's pass-through example, telling the client which type each handler got
+        server = ws.connect_to_server()
+        def from_server(m):
+            ws.send(m)
+            ws.send(f"server gave {type(m).__name__}")
+        def from_client(m):
+            ws.send(f"client gave {type(m).__name__}")
+            server.send(m)
+        server.on_message(from_server)
+        ws.on_message(from_client)
+"""
+
+
+async def test_a_binary_message_in_the_same_read_as_the_101_reaches_handlers_as_bytes(
+    mitmdump: Any,
+) -> None:
+    # A server that greets on accept: its first frame comes in the same TCP read as its 101.
+    server, port = await raw_websocket_server(then_send=b"\x82\x03\x00hi" + b"\x81\x02ok")
+    p = mitmdump(TYPES)
+    try:
+        async with connect(f"ws://127.0.0.1:{port}/types", proxy=p.proxy) as ws:
+            got = [await asyncio.wait_for(ws.recv(), 5) for _ in range(4)]
+    finally:
+        server.close()
+    assert got == [b"\x00hi", "server gave bytes", "ok", "server gave str"]
+    assert "failed" not in p.output
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+async def test_handlers_get_bytes_with_permessage_deflate(
+    mitmdump: Any, upstream: Any, tls: bool
+) -> None:
+    # python-websockets offers and accepts permessage-deflate by default: wsproto decodes.
+    up = await upstream(tls=tls)
+    p = mitmdump(TYPES)
+    async with connect(up.url("/types"), proxy=p.proxy, ssl=p.ca() if tls else None) as ws:
+        assert "permessage-deflate" in (ws.response.headers.get("Sec-WebSocket-Extensions") or "")
+        for message in (b"\x01\x02" * 100, "text " * 100, bytearray(b"\x03")):
+            await ws.send(message)
+            got = [await asyncio.wait_for(ws.recv(), 5) for _ in range(3)]
+            kind = "str" if isinstance(message, str) else "bytes"
+            expected = message if isinstance(message, str) else bytes(message)
+            assert got == [f"client gave {kind}", expected, f"server gave {kind}"]
+    assert "failed" not in p.output

@@ -112,6 +112,13 @@ ROUTES = """
         ws.on_message(on_message)
         if "hold" in ws.url:
             server.on_close(lambda code, reason: ws.send(f"upstream gone {code} {reason!r}"))
+
+    @route_web_socket("**/drop-client-on-close")
+    def drop_client_on_close(ws):
+        # a page on_close would keep the upstream open; drop() still ends the client at once
+        server = ws.connect_to_server()
+        ws.on_close(lambda code, reason: log.warning(f"page on_close {code} {reason!r}"))
+        ws.on_message(lambda m: ws.drop() if m == "drop-me" else server.send(m))
 """
 
 
@@ -335,3 +342,22 @@ async def test_handler_raising_after_accept_closes_the_client_1011(proxy: Any) -
             with pytest.raises(ConnectionClosed):
                 await asyncio.wait_for(ws.recv(), 5)
             assert ws.close_code == 1011 and ws.close_reason == "route handler raised SystemExit"
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+async def test_drop_ends_the_client_at_once_with_a_page_on_close(
+    proxy: Any, upstream: Any, tls: bool
+) -> None:
+    up = await upstream(tls=tls)
+    async with connect(
+        up.url("/drop-client-on-close"), proxy=proxy.proxy, ssl=proxy.ca() if tls else None
+    ) as ws:
+        await ws.send("hello")
+        assert await asyncio.wait_for(ws.recv(), 5) == "hello"
+        await ws.send("drop-me")
+        with pytest.raises(ConnectionClosedError):
+            await asyncio.wait_for(ws.recv(), 5)  # its TCP connection ended, no close frame
+        assert ws.close_code == 1006
+    await proxy.async_wait_for(r"page on_close 1006 ''")
+    await asyncio.wait_for(up.closed.wait(), 5)
+    assert up.closes == [(1001, "client connection gone")]  # told before mitmproxy tears it down

@@ -91,3 +91,22 @@ def test_a_message_of_many_small_frames_is_joined_as_it_arrives() -> None:
         assert len(r.chunks) <= JOINED_PIECES + i // JOINED_PIECES
     assert r.add(Piece("!", True, True), 0) == "é" * 10_000 + "!"
     assert r.frame_sizes == []  # more frames than KEPT_FRAMES: forwarded as one
+
+
+@given(message=st.binary(max_size=200), frame_cuts=cuts, chunk_cuts=cuts)
+def test_binary_messages_are_bytes_whatever_the_codec_hands_over(
+    message: bytes, frame_cuts: list[int], chunk_cuts: list[int]
+) -> None:
+    # wsproto hands over binary payloads as bytearray; handlers must get exactly bytes.
+    frames = cut_at(message, frame_cuts)
+    r = Reassembly()
+    out = []
+    for f, frame in enumerate(frames):
+        chunks = cut_at(frame, chunk_cuts)
+        for c, chunk in enumerate(chunks):
+            last_chunk = c == len(chunks) - 1
+            piece = Piece(bytearray(chunk), last_chunk, last_chunk and f == len(frames) - 1)
+            got = r.add(piece, 0)
+            if got is not None:
+                out.append(got)
+    assert out == [message] and type(out[0]) is bytes
