@@ -162,14 +162,24 @@ def test_handlers_and_close_from_another_thread_come_in_call_order(owner: LoopTh
 
 
 def test_bad_arguments_raise_in_the_calling_thread(owner: LoopThread) -> None:
-    with pytest.raises(TypeError, match="str or bytes, not int"):
+    with pytest.raises(TypeError, match="str or a bytes-like object .*, not int"):
         owner.route.send(1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="lone surrogate"):
+        owner.route.send("\ud800")
     with pytest.raises(ValueError, match="close code 1006 cannot be sent"):
         owner.route.close(code=1006)
     with pytest.raises(Error, match="from the route handler, on the proxy's thread"):
         owner.route.connect_to_server()
     owner.on_loop(lambda: None)
     assert owner.drained == []
+
+
+def test_a_buffer_sent_from_another_thread_is_copied_at_the_call(owner: LoopThread) -> None:
+    buffer = bytearray(b"abc")
+    owner.route.send(buffer)
+    buffer[:] = b"XYZ"  # the caller reuses its buffer before the loop runs the send
+    owner.on_loop(lambda: None)
+    assert owner.drained == [Send(PAGE, b"abc")] and type(owner.drained[0].message) is bytes
 
 
 def test_a_failed_wakeup_never_leaves_the_socket_deaf(owner: LoopThread) -> None:
