@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, overload
@@ -61,41 +62,73 @@ _collector: _Collector | None = None
 class Router:
     """Ordered groups of routes, one group per route script, below the routes a test registered
     directly (`add`) and those of the addon's options (`option_routes`), which win over every
-    script."""
+    script.
+
+    Safe from any thread: writers build a new lookup table under a lock and replace it in one
+    assignment, so `find` (per socket, on the proxy's thread) reads whole tables without
+    locking."""
 
     def __init__(self) -> None:
-        self._groups: dict[str, list[Route]] = {}
-        self._order: list[str] = []
-        # Replaced, never changed in place, so that another thread may add and remove routes
-        # while `find` runs on the proxy's thread.
+        self._lock = threading.Lock()
+        # Each group is kept winner first (newest first), as `find` walks it.
+        self._groups: dict[str, tuple[Route, ...]] = {}
+        self._order: tuple[str, ...] = ()
         self._direct: tuple[Route, ...] = ()
-        #: Routes made from the addon's options (``wsroute_har``): above the scripts' routes,
-        #: below the direct ones.
-        self.option_routes: tuple[Route, ...] = ()
+        self._option_routes: tuple[Route, ...] = ()
+        #: What `find` walks, winner first: the direct routes, the options', the scripts'.
+        self._table: tuple[tuple[Route, ...], ...] = ()
 
     def add(self, route: Route) -> None:
         """Register a route above every script's routes (the newest wins)."""
-        self._direct = (*self._direct, route)
+        with self._lock:
+            self._direct = (route, *self._direct)
+            self._rebuild()
 
     def remove(self, url: URLMatch | None, handler: RouteHandler | None = None) -> int:
         """Remove the routes that `add` registered with `url` (and `handler`, when given);
         all of them for ``url=None``. Returns how many."""
-        kept = tuple(
-            r
-            for r in self._direct
-            if url is not None and (r.url != url or (handler is not None and r.handler != handler))
-        )
-        removed, self._direct = len(self._direct) - len(kept), kept
+        with self._lock:
+            kept = tuple(
+                r
+                for r in self._direct
+                if url is not None
+                and (r.url != url or (handler is not None and r.handler != handler))
+            )
+            removed, self._direct = len(self._direct) - len(kept), kept
+            self._rebuild()
         return removed
+
+    @property
+    def option_routes(self) -> tuple[Route, ...]:
+        """Routes made from the addon's options (``wsroute_har``): above the scripts' routes,
+        below the direct ones."""
+        return self._option_routes[::-1]
+
+    @option_routes.setter
+    def option_routes(self, routes: tuple[Route, ...]) -> None:
+        with self._lock:
+            self._option_routes = tuple(routes)[::-1]
+            self._rebuild()
 
     def set_order(self, groups: list[str]) -> None:
         """Set which groups count, earliest first (a later group wins). Others are dropped."""
-        self._order = list(groups)
-        self._groups = {g: self._groups[g] for g in groups if g in self._groups}
+        with self._lock:
+            self._order = tuple(groups)
+            self._groups = {g: self._groups[g] for g in groups if g in self._groups}
+            self._rebuild()
 
     def replace(self, group: str, routes: list[Route]) -> None:
         """Make `routes` (in registration order) the routes of `group`."""
-        self._groups[group] = list(routes)
+        with self._lock:
+            self._groups = {**self._groups, group: tuple(routes)[::-1]}
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Make `find`'s table anew (with the lock held)."""
+        scripts = (self._groups.get(g, ()) for g in reversed(self._order))
+        self._table = tuple(
+            routes for routes in (self._direct, self._option_routes, *scripts) if routes
+        )
 
     def __contains__(self, group: str) -> bool:
         return group in self._groups
@@ -105,10 +138,8 @@ class Router:
 
     def find(self, url: str) -> Route | None:
         """The route that serves `url`, or None. A predicate that raises is logged, not matched."""
-        scripts = (self._groups.get(g, ()) for g in reversed(self._order))
-        groups = [self._direct, self.option_routes, *scripts]
-        for routes in groups:
-            for route in reversed(routes):
+        for routes in self._table:  # one read: a table is never changed, only replaced
+            for route in routes:
                 try:
                     if route.matches(url):
                         return route
