@@ -3,7 +3,8 @@
 A route script is a plain Python file that calls `route_web_socket()` at import. Each script
 is imported as its own module (two scripts with the same file name in different folders do not
 collide) and owns one group in the `Router`. A script that fails to import is logged with the
-user's traceback and leaves the routes of its previous version active.
+user's traceback and leaves the routes of its previous version active; so does one that raises
+`SystemExit` (or any exception but `KeyboardInterrupt`) at import.
 """
 
 from __future__ import annotations
@@ -96,7 +97,9 @@ class RouteScripts:
         try:
             with Router.collect(self.base_url) as routes:
                 _import(script.path)
-        except Exception as e:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # SystemExit too: a script never stops the proxy
             what = "previous version stays active" if script.path in self.router else "no routes"
             logger.log(
                 self.failure_level,

@@ -81,3 +81,22 @@ async def test_reloading_the_addon_script_itself(tmp_path: Path) -> None:
             assert await ask(live, "c") == "v1 c"
     finally:
         stop(p)
+
+
+async def test_a_script_exiting_at_start_up_or_reload_stops_nothing(
+    mitmdump: Any, tmp_path: Path
+) -> None:
+    exits = tmp_path / "exits.py"
+    exits.write_text("raise SystemExit(3)\n")
+    p = mitmdump(V1, "--set", f"wsroute_scripts={exits}")
+    await p.async_wait_for(r"exits\.py failed to load \(no routes\)")
+    await p.async_wait_for("SystemExit: 3")
+    async with connect("ws://app.invalid/mock", proxy=p.proxy) as ws:
+        assert await ask(ws, "y") == "v1 y"  # mitmdump runs, the other script's route works
+    script = tmp_path / "routes0.py"
+    rewrite(script, V1.replace("v1", "v2") + "\nraise SystemExit(4)\n")
+    await p.async_wait_for("SystemExit: 4")
+    await p.async_wait_for(r"routes0\.py failed to load \(previous version stays active\)")
+    async with connect("ws://app.invalid/mock", proxy=p.proxy) as ws:
+        assert await ask(ws, "z") == "v1 z"
+    assert p.proc.poll() is None

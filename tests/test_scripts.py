@@ -86,6 +86,42 @@ def test_failed_reload_keeps_previous_version(
     assert "importlib" not in caplog.text  # ... and not the loader's
 
 
+@pytest.mark.parametrize("raised", ["SystemExit(3)", "GeneratorExit()", "BaseException('x')"])
+def test_a_script_exiting_at_import_is_logged_like_an_exception(
+    tmp_path: Path, scripts: RouteScripts, caplog: pytest.LogCaptureFixture, raised: str
+) -> None:
+    exits = write(
+        tmp_path / "exits.py", f"route_web_socket('**/y', lambda ws: 'y')\nraise {raised}\n"
+    )
+    good = write(tmp_path / "good.py", "route_web_socket('**/x', lambda ws: 'good')\n")
+    scripts.configure([str(exits), str(good)], None)  # returns: user code stops no proxy
+    assert served_by(scripts.router, "ws://h/x") == "good"
+    assert served_by(scripts.router, "ws://h/y") is None and str(exits) not in scripts.router
+    assert "exits.py failed to load (no routes)" in caplog.text
+    assert re.search(r'exits\.py", line 3, in <module>', caplog.text)  # the user's frame
+    assert raised.split("(")[0] in caplog.text
+
+
+def test_a_reload_that_exits_keeps_the_previous_version(
+    tmp_path: Path, scripts: RouteScripts, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = write(tmp_path / "a.py", "route_web_socket('**/x', lambda ws: 'v1')\n")
+    scripts.configure([str(a)], None)
+    write(a, "route_web_socket('**/x', lambda ws: 'v2')\nraise SystemExit(3)\n", bump=5)
+    scripts.poll()
+    assert served_by(scripts.router, "ws://h/x") == "v1"
+    assert "failed to load (previous version stays active)" in caplog.text
+    assert "SystemExit: 3" in caplog.text
+
+
+def test_keyboard_interrupt_at_import_is_not_swallowed(
+    tmp_path: Path, scripts: RouteScripts
+) -> None:
+    a = write(tmp_path / "a.py", "raise KeyboardInterrupt\n")
+    with pytest.raises(KeyboardInterrupt):
+        scripts.configure([str(a)], None)
+
+
 def test_syntax_error_and_invalid_glob_are_logged(
     tmp_path: Path, scripts: RouteScripts, caplog: pytest.LogCaptureFixture
 ) -> None:
