@@ -4,7 +4,9 @@
                  [--har FILE [--har-url GLOB] [--har-update]] [-- any mitmdump/mitmweb argument]
     mitm-wsroute --addon-path
 
-Only argument parsing lives here; mitmproxy's own runner does the rest.
+Unlike mitmdump, it listens on 127.0.0.1 only, unless ``--listen-host`` (or a ``listen_host``
+passed on after ``--``) says otherwise. Only argument parsing lives here; mitmproxy's own runner
+does the rest.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ __all__ = ["Announce", "main"]
 HERE = Path(__file__).resolve().parent
 #: The addon as a script for ``mitmdump -s`` (printed by ``--addon-path``).
 ADDON_PATH = HERE / "wsroute_addon.py"
+#: Where the command listens unless told otherwise: this machine only, not its network.
+DEFAULT_LISTEN_HOST = "127.0.0.1"
 
 
 class Announce:
@@ -81,7 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("scripts", nargs="*", metavar="SCRIPT", help="route script (a later one wins)")
     p.add_argument("-p", "--listen-port", type=int, metavar="PORT", help="proxy port (8080)")
-    p.add_argument("--listen-host", metavar="HOST", help="address to listen on (all)")
+    p.add_argument(
+        "--listen-host",
+        metavar="HOST",
+        help=f"address to listen on ({DEFAULT_LISTEN_HOST}; 0.0.0.0 for every interface)",
+    )
     p.add_argument("--mode", action="append", help="mitmproxy's proxy mode (regular)")
     p.add_argument("--web", action="store_true", help="run mitmweb instead of mitmdump")
     p.add_argument("--har", metavar="FILE", help="replay WebSockets recorded in this HAR")
@@ -104,6 +112,8 @@ def mitmproxy_args(ns: argparse.Namespace, rest: Sequence[str]) -> list[str]:
         args += ["--listen-port", str(ns.listen_port)]
     if ns.listen_host is not None:
         args += ["--listen-host", ns.listen_host]
+    elif not any(a.startswith("--listen-host") or "listen_host=" in a for a in rest):
+        args += ["--listen-host", DEFAULT_LISTEN_HOST]  # mitmdump's own default is every address
     for mode in ns.mode or ():
         args += ["--mode", mode]
     if ns.har:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
-from mitm_wsroute.cli import ADDON_PATH
+from mitm_wsroute.cli import ADDON_PATH, _parser, mitmproxy_args
 
 COMMAND = str(Path(sys.executable).with_name("mitm-wsroute"))
 ROUTES = """
@@ -124,3 +124,45 @@ def test_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> N
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in out.stdout + out.stderr, out.stderr
     assert re.fullmatch(re.escape(message).replace(r"\*", ".*"), lines[0]), lines[0]
+
+
+def args_for(*argv: str) -> list[str]:
+    own, rest = (
+        (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, ())
+    )
+    return mitmproxy_args(_parser().parse_args(own), rest)
+
+
+@pytest.mark.parametrize(
+    "argv, listen",
+    [
+        ((), ["--listen-host", "127.0.0.1"]),
+        (("--listen-host", "0.0.0.0"), ["--listen-host", "0.0.0.0"]),
+        (("--", "--listen-host", "::"), ["--listen-host", "::"]),
+        (("--", "--listen-host=::"), ["--listen-host=::"]),
+        (("--", "--set", "listen_host=0.0.0.0"), ["--set", "listen_host=0.0.0.0"]),
+    ],
+    ids=["default", "own-option", "passed-on", "passed-on-equals", "passed-on-set"],
+)
+def test_listens_on_loopback_unless_told_otherwise(
+    argv: tuple[str, ...], listen: list[str]
+) -> None:
+    assert args_for(*argv) == listen  # one listen host: the user's, else 127.0.0.1
+
+
+def test_listens_on_loopback_only_by_default(routes: Path, tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [COMMAND, str(routes), "-p", "0", "--", "--set", f"confdir={tmp_path}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if "mitm-wsroute: proxy at" in line:
+                break
+        assert any(re.search(r"proxy listening at 127\.0\.0\.1:\d+", s) for s in seen), seen
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
