@@ -44,6 +44,7 @@ from .headers import Headers, HeadersLike, header_fields
 
 __all__ = [
     "ABNORMAL_CLOSURE",
+    "INTERNAL_ERROR",
     "Accept",
     "CallHandler",
     "Close",
@@ -81,6 +82,14 @@ CloseHandler = Callable[[int | None, str | None], Any]
 ABNORMAL_CLOSURE = 1006
 #: RFC 6455 §7.4.1: a message too big to process.
 MESSAGE_TOO_BIG = 1009
+#: RFC 6455 §7.4.1: "an unexpected condition that prevented it from fulfilling the request".
+INTERNAL_ERROR = 1011
+#: ``wsroute_max_buffer``: bytes a route may have waiting for one side before that side fails.
+DEFAULT_MAX_BUFFER = 64 * 1024 * 1024
+
+
+def _nothing_written(side: Side) -> int:
+    return 0
 
 
 class Error(Exception):
@@ -227,9 +236,11 @@ class StartCloseTimer:
 
 @dataclass(frozen=True, slots=True)
 class CloseTcp:
-    """Close a side's TCP connection."""
+    """Close a side's TCP connection; with `abort`, at once, dropping what was not written yet
+    (its peer stopped reading: `RoutedConnection.receive_overflow`)."""
 
     side: Side
+    abort: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,8 +393,21 @@ class RoutedConnection:
     #: The thread that owns this connection (None: whichever thread calls). Route calls from
     #: other threads are handed to it (see `route.py`); nothing else touches the state there.
     owner: Owner | None = None
+    #: The route that took the socket, for the log (``script.py:handler``).
+    route: str = ""
+    #: Bytes that may wait to be sent to one side (`buffered_amount`) before the side fails
+    #: (`receive_overflow`); 0 for no limit.
+    max_buffer: int = DEFAULT_MAX_BUFFER
+    #: Bytes the adapter holds for a side, not yet written to the network (set by the adapter).
+    written: Callable[[Side], int] = _nothing_written
+    #: ``await drain(side)``: set by the adapter; None: nothing to wait for.
+    drainer: Callable[[Side], Any] | None = None
     _commands: list[Command] = field(default_factory=list)
     _warned: set[Side] = field(default_factory=set)
+    #: Bytes of `Send` commands recorded and not drained yet, by side.
+    _pending: list[int] = field(default_factory=lambda: [0, 0])
+    #: Sides whose TCP connection is aborted: their peer stopped reading.
+    _aborted: set[Side] = field(default_factory=set)
 
     # --- what user code asks for (through route.py) -----------------------------------------------
 
@@ -494,6 +518,9 @@ class RoutedConnection:
         state = self.states[to]
         if state in (State.OPEN, State.CONNECTING):
             self._record(Send(to, message))
+            pending = self._pending[to] = self._pending[to] + len(message)
+            if pending > self.max_buffer > 0:
+                self.receive_overflow(to, pending + self.written(to))
         else:
             # proxy: Playwright drops these silently; users asked for feedback (#34280, #36304).
             # Once per side at warning level: a push loop that outlives its socket must not
@@ -502,6 +529,21 @@ class RoutedConnection:
             level = logging.DEBUG if to in self._warned else logging.WARNING
             self._warned.add(to)
             logger.log(level, f"{self.url}: send() to the {to} ignored, that side is {what}")
+
+    def buffered_amount(self, side: Side) -> int:
+        """Bytes sent to a side (by a route, or forwarded) not yet written to the network:
+        characters for text the route sent that the adapter has not taken yet."""
+        return self._pending[side] + self.written(side)
+
+    def drain(self, side: Side) -> Any:
+        """An awaitable that is done once what waits for a side is below the low-water mark
+        (the adapter's `drainer`); done at once without an adapter."""
+        return None if self.drainer is None else self.drainer(side)
+
+    def aborted(self, side: Side) -> bool:
+        """The side failed because its peer stopped reading (`receive_overflow`): nothing more
+        is written to it."""
+        return side in self._aborted
 
     def close(self, side: Side, code: int | None = None, reason: str | None = None) -> None:
         """Close one side, then act as if that side had closed (its `on_close`, or the mirror)."""
@@ -633,6 +675,32 @@ class RoutedConnection:
             self._closed(side, close, by_peer=True)
         self._advance()
 
+    def receive_overflow(self, side: Side, size: int) -> None:
+        """More than `max_buffer` bytes wait to be sent to a side: its peer does not read what
+        a route sends it. The side fails: its TCP connection is aborted (a close frame would
+        wait behind what is not read) and what waits for it is dropped; the route sees
+        ``(1011, reason)`` and the close rule applies (mirrored as a 1011 close frame). Every
+        other socket carries on."""
+        if side in self._aborted or self.wires[side] in _GONE:
+            return
+        logger.error(
+            f"{self.url}: route {self.route or '?'}: {size} bytes wait to be sent to the {side}, "
+            f"over wsroute_max_buffer ({self.max_buffer}): the {side} does not read; failing "
+            f"the socket with {INTERNAL_ERROR}. A route that sends in a loop should await "
+            "ws.drain() (or watch ws.buffered_amount)"
+        )
+        self._aborted.add(side)
+        self._commands = [c for c in self._commands if not (isinstance(c, Send) and c.to is side)]
+        self._pending[side] = 0
+        self._close_side(side, Close(ABNORMAL_CLOSURE, ""))  # no close frame: TCP aborted
+        if self.states[side] in (State.OPEN, State.CONNECTING):
+            self._closed(side, Close(INTERNAL_ERROR, "send buffer full"), by_peer=False)
+        if side is PAGE:  # the client's connection goes now: so does the upstream's
+            self._server_going_away(wait=False)
+            if self.wires[SERVER] is Wire.CLOSING:
+                self.wires[SERVER] = Wire.DONE
+        self._advance()
+
     def receive_close_timeout(self, side: Side) -> None:
         """The close timer of a side ran out (`StartCloseTimer`): its peer never answered our
         close frame. Its TCP connection closes in turn; the peer sees an unclean close."""
@@ -667,6 +735,7 @@ class RoutedConnection:
     def commands_to_execute(self) -> list[Command]:
         """Drain the commands recorded so far, oldest first."""
         commands, self._commands = self._commands, []
+        self._pending[0] = self._pending[1] = 0
         return commands
 
     @property
@@ -722,12 +791,12 @@ class RoutedConnection:
         wires = self.wires
         if wires[SERVER] is Wire.DONE and self.states[SERVER] in _DONE:
             wires[SERVER] = Wire.CLOSED
-            self._record(CloseTcp(SERVER))
+            self._record(CloseTcp(SERVER, SERVER in self._aborted))
         if not self.finished or wires[SERVER] not in _GONE:
             return
         if wires[PAGE] is Wire.DONE:
             wires[PAGE] = Wire.CLOSED
-            self._record(CloseTcp(PAGE))
+            self._record(CloseTcp(PAGE, PAGE in self._aborted))
         if wires[PAGE] is Wire.CLOSED:
             self.ended = True
             self._record(End())

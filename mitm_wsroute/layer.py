@@ -156,6 +156,8 @@ class RoutedSocket:
     #: mitmproxy's ``proxyserver`` addon, whose connection handlers own the sockets' streams
     #: (`RoutedWebsocketLayer._own_io`); None: the layer never reads or writes them itself.
     proxyserver: object | None = None
+    #: The proxy's event loop (set by `routed_socket`), where `drain()` waits.
+    loop: asyncio.AbstractEventLoop | None = None
 
     def wake(self) -> None:
         """Called by the connection for every command recorded, on the proxy's thread: wakes
@@ -197,6 +199,7 @@ def routed_socket(flow: http.HTTPFlow, socket: RoutedSocket | None = None) -> Ro
         except RuntimeError:  # no loop (layer tests): wake-ups are injected at once
             pass
         else:  # the proxy's loop owns the socket; route calls from other threads go through it
+            socket.loop = loop
             socket.schedule = loop.call_soon
             socket.connection.owner = Owner(threading.get_ident(), loop.call_soon_threadsafe)
         _routed[flow] = socket
@@ -257,6 +260,10 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         self.write_paused: set[Side] = set()  # sides whose transport's buffer is full
         #: mitmproxy's handler of this client's connections, once the layer owns one of them.
         self.handler: Any = None
+        #: The streams the sides' data is written to, once looked up (`_writer`).
+        self.out: list[asyncio.StreamWriter | None] = [None, None]
+        #: `drain()` calls waiting for the commands recorded before them to be carried out.
+        self.drain_waiters: list[asyncio.Future[None]] = []
         self.to_own = False  # a connection waits to become the layer's (`_own_io`)
         self.ended = False
 
@@ -271,6 +278,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         #: Sides whose frames `frames` may read and write (no extension changes them).
         self.plain = tuple(not ws._proto.extensions for ws in self.ws)
         self.socket.layer_started = True
+        connection.written = self._written
+        connection.drainer = self._drainer
         connection.receive_open()
         self.socket.busy = True
         yield from self._drain()
@@ -506,6 +515,74 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         while connection.has_commands:
             for command in connection.commands_to_execute():
                 yield from self._execute(command)
+        if self.drain_waiters:  # what they waited for went out
+            for waiter in self.drain_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self.drain_waiters.clear()
+
+    # --- what waits to be written: `buffered_amount`, `drain()`, ``wsroute_max_buffer`` ---------
+
+    def _writer(self, side: Side) -> asyncio.StreamWriter | None:
+        """The TCP stream a side's bytes are written to (under TLS too: mitmproxy encrypts
+        before it writes), from mitmproxy's connection handler; None for a mock's server."""
+        writer = self.out[side]
+        if writer is None:
+            assert self.socket is not None
+            if self.handler is None:
+                proxyserver = self.socket.proxyserver
+                self.handler = getattr(proxyserver, "connections", {}).get(self.context.client.id)
+            io = getattr(self.handler, "transports", {}).get(self.ws[side].conn)
+            found = getattr(io, "writer", None)
+            if isinstance(found, asyncio.StreamWriter):
+                writer = self.out[side] = found
+        return writer
+
+    def _written(self, side: Side) -> int:
+        """Bytes written to a side's transport that the network has not taken yet."""
+        writer = self._writer(side)
+        if writer is None or writer.transport.is_closing():
+            return 0
+        return writer.transport.get_write_buffer_size()
+
+    def _drainer(self, side: Side) -> asyncio.Future[None]:
+        """`WebSocketRoute.drain()`: a future of the caller's loop, done once `_drained`."""
+        assert self.socket is not None
+        drained = self._drained(side)
+        loop = self.socket.loop
+        try:
+            caller = asyncio.get_running_loop()
+        except RuntimeError:
+            caller = None
+        if loop is None or caller is loop:
+            return asyncio.ensure_future(drained)
+        # another thread's loop (the test API's): run it on the proxy's, await it there
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(drained, loop), loop=caller)
+
+    async def _drained(self, side: Side) -> None:
+        """Return once what waits for `side` is under the transport's high-water mark, else
+        once it went below the low-water mark (asyncio's flow control: 64 and 16 KiB by
+        default), or the side is gone."""
+        assert self.socket is not None
+        connection = self.socket.connection
+        writer = self._writer(side)
+        if writer is None or self.ended:
+            return
+        transport = writer.transport
+        if (
+            connection.has_commands
+            and connection.buffered_amount(side) > (transport.get_write_buffer_limits()[1])
+        ):
+            waiter = asyncio.get_running_loop().create_future()
+            self.drain_waiters.append(waiter)
+            self.socket.wake()
+            await waiter  # the sends recorded before went to the transport
+        if transport.is_closing() or self._written(side) <= transport.get_write_buffer_limits()[1]:
+            return
+        try:
+            await writer.drain()  # asyncio's flow control, also with `_Reader` as its protocol
+        except ConnectionError:
+            pass  # the side is gone: nothing waits any more
 
     def _execute(self, command: Command) -> layer.CommandGenerator[None]:
         assert self.socket is not None and self.flow.websocket is not None
@@ -516,6 +593,9 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 task.add_done_callback(self.socket.tasks.discard)
         elif isinstance(command, Send):
             data = command.message
+            connection = self.socket.connection
+            if connection.aborted(command.to):
+                return  # its peer stopped reading: nothing more goes to it
             self.route_sent = True
             self._record(
                 websocket.WebSocketMessage(
@@ -526,6 +606,10 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 )
             )
             yield from self._send(command.to, data)
+            if connection.max_buffer and (size := self._written(command.to)) > (
+                connection.max_buffer
+            ):
+                connection.receive_overflow(command.to, size)
         elif isinstance(command, CloseSide):
             ws = self.ws[command.side]
             code = command.close.code
@@ -547,6 +631,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             logger.debug(
                 f"{self.socket.connection.url}: closing the {command.side}'s TCP connection"
             )
+            if command.abort and (writer := self._writer(command.side)) is not None:
+                writer.transport.abort()  # what it holds would never be read: drop it now
             close = commands.CloseConnection(self.ws[command.side].conn)
             if command.side is PAGE and self.delays is not None and self.delays[SERVER]:
                 self.held_page_close = close  # after the server's (`_due`)

@@ -220,6 +220,24 @@ class WebSocketRoute:
         message = check_message(message)  # the caller's buffer is copied now, on its thread
         self._hand_over(owner, "send()", connection.send, self._side, message)
 
+    @property
+    def buffered_amount(self) -> int:
+        """Bytes sent to this side and not yet written to the network (beyond Playwright; a
+        browser's ``WebSocket.bufferedAmount``): what routes sent (text in characters until
+        the proxy takes it) and what is forwarded to it. A peer that does not read makes it
+        grow; past ``wsroute_max_buffer`` the socket fails with 1011."""
+        return self._connection.buffered_amount(self._side)
+
+    def drain(self) -> Any:
+        """``await ws.drain()``: wait until what this side was sent is written out to below the
+        low-water mark (beyond Playwright; python-websockets' and asyncio's ``drain``). Done at
+        once while it is under the high-water mark, or when the side is closed or not open yet.
+        A loop that sends should await it, so that a client that reads slowly slows the loop
+        down instead of filling the proxy's memory. Works from the proxy's loop and, in the
+        test API, from the test's own event loop."""
+        done = self._connection.drain(self._side)
+        return _Closed() if done is None else done
+
     def close(self, *, code: int | None = None, reason: str | None = None) -> _Closed:
         """Close this side, then, as if this side had closed: run its `on_close` handler if set,
         else close the other side with the same code and reason.

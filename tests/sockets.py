@@ -76,11 +76,10 @@ async def no_leaks(p: Any) -> None:
     assert open_tcp_connections(p.proc.pid) == []
 
 
-async def raw_websocket_server(
-    then_send: bytes,
-) -> tuple[asyncio.Server, int]:
+async def raw_websocket_server(then_send: bytes, read: bool = True) -> tuple[asyncio.Server, int]:
     """A WebSocket server on 127.0.0.1 that accepts any upgrade, then writes `then_send` (raw
-    bytes, e.g. a frame that breaks the protocol) and reads until the peer goes."""
+    bytes, e.g. a frame that breaks the protocol) and reads until the peer goes (without
+    `read`: never reads again, a stalled peer)."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = (await reader.readuntil(b"\r\n\r\n")).decode()
@@ -91,6 +90,8 @@ async def raw_websocket_server(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Accept: " + base64.b64encode(digest.digest()) + b"\r\n\r\n" + then_send
         )
+        if not read:
+            await asyncio.Event().wait()  # until the server closes: cancelled then
         while await reader.read(65536):
             pass
         writer.close()

@@ -621,3 +621,56 @@ def test_pure_modules_import_neither_mitmproxy_nor_asyncio() -> None:
     # the package __init__ must stay pure too, so route scripts import nothing heavy
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- what waits to be sent (wsroute_max_buffer) ----------------------------------------------
+
+
+def test_buffered_amount_counts_what_waits_and_what_the_adapter_holds() -> None:
+    c, ws, server = connected()
+    c.written = lambda side: 100 if side is PAGE else 0
+    ws.send(b"12345")
+    ws.send("abc")
+    assert ws.buffered_amount == 108 and server.buffered_amount == 0
+    c.commands_to_execute()  # the adapter took them
+    assert ws.buffered_amount == 100
+
+
+@pytest.mark.parametrize("on_close", [False, True])
+def test_a_side_that_does_not_read_fails_the_socket_with_1011(
+    on_close: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    c, ws, server = connected()
+    c.max_buffer, c.route = 10, "routes.py:push"
+    log: list[Any] = []
+    if on_close:
+        ws.on_close(record(log, "page closed"))
+    ws.send(b"123456")
+    ws.send(b"789012")  # 12 bytes wait: over the limit
+    ws.send(b"late")  # ignored: the side is closed
+    reason = "send buffer full"
+    assert c.commands_to_execute() == [
+        CloseSide(PAGE, Close(1006, "")),  # no close frame: it would wait behind the rest
+        *(
+            [CallHandler(c.handlers[PAGE].close, (1011, reason))]  # type: ignore[arg-type]
+            if on_close
+            else [CloseSide(SERVER, Close(1011, reason)), StartCloseTimer(SERVER)]
+        ),
+        *([CloseSide(SERVER, Close(1001, "client connection gone"))] if on_close else []),
+        CloseTcp(SERVER),
+        CloseTcp(PAGE, abort=True),
+        End(),
+    ]
+    assert "route routes.py:push: 12 bytes wait to be sent to the page" in caplog.text
+    assert "wsroute_max_buffer (10)" in caplog.text
+
+
+def test_a_server_that_does_not_read_is_aborted_and_the_client_told() -> None:
+    c, ws, server = connected()
+    c.max_buffer = 3
+    server.send("abcd")
+    assert rules(c) == [
+        CloseSide(SERVER, Close(1006, "")),
+        CloseSide(PAGE, Close(1011, "send buffer full")),
+    ]
+    assert c.aborted(SERVER) and not c.aborted(PAGE)
