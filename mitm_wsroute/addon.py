@@ -537,7 +537,6 @@ def _check_option_names(options: Any) -> None:
     Raises:
         exceptions.OptionsError: naming the closest real ``wsroute_`` option.
     """
-    return
     unknown = sorted(name for name in options.deferred if name.startswith("wsroute_"))
     if not unknown:
         return

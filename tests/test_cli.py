@@ -106,8 +106,13 @@ def _taken_port() -> Iterator[int]:
         (["--", "--set", "wsroute_base_url=nope"], "mitm-wsroute: Cannot parse wsroute_base_url*"),
         (["-p", "TAKEN"], "mitm-wsroute: error: *address already in use"),
         (["--har-update"], "mitm-wsroute: error: --har-url and --har-update need --har FILE"),
+        (
+            ["--", "--set", "wsroute_max_mesage_size=5"],
+            "mitm-wsroute: Unknown option wsroute_max_mesage_size; "
+            "did you mean wsroute_max_message_size?",
+        ),
     ],
-    ids=["missing-script", "bad-option", "port-in-use", "har-update-alone"],
+    ids=["missing-script", "bad-option", "port-in-use", "har-update-alone", "mistyped-option"],
 )
 def test_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     ports = _taken_port()

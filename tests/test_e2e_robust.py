@@ -10,6 +10,7 @@ import asyncio
 import os
 import socket
 import struct
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from tests.conftest import MITMDUMP, ROOT
 from tests.sockets import raw_upgrade, read_frame
 
 ROUTES = """
@@ -291,3 +293,19 @@ async def test_mitmdump_freezes_what_exists_at_start_up(mitmdump: Any) -> None:
     off = mitmdump(ROUTES, "--set", "wsroute_gc_freeze=false", other_addon=FREEZE_COUNT)
     unfrozen = int((await off.async_wait_for(r"frozen objects: (\d+)")).group(1))
     assert unfrozen < 1000  # the interpreter's own (CPython 3.12 starts with a few hundred)
+
+
+def test_a_mistyped_wsroute_option_stops_mitmdump_at_start(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            MITMDUMP, "-s", str(ROOT / "addons" / "wsroute.py"),
+            "--listen-host", "127.0.0.1", "-p", "0", "--set", f"confdir={tmp_path}",
+            "--set", "wsroute_max_mesage_size=5",
+        ],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert (
+        "Unknown option wsroute_max_mesage_size; did you mean wsroute_max_message_size?"
+        in out.stdout + out.stderr
+    )
