@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["next_whole", "unmask", "whole"]
+__all__ = ["frame_size", "next_whole", "unmask", "whole"]
 
 _TEXT, _BINARY = 0x1, 0x2
 
@@ -78,6 +78,26 @@ def next_whole(
         return payload.decode(), end
     except UnicodeDecodeError:
         return None
+
+
+def frame_size(data: bytes | bytearray) -> int:
+    """The size of the whole frame that starts `data` (header, mask key and payload), once its
+    header is all there; 0 until then. So that the start of a frame is kept until the rest has
+    come, instead of being read again at every read (`next_whole` on a frame in many reads)."""
+    n = len(data)
+    if n < 2:
+        return 0
+    b1 = data[1]
+    length, head = b1 & 0x7F, 2 + (4 if b1 & 0x80 else 0)
+    if length == 126:
+        if n < 4:
+            return 0
+        length, head = int.from_bytes(data[2:4]), head + 2
+    elif length == 127:
+        if n < 10:
+            return 0
+        length, head = int.from_bytes(data[2:10]), head + 8
+    return head + length
 
 
 def whole(message: str | bytes, key: bytes | None = None) -> bytes:

@@ -64,7 +64,7 @@ from .connection import (
     StartCloseTimer,
     State,
 )
-from .frames import next_whole, whole
+from .frames import frame_size, next_whole, whole
 from .handshake import accept
 from .latency import DelayLine
 from .messages import KEEP_BYTES, Piece, Reassembly, cut, trim
@@ -231,8 +231,10 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         super().__init__(context, flow)
         self.socket = _routed.get(flow)
         self.reassembly = {PAGE: Reassembly(), SERVER: Reassembly()}
-        #: The start of a whole frame (`frames.next_whole`) read so far, by side.
-        self.partial = [b"", b""]
+        #: The start of a whole frame (`frames.next_whole`) read so far, by side, and how long
+        #: that frame is (0 while its header is not all there): it is read once it is whole.
+        self.partial = [bytearray(), bytearray()]
+        self.partial_needed = [0, 0]
         #: The close timers running, by the wake-up each asked for.
         self.close_timers: dict[commands.RequestWakeup, Side] = {}
         #: What waits to be sent to each side, once a route called `set_latency()`.
@@ -353,9 +355,13 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             if ws.state is ConnectionState.CLOSED:
                 return  # after the close handshake; nothing more to read
             data = event.data
-            if self.partial[side]:
-                data = self.partial[side] + data
-                self.partial[side] = b""
+            partial = self.partial[side]
+            if partial:  # appended, not copied per read: linear however small the reads
+                partial += data
+                if len(partial) < self.partial_needed[side]:
+                    return
+                data = bytes(partial)
+                partial.clear()
             if self.plain[side] and _codec_idle(ws):
                 # Whole single-frame messages, the common case, are read here; the codec
                 # reads from the first frame that is anything else on (`frames`).
@@ -365,7 +371,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 ):
                     message, pos = found
                     if message is None:  # the start of one: the rest comes with the next read
-                        self.partial[side] = data[pos:]
+                        partial[:] = memoryview(data)[pos:]
+                        self.partial_needed[side] = frame_size(partial)
                         return
                     yield from self._piece(side, _Whole(message))
                 if pos == len(data):

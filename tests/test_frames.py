@@ -13,7 +13,7 @@ from wsproto import ConnectionType
 from wsproto.connection import Connection
 from wsproto.frame_protocol import FrameProtocol
 
-from mitm_wsroute.frames import next_whole, unmask, unmask_in_python, whole
+from mitm_wsroute.frames import frame_size, next_whole, unmask, unmask_in_python, whole
 
 messages = st.one_of(st.text(max_size=300), st.binary(max_size=70_000))
 
@@ -116,3 +116,14 @@ def test_anything_else_is_left_to_the_codec(what: str, data: bytes) -> None:
 
 def test_a_masked_frame_from_a_server_is_left_to_the_codec() -> None:
     assert next_whole(client_frame("hi"), 0, masked=False, max_length=LIMIT) is None
+
+
+@pytest.mark.parametrize("size", [0, 5, 125, 126, 65535, 65536, 70000])
+@pytest.mark.parametrize("key", [None, b"abcd"])
+def test_frame_size_once_the_header_is_there(size: int, key: bytes | None) -> None:
+    frame = whole(b"x" * size, key)
+    lengths = len(frame) - size - (4 if key else 0)  # the header up to the mask key
+    for cut in range(lengths):
+        assert frame_size(frame[:cut]) == 0  # the length is not all there yet
+    assert frame_size(frame[:lengths]) == len(frame)
+    assert frame_size(bytearray(frame)) == len(frame)

@@ -13,7 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from mitmproxy import websocket
+from mitmproxy.proxy import commands, events
+from mitmproxy.proxy.context import Context
 from mitmproxy.test import tflow
+from mitmproxy.websocket import WebSocketData
 from wsproto.frame_protocol import Opcode
 
 from mitm_wsroute import layer
@@ -29,6 +32,7 @@ from mitm_wsroute.connection import (
     StartCloseTimer,
     State,
 )
+from mitm_wsroute.frames import whole
 from mitm_wsroute.layer import RoutedWebsocketLayer
 from mitm_wsroute.route import WebSocketRoute
 
@@ -162,7 +166,7 @@ def test_handlers_and_close_from_another_thread_come_in_call_order(owner: LoopTh
 
 
 def test_bad_arguments_raise_in_the_calling_thread(owner: LoopThread) -> None:
-    with pytest.raises(TypeError, match="str or a bytes-like object .*, not int"):
+    with pytest.raises(TypeError, match=r"str or a bytes-like object .*, not int"):
         owner.route.send(1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="lone surrogate"):
         owner.route.send("\ud800")
@@ -206,3 +210,57 @@ def test_a_call_after_the_proxy_stopped_is_a_clear_error(owner: LoopThread) -> N
         owner.route.send("too late")
     with pytest.raises(Error, match=r"close\(\) on ws://h/ws not done"):
         owner.route.close()
+
+
+# --- reading: a frame that comes in many reads -------------------------------------------------
+
+
+def mock_layer() -> tuple[RoutedWebsocketLayer, list[Any]]:
+    """A started layer of a mock whose page-side handler records what it gets."""
+    flow = tflow.twebsocketflow(messages=False)
+    flow.websocket = None
+    connection = RoutedConnection("ws://h/ws", [])
+    got: list[Any] = []
+    WebSocketRoute(connection).on_message(got.append)
+    layer.routed_socket(flow, layer.RoutedSocket(connection, lambda h, a, url: h(*a), print))
+    flow.websocket = WebSocketData()
+    options = SimpleNamespace(
+        wsroute_max_message_size=0,
+        wsroute_keep_messages=10,
+        wsroute_message_hooks=True,
+        wsroute_close_timeout_ms=5000,
+    )
+    ctx = Context(flow.client_conn, options)  # type: ignore[arg-type]
+    ctx.server = flow.server_conn
+    routed = RoutedWebsocketLayer(ctx, flow)
+    feed(routed, events.Start())
+    return routed, got
+
+
+def feed(routed: RoutedWebsocketLayer, event: events.Event) -> None:
+    """Run the layer on `event`, its hooks answered at once."""
+    pending = [event]
+    while pending:
+        for command in routed.handle_event(pending.pop(0)):
+            if isinstance(command, commands.StartHook):
+                pending.append(events.HookCompleted(command))
+
+
+def test_a_frame_in_many_small_reads_is_parsed_once_it_is_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each read used to copy the partial frame and parse it again: quadratic in the reads.
+    calls: list[int] = []
+    real = layer.next_whole
+
+    def counted(data: bytes, pos: int, masked: bool, limit: int) -> Any:
+        calls.append(pos)
+        return real(data, pos, masked, limit)
+
+    monkeypatch.setattr(layer, "next_whole", counted)
+    routed, got = mock_layer()
+    frame = whole(b"\x07" * 200_000, b"\0\0\0\0") + whole("next", b"abcd")
+    for i in range(0, len(frame), 64):
+        feed(routed, events.DataReceived(routed.context.client, frame[i : i + 64]))
+    assert got == [b"\x07" * 200_000, "next"] and type(got[0]) is bytes
+    assert len(calls) < 10  # not once per read (3,126 reads): the frame is kept until whole
