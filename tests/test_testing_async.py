@@ -75,3 +75,26 @@ async def test_fixture_twin_shares_the_sync_proxy(wsroute: Any, async_wsroute: A
         assert await c.recv() == "hi"
     sock = await async_wsroute.wait_for_web_socket("**/shared")
     assert [s.url for s in wsroute.web_sockets] == [sock.url]
+
+
+async def test_a_test_pushes_paced_by_drain_on_its_own_loop(proxy: WsRouteProxy) -> None:
+    # route.send from the test's loop, awaited drain() runs on the proxy's and wakes this one
+    proxy.route_web_socket("**/push", lambda ws: None)
+    chunk = b"z" * 65536
+    async with connect("ws://x.invalid/push", proxy=proxy.url, max_queue=4) as c:
+        sock = await proxy.wait_for_web_socket("**/push")
+        assert sock.route is not None
+        route = sock.route
+        peaks = []
+
+        async def push() -> None:
+            for _ in range(200):  # 12.5 MiB, more than the kernel's buffers hold
+                route.send(chunk)
+                await route.drain()
+                peaks.append(route.buffered_amount)
+
+        task = asyncio.ensure_future(push())
+        for _ in range(200):
+            assert await asyncio.wait_for(c.recv(), 10) == chunk
+        await task
+    assert max(peaks) < 1024 * 1024  # drain() kept it near asyncio's high-water mark
