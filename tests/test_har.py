@@ -154,7 +154,7 @@ BAD = [
     (json.dumps(har(entry(url="ftp://h/"))).encode(), "entry 0: request.url 'ftp://h/' is not"),
     (json.dumps(har({"_resourceType": "websocket"})).encode(), "entry 0: no request.url"),
     (json.dumps(har(entry(_webSocketClose={"code": "x", "by": "server"}))).encode(),
-     "entry 0: _webSocketClose code 'x' is not an integer"),
+     "entry 0: _webSocketClose code 'x' is not a close code"),
     (json.dumps(har(entry(_webSocketClose={"code": 1000, "by": "nobody"}))).encode(),
      "entry 0: _webSocketClose by 'nobody'"),
 ]  # fmt: skip

@@ -21,16 +21,23 @@ from mitm_wsroute.connection import (
     Send,
     State,
 )
-from mitm_wsroute.har import load_har
+from mitm_wsroute.har import CREATOR, load_har
 from mitm_wsroute.harroute import HarRecorder, flush_recordings, har_routes
 from mitm_wsroute.route import WebSocketRoute
-from tests.test_har import CREATOR, entry, msg
+from tests.test_har import entry, msg
 
 
 def write(path: Path, *entries: Any) -> str:
     path.write_text(json.dumps({"log": {"version": "1.2", "creator": CREATOR,
                                         "entries": list(entries)}}))  # fmt: skip
     return str(path)
+
+
+def recorder(route: Any) -> HarRecorder:
+    """The recorder behind a recording route."""
+    recorder = route.handler.__self__
+    assert isinstance(recorder, HarRecorder)
+    return recorder
 
 
 def route_socket(handler: Any, url: str = "wss://h/ws") -> tuple[RoutedConnection, list[Any]]:
@@ -121,6 +128,7 @@ def test_recording_forwards_both_ways_and_writes_when_the_socket_ends(tmp_path: 
     assert not path.exists()
     c.receive_close(SERVER, 4001, "server bye")
     assert run(c) == [CloseSide(PAGE, Close(4001, "server bye"))]
+    assert recorder(route).wait(10)  # written by the writer thread when the socket ended
     conversation = load_har(str(path)).entries("wss://h/ws")[0]
     assert [(s, d) for s, _, d in conversation.messages()] == [(False, "hello"), (True, b"\x01")]
     assert conversation.close is not None and conversation.close.by == "server"
@@ -132,6 +140,7 @@ def test_recording_client_close_is_mirrored_and_recorded(tmp_path: Path) -> None
     c, _ = route_socket(route.handler)
     c.receive_close(PAGE, 1001, "")
     assert run(c) == [CloseSide(SERVER, Close(1001, ""))]
+    assert recorder(route).wait(10)
     close = load_har(str(path)).entries("wss://h/ws")[0].close
     assert close is not None and (close.code, close.by) == (1001, "client")
     c, _ = route_socket(route.handler)
@@ -174,6 +183,7 @@ def test_write_failure_logged_once_per_socket_old_file_kept(
         with caplog.at_level(logging.ERROR):
             c.receive_close(SERVER, 1000, "")
             run(c)
+            assert not recorder.wait(10)
             assert not recorder.flush(recorder.recordings[-1])  # the same socket again
     errors = [r for r in caplog.records if "cannot write the HAR recording" in r.message]
     assert len(errors) == 2
