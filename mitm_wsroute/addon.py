@@ -223,6 +223,27 @@ class WsRoute:
             """,
             choices=["none", "recorded"],
         )
+        _add_option(
+            loader,
+            "wsroute_har_max_size",
+            int,
+            harroute.MAX_SIZE,
+            """
+            Largest HAR file that wsroute_har reads, in bytes (for a .zip, the HAR inside it,
+            uncompressed): a larger one is refused before it is read. 0 for no limit.
+            """,
+        )
+        _add_option(
+            loader,
+            "wsroute_har_max_attached_size",
+            int,
+            harroute.MAX_ATTACHED_SIZE,
+            """
+            Most bytes the message files attached to wsroute_har (Playwright's .jsonl files,
+            beside the .har or in its .zip, uncompressed) may hold together; each is checked
+            before it is read. 0 for no limit.
+            """,
+        )
 
     def configure(self, updated: set[str]) -> None:
         _check_option_names(ctx.options)
@@ -274,6 +295,8 @@ class WsRoute:
                 not_found=opts.wsroute_har_not_found,
                 update=opts.wsroute_har_update,
                 timing=opts.wsroute_har_timing,
+                max_size=opts.wsroute_har_max_size,
+                max_attached_size=opts.wsroute_har_max_attached_size,
                 base_url=base_url,
                 origin="wsroute_har option",
             )

@@ -41,7 +41,14 @@ from .urlmatch import URLMatch, compile_url_match
 if TYPE_CHECKING:
     from .route import WebSocketRoute
 
-__all__ = ["HarRecorder", "flush_recordings", "har_routes", "route_from_har"]
+__all__ = [
+    "MAX_ATTACHED_SIZE",
+    "MAX_SIZE",
+    "HarRecorder",
+    "flush_recordings",
+    "har_routes",
+    "route_from_har",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import signal
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from mitm_wsroute.har import load_har
 from tests.conftest import PUSH, start_mitmdump, stop
 from tests.test_cli import COMMAND
 from tests.test_cli import start as start_cli
+from tests.test_e2e_reload import rewrite
 
 
 def port(server: Any) -> int:
@@ -140,6 +142,31 @@ async def test_route_from_har_in_a_script_with_recorded_timing(
         t = loop.time()
         assert await ws.recv() == "second"
         assert loop.time() - t >= 0.25  # the recorded gap is 0.3 s; a lower bound only
+
+
+async def test_a_script_reloaded_mid_recording_keeps_what_both_versions_recorded(
+    mitmdump: Any, backend: Any, tmp_path: Path
+) -> None:
+    """The reloaded script's recorder and the old one (its socket still open) write one file:
+    neither loses the other's entry."""
+    har = tmp_path / "reload.har"
+    text = textwrap.dedent(f"""
+        from mitm_wsroute import route_from_har
+        route_from_har({str(har)!r}, url="**/app", update=True)
+    """)
+    recorder = mitmdump(text)
+    url = f"ws://127.0.0.1:{port(backend)}/app"
+    async with connect(url, proxy=recorder.proxy, ping_interval=None) as old:
+        assert [await old.recv() for _ in PUSH] == PUSH
+        await old.send("hi")
+        assert await old.recv() == "echo hi"
+        rewrite(tmp_path / "routes0.py", text + "# edited\n")
+        await recorder.async_wait_for(r"loaded 1 WebSocket route\(s\) from .*routes0.py", count=2)
+        assert await talk(recorder.proxy, url) == (EXPECTED, (4000, "see you"))
+    stop(recorder)  # the old socket ended first; the file is written at stop too
+    first, second = load_har(str(har)).entries(url)
+    assert [d for sent, _, d in first.messages() if sent] == ["hi"]
+    assert [d for sent, _, d in second.messages() if sent] == CONVERSATION
 
 
 async def slow_app(ws: ServerConnection) -> None:

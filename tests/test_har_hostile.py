@@ -14,7 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mitmproxy import exceptions
+from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.test import taddons
 
+from mitm_wsroute.addon import WsRoute
 from mitm_wsroute.connection import PAGE, Send
 from mitm_wsroute.har import HarClose, Replay, kept_entries, load_har, read_har
 from mitm_wsroute.harroute import har_routes
@@ -355,3 +359,18 @@ def test_replay_matches_bytes_like_client_messages_as_bytes() -> None:
 def test_close_is_read_as_recorded() -> None:
     c = read_har(har(entry(_webSocketClose={"code": 4000, "reason": "ünï", "by": "server"})))
     assert c.entries("wss://h/ws")[0].close == HarClose(4000, "ünï", "server", None)
+
+
+def test_the_addon_options_set_the_limits(tmp_path: Path) -> None:
+    path = tmp_path / "big.har"
+    path.write_bytes(doc(entry(messages=[msg("receive", "x" * 2000)])))
+    a = WsRoute()
+    with taddons.context(Proxyserver(), a) as tctx:
+        assert tctx.options.wsroute_har_max_size == 1 << 30
+        assert tctx.options.wsroute_har_max_attached_size == 1 << 30
+        with pytest.raises(exceptions.OptionsError) as e:
+            tctx.configure(a, wsroute_har=str(path), wsroute_har_max_size=1000)
+        assert f"Cannot load wsroute_har option: {path}: the HAR file is too large" in str(e.value)
+        assert "the wsroute_har_max_size option" in str(e.value)
+        tctx.configure(a, wsroute_har=str(path), wsroute_har_max_size=0)  # no limit
+        assert a.router.option_routes
