@@ -3,6 +3,7 @@ servers, ws and wss."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import os
@@ -22,7 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 from websockets.sync.server import Server, ServerConnection, serve
 
-from mitm_wsroute.testing import WebSocket, WsRouteProxy
+from mitm_wsroute.testing import WebSocket, WsRouteProxy, async_api
 from tests.conftest import make_cert
 
 
@@ -485,3 +486,43 @@ def test_reset_forgets_sockets_but_live_ones_go_on(proxy: WsRouteProxy) -> None:
         assert proxy.web_sockets == []
         live.send("still routed")  # live sockets keep their handlers
         assert live.recv(5) == "still routed"
+
+
+def echo_round_trip(proxy: WsRouteProxy, path: str) -> None:
+    """A socket of the current test echoes, and its listener runs: the proxy's thread and the
+    listeners' thread are past whatever came before."""
+    proxy.route_web_socket(f"**/{path}", lambda ws: ws.on_message(ws.send))
+    heard = threading.Event()
+    with connect(f"ws://x.invalid/{path}", proxy=proxy.url) as c:
+        proxy.wait_for_web_socket(f"**/{path}").on("framereceived", lambda _: heard.set())
+        c.send("ping")
+        assert c.recv(5) == "ping"
+        assert heard.wait(5)
+
+
+def test_a_wait_whose_event_loop_closed_cannot_break_the_proxy(
+    proxy: WsRouteProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy.route_web_socket("**/echo", lambda ws: ws.on_message(ws.send))
+    async_proxy = async_api.WsRouteProxy._over(proxy)
+    loop = asyncio.new_event_loop()
+    with connect("ws://x.invalid/echo", proxy=proxy.url) as c:
+
+        async def listen() -> None:
+            sock = await async_proxy.wait_for_web_socket("**/echo")
+            sock.on("framereceived", lambda payload: None)
+
+        loop.run_until_complete(listen())
+        # An async test that ends mid-wait, its loop closed under the wait.
+        waiting = loop.create_task(async_proxy.wait_for_web_socket("**/never", timeout=60))
+        loop.call_soon(loop.stop)
+        loop.run_forever()  # the wait has started
+        assert not waiting.done()
+        loop.close()
+        c.send("after")  # the proxy wakes the wait and the listener: both are dropped
+        assert c.recv(5) == "after"
+    echo_round_trip(proxy, "other")  # every socket still works...
+    [sock] = [s for s in proxy.web_sockets if s.url == "ws://x.invalid/echo"]
+    assert sock.wait_for_message("after", direction="received").payload == "after"  # ...records too
+    assert "listener of the test failed" not in caplog.text
+    waiting._log_destroy_pending = False  # type: ignore[attr-defined]  # as the test meant

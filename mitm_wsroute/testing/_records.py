@@ -116,8 +116,12 @@ class Hub:
     def changed(self) -> None:
         """Wake every waiter. Call with `lock` held."""
         self.lock.notify_all()
-        for wake in self._watchers:
-            wake()
+        for wake in list(self._watchers):
+            try:
+                wake()
+            except RuntimeError as e:  # its event loop is closed: an async test ended mid-wait
+                self._watchers.discard(wake)
+                logger.debug(f"a wait of the async test API is dropped: {e}")
 
     def wait(self, check: Callable[[], T | None], fail: Callable[[], str], timeout: float) -> T:
         """Block until `check()` (run under the lock) returns a value; `TimeoutError(fail())`."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import types
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -27,6 +28,8 @@ from ._base import DEFAULT_TIMEOUT, ProxyBase, SocketBase, ValueBox
 from ._records import Message, MessageMatch
 
 __all__ = ["Message", "WebSocket", "WsRouteProxy"]
+
+logger = logging.getLogger(__name__)
 
 
 class AsyncValueBox[T](ValueBox[T]):
@@ -70,6 +73,7 @@ class WebSocket(SocketBase):
         ``"close"`` (with this socket), on the event loop that called `on`; an async callback
         is scheduled as a task."""
         loop = asyncio.get_running_loop()
+        record = self._record
 
         def run(arg: Any) -> None:
             result = callback(self if event == "close" else arg)
@@ -79,9 +83,13 @@ class WebSocket(SocketBase):
                 )
 
         def hand_over(arg: Any) -> None:
-            loop.call_soon_threadsafe(run, arg)
+            try:
+                loop.call_soon_threadsafe(run, arg)
+            except RuntimeError as e:  # the loop is closed: the async test that listened ended
+                record.remove_listener(event, hand_over)
+                logger.debug(f"a listener of the async test API is dropped: {e}")
 
-        self._record.on(event, hand_over)
+        record.on(event, hand_over)
 
     @asynccontextmanager
     async def expect_event(
