@@ -15,11 +15,13 @@ import gc
 import inspect
 import logging
 import textwrap
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Optional
 
 from mitmproxy import ctx, exceptions, hooks, http
 from mitmproxy.addonmanager import Loader
+from mitmproxy.connection import Client
 from mitmproxy.proxy import events
 from mitmproxy.utils import asyncio_utils
 from mitmproxy.websocket import WebSocketData
@@ -390,7 +392,9 @@ class WsRoute:
     ) -> None:
         """Await an async route handler until it returns, or until it answered the client with
         `accept()` or `reject()`: then the answer goes out and the handler goes on by itself,
-        as one of the socket's tasks (cancelled when the socket ends)."""
+        as one of the socket's tasks (cancelled when the socket ends). A handler still running
+        once its socket is rejected, or once its client left before the socket opened, is
+        cancelled: no relay would ever end it."""
         connection = socket.connection
         answered = asyncio.Event()
         connection.wakeup = answered.set  # called by accept() and reject() (and by sends)
@@ -408,6 +412,10 @@ class WsRoute:
         task = asyncio_utils.create_task(
             route_handler(), name=f"wsroute handler {url}", keep_ref=True
         )
+        if not task.done():
+            socket.tasks.add(task)
+            task.add_done_callback(socket.tasks.discard)
+            _watch_client(socket)
         try:
             while not task.done() and connection.opening is Opening.HANDLER:
                 answered.clear()
@@ -419,9 +427,8 @@ class WsRoute:
         except asyncio.CancelledError:
             task.cancel()  # the proxy stops
             raise
-        if not task.done():
-            socket.tasks.add(task)
-            task.add_done_callback(socket.tasks.discard)
+        if connection.opening is Opening.REJECTED:
+            task.cancel()  # the socket never opens
 
     def _route_handler_failed(
         self, e: BaseException, connection: RoutedConnection, url: str, cut_at: str
@@ -509,6 +516,10 @@ class WsRoute:
         if self.on_handler_error is not None:
             self.on_handler_error(error)
 
+    def client_disconnected(self, client: Client) -> None:
+        """mitmproxy's hook: see `_client_left`."""
+        _client_left(client.id)
+
 
 def _add_option(loader: Loader, name: str, typespec: Any, default: Any, help: str) -> None:
     """`Loader.add_option`, with the help text as mitmproxy stores it: then reloading the
@@ -570,3 +581,25 @@ def _check_option_names(options: Any) -> None:
         hint = f"did you mean {close[0]}?" if close else "mitmdump --options lists them all"
         problems.append(f"Unknown option {name}; {hint}")
     raise exceptions.OptionsError(" ".join(problems))
+
+
+#: The routed socket of each client whose async route handler ran before the socket opened, by
+#: mitmproxy's client id, for `WsRoute.client_disconnected`; weakly: it lives with its flow.
+_unopened: weakref.WeakValueDictionary[str, layer.RoutedSocket] = weakref.WeakValueDictionary()
+
+
+def _watch_client(socket: layer.RoutedSocket) -> None:
+    """Have `socket`'s async handlers cancelled if its client leaves before the socket opens."""
+    flow = socket.flow()
+    if flow is None:
+        return
+    _unopened[flow.client_conn.id] = socket
+
+
+def _client_left(client_id: str) -> None:
+    """The client left: the async route handlers of its socket are cancelled if the socket
+    never opened (once open, its relay cancels them when it ends)."""
+    socket = _unopened.pop(client_id, None)
+    if socket is not None and not socket.layer_started:
+        for task in list(socket.tasks):
+            task.cancel()

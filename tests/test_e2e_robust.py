@@ -24,6 +24,7 @@ from tests.sockets import raw_upgrade, read_frame
 
 ROUTES = """
     import asyncio
+    import logging
     from mitm_wsroute import route_web_socket
 
     @route_web_socket("**/echo")
@@ -47,6 +48,23 @@ ROUTES = """
     @route_web_socket("**/through")
     def through(ws):
         ws.connect_to_server()
+
+    @route_web_socket("**/reject-then-wait")
+    async def reject_then_wait(ws):
+        ws.reject(403)
+        await wait_forever("reject-then-wait")
+
+    @route_web_socket("**/wait")
+    async def wait(ws):
+        await wait_forever("wait")
+
+    async def wait_forever(name):
+        logging.warning(f"{name}: the handler waits")
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            logging.warning(f"{name}: the handler is cancelled")
+            raise
 """
 
 COUNT = """
@@ -309,3 +327,30 @@ def test_a_mistyped_wsroute_option_stops_mitmdump_at_start(tmp_path: Path) -> No
         "Unknown option wsroute_max_mesage_size; did you mean wsroute_max_message_size?"
         in out.stdout + out.stderr
     )
+
+
+# --- no orphan tasks ---------------------------------------------------------------------------
+
+
+async def test_a_handler_still_running_after_reject_is_cancelled(proxy: Any) -> None:
+    r, w, head = await raw_upgrade(proxy.port, "http://chat.invalid/reject-then-wait")
+    assert head.startswith(b"HTTP/1.1 403"), head
+    await proxy.async_wait_for("reject-then-wait: the handler is cancelled")
+    w.close()
+    await still_serves(proxy)
+    assert "route handler failed" not in proxy.output  # cancelled by the proxy: no error
+
+
+async def test_a_handler_still_running_when_its_client_leaves_is_cancelled(proxy: Any) -> None:
+    r, w = await asyncio.open_connection("127.0.0.1", proxy.port)
+    w.write(
+        b"GET http://chat.invalid/wait HTTP/1.1\r\nHost: chat.invalid\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await proxy.async_wait_for("wait: the handler waits")
+    w.close()  # before the socket opened
+    await w.wait_closed()
+    await proxy.async_wait_for("wait: the handler is cancelled")
+    await still_serves(proxy)
+    assert "route handler failed" not in proxy.output
