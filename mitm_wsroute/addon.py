@@ -72,7 +72,7 @@ class WsRoute:
         self._poller: asyncio.Task[None] | None = None
         #: Told of every exception a route, `on_message` or `on_close` handler raised, after
         #: it was logged (the test facade collects them).
-        self.on_handler_error: Callable[[BaseException], None] | None = None
+        self.on_handler_error: Callable[[BaseException, http.HTTPFlow | None], None] | None = None
         self._updates_due: set[http.HTTPFlow] = set()
         self._proxyserver_addon: Any = None
         self._gc_decided = False  # ``wsroute_gc_freeze`` was read
@@ -349,7 +349,7 @@ class WsRoute:
         )
         socket = layer.RoutedSocket(
             connection,
-            self._call_user,
+            lambda handler, args, url: self._call_user(handler, args, url, socket),
             self._inject,
             on_update=self._flow_updated,
             update_soon=self._flow_updated_soon,
@@ -367,7 +367,7 @@ class WsRoute:
             if isinstance(e, asyncio.CancelledError) and _cancelling():
                 raise  # the proxy itself is stopping
             # a handler that raised or was cancelled: the client is closed with 1011
-            self._route_handler_failed(e, connection, url, cut_at="request")
+            self._route_handler_failed(e, socket, url, cut_at="request")
         finally:
             connection.wakeup = socket.wake
         connection.handler_returned()
@@ -407,7 +407,7 @@ class WsRoute:
             except BaseException as e:  # contained, as in `request`
                 if isinstance(e, asyncio.CancelledError) and _cancelling():
                     raise  # its socket ended, or the proxy stops
-                self._route_handler_failed(e, connection, url, cut_at="route_handler")
+                self._route_handler_failed(e, socket, url, cut_at="route_handler")
 
         task = asyncio_utils.create_task(
             route_handler(), name=f"wsroute handler {url}", keep_ref=True
@@ -431,11 +431,11 @@ class WsRoute:
             task.cancel()  # the socket never opens
 
     def _route_handler_failed(
-        self, e: BaseException, connection: RoutedConnection, url: str, cut_at: str
+        self, e: BaseException, socket: layer.RoutedSocket, url: str, cut_at: str
     ) -> None:
         logger.error(f"{url}: route handler failed:\n{user_traceback(e, cut_at)}")
-        self._handler_failed(e)
-        connection.receive_handler_error(e)
+        self._handler_failed(e, socket)
+        socket.connection.receive_handler_error(e)
 
     def response(self, flow: http.HTTPFlow) -> None:
         socket = layer.routed_socket(flow)
@@ -477,10 +477,14 @@ class WsRoute:
         self._proxyserver().inject_event(event)
 
     def _call_user(
-        self, handler: Callable[..., Any], args: tuple[Any, ...], url: str
+        self,
+        handler: Callable[..., Any],
+        args: tuple[Any, ...],
+        url: str,
+        socket: layer.RoutedSocket,
     ) -> asyncio.Task[None] | None:
-        """Run a handler; what it raises (`SystemExit` too, not `KeyboardInterrupt`) is logged
-        and contained. An awaitable result runs in a task, which is returned."""
+        """Run a handler of `socket`; what it raises (`SystemExit` too, not `KeyboardInterrupt`)
+        is logged and contained. An awaitable result runs in a task, which is returned."""
         try:
             result = handler(*args)
         except KeyboardInterrupt:
@@ -489,16 +493,22 @@ class WsRoute:
             logger.error(
                 f"{url}: handler {_name(handler)} failed:\n{user_traceback(e, '_call_user')}"
             )
-            self._handler_failed(e)
+            self._handler_failed(e, socket)
             return None
         if result is not None and inspect.isawaitable(result):  # per message: None is common
             return asyncio_utils.create_task(
-                self._await_user(result, handler, url), name=f"wsroute {url}", keep_ref=True
+                self._await_user(result, handler, url, socket),
+                name=f"wsroute {url}",
+                keep_ref=True,
             )
         return None
 
     async def _await_user(
-        self, result: Awaitable[Any], handler: Callable[..., Any], url: str
+        self,
+        result: Awaitable[Any],
+        handler: Callable[..., Any],
+        url: str,
+        socket: layer.RoutedSocket,
     ) -> None:
         try:
             await result
@@ -510,11 +520,12 @@ class WsRoute:
             logger.error(
                 f"{url}: handler {_name(handler)} failed:\n{user_traceback(e, '_await_user')}"
             )
-            self._handler_failed(e)
+            self._handler_failed(e, socket)
 
-    def _handler_failed(self, error: BaseException) -> None:
+    def _handler_failed(self, error: BaseException, socket: layer.RoutedSocket) -> None:
+        """Tell `on_handler_error`, with the socket's flow (None once it is gone)."""
         if self.on_handler_error is not None:
-            self.on_handler_error(error)
+            self.on_handler_error(error, socket.flow())
 
     def client_disconnected(self, client: Client) -> None:
         """mitmproxy's hook: see `_client_left`."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gc
 import inspect
@@ -172,6 +173,32 @@ async def test_handler_exception_accepts_and_closes_1011(
     line = ROUTES.splitlines().index('    raise KeyError("nope")') + 1
     assert f'routes.py", line {line}, in broken' in caplog.text  # the user's frame...
     assert 'addon.py", line' not in caplog.text  # ...and none of ours
+
+
+async def test_system_exit_in_a_handler_is_contained_and_reported_with_its_flow(
+    addon: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, tctx = addon
+    f = upgrade("/mock")
+    await a.request(f)
+    socket = layer.routed_socket(f)
+    assert socket is not None
+    errors: list[tuple[type[BaseException], Any]] = []
+    a.on_handler_error = lambda e, flow: errors.append((type(e), flow))
+
+    def exits(*args: Any) -> None:
+        raise SystemExit(3)
+
+    async def exits_later(*args: Any) -> None:
+        await asyncio.sleep(0)
+        raise SystemExit(4)
+
+    assert a._call_user(exits, (1000, ""), MOCK_URL, socket) is None
+    task = a._call_user(exits_later, ("message",), MOCK_URL, socket)
+    assert task is not None
+    await task  # the task ends; SystemExit reaches neither it nor the loop
+    assert errors == [(SystemExit, f), (SystemExit, f)]
+    assert "SystemExit: 3" in caplog.text and "SystemExit: 4" in caplog.text
 
 
 def test_requested_protocols_from_all_header_lines() -> None:

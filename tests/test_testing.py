@@ -475,7 +475,7 @@ def test_record_is_bounded() -> None:
         assert sock.wait_for_message("16", direction="received").payload == "16"
 
 
-def test_reset_forgets_sockets_but_live_ones_go_on(proxy: WsRouteProxy) -> None:
+def test_reset_forgets_sockets_and_closes_live_ones(proxy: WsRouteProxy) -> None:
     proxy.route_web_socket("**/many", lambda ws: ws.on_message(ws.send))
     with connect("ws://x.invalid/many", proxy=proxy.url) as live:
         for _ in range(20):
@@ -484,8 +484,10 @@ def test_reset_forgets_sockets_but_live_ones_go_on(proxy: WsRouteProxy) -> None:
         assert len(proxy.web_sockets) == 21
         proxy.reset()
         assert proxy.web_sockets == []
-        live.send("still routed")  # live sockets keep their handlers
-        assert live.recv(5) == "still routed"
+        with pytest.raises(ConnectionClosed) as e:
+            live.recv(5)  # the test that opened it is over: it goes away, as with a page
+    assert (e.value.rcvd.code, e.value.rcvd.reason) == (1001, "the test proxy was reset")
+    assert proxy.web_sockets == []
 
 
 def echo_round_trip(proxy: WsRouteProxy, path: str) -> None:
@@ -498,6 +500,58 @@ def echo_round_trip(proxy: WsRouteProxy, path: str) -> None:
         c.send("ping")
         assert c.recv(5) == "ping"
         assert heard.wait(5)
+
+
+def test_reset_keeps_the_test_before_from_reaching_the_next(proxy: WsRouteProxy) -> None:
+    on_close_ran = threading.Event()
+
+    def on_close(code: int | None, reason: str | None) -> None:
+        on_close_ran.set()
+        raise RuntimeError("an on_close handler of the test before")
+
+    proxy.route_web_socket("**/left-open", lambda ws: ws.on_close(on_close))
+    heard: list[Any] = []
+    with connect("ws://x.invalid/left-open", proxy=proxy.url) as left_open:
+        sock = proxy.wait_for_web_socket("**/left-open")
+        for event in ("framesent", "close"):
+            sock.on(event, heard.append)
+        proxy.reset()  # the next test starts
+        with contextlib.suppress(ConnectionClosed):
+            left_open.send("after reset")
+            left_open.recv(5)
+    assert on_close_ran.wait(5)  # it ran, and raised, after reset()
+    echo_round_trip(proxy, "next-test")
+    assert proxy.handler_errors == []
+    assert heard == []
+    assert [s.url for s in proxy.web_sockets] == ["ws://x.invalid/next-test"]
+
+
+def test_a_socket_opening_across_reset_belongs_to_the_test_before(proxy: WsRouteProxy) -> None:
+    started, go = threading.Event(), threading.Event()
+
+    async def slow_open(ws: Any) -> None:
+        started.set()
+        await asyncio.to_thread(go.wait, 5)
+        raise RuntimeError("a route handler of the test before")
+
+    proxy.route_web_socket("**/slow-open", slow_open)
+    closes: list[int | None] = []
+
+    def client() -> None:
+        with connect("ws://x.invalid/slow-open", proxy=proxy.url) as c:
+            with contextlib.suppress(ConnectionClosed):
+                c.recv(5)
+            closes.append(c.close_code)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    assert started.wait(5)
+    proxy.reset()  # the next test starts while the handler of the test before still runs
+    go.set()
+    thread.join(10)
+    assert closes == [1011]  # the handler raised: the error was reported before this close
+    assert proxy.handler_errors == []
+    assert proxy.web_sockets == []
 
 
 def test_a_wait_whose_event_loop_closed_cannot_break_the_proxy(

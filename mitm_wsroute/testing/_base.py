@@ -263,7 +263,10 @@ class ProxyBase[S: SocketBase]:
             return list(self._engine.handler_errors)
 
     def reset(self) -> None:
-        """`unroute_all()`, and forget `web_sockets` and `handler_errors`."""
+        """`unroute_all()`, forget `web_sockets` and `handler_errors`, and let go of the
+        sockets of the test before: routed ones still open are closed with 1001 (going away,
+        as when a browser closes a page), and nothing of theirs (handler errors, events,
+        sockets still opening) reaches the test after."""
         self._engine.reset()
 
     def _view(self, record: SocketRecord) -> S:

@@ -22,7 +22,7 @@ from mitmproxy.utils import asyncio_utils
 
 from mitm_wsroute import harroute, layer
 from mitm_wsroute.addon import WsRoute
-from mitm_wsroute.connection import RoutedConnection
+from mitm_wsroute.connection import PAGE, SERVER, RoutedConnection, State
 from mitm_wsroute.handshake import is_websocket_upgrade
 from mitm_wsroute.route import WebSocketRoute
 from mitm_wsroute.router import Route, RouteHandler, registrar
@@ -38,6 +38,10 @@ logger = logging.getLogger(__name__)
 RECORD_MESSAGES = 100_000
 RECORD_BYTES = 64 * 1024 * 1024
 START_TIMEOUT = 30.0
+#: Where a WebSocket's flow keeps which `reset` period its upgrade came in.
+GENERATION = "wsroute_test_generation"
+#: How sockets still open at `reset` are closed: going away (1001), as a browser's page.
+RESET_CLOSE = (1001, "the test proxy was reset")
 
 
 #: The record of each routed socket, by its connection (for what routes report about it).
@@ -83,6 +87,12 @@ class _Recorder:
             "Test proxy: payload bytes of one socket kept for inspection.",
         )
 
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Before any route runs: which test the socket belongs to (see `ProxyEngine.reset`)."""
+        if is_websocket_upgrade(flow.request):
+            with self.engine.hub.lock:
+                flow.metadata[GENERATION] = self.engine.generation
+
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.error or not is_websocket_upgrade(flow.request):
             return
@@ -103,7 +113,7 @@ class _Recorder:
             socket.observer = record
             _by_connection[socket.connection] = record
         self.records[flow] = record
-        self.engine.add_socket(record)
+        self.engine.add_socket(record, flow.metadata.get(GENERATION))
 
     def response(self, flow: http.HTTPFlow) -> None:
         record = self.records.get(flow)
@@ -166,6 +176,9 @@ class ProxyEngine:
         #: The sockets `wait_for_web_socket` returned already.
         self.returned: set[int] = set()
         self.handler_errors: list[BaseException] = []
+        #: How many times `reset` ran: sockets whose upgrade came before the last belong to an
+        #: earlier test.
+        self.generation = 0
         self.state: Literal["new", "running", "stopped"] = "new"
         self.port = 0
         self.wsroute = WsRoute()
@@ -319,24 +332,63 @@ class ProxyEngine:
     def unroute(self, url: URLMatch | None, handler: RouteHandler | None = None) -> None:
         self.wsroute.router.remove(url, handler)
 
-    def add_socket(self, record: SocketRecord) -> None:
+    def add_socket(self, record: SocketRecord, generation: int | None = None) -> None:
         with self.hub.lock:
+            if generation not in (None, self.generation):
+                record.detach()  # its upgrade came before `reset`: an earlier test's socket
+                return
             record.seq = self.socket_total
             self.socket_total += 1
             self.sockets.append(record)
             self.hub.changed()
 
-    def _handler_failed(self, error: BaseException) -> None:
+    def _handler_failed(self, error: BaseException, flow: http.HTTPFlow | None) -> None:
         with self.hub.lock:
+            if (
+                flow is not None
+                and flow.metadata.get(GENERATION, self.generation) != self.generation
+            ):
+                logger.debug(
+                    f"not a handler error of this test (its socket came before reset()): {error!r}"
+                )
+                return
             self.handler_errors.append(error)
 
     def reset(self) -> None:
+        """Unroute, forget sockets and errors, and let go of the sockets of the test before:
+        routed ones still open are closed (1001), and nothing of theirs (handler errors,
+        events) reaches the test after."""
         self.unroute(None)
         with self.hub.lock:
+            stale = self.sockets
+            self.generation += 1
             self.sockets = []
             self.returned = set()
             self.handler_errors = []
+            for record in stale:
+                record.detach()
             self.hub.changed()
+        routes = [r.route for r in stale if r.route is not None and r.close is None]
+        if routes and self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(_go_away, routes)
+            except RuntimeError:
+                pass  # the proxy stopped: its sockets are gone
+
+
+def _go_away(routes: list[WebSocketRoute]) -> None:
+    """Close both sides of routed sockets that are still open (on the proxy's thread): the
+    client also while its socket opens (as a route handler may), the upstream once open."""
+    code, reason = RESET_CLOSE
+    for route in routes:
+        connection = route._connection
+        try:
+            if connection.states[PAGE] in (State.CONNECTING, State.OPEN):
+                route.close(code=code, reason=reason)
+            if connection.states[SERVER] is State.OPEN:  # not closed by the page's close
+                WebSocketRoute(connection, SERVER).close(code=code, reason=reason)
+        except Exception as e:
+            logger.debug(f"{connection.url}: not closed at reset(): {e!r}")
 
 
 class _ThreadErrors(logging.Handler):

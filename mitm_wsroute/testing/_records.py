@@ -73,6 +73,10 @@ def describe_messages(messages: list[Message], last: int = 5) -> str:
     return f"last messages: {shown}" if len(messages) > last else f"messages: {shown}"
 
 
+#: What the listeners' thread runs: callbacks for a socket's event, with their argument.
+type _Event = tuple[SocketRecord, list[Callable[[Any], None]], Any]
+
+
 class Hub:
     """The lock, the wake-ups and the waits of one proxy's records, and the thread that runs
     the test's event listeners (never the proxy's thread: a listener that blocks or waits must
@@ -83,24 +87,25 @@ class Hub:
         self._watchers: set[Callable[[], None]] = set()
         #: The proxy's thread, where a blocking wait would wait for itself.
         self.proxy_thread: int | None = None
-        self._events: queue.SimpleQueue[tuple[list[Callable[[Any], None]], Any] | None] = (
-            queue.SimpleQueue()
-        )
+        self._events: queue.SimpleQueue[_Event | None] = queue.SimpleQueue()
         self._event_thread: threading.Thread | None = None
 
-    def emit(self, callbacks: list[Callable[[Any], None]], arg: Any) -> None:
-        """Call `callbacks` with `arg` on the listeners' thread, in the order of `emit` calls."""
+    def emit(self, record: SocketRecord, callbacks: list[Callable[[Any], None]], arg: Any) -> None:
+        """Call `callbacks` with `arg` on the listeners' thread, in the order of `emit` calls,
+        unless `record` is detached by then."""
         if self._event_thread is None:
             self._event_thread = threading.Thread(
                 target=self._run_listeners, name="wsroute test listeners", daemon=True
             )
             self._event_thread.start()
-        self._events.put((callbacks, arg))
+        self._events.put((record, callbacks, arg))
 
     def _run_listeners(self) -> None:
         while (item := self._events.get()) is not None:
-            callbacks, arg = item
+            record, callbacks, arg = item
             for callback in callbacks:
+                if record.detached:
+                    break  # the test that listened is over
                 try:
                     callback(arg)
                 except Exception:
@@ -235,6 +240,8 @@ class SocketRecord:
     )
     #: The API objects made for it, by class (one per API, so that a socket stays one object).
     views: dict[type, Any] = field(default_factory=dict)
+    #: `detach` ran (the proxy was reset): the test no longer sees this socket.
+    detached: bool = False
 
     # --- written by the proxy thread (the layer's observer, or the recorder's hooks) -----------
 
@@ -283,7 +290,14 @@ class SocketRecord:
     def _emit(self, event: str, arg: Any) -> None:
         callbacks = self.listeners[event]
         if callbacks:
-            self.hub.emit(list(callbacks), arg)
+            self.hub.emit(self, list(callbacks), arg)
+
+    def detach(self) -> None:
+        """Let the test go of this socket: its listeners are removed, and those already on
+        their way are not called."""
+        with self.hub.lock:
+            self.detached = True
+            self.listeners = {e: [] for e in EVENTS}
 
     # --- read by the test (checks run under the hub's lock) -------------------------------------
 

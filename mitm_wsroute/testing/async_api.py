@@ -76,6 +76,8 @@ class WebSocket(SocketBase):
         record = self._record
 
         def run(arg: Any) -> None:
+            if record.detached:
+                return  # the proxy was reset meanwhile: the test that listened is over
             result = callback(self if event == "close" else arg)
             if inspect.isawaitable(result):
                 asyncio_utils.create_task(
