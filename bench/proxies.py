@@ -108,11 +108,13 @@ def peers(upstream: str) -> list[tuple[str, str, str]]:
     ]
 
 
-def start_peer(label: str, kind: str) -> Proxy:
+def start_peer(label: str, kind: str, ca: str | None = None) -> Proxy:
+    """A peer; with `ca`, Mockttp intercepts TLS too, with a CA whose certificate it writes to
+    that path (for the client to trust), and passes through to any upstream certificate."""
     if kind == DIRECT:
         return Proxy(label, None, 0)
-    proc, port = start(["node", str(HERE / "mockttp" / "proxy.js")], r"listening at [\d.]+:(\d+)",
-                       PROXY_CPUS)  # fmt: skip
+    cmd = ["node", str(HERE / "mockttp" / "proxy.js"), *(("--ca", ca) if ca else ())]
+    proc, port = start(cmd, r"listening at [\d.]+:(\d+)", PROXY_CPUS)
     return Proxy(label, proc, port)
 
 

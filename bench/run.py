@@ -11,6 +11,12 @@ follow. With two or more CPUs, the proxies run on the last one and the client an
 on the others. Small-message ratios are taken per round (each case against the plain run of
 the same round, the order reversed every other round), then the median of those, so that a
 slow patch of the machine lands on both sides of a ratio; the range shows how much they moved.
+
+Then the transport matrix (`transports.py`; ``--transports`` runs only it, ``--no-transports``
+all but it): msgs/s over ws:// and wss://, permessage-deflate offered by the client or not,
+32 B and 64 KiB of text, for our routes with the message hooks on and off, plain mitmdump,
+Mockttp and the echo server direct, in 5 interleaved rounds; its table prints after the main
+one, and goes with a chart to test-artifacts/bench/.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
+from ssl import SSLContext
 
 import gc_pauses
 import instructions
@@ -37,6 +44,7 @@ from proxies import (
     HERE,
     HOOKLESS,
     PROXY_CPUS,
+    ROOT,
     Proxy,
     start,
     start_mitmdump,
@@ -45,12 +53,30 @@ from proxies import (
 from websockets.asyncio.client import ClientConnection, connect
 
 
-async def throughput_and_rtt(url: str, p: Proxy, size: int, n: int, rtts: int) -> dict[str, float]:
-    """Echoes over one connection: sequential round trips, then a pipelined window of 200."""
-    payload = "x" * size
-    async with connect(url, proxy=p.url, compression=None, max_size=None, ping_interval=None,
-                       max_queue=None, write_limit=2**20) as ws:  # fmt: skip
-        for _ in range(50):  # warm-up
+async def throughput_and_rtt(
+    url: str,
+    p: Proxy,
+    payload: str,
+    n: int,
+    rtts: int,
+    *,
+    compression: str | None = None,
+    ssl: SSLContext | None = None,
+    max_secs: float | None = None,
+    warmup: int = 50,
+    window: int = 200,
+) -> dict[str, float]:
+    """Echoes over one connection: `warmup` round trips, `rtts` timed ones, then `n`
+    pipelined, `window` at a time.
+
+    `compression="deflate"` offers permessage-deflate (python-websockets' default), None does
+    not; `ssl` is the context for a wss:// URL. With `max_secs`, the pipelined phase stops
+    sending after that long even if it sent fewer than `n` (then waits for what is in flight):
+    slow cases take no longer than that, fast ones still run `n` echoes."""
+    async with connect(url, proxy=p.url, compression=compression, ssl=ssl, max_size=None,
+                       ping_interval=None, max_queue=None, write_limit=2**20,
+                       open_timeout=60) as ws:  # fmt: skip
+        for _ in range(warmup):
             await ws.send(payload)
             await ws.recv()
         times = []
@@ -59,24 +85,38 @@ async def throughput_and_rtt(url: str, p: Proxy, size: int, n: int, rtts: int) -
             await ws.send(payload)
             await ws.recv()
             times.append((time.perf_counter() - t) * 1e6)
-        window = asyncio.Semaphore(200)
-        received = 0
+        in_flight = asyncio.Semaphore(window)
+        sent = received = 0
+        t0 = time.perf_counter()
+        stop_at = t0 + max_secs if max_secs is not None else float("inf")
 
         async def sender() -> None:
+            nonlocal sent
             for _ in range(n):
-                await window.acquire()
+                await in_flight.acquire()
+                if time.perf_counter() > stop_at:
+                    return
                 await ws.send(payload)
+                sent += 1
 
-        t0 = time.perf_counter()
         task = asyncio.ensure_future(sender())
-        while received < n:
-            await ws.recv()
-            received += 1
-            window.release()
+        while received < sent or not task.done():
+            if received < sent:
+                await ws.recv()
+                received += 1
+                in_flight.release()
+            else:  # all echoed: the sender sends more (or ends) as soon as it runs
+                await asyncio.sleep(0)
         await task
         dt = time.perf_counter() - t0
     times.sort()
-    return {"msgs": n / dt, "p50": times[len(times) // 2], "p99": times[int(len(times) * 0.99)]}
+    if not times:
+        return {"msgs": received / dt}
+    return {
+        "msgs": received / dt,
+        "p50": times[len(times) // 2],
+        "p99": times[int(len(times) * 0.99)],
+    }
 
 
 async def big_message(url: str, proxy: str, size: int) -> float:
@@ -236,21 +276,40 @@ async def small_messages(
     runs: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in cases}
     for i in range(repeats):
         for label, p, url in cases[:: -1 if i % 2 else 1]:
-            runs[label].append(await throughput_and_rtt(url, p, size, n, rtts))
-    base = runs[cases[0][0]]
-    labels = [label for label, _, _ in cases]
+            runs[label].append(await throughput_and_rtt(url, p, "x" * size, n, rtts))
+    return summarize(runs, [label for label, _, _ in cases], f"{size} B")
+
+
+#: What `summarize` reports: (key of a run's result, row name, unit, higher is better).
+METRICS = (
+    ("msgs", "msgs/s", "msg/s", True),
+    ("p50", "RTT p50", "µs", False),
+    ("p99", "RTT p99", "µs", False),
+)
+
+
+def summarize(
+    runs: dict[str, list[dict[str, float]]],
+    labels: list[str],
+    what: str,
+    where: str = "",
+    metrics: tuple[tuple[str, str, str, bool], ...] = METRICS,
+) -> list[str]:
+    """Rows for the rounds of each case (`runs[label]`, one result per round): the median of
+    each metric, the median of its per-round ratios to the first label's (plain mitmdump) with
+    their range, and for our cases the same against the Mockttp case doing the same job. Rows
+    are named "{what} {metric}, {where}{label}"."""
+    base = runs[labels[0]]
     lines = []
     for label in labels:
         peer = peer_of(label, labels)
-        for metric, name, unit, higher in (("msgs", "msgs/s", "msg/s", True),
-                                           ("p50", "RTT p50", "µs", False),
-                                           ("p99", "RTT p99", "µs", False)):  # fmt: skip
+        for metric, name, unit, higher in metrics:
             values = [r[metric] for r in runs[label]]
             ratios = [
                 ratio_to(b[metric], v, higher) or 0 for v, b in zip(values, base, strict=True)
             ]
             median, spread = None, ""
-            if label != cases[0][0]:
+            if label != labels[0]:
                 median = statistics.median(ratios)
                 if len(ratios) > 1:
                     spread = f" ({min(ratios):.2f} to {max(ratios):.2f})"
@@ -262,7 +321,8 @@ async def small_messages(
                     for v, p in zip(values, runs[peer], strict=True)
                 ]
                 vs_peer = f"{statistics.median(per_round):.2f}x of {peer}"
-            lines.append(row(f"{size} B {name}, {label}", value, unit, median, spread, vs_peer))
+            lines.append(row(f"{what} {name}, {where}{label}", value, unit, median, spread,
+                             vs_peer))  # fmt: skip
     return lines
 
 
@@ -359,41 +419,80 @@ def instruction_counts(confdir: str, upstream: str) -> list[str]:
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="smaller counts, no 64 MiB plain run")
-    ap.add_argument("--small", action="store_true", help="only the 32 B and 64 KiB rows")
+    ap.add_argument(
+        "--small",
+        action="store_true",
+        help="only the 32 B and 64 KiB rows (the transport matrix too)",
+    )
+    ap.add_argument(
+        "--transports",
+        action="store_true",
+        help="only the transport matrix (ws/wss, permessage-deflate or not)",
+    )
+    ap.add_argument("--no-transports", action="store_true", help="all but the transport matrix")
     ap.add_argument("--repeats", type=int, help="rounds of the small-message cases (default 7)")
+    ap.add_argument("--transport-rounds", type=int,
+                    help="rounds of the transport matrix (default 5)")  # fmt: skip
     a = ap.parse_args()
     q = a.quick
     n32, n64k, rtt32, rtt64k = (2000, 300, 300, 100) if q else (10000, 1000, 500, 200)
     repeats = a.repeats or (1 if q else 7)
+    transport_rounds = a.transport_rounds or (1 if q else 5)
 
     os.environ["PYTHONUNBUFFERED"] = "1"
     os.sched_setaffinity(0, CLIENT_CPUS)
-    echo, echo_port = start([sys.executable, str(HERE / "echo_server.py")], r"port (\d+)",
-                            CLIENT_CPUS)  # fmt: skip
     what = f"msgs/s and RTT: medians of {repeats} rounds"
+    where = ""
     if len(CPUS) > 1:
-        what += f"; proxies on CPU {min(PROXY_CPUS)}, client and echo server on the others"
-    lines = [f"| measurement ({what}) | value | vs plain (range over rounds) | vs Mockttp |",
+        where = f"; proxies on CPU {min(PROXY_CPUS)}, client and echo server on the others"
+    lines = [f"| measurement ({what}{where}) | value | vs plain (range over rounds) | vs Mockttp |",
              "|---|---:|---:|---:|"]  # fmt: skip
+    matrix: list[str] = []
+    cases: list[Case] = []
     with tempfile.TemporaryDirectory() as confdir:
+        echo, echo_port = start([sys.executable, str(HERE / "echo_server.py")], r"port (\d+)",
+                                CLIENT_CPUS)  # fmt: skip
+        # wss://, its self-signed certificate written to confdir (echo_server.CERT)
+        echo_tls, tls_port = start([sys.executable, str(HERE / "echo_server.py"), "--tls",
+                                    confdir], r"port (\d+)", CLIENT_CPUS)  # fmt: skip
         up = f"ws://127.0.0.1:{echo_port}"
-        # One mitmdump per case, so that no case runs in a process that others have used.
-        cases: list[Case] = [
-            (label, start_mitmdump(label, confdir, *args), url)
-            for label, args, url in proxies.cases(up)
-        ] + [
-            (label, proxies.start_peer(label, kind), url) for label, kind, url in proxies.peers(up)
-        ]
 
         def out(new: list[str]) -> None:
             lines.extend(new)
             print(*new, sep="\n", flush=True)
 
+        async def transport_matrix() -> None:
+            import transports  # here: it imports this module
+
+            t = time.monotonic()
+            new, files = await transports.main(confdir, echo_port, tls_port, transport_rounds, q)
+            matrix.extend(new)
+            print(*new, sep="\n", flush=True)
+            print(
+                f"(transport matrix: {time.monotonic() - t:.0f} s; written to "
+                f"{', '.join(str(f.relative_to(ROOT)) for f in files)})",
+                flush=True,
+            )
+
         try:
+            if a.transports:
+                lines.clear()
+                await transport_matrix()
+                return
+            # One mitmdump per case, so that no case runs in a process that others have used.
+            cases += [
+                (label, start_mitmdump(label, confdir, *args), url)
+                for label, args, url in proxies.cases(up)
+            ] + [
+                (label, proxies.start_peer(label, kind), url)
+                for label, kind, url in proxies.peers(up)
+            ]
             if shutil.which("valgrind") and not q:
                 out(instruction_counts(confdir, up))
             out(await small_messages(cases, 32, n32, rtt32, repeats))
             out(await small_messages(cases, 65536, n64k, rtt64k, repeats))
+            if not a.no_transports:
+                await transport_matrix()
             if not a.small:
                 out(await big_messages(confdir, cases, (16 if q else 64) << 20, with_plain=not q))
                 out(await memory(confdir, cases, 10_000 if q else 100_000))
@@ -415,7 +514,11 @@ async def main() -> None:
             for _, p, _ in cases:
                 stop(p.proc)
             stop(echo)
-    print("\n" + "\n".join(lines))
+            stop(echo_tls)
+            if lines:
+                print("\n" + "\n".join(lines))
+            if matrix:
+                print("\n" + "\n".join(matrix))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,275 @@
+"""The transport matrix of `make bench` (``--transports`` runs only it): msgs/s over ws:// and
+wss://, with permessage-deflate offered by the client and not, for 32 B and 64 KiB text.
+
+Real traffic is mostly wss:// with permessage-deflate, which python-websockets, browsers and
+Node's ws offer by default. Each case echoes over one connection, 200 messages in flight,
+as run.py's `small_messages`, and in the same interleaved way: every round runs every
+configuration of every case (the order reversed every other round), and each ratio is taken
+to plain mitmdump in the same configuration of the same round; the table shows the medians
+over the rounds and the range of the ratios. So that the whole matrix fits in a few minutes,
+a case stops sending after `MAX_SECS` (the slow ones), else after `n` echoes (the fast ones).
+
+The cases: plain mitmdump (what an intercept costs without the addon: mitmproxy's own
+WebSocket layer, which inflates and deflates each message itself), intercept and mock with
+mitmproxy's message hooks on and off (`ADDON`, `HOOKLESS`), Mockttp's `thenEcho` and
+`thenPassThrough` (TLS intercepted with a CA it generates at start; its ws library negotiates
+permessage-deflate on both sides), and the echo server with no proxy, the ceiling. The echo
+server accepts permessage-deflate when the client offers it, and serves wss:// with a
+self-signed certificate (the proxies do not verify it: mitmdump's ``ssl_insecure``,
+Mockttp's ``ignoreHostHttpsErrors``). The client trusts mitmproxy's CA, Mockttp's and the
+echo server's certificate.
+
+The payloads: 32 B of JSON; 64 KiB of JSON records that repeat (deflate shrinks them to a
+few percent), and 64 KiB of random base64 (to about 75 %). The same message is sent over
+and over: the 64 KiB ones are larger than any deflate window, so one message does not make
+the next smaller.
+
+Writes the table (markdown) and a bar chart of msgs/s (SVG, drawn here: no plotting
+dependency) to test-artifacts/bench/.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import random
+import ssl
+import statistics
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+
+import echo_server
+import proxies
+import run
+from proxies import ADDON, HOOKLESS, ROOT, Proxy, start_mitmdump, stop
+
+#: Where the table and the chart go (git-ignored).
+OUT = ROOT / "test-artifacts" / "bench"
+#: A case stops sending after this many seconds (then waits for the echoes in flight).
+MAX_SECS = 0.4
+#: Round trips before the timed ones, on each new connection.
+WARMUP = 20
+
+#: (label in the table, short label in the chart, kind, what the URL's path is)
+#: kinds: mitmdump arguments, or proxies.MOCKTTP / proxies.DIRECT
+CASES: tuple[tuple[str, str, tuple[str, ...] | str, str], ...] = (
+    ("plain mitmdump", "plain mitmdump", (), "plain"),
+    ("intercept, no handlers", "intercept, hooks on", ADDON, "intercept"),
+    (
+        "intercept, no handlers, wsroute_message_hooks=false",
+        "intercept, hooks off",
+        HOOKLESS,
+        "intercept",
+    ),
+    ("mock echo", "mock, hooks on", ADDON, "mock"),
+    ("mock echo, wsroute_message_hooks=false", "mock, hooks off", HOOKLESS, "mock"),
+    ("Mockttp echo", "Mockttp thenEcho", proxies.MOCKTTP, "mock"),
+    ("Mockttp pass-through", "Mockttp thenPassThrough", proxies.MOCKTTP, "peer"),
+    (
+        "python-websockets echo server, direct (no proxy)",
+        "direct (no proxy)",
+        proxies.DIRECT,
+        "direct",
+    ),
+)
+
+#: (scheme, permessage-deflate offered)
+TRANSPORTS = (("ws", False), ("ws", True), ("wss", False), ("wss", True))
+
+
+def transport_name(scheme: str, deflate: bool) -> str:
+    return f"{scheme}{' + permessage-deflate' if deflate else ''}"
+
+
+def payloads() -> list[tuple[str, str]]:
+    """(what, text): 32 B of JSON, 64 KiB of repeating JSON, 64 KiB of random base64."""
+    small = json.dumps({"op": "tick", "seq": 12, "ok": True}, separators=(",", ":"))
+    records: list[str] = []
+    i = 0
+    while sum(len(r) + 1 for r in records) < 65536:
+        records.append(json.dumps({"id": i, "user": f"user{i % 50}", "status": "active",
+                                   "score": i * 7 % 100, "tags": ["a", "b"]}))  # fmt: skip
+        i += 1
+    repeating = ("[" + ",".join(records))[:65535] + "]"
+    rand = base64.b64encode(random.Random(0).randbytes(49152)).decode()
+    assert (len(small), len(repeating), len(rand)) == (32, 65536, 65536)
+    return [
+        ("32 B JSON", small),
+        ("65536 B repeating JSON", repeating),
+        ("65536 B random base64", rand),
+    ]
+
+
+@dataclass
+class Case:
+    label: str
+    short: str
+    proxy: Proxy
+    path: str
+
+    def url(self, scheme: str, ws_port: int, wss_port: int) -> str:
+        if self.path == "mock":
+            return f"{scheme}://bench.invalid/mock"
+        # wss:// to "localhost": Mockttp's certificate for a CONNECT to an IP address names
+        # "localhost" only (it has no IP addresses); the echo server's names both
+        host = f"127.0.0.1:{ws_port}" if scheme == "ws" else f"localhost:{wss_port}"
+        return f"{scheme}://{host}/{self.path}"
+
+
+def start_cases(confdir: str) -> list[Case]:
+    """One process per case, as in run.py: no case runs in a process others have used."""
+    cases: list[Case] = []
+    try:
+        for label, short, kind, path in CASES:
+            if isinstance(kind, tuple):
+                p = start_mitmdump(label, confdir, *kind, "--set", "ssl_insecure=true")
+            else:
+                ca = str(Path(confdir, f"mockttp-ca-{len(cases)}.pem"))
+                p = proxies.start_peer(label, kind, ca if kind == proxies.MOCKTTP else None)
+            cases.append(Case(label, short, p, path))
+    except BaseException:
+        for c in cases:
+            stop(c.proxy.proc)
+        raise
+    return cases
+
+
+def client_context(confdir: str) -> ssl.SSLContext:
+    """Trusts mitmproxy's CA, Mockttp's CAs and the echo server's self-signed certificate."""
+    ctx = ssl.create_default_context(cafile=str(Path(confdir, "mitmproxy-ca-cert.pem")))
+    for name in sorted(os.listdir(confdir)):
+        if name.startswith("mockttp-ca-") or name == echo_server.CERT:
+            ctx.load_verify_locations(str(Path(confdir, name)))
+    return ctx
+
+
+Runs = dict[str, list[dict[str, float]]]
+
+
+async def measure(
+    confdir: str, ws_port: int, wss_port: int, rounds: int, quick: bool
+) -> tuple[list[Case], dict[tuple[str, str], Runs]]:
+    """Every (payload, transport) group of every case, `rounds` times, interleaved."""
+    n = {32: 1000, 65536: 200} if quick else {32: 5000, 65536: 1000}
+    max_secs = MAX_SECS * (0.4 if quick else 1)
+    cases = start_cases(confdir)
+    try:
+        ctx = client_context(confdir)
+        groups = [(what, text, scheme, deflate) for what, text in payloads()
+                  for scheme, deflate in TRANSPORTS]  # fmt: skip
+        results: dict[tuple[str, str], Runs] = {
+            (what, transport_name(scheme, deflate)): {c.label: [] for c in cases}
+            for what, _, scheme, deflate in groups
+        }
+        todo = [(g, c) for g in groups for c in cases]
+        for i in range(rounds):
+            for (what, text, scheme, deflate), c in todo[:: -1 if i % 2 else 1]:
+                result = await run.throughput_and_rtt(
+                    c.url(scheme, ws_port, wss_port), c.proxy, text, n[len(text)], 0,
+                    compression="deflate" if deflate else None,
+                    ssl=ctx if scheme == "wss" else None, max_secs=max_secs, warmup=WARMUP,
+                )  # fmt: skip
+                results[what, transport_name(scheme, deflate)][c.label].append(result)
+    finally:
+        for c in cases:
+            stop(c.proxy.proc)
+    return cases, results
+
+
+def table(cases: list[Case], results: dict[tuple[str, str], Runs], rounds: int) -> list[str]:
+    what = f"msgs/s with 200 in flight: medians of {rounds} round{'s' if rounds > 1 else ''}"
+    if len(proxies.CPUS) > 1:
+        what += f"; proxies on CPU {min(proxies.PROXY_CPUS)}, client and echo servers on the others"
+    lines = [f"| measurement ({what}) | value | vs plain mitmdump, same transport (range over "
+             "rounds) | vs Mockttp |", "|---|---:|---:|---:|"]  # fmt: skip
+    labels = [c.label for c in cases]
+    msgs = tuple(m for m in run.METRICS if m[0] == "msgs")
+    for (payload, transport), runs in results.items():
+        lines += run.summarize(runs, labels, payload, f"{transport}, ", msgs)
+    return lines
+
+
+#: Bar colours of the transports, in `TRANSPORTS` order.
+COLOURS = ("#9ecae1", "#3182bd", "#fdae6b", "#e6550d")
+
+
+def svg_chart(cases: list[Case], results: dict[tuple[str, str], Runs], title: str) -> str:
+    """Horizontal bars of msgs/s (medians), log scale: a panel per payload, a group of bars
+    per case, a bar per transport."""
+    medians = {
+        key: {label: statistics.median(r["msgs"] for r in rs) for label, rs in runs.items()}
+        for key, runs in results.items()
+    }
+    payload_names = list(dict.fromkeys(p for p, _ in results))
+    transports = [transport_name(s, d) for s, d in TRANSPORTS]
+    values = [v for m in medians.values() for v in m.values() if v > 0]
+    steps = [k * 10**e for e in range(-1, 8) for k in (1, 2, 5)]
+    lo = max(v for v in steps if v <= min(values))
+    hi = min(v for v in steps if v >= max(values))
+    left, right, bar, gap, head = 190, 70, 9, 8, 44
+    width = 960
+    plot_w = width - left - right
+
+    def x(v: float) -> float:
+        return left + plot_w * (math.log10(max(v, lo)) - math.log10(lo)) / math.log10(hi / lo)
+
+    group_h = bar * len(transports) + gap
+    panel_h = head + group_h * len(cases) + 10
+    legend_h = 30
+    height = 40 + legend_h + panel_h * len(payload_names) + 10
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'font-family="sans-serif" font-size="11">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{width / 2}" y="22" text-anchor="middle" font-size="14">{escape(title)}</text>',
+    ]
+    for i, (name, colour) in enumerate(zip(transports, COLOURS, strict=True)):
+        lx = left + i * 180
+        out.append(f'<rect x="{lx}" y="36" width="12" height="12" fill="{colour}"/>')
+        out.append(f'<text x="{lx + 16}" y="46">{escape(name)}</text>')
+    y0 = 40 + legend_h
+    for payload in payload_names:
+        out.append(f'<text x="{left}" y="{y0 + 16}" font-size="13" font-weight="bold">'
+                   f"{escape(payload)}: msgs/s (log scale)</text>")  # fmt: skip
+        top, bottom = y0 + head - 6, y0 + head + group_h * len(cases) - gap + 4
+        for v in (v for v in steps if lo <= v <= hi):
+            major = math.log10(v).is_integer()
+            out.append(f'<line x1="{x(v):.1f}" x2="{x(v):.1f}" y1="{top}" y2="{bottom}" '
+                       f'stroke="{"#bbb" if major else "#eee"}"/>')  # fmt: skip
+            out.append(f'<text x="{x(v):.1f}" y="{top - 3}" text-anchor="middle" '
+                       f'fill="#555">{run.number(v)}</text>')  # fmt: skip
+        for i, c in enumerate(cases):
+            gy = y0 + head + i * group_h
+            out.append(f'<text x="{left - 6}" y="{gy + group_h / 2}" text-anchor="end">'
+                       f"{escape(c.short)}</text>")  # fmt: skip
+            for j, transport in enumerate(transports):
+                v = medians[payload, transport][c.label]
+                by = gy + j * bar
+                out.append(f'<rect x="{left}" y="{by}" width="{x(v) - left:.1f}" '
+                           f'height="{bar - 1}" fill="{COLOURS[j]}"><title>{escape(transport)}: '
+                           f"{run.number(v)} msg/s</title></rect>")  # fmt: skip
+                out.append(f'<text x="{x(v) + 3:.1f}" y="{by + bar - 1.5}" font-size="8" '
+                           f'fill="#333">{run.number(v)}</text>')  # fmt: skip
+        y0 += panel_h
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+async def main(
+    confdir: str, ws_port: int, wss_port: int, rounds: int, quick: bool
+) -> tuple[list[str], list[Path]]:
+    """The matrix's table, and the files written (table and chart). `confdir` is mitmdump's
+    (a temporary directory), where the wss:// echo server wrote its certificate
+    (`echo_server.CERT`) and Mockttp writes its CAs'."""
+    cases, results = await measure(confdir, ws_port, wss_port, rounds, quick)
+    lines = table(cases, results, rounds)
+    OUT.mkdir(parents=True, exist_ok=True)
+    md, svg = OUT / "transports.md", OUT / "transports.svg"
+    md.write_text("\n".join(lines) + "\n")
+    title = (f"Echoes per second, 200 in flight on one connection (medians of {rounds} "
+             f"round{'s' if rounds > 1 else ''}; higher is better)")  # fmt: skip
+    svg.write_text(svg_chart(cases, results, title))
+    return lines, [md, svg]
