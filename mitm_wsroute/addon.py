@@ -355,6 +355,9 @@ class WsRoute:
             update_soon=self._flow_updated_soon,
             proxyserver=self._proxyserver(),
         )
+        if ctx.options.wsroute_message_hooks:
+            # other addons' hooks called by the layer itself, when it can (all synchronous)
+            socket.hooks = layer.message_hooks(ctx.master.addons.chain, self)
         layer.routed_socket(flow, socket)
         flow.metadata["wsroute"] = {"url": url, "route": route.origin}
         try:
@@ -557,6 +560,8 @@ _HAR_OPTIONS = (
     "wsroute_har_url",
     "wsroute_har_not_found",
     "wsroute_har_timing",
+    "wsroute_har_max_size",
+    "wsroute_har_max_attached_size",
 )
 
 

@@ -1,16 +1,17 @@
 """The common frames of RFC 6455 §5, read and written without a codec: whole data messages.
 
-Most messages travel as one frame: FIN set, no reserved bits, text or binary. `next_whole`
-reads such a frame and stops at anything else (a control frame, a fragment, an extension's
-bit, a non-minimal length, invalid UTF-8, a frame over a size), which the codec then reads
-as usual, errors included; of a frame not all there yet, it says so. `whole` writes one.
+Most messages travel as one frame: FIN set, no reserved bits (but RSV1 where permessage-deflate
+compressed it), text or binary. `next_frame` reads such a frame and stops at anything else (a
+control frame, a fragment, another extension's bit, a non-minimal length, a frame over a size),
+which the codec then reads as usual, errors included; of a frame not all there yet, it says so.
+`next_whole` decodes its message on a side without extensions; `whole` writes one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["frame_size", "next_whole", "unmask", "whole"]
+__all__ = ["frame_size", "is_compressed", "is_text", "next_frame", "next_whole", "unmask", "whole"]
 
 _TEXT, _BINARY = 0x1, 0x2
 
@@ -29,19 +30,23 @@ except ImportError:  # a platform without the compiled module
     unmask = unmask_in_python
 
 
-def next_whole(
-    data: bytes, pos: int, masked: bool, max_length: int
-) -> tuple[str | bytes | None, int] | None:
-    """The message of the whole single-frame data message at `pos` of `data`, and where the
-    next frame starts; ``(None, pos)`` if such a frame starts there but is not all there yet;
-    None if the frame there is anything else, or its payload is over `max_length` bytes.
-    `masked`: the frame must be masked (a client's), else it must not be (a server's)."""
+def next_frame(
+    data: bytes, pos: int, masked: bool, max_length: int, rsv1: bool = False
+) -> tuple[int, bytes, int] | tuple[None, int] | None:
+    """The whole single-frame data message at `pos` of `data`: its first byte (FIN, RSV1 and
+    the opcode), its payload (unmasked) and where the next frame starts; ``(None, pos)`` if
+    such a frame starts there but is not all there yet; None if the frame there is anything
+    else (RSV1 is allowed with `rsv1`: a message compressed by permessage-deflate), or its
+    payload is over `max_length` bytes. `masked`: the frame must be masked (a client's), else
+    it must not be (a server's)."""
     n = len(data)
     if n - pos < 2:
         return None, pos
     b0, b1 = data[pos], data[pos + 1]
     opcode = b0 & 0x0F
-    if b0 & 0xF0 != 0x80 or (opcode != _TEXT and opcode != _BINARY):
+    if (b0 & 0xF0 != 0x80 and not (rsv1 and b0 & 0xF0 == 0xC0)) or (
+        opcode != _TEXT and opcode != _BINARY
+    ):
         return None  # not final, a reserved bit, or not a data frame
     if bool(b1 & 0x80) is not masked:
         return None
@@ -72,12 +77,33 @@ def next_whole(
     payload = data[start:end]
     if masked:
         payload = unmask(payload, key)
-    if opcode == _BINARY:
+    return b0, payload, end
+
+
+def next_whole(
+    data: bytes, pos: int, masked: bool, max_length: int
+) -> tuple[str | bytes | None, int] | None:
+    """`next_frame` on a side without extensions, its message decoded: `str` for text (None
+    for invalid UTF-8, which the codec then reads and refuses), `bytes` for binary."""
+    found = next_frame(data, pos, masked, max_length)
+    if found is None or found[0] is None:
+        return found
+    b0, payload, end = found
+    if b0 & 0x0F == _BINARY:
         return payload, end
     try:
         return payload.decode(), end
     except UnicodeDecodeError:
         return None
+
+
+def is_compressed(b0: int) -> bool:
+    """The frame whose first byte is `b0` has RSV1 set: compressed (RFC 7692 §6)."""
+    return bool(b0 & 0x40)
+
+
+def is_text(b0: int) -> bool:
+    return b0 & 0x0F == _TEXT
 
 
 def frame_size(data: bytes | bytearray) -> int:
@@ -100,13 +126,20 @@ def frame_size(data: bytes | bytearray) -> int:
     return head + length
 
 
-def whole(message: str | bytes, key: bytes | None = None) -> bytes:
+def whole(
+    message: str | bytes,
+    key: bytes | None = None,
+    compress: Callable[[bytes], bytes] | None = None,
+) -> bytes:
     """`message` as one frame: unmasked (a server's), or masked with the 4-byte `key` (a
-    client's, RFC 6455 §5.3: a fresh random key per frame)."""
+    client's, RFC 6455 §5.3: a fresh random key per frame); with `compress`, its payload
+    compressed and RSV1 set (permessage-deflate, RFC 7692 §6)."""
     if isinstance(message, str):
         payload, b0 = message.encode(), 0x80 | _TEXT
     else:
         payload, b0 = message, 0x80 | _BINARY
+    if compress is not None:
+        payload, b0 = compress(payload), b0 | 0x40
     n = len(payload)
     masked = 0x80 if key is not None else 0
     if n < 126:

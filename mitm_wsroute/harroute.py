@@ -249,6 +249,7 @@ class _Sender:
                 if step.delay:
                     await sleep(step.delay)
                 self._do(step)
+                await self.ws.drain()  # a client that reads slowly slows the replay down
         finally:
             self.task = None
 

@@ -12,8 +12,10 @@ commands → wire. Calls that user code makes outside our events (from an async 
 wake the layer with an injected `RouteWakeup` event, which `HttpLayer` routes by flow like
 ``inject.websocket``.
 
-With ``wsroute_message_hooks`` off, the layer also reads and writes a routed socket's plain TCP
-connections itself, on their asyncio transports (`RoutedWebsocketLayer._own_io`).
+The layer also reads and writes a routed socket's connections itself, on their asyncio
+transports, driving their TLS where they have it (`RoutedWebsocketLayer._own_io`), and calls
+other addons' synchronous ``websocket_message`` and ``update`` hooks itself (`MessageHooks`);
+an addon with an async one leaves every message to mitmproxy's machinery.
 
 `check_internals()` refuses to run on a mitmproxy whose internals moved (see README);
 `own_io_problems()` says what reading the connections itself would miss, and then it is not done.
@@ -24,28 +26,39 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import inspect
 import logging
 import os
 import threading
 import time
 import types
 import weakref
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import wsproto.events as wse
 from mitmproxy import http, websocket
+from mitmproxy.addonmanager import safecall, traverse
+from mitmproxy.connection import ConnectionState as ConnectionFlags
+from mitmproxy.exceptions import AddonHalt
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import modes
+from mitmproxy.proxy.layers import tls as tls_layers
 from mitmproxy.proxy.layers import websocket as wsl
-from mitmproxy.proxy.layers.http import GetHttpConnection, HttpLayer, HttpStream
+from mitmproxy.proxy.layers.http import GetHttpConnection, HttpClient, HttpLayer, HttpStream
 from mitmproxy.proxy.layers.http._hooks import HttpResponseHeadersHook
+from mitmproxy.proxy.layers.http._http1 import Http1Client
+from mitmproxy.proxy.tunnel import TunnelState
 from mitmproxy.proxy.utils import expect
+from OpenSSL import SSL
 from wsproto.connection import ConnectionState
+from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, Opcode
 
+from . import deflate as permessage_deflate
 from .connection import (
     ABNORMAL_CLOSURE,
     MESSAGE_TOO_BIG,
@@ -64,17 +77,19 @@ from .connection import (
     StartCloseTimer,
     State,
 )
-from .frames import frame_size, next_whole, whole
+from .frames import frame_size, is_compressed, is_text, next_frame, next_whole, whole
 from .handshake import accept
 from .latency import DelayLine
 from .messages import KEEP_BYTES, Piece, Reassembly, cut, trim
 
 __all__ = [
+    "MessageHooks",
     "Observer",
     "RouteWakeup",
     "RoutedSocket",
     "check_internals",
     "install",
+    "message_hooks",
     "routed_socket",
     "share_ctx_per_thread",
 ]
@@ -91,6 +106,63 @@ WHOLE_LIMIT = 1 << 20
 
 #: The clock of `set_latency()` (asyncio's, which runs the wake-ups; tests replace it).
 clock = time.monotonic
+
+
+@dataclass(frozen=True)
+class MessageHooks:
+    """What mitmproxy's ``handle_lifecycle`` calls for a ``websocket_message`` hook: every
+    addon's ``websocket_message(flow)``, then every addon's ``update([flow])``, in the addon
+    chain's order, each in mitmproxy's ``safecall`` (an error is logged, `AddonHalt` stops
+    the rest). Only for synchronous handlers: `message_hooks` says whether they all are."""
+
+    message: tuple[Callable[[http.HTTPFlow], object], ...]
+    update: tuple[Callable[[list[http.HTTPFlow]], object], ...]
+
+    def call(self, flow: http.HTTPFlow) -> bool:
+        """Call the hooks for the newest message of `flow`; True if one intercepted it."""
+        for handlers, arg in ((self.message, flow), (self.update, [flow])):
+            for handler in handlers:
+                try:
+                    with safecall():
+                        handler(arg)  # type: ignore[arg-type]
+                except AddonHalt:
+                    break
+        return flow.intercepted
+
+
+def message_hooks(chain: list[Any], skip: object) -> MessageHooks | None:
+    """The ``websocket_message`` and ``update`` handlers of the addons in `chain` (and the
+    addons they hold, as mitmproxy walks them) but `skip`; None if any is a coroutine
+    function, which only mitmproxy's machinery can await."""
+    found: dict[str, list[Callable[..., object]]] = {"websocket_message": [], "update": []}
+    for addon in traverse(chain):
+        if addon is skip:
+            continue
+        for name, handlers in found.items():
+            handler = getattr(addon, name, None)
+            if handler is None or isinstance(handler, types.ModuleType):
+                continue  # mitmproxy skips a module of that name too
+            if not callable(handler) or _is_async(handler):
+                return None
+            handlers.append(handler)
+    return MessageHooks(tuple(found["websocket_message"]), tuple(found["update"]))
+
+
+def _is_async(handler: Callable[..., object]) -> bool:
+    """A coroutine function, or an object whose ``__call__`` is one."""
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None)  # noqa: B004 - callable() was checked
+    )
+
+
+@dataclass(eq=False)  # hashed by identity, as mitmproxy's registered hooks are
+class _WaitForResume(commands.StartHook):
+    """Have mitmproxy wait until an intercepted flow is resumed, as it does after any hook
+    (``ProxyConnectionHandler.handle_hook``). Named "" so that no addon implements it, and
+    mitmproxy registers no hook of that name (a reload defines it again)."""
+
+    flow: http.HTTPFlow
+    name = ""
 
 
 class RouteWakeup(wsl.WebSocketMessageInjected):
@@ -158,6 +230,9 @@ class RoutedSocket:
     proxyserver: object | None = None
     #: The proxy's event loop (set by `routed_socket`), where `drain()` waits.
     loop: asyncio.AbstractEventLoop | None = None
+    #: The other addons' ``websocket_message`` and ``update`` hooks, when the layer may call
+    #: them itself (all synchronous); None: each message goes through mitmproxy's machinery.
+    hooks: MessageHooks | None = None
 
     def wake(self) -> None:
         """Called by the connection for every command recorded, on the proxy's thread: wakes
@@ -255,7 +330,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             self.message_hooks: bool = context.options.wsroute_message_hooks
             self.route_sent = False  # a route-sent message was recorded in this event
         #: The transports the layer reads and writes itself (`_own_io`), by `id` of connection.
-        self.transports: dict[int, asyncio.Transport] = {}
+        self.transports: dict[int, asyncio.Transport | _TlsTransport] = {}
         #: What waits for mitmproxy's event machinery, oldest first (`_fast_receive`).
         self.backlog: collections.deque[_Backlogged] = collections.deque()
         self.backlog_wakeup = False  # a `RouteWakeup` for the backlog is on its way
@@ -277,8 +352,10 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             return
         connection = self.socket.connection
         self.ws = (self.client_ws, self.server_ws)
-        #: Sides whose frames `frames` may read and write (no extension changes them).
+        #: Sides whose frames `frames` may read and write (no extension changes them), and
+        #: sides with permessage-deflate, whose whole messages it reads and writes too.
         self.plain = tuple(not ws._proto.extensions for ws in self.ws)
+        self.deflate = tuple(_Deflate.of(ws) for ws in self.ws)
         self.socket.layer_started = True
         connection.written = self._written
         connection.drainer = self._drainer
@@ -286,7 +363,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         self.socket.busy = True
         yield from self._drain()
         self.socket.busy = False
-        if not self.message_hooks:
+        if not self.message_hooks or self.socket.hooks is not None:
             self._own_io()
 
     _handle_event = start
@@ -362,13 +439,22 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                     return
                 data = bytes(partial)
                 partial.clear()
-            if self.plain[side] and _codec_idle(ws):
+            deflate = self.deflate[side]
+            if (self.plain[side] or deflate is not None) and _codec_idle(ws):
                 # Whole single-frame messages, the common case, are read here; the codec
                 # reads from the first frame that is anything else on (`frames`).
                 pos, masked, limit = 0, side is PAGE, self.whole_limit
-                while ws.state is ConnectionState.OPEN and (
-                    found := next_whole(data, pos, masked, limit)
-                ):
+                while ws.state is ConnectionState.OPEN:
+                    if deflate is None:
+                        found = next_whole(data, pos, masked, limit)
+                    else:
+                        try:
+                            found = self._next_inflated(deflate, data, pos, masked, limit)
+                        except (OverflowError, zlib.error, UnicodeDecodeError) as e:
+                            self._fail(side, e)
+                            return
+                    if found is None:
+                        break
                     message, pos = found
                     if message is None:  # the start of one: the rest comes with the next read
                         partial[:] = memoryview(data)[pos:]
@@ -402,6 +488,28 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             if side is PAGE:
                 self._observe((ABNORMAL_CLOSURE, ""))
             connection.receive_connection_lost(side)
+
+    def _next_inflated(
+        self, deflate: _Deflate, data: bytes, pos: int, masked: bool, limit: int
+    ) -> tuple[str | bytes | None, int] | None:
+        """`frames.next_whole` for a side with permessage-deflate: its message decompressed."""
+        found = next_frame(data, pos, masked, limit, rsv1=True)
+        if found is None or found[0] is None:
+            return found
+        b0, payload, end = found
+        text = is_text(b0)
+        if is_compressed(b0):
+            # the limit counts characters of text (`Reassembly` checks them): up to 4 bytes each
+            payload = deflate.inflate(payload, self.max_message_size * (4 if text else 1))
+        return (payload.decode() if text else payload), end
+
+    def _fail(self, side: Side, error: Exception) -> None:
+        """A message read by `_next_inflated` that the side's codec would refuse: too big
+        (1009), a broken deflate stream or invalid UTF-8 (1007, RFC 6455 §8.1)."""
+        assert self.socket is not None
+        code = MESSAGE_TOO_BIG if isinstance(error, OverflowError) else 1007
+        logger.info(f"{self.socket.connection.url}: failing the {side}: {code} {error}")
+        self.socket.connection.receive_failure(side, code, str(error)[:123])
 
     def _piece(self, side: Side, piece: Piece) -> layer.CommandGenerator[None]:
         """A piece of a message from `side`: the message once it is whole."""
@@ -476,8 +584,12 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         to = connection.receive_message(side, data)
         if to is None:
             message.drop()  # consumed by a handler, or dropped by the rules: show it in mitmweb
-        if self.message_hooks:
-            yield wsl.WebsocketMessageHook(self.flow)  # other addons may modify or drop it
+        if self.message_hooks:  # other addons may modify or drop it
+            hooks = self.socket.hooks
+            if hooks is None:
+                yield wsl.WebsocketMessageHook(self.flow)  # through mitmproxy's machinery
+            elif hooks.call(self.flow):
+                yield _WaitForResume(self.flow)  # an addon intercepted the flow
         if connection.has_commands:  # the handler to call
             for command in connection.commands_to_execute():
                 yield from self._execute(command)
@@ -682,8 +794,13 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         """A message to `to`, in one frame: written here (`frames`) when the codec is between
         messages; masked as a client's for the server."""
         ws = self.ws[to]
-        if self.plain[to] and ws._proto._outbound_opcode is None:
-            return commands.SendData(ws.conn, whole(data, None if to is PAGE else os.urandom(4)))
+        if ws._proto._outbound_opcode is None:
+            key = None if to is PAGE else os.urandom(4)
+            if self.plain[to]:
+                return commands.SendData(ws.conn, whole(data, key))
+            deflate = self.deflate[to]
+            if deflate is not None:
+                return commands.SendData(ws.conn, whole(data, key, deflate.deflate))
         return ws.send2(_frame(data))
 
     def _send(self, to: Side, data: str | bytes) -> layer.CommandGenerator[None]:
@@ -783,7 +900,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
     # --- reading and writing the connections directly ---------------------------------------------
 
     def _own_io(self) -> None:
-        """With ``wsroute_message_hooks`` off, read and write this socket's connections here.
+        """Read and write this socket's connections here (unless an addon's message hook needs
+        mitmproxy's machinery: `RoutedSocket.hooks`).
 
         mitmproxy hands every read to the top of its layer stack (a task, a lock, every layer
         down to ours) and every frame we send back up it, one write each: most of what a routed
@@ -794,9 +912,11 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         mitmproxy's machinery as before (`backlog`), and so does the end of a stream.
 
         A connection becomes the layer's once mitmproxy holds nothing read from it that the
-        layer has not had (its stream's buffer is empty, no event waits in the layer's queue):
-        until then, this is tried again after each of mitmproxy's events (`to_own`). Only for
-        plain TCP connections in a plain layer stack (no TLS, no upstream proxy)."""
+        layer has not had (its stream's buffer is empty, no event waits in the layer's queue,
+        its TLS holds no decrypted bytes): until then, this is tried again after each of
+        mitmproxy's events (`to_own`). Under TLS, the layer decrypts and encrypts with the
+        connection's own TLS object (`_TlsTransport`). Not through an upstream proxy, nor
+        under layers it does not know (`_why_not_own`)."""
         assert self.socket is not None
         url = self.socket.connection.url
         self.to_own = False
@@ -827,32 +947,37 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             if buffered or self._paused is not None or self._paused_event_queue:
                 self.to_own = True  # mitmproxy still holds data from it: after that
                 continue
+            tls = _tls(self.context, conn)
+            if tls is not None and (tls.tunnel_state is not TunnelState.OPEN or tls.tls.pending()):
+                self.to_own = True  # its handshake is not over, or it holds decrypted bytes
+                continue
             transport = writer.transport
             assert isinstance(transport, asyncio.Transport)
             original = transport.get_protocol()
             assert isinstance(original, asyncio.StreamReaderProtocol)
-            transport.set_protocol(_Reader(self, side, original))
-            self.transports[id(conn)] = transport
+            ours = transport if tls is None else _TlsTransport(transport, tls.tls)
+            transport.set_protocol(_Reader(self, side, original, ours))
+            self.transports[id(conn)] = ours
             if original._paused:  # type: ignore[attr-defined]  # full: read no more until drained
                 self.write_paused.add(side)
             logger.debug(f"{url}: the layer reads and writes the {side}'s connection itself")
         if self.write_paused:
             self._pause_reading(True)
 
-    def _fast_receive(self, side: Side, data: bytes) -> None:
-        """Data read from a connection (`_own_io`): handled at once, unless something waits
-        for mitmproxy's machinery, or the layer waits for a hook (mitmproxy queues its events
-        then): it waits behind that."""
+    def _fast_receive(self, event: events.DataReceived | events.ConnectionClosed) -> None:
+        """Data read from a connection (`_own_io`), or the end of its TLS stream: handled at
+        once, unless something waits for mitmproxy's machinery, or the layer waits for a hook
+        (mitmproxy queues its events then): it waits behind that."""
         assert self.socket is not None
         if self.ended:
             return
         self.handler.timeout_watchdog.register_activity()  # per read, as mitmproxy: idle timeout
         if self.backlog or self._paused is not None or self.socket.busy:
-            self.backlog.append((side, data))
+            self.backlog.append(event)
             self._wake_for_backlog()
             return
         try:
-            self._run(self._relay(events.DataReceived(self.ws[side].conn, data)))
+            self._run(self._relay(event))
         except Exception:
             self.socket.busy = False
             logger.exception(f"{self.socket.connection.url}: the routed socket has crashed")
@@ -863,7 +988,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         else, and all after it, waits in `backlog` for mitmproxy."""
         backlog = self.backlog
         transports = self.transports
-        out: dict[asyncio.Transport, list[bytes]] = {}
+        out: dict[asyncio.Transport | _TlsTransport, list[bytes]] = {}
         try:
             command = next(generator)
             while True:
@@ -916,8 +1041,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             elif isinstance(item, _Resume):
                 yield from item.commands()
             elif not self.ended:  # data after the end changes nothing
-                side, data = item
-                yield from self._relay(events.DataReceived(self.ws[side].conn, data))
+                yield from self._relay(item)
 
     def _write_paused(self, side: Side, paused: bool) -> None:
         """A transport's write buffer filled up or drained: like mitmproxy, read from none of
@@ -947,6 +1071,56 @@ class _Whole:
     data: str | bytes
     frame_finished: bool = True
     message_finished: bool = True
+
+
+class _Deflate:
+    """A side's permessage-deflate for the messages the layer reads and writes itself, with
+    the zlib streams of the side's codec (wsproto's `PerMessageDeflate`: its ``_compressor``
+    and ``_decompressor``), so that what the codec reads or writes next continues them."""
+
+    __slots__ = ("ext", "in_bits", "in_reset", "out_bits", "out_reset")
+
+    def __init__(self, ext: PerMessageDeflate, client: bool) -> None:
+        self.ext = ext
+        # RFC 7692 §7.1: the client's parameters govern what the client sends
+        theirs, ours = ("server", "client") if client else ("client", "server")
+        self.in_bits = int(getattr(ext, f"{theirs}_max_window_bits"))
+        self.in_reset = bool(getattr(ext, f"{theirs}_no_context_takeover"))
+        self.out_bits = int(getattr(ext, f"{ours}_max_window_bits"))
+        self.out_reset = bool(getattr(ext, f"{ours}_no_context_takeover"))
+
+    @classmethod
+    def of(cls, ws: wsl.WebsocketConnection) -> _Deflate | None:
+        """The side's deflate, if permessage-deflate is its one extension."""
+        extensions = ws._proto.extensions
+        if len(extensions) == 1 and isinstance(extensions[0], PerMessageDeflate):
+            return cls(extensions[0], ws._proto.client)
+        return None
+
+    def inflate(self, payload: bytes, limit: int) -> bytes:
+        ext = self.ext
+        decompressor = ext._decompressor
+        if decompressor is None:
+            decompressor = ext._decompressor = zlib.decompressobj(-self.in_bits)
+        try:
+            return permessage_deflate.inflate(decompressor, payload, limit)
+        finally:
+            if self.in_reset:
+                ext._decompressor = None
+
+    def deflate(self, data: bytes) -> bytes:
+        ext = self.ext
+        compressor = ext._compressor
+        if compressor is None:
+            # wsproto's own settings, for one stream whichever of us writes
+            compressor = ext._compressor = zlib.compressobj(
+                zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -self.out_bits
+            )
+        try:
+            return permessage_deflate.deflate(compressor, data)
+        finally:
+            if self.out_reset:
+                ext._compressor = None
 
 
 def _codec_idle(ws: wsl.WebsocketConnection) -> bool:
@@ -982,10 +1156,10 @@ class _Resume:
 
 
 #: What waits in a layer's backlog: a command, the rest of an event, or data read.
-_Backlogged = commands.Command | _Resume | tuple[Side, bytes]
+_Backlogged = commands.Command | _Resume | events.DataReceived | events.ConnectionClosed
 
 #: The layers that may sit above a routed socket whose connections the layer reads itself:
-#: none of them changes the bytes (no TLS, no tunnel).
+#: none of them changes the bytes but the client's TLS, which the layer then drives itself.
 _PLAIN_LAYERS = (
     layer.NextLayer,
     modes.HttpProxy,
@@ -994,6 +1168,8 @@ _PLAIN_LAYERS = (
     modes.Socks5Proxy,
     HttpLayer,
     HttpStream,
+    tls_layers.ClientTLSLayer,
+    tls_layers.ServerTLSLayer,
 )
 
 
@@ -1003,30 +1179,130 @@ def _why_not_own(context: Context, handler: Any) -> str | None:
         return "its internals differ: see the warning at start-up"
     if handler is None:
         return "no connection handler"
-    if context.client.tls or context.server.tls:
-        return "TLS"
     if context.server.via is not None:
         return "upstream proxy"
     for above in context.layers[:-1]:
         if not isinstance(above, _PLAIN_LAYERS):
             return f"{type(above).__name__} layer"
+    for conn in (context.client, context.server):
+        if conn.tls and _tls(context, conn) is None:
+            return f"TLS of the {'client' if conn is context.client else 'server'} not found"
     return None
+
+
+def _tls(context: Context, conn: Any) -> tls_layers.TLSLayer | None:
+    """The TLS layer of `conn`, a connection of the routed socket, if it has TLS: a layer
+    above ours (a CONNECT tunnel's, reverse mode's), or for a server that the HTTP layer
+    connected itself, the first of the layers it keeps for it (then directly over its HTTP/1
+    layer, which passes a WebSocket's bytes on as they are)."""
+    if not conn.tls:
+        return None
+    for above in context.layers:
+        if isinstance(above, tls_layers.TLSLayer) and above.conn is conn:
+            return above
+    for above in reversed(context.layers):
+        if isinstance(above, HttpLayer):
+            first = above.connections.get(conn)
+            if not isinstance(first, tls_layers.ServerTLSLayer) or first.conn is not conn:
+                return None
+            below: Any = first.child_layer
+            if isinstance(below, HttpClient):
+                below = getattr(below, "child_layer", None)
+            return first if isinstance(below, Http1Client) else None
+    return None
+
+
+class _TlsTransport:
+    """A connection's transport under TLS (`_own_io`): what the layer writes is encrypted with
+    the connection's own TLS object (mitmproxy's, which stops reading it once the layer does;
+    what still goes through mitmproxy's layers uses the same object, in order)."""
+
+    __slots__ = ("tls", "transport")
+
+    def __init__(self, transport: asyncio.Transport, tls: SSL.Connection) -> None:
+        self.transport = transport
+        self.tls = tls
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.tls.sendall(data)
+        except (SSL.ZeroReturnError, SSL.SysCallError):
+            return  # as mitmproxy's TLS layer: the peer closed; it may still send
+        self.flush()
+
+    def flush(self) -> None:
+        """Write out what TLS has to send: records, alerts, session tickets, key updates."""
+        out = []
+        while True:
+            try:
+                out.append(self.tls.bio_read(65535))
+            except SSL.WantReadError:
+                break
+        if out:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def decrypt(self, data: bytes) -> tuple[bytes, bool]:
+        """The plaintext of the records in `data` (and of those before it, partly read), and
+        whether the peer ended its TLS stream (close_notify)."""
+        tls = self.tls
+        tls.bio_write(data)
+        plain = bytearray()
+        closed = False
+        while True:
+            try:
+                plain += tls.recv(65535)
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                closed = True
+                break
+            except SSL.Error as e:
+                logger.warning(f"TLS error: {e}")  # as mitmproxy's TLS layer, which goes on
+                break
+        self.flush()  # recv() may have advanced the state machine (an answer to send)
+        return bytes(plain), closed
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def pause_reading(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.transport.resume_reading()
 
 
 class _Reader(asyncio.Protocol):
     """A routed socket's connection's protocol, in place of mitmproxy's stream reader
-    (`RoutedWebsocketLayer._own_io`): data goes to the layer at once; the end of the stream
-    and flow control also go on to mitmproxy's protocol, which handles them as before."""
+    (`RoutedWebsocketLayer._own_io`): data goes to the layer at once (decrypted first, under
+    TLS); the end of the stream and flow control also go on to mitmproxy's protocol, which
+    handles them as before."""
 
     def __init__(
-        self, owner: RoutedWebsocketLayer, side: Side, original: asyncio.StreamReaderProtocol
+        self,
+        owner: RoutedWebsocketLayer,
+        side: Side,
+        original: asyncio.StreamReaderProtocol,
+        transport: asyncio.Transport | _TlsTransport,
     ) -> None:
         self.owner = owner
         self.side = side
         self.original = original
+        self.tls = transport if isinstance(transport, _TlsTransport) else None
 
     def data_received(self, data: bytes) -> None:
-        self.owner._fast_receive(self.side, data)
+        conn = self.owner.ws[self.side].conn
+        if self.tls is None:
+            self.owner._fast_receive(events.DataReceived(conn, data))
+            return
+        data, closed = self.tls.decrypt(data)
+        if data:
+            self.owner._fast_receive(events.DataReceived(conn, data))
+        if closed:
+            # The peer's close_notify: mitmproxy's TLS layer, which saw it consumed, will not
+            # report the end of the stream; the layer tells itself, as that layer would have.
+            conn.state &= ~ConnectionFlags.CAN_READ
+            self.owner._fast_receive(events.ConnectionClosed(conn))
 
     def eof_received(self) -> bool | None:
         return self.original.eof_received()
@@ -1122,6 +1398,7 @@ def own_io_problems() -> list[str]:
         (ConnectionHandler.__init__, ("transports", "timeout_watchdog")),
         (Proxyserver.inject_event, ("connections",)),
         (layer.Layer.__init__, ("_paused", "_paused_event_queue")),
+        (HttpLayer.__init__, ("connections",)),
         (asyncio.StreamReader.__init__, ("_buffer",)),
         (asyncio.streams.FlowControlMixin.__init__, ("_paused",)),
     ):
@@ -1132,6 +1409,8 @@ def own_io_problems() -> list[str]:
     for owner, name in (
         (TimeoutWatchdog, "register_activity"),
         (asyncio.Transport, "set_protocol"),
+        (tls_layers.TLSLayer, "tls"),
+        (tls_layers.TLSLayer, "tunnel_state"),
     ):
         if not hasattr(owner, name):
             problems.append(f"{owner.__name__}.{name} missing")
@@ -1149,8 +1428,8 @@ def install() -> None:
     problems = own_io_problems()
     if problems:
         logger.warning(
-            "wsroute: with wsroute_message_hooks off, mitmproxy still reads routed sockets "
-            f"(slower): this mitmproxy or Python differs ({'; '.join(problems)})"
+            "wsroute: mitmproxy still reads and writes every routed socket (slower): this "
+            f"mitmproxy or Python differs ({'; '.join(problems)})"
         )
     _own_io_ok = not problems
     wsl._wsroute_original = _ORIGINAL  # type: ignore[attr-defined]

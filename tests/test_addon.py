@@ -263,7 +263,7 @@ def test_reading_sockets_itself_needs_these_internals(
     # the addon still runs; mitmproxy reads every socket, and a warning says why
     layer.install()
     assert not layer._own_io_ok
-    assert "mitmproxy still reads routed sockets" in caplog.text
+    assert "mitmproxy still reads and writes every routed socket" in caplog.text
     assert "TimeoutWatchdog.register_activity missing" in caplog.text
     monkeypatch.undo()
     layer.install()

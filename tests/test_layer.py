@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from mitmproxy import websocket
+from mitmproxy import exceptions, websocket
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.context import Context
 from mitmproxy.test import tflow
@@ -264,3 +264,66 @@ def test_a_frame_in_many_small_reads_is_parsed_once_it_is_whole(
         feed(routed, events.DataReceived(routed.context.client, frame[i : i + 64]))
     assert got == [b"\x07" * 200_000, "next"] and type(got[0]) is bytes
     assert len(calls) < 10  # not once per read (3,126 reads): the frame is kept until whole
+
+
+# --- other addons' message hooks, called by the layer ----------------------------------------
+
+
+def test_message_hooks_are_the_sync_handlers_in_chain_order() -> None:
+    log: list[Any] = []
+
+    class Sync:
+        def websocket_message(self, flow: Any) -> None:
+            log.append(("message", flow))
+
+    class Halting:
+        def websocket_message(self, flow: Any) -> None:
+            raise exceptions.AddonHalt
+
+        def update(self, flows: Any) -> None:
+            log.append(("update", flows))
+
+    class Nested:  # mitmproxy walks an addon's addons too
+        def __init__(self) -> None:
+            self.addons = [Sync()]
+
+    class Ours:
+        def websocket_message(self, flow: Any) -> None:
+            raise AssertionError("skipped")
+
+    ours = Ours()
+    hooks = layer.message_hooks([ours, Nested(), Halting(), Sync()], skip=ours)
+    assert hooks is not None and len(hooks.message) == 3 and len(hooks.update) == 1
+    flow = tflow.twebsocketflow()
+    assert hooks.call(flow) is False
+    # the halt stops the other message handlers; update runs, as in mitmproxy
+    assert log == [("message", flow), ("update", [flow])]
+    flow.intercept()
+    assert hooks.call(flow) is True
+
+
+def test_an_async_hook_leaves_messages_to_mitmproxy() -> None:
+    class Async:
+        async def update(self, flows: Any) -> None:
+            pass
+
+    class AsyncCall:
+        async def __call__(self, flow: Any) -> None:
+            pass
+
+    class Holder:
+        websocket_message = AsyncCall()
+
+    assert layer.message_hooks([Async()], skip=None) is None
+    assert layer.message_hooks([Holder()], skip=None) is None
+
+
+def test_an_error_in_a_hook_is_logged_and_the_rest_run(caplog: pytest.LogCaptureFixture) -> None:
+    seen = []
+
+    def broken(flow: Any) -> None:
+        raise ValueError("addon bug")
+
+    hooks = layer.MessageHooks((broken, seen.append), ())
+    hooks.call(tflow.twebsocketflow())
+    assert len(seen) == 1 and "Addon error: addon bug" in caplog.text

@@ -29,6 +29,12 @@ ROUTES = """
     @route_web_socket("**/intercept")
     def intercept(ws):
         ws.connect_to_server()
+
+    @route_web_socket("**/watched")
+    def watched(ws):
+        import logging
+        ws.on_message(ws.send)
+        ws.on_close(lambda code, reason: logging.warning(f"watched closed {code} {reason!r}"))
 """
 
 OWN = r"the layer reads and writes the page's connection itself"
@@ -57,22 +63,100 @@ async def test_which_sockets_the_layer_reads_itself(mitmdump: Any, upstream: Any
     await p.async_wait_for(rf"ws://chat.invalid/echo: {OWN}")
     await p.async_wait_for(rf"{plain.url('/intercept')}: {OWN}")
     await p.async_wait_for(rf"{plain.url('/intercept')}: {OWN_SERVER}")
-    # TLS is mitmproxy's to decrypt: it reads and writes a wss socket, which works as before
+    # under TLS too: the layer drives the connections' TLS (mitmproxy negotiated it)
     async with connect(tls.url("/intercept"), proxy=p.proxy, ssl=p.ca()) as ws:
         await ws.send("over tls")
         assert await ws.recv() == "over tls"
-    await p.async_wait_for(
-        rf"{tls.url('/intercept')}: mitmproxy reads and writes the socket \(TLS\)"
-    )
-    assert p.output.count(OWN) == 2
-    assert p.output.count(OWN_SERVER) == 1
+    await p.async_wait_for(rf"{tls.url('/intercept')}: {OWN}")
+    await p.async_wait_for(rf"{tls.url('/intercept')}: {OWN_SERVER}")
+    assert p.output.count(OWN) == 3
+    assert p.output.count(OWN_SERVER) == 2
+    assert "mitmproxy reads and writes" not in p.output
 
 
-async def test_with_message_hooks_mitmproxy_reads_every_socket(mitmdump: Any) -> None:
-    p = mitmdump(ROUTES, "--set", "wsroute_message_hooks=true")
+@pytest.mark.parametrize("path", ["/echo", "/intercept"])
+@pytest.mark.parametrize("deflate", [False, True], ids=["plain", "deflate"])
+async def test_wss_read_and_written_by_the_layer(
+    mitmdump: Any, upstream: Any, path: str, deflate: bool
+) -> None:
+    # messages over a TLS record (16 KiB) and many in one read, in order, both ways
+    tls = await upstream(tls=True)
+    p = mitmdump(ROUTES, *HOOKS_OFF)
+    url = tls.url(path).replace("127.0.0.1", "chat.invalid") if path == "/echo" else tls.url(path)
+    sizes = [0, 1, 125, 126, 16_000, 16_385, 70_000, 300_000]
+    messages: list[str | bytes] = []
+    for i, size in enumerate(sizes * 3):
+        body = bytes((i + j) % 251 for j in range(size))
+        messages.append(body if i % 2 else body.hex()[:size])
+    async with connect(
+        url, proxy=p.proxy, ssl=p.ca(), compression="deflate" if deflate else None, max_size=None
+    ) as ws:
+        for m in messages:
+            await ws.send(m)
+        got = [await asyncio.wait_for(ws.recv(), 10) for _ in messages]
+    assert got == messages
+    await p.async_wait_for(rf"{OWN}")
+    if path == "/intercept":
+        await p.async_wait_for(rf"{OWN_SERVER}")
+        assert tls.received == messages
+
+
+SYNC_ADDON = """
+import logging
+
+def websocket_message(flow):  # sees every message, in order, and may change it
+    m = flow.websocket.messages[-1]
+    logging.warning(f"addon saw {m.content!r} from_client={m.from_client}")
+    if m.content == b"change-me":
+        m.content = b"changed"
+
+def update(flows):
+    logging.debug(f"addon update {len(flows)}")
+"""
+
+ASYNC_ADDON = """
+import asyncio, logging
+
+async def websocket_message(flow):  # only mitmproxy's machinery awaits this
+    await asyncio.sleep(0)
+    logging.warning(f"async addon saw {flow.websocket.messages[-1].content!r}")
+"""
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+async def test_with_message_hooks_the_layer_calls_sync_hooks_itself(
+    mitmdump: Any, upstream: Any, tls: bool
+) -> None:
+    up = await upstream(tls=tls)
+    p = mitmdump(ROUTES, "--set", "wsroute_message_hooks=true", other_addon=SYNC_ADDON)
+    async with connect(up.url("/intercept"), proxy=p.proxy, ssl=p.ca() if tls else None) as ws:
+        for m in ("one", "change-me", "three"):
+            await ws.send(m)
+            assert await asyncio.wait_for(ws.recv(), 5) == ("changed" if m == "change-me" else m)
+    await p.async_wait_for(OWN)
+    await p.async_wait_for(OWN_SERVER)
+    seen = [
+        line.split("addon saw ")[1].strip()
+        for line in p.output.splitlines()
+        if "addon saw " in line
+    ]
+    assert seen == [
+        f"{m!r} from_client={c}"
+        for m, c in [
+            (b"one", True), (b"one", False),
+            (b"change-me", True), (b"changed", False),
+            (b"three", True), (b"three", False),
+        ]
+    ]  # fmt: skip
+    assert "addon update 1" in p.output  # mitmproxy's update hook after each, as before
+
+
+async def test_an_async_message_hook_has_mitmproxy_read_every_socket(mitmdump: Any) -> None:
+    p = mitmdump(ROUTES, "--set", "wsroute_message_hooks=true", other_addon=ASYNC_ADDON)
     async with connect("ws://chat.invalid/echo", proxy=p.proxy) as ws:
         await ws.send("hi")
         assert await ws.recv() == "hi"
+    await p.async_wait_for(r"async addon saw b'hi'")
     await p.async_wait_for(r"client disconnect")
     assert "the layer reads and writes" not in p.output
 
@@ -135,3 +219,19 @@ async def test_reads_count_against_the_idle_timeout(
             await asyncio.sleep(0.3)  # pacing, not synchronisation: the clock is the subject
     await p.async_wait_for(rf"{OWN}")
     assert "Closing connection due to inactivity" not in p.output
+
+
+async def test_a_tls_client_that_leaves_without_a_close_frame(mitmdump: Any, upstream: Any) -> None:
+    # Its TLS stream ends (close_notify), then its TCP connection: the layer read the
+    # close_notify itself, so it must tell itself that the stream ended (mitmproxy's TLS layer,
+    # which sees the close_notify consumed, reports nothing).
+    tls = await upstream(tls=True)
+    p = mitmdump(ROUTES, *HOOKS_OFF)
+    async with connect(
+        tls.url("/watched").replace("127.0.0.1", "chat.invalid"), proxy=p.proxy, ssl=p.ca()
+    ) as ws:
+        await ws.send("hi")
+        assert await ws.recv() == "hi"
+        await p.async_wait_for(OWN)
+        ws.transport.close()  # TLS close_notify and FIN, no close frame
+    await p.async_wait_for(r"watched closed 1006 ''", timeout=5)
