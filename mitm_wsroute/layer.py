@@ -522,6 +522,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         except OverflowError as e:
             logger.info(f"{connection.url}: failing the {side}: 1009 {e}")
             connection.receive_failure(side, 1009, str(e))  # RFC 6455 §7.4.1: too big
+            # at once: what came in the same read after it (a ping, a close) gets no answer
+            yield from self._drain()
             return
         if message is not None:
             yield from self._message(side, message)

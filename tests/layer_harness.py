@@ -83,9 +83,6 @@ class Expected:
     #: The pings before the stream's end (or its failure): each is answered (in a mock).
     pings: list[bytes] = field(default_factory=list)
     all_pings: list[bytes] = field(default_factory=list)
-    #: After a message too big: the code of the peer's close frame that came after it, which
-    #: the proxy echoes instead of its 1009 when both are in the same read (see `check`).
-    echo_after_1009: int | None = None
 
 
 def oracle(wire: bytes, side: Side, compressed: bool, limit: int) -> Expected:
@@ -109,13 +106,6 @@ def oracle(wire: bytes, side: Side, compressed: bool, limit: int) -> Expected:
             if not ended:
                 out.pings.append(bytes(ev.payload))
         if ended:
-            if (
-                out.close == (1009, None)
-                and isinstance(ev, wse.CloseConnection)
-                and reader.state is not ConnectionState.OPEN
-                and out.echo_after_1009 is None
-            ):
-                out.echo_after_1009 = int(ev.code)
             continue
         if isinstance(ev, wse.Message):
             chunks.append(ev.data)
@@ -407,11 +397,6 @@ class Harness:
             assert reason == want.close[1]
         if want.peer_close is None:
             assert self.peer_closes[side] == []
-        elif want.echo_after_1009 is not None and self.peer_closes[side] != [1009]:
-            # The proxy fails the side with 1009 at the end of the read, after the frames
-            # that came with the message: a close frame among them is echoed instead (a
-            # difference that depends on read boundaries; reported, issue #19 item 14).
-            assert self.peer_closes[side] == [want.echo_after_1009]
         else:
             assert self.peer_closes[side] == [want.peer_close]
         if self.mode == MOCK and side is PAGE:  # the proxy answers each ping itself
