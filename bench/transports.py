@@ -24,8 +24,8 @@ few percent), and 64 KiB of random base64 (to about 75 %). The same message is s
 and over: the 64 KiB ones are larger than any deflate window, so one message does not make
 the next smaller.
 
-Writes the table (markdown) and a bar chart of msgs/s (SVG, drawn here: no plotting
-dependency) to test-artifacts/bench/.
+Writes the table (markdown), a bar chart of msgs/s (SVG, drawn here: no plotting dependency)
+and each round's results (JSON) to test-artifacts/bench/.
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ def svg_chart(cases: list[Case], results: dict[tuple[str, str], Runs], title: st
     transports = [transport_name(s, d) for s, d in TRANSPORTS]
     values = [v for m in medians.values() for v in m.values() if v > 0]
     steps = [k * 10**e for e in range(-1, 8) for k in (1, 2, 5)]
-    lo = max(v for v in steps if v <= min(values))
+    lo = max(v for v in steps if v <= min(values) / 2)  # the shortest bar still shows
     hi = min(v for v in steps if v >= max(values))
     left, right, bar, gap, head = 190, 70, 9, 8, 44
     width = 960
@@ -267,9 +267,10 @@ async def main(
     cases, results = await measure(confdir, ws_port, wss_port, rounds, quick)
     lines = table(cases, results, rounds)
     OUT.mkdir(parents=True, exist_ok=True)
-    md, svg = OUT / "transports.md", OUT / "transports.svg"
+    md, svg, raw = OUT / "transports.md", OUT / "transports.svg", OUT / "transports.json"
     md.write_text("\n".join(lines) + "\n")
+    raw.write_text(json.dumps({f"{p}, {t}": runs for (p, t), runs in results.items()}, indent=1))
     title = (f"Echoes per second, 200 in flight on one connection (medians of {rounds} "
              f"round{'s' if rounds > 1 else ''}; higher is better)")  # fmt: skip
     svg.write_text(svg_chart(cases, results, title))
-    return lines, [md, svg]
+    return lines, [md, svg, raw]
