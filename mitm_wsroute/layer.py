@@ -56,7 +56,7 @@ from mitmproxy.proxy.utils import expect
 from OpenSSL import SSL
 from wsproto.connection import ConnectionState
 from wsproto.extensions import PerMessageDeflate
-from wsproto.frame_protocol import CloseReason, Opcode
+from wsproto.frame_protocol import CloseReason, Opcode, RsvBits
 
 from . import deflate as permessage_deflate
 from .connection import (
@@ -356,6 +356,9 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         #: sides with permessage-deflate, whose whole messages it reads and writes too.
         self.plain = tuple(not ws._proto.extensions for ws in self.ws)
         self.deflate = tuple(_Deflate.of(ws) for ws in self.ws)
+        for deflate in self.deflate:
+            if deflate is not None and type(deflate.ext) is PerMessageDeflate:
+                deflate.ext.__class__ = _PerMessageDeflate  # the same object, wsproto's bug fixed
         self.socket.layer_started = True
         connection.written = self._written
         connection.drainer = self._drainer
@@ -1073,6 +1076,36 @@ class _Whole:
     data: str | bytes
     frame_finished: bool = True
     message_finished: bool = True
+
+
+def _control(proto: Any) -> bool:
+    """The frame wsproto's decoder is reading is a control frame."""
+    header = getattr(proto, "header", None)
+    return header is not None and header.opcode.iscontrol()
+
+
+class _PerMessageDeflate(PerMessageDeflate):
+    """wsproto's permessage-deflate, but a control frame between the fragments of a compressed
+    message (RFC 6455 §5.4 allows pings there) no longer ends its decompression: wsproto 1.2
+    then reads the rest as uncompressed, failing text with 1007 and corrupting binary (its
+    pull request 205). Control frames are never compressed (RFC 7692 §6.1)."""
+
+    def frame_inbound_header(
+        self, proto: Any, opcode: Opcode, rsv: RsvBits, payload_length: int
+    ) -> CloseReason | RsvBits:
+        if opcode.iscontrol():
+            return CloseReason.PROTOCOL_ERROR if rsv.rsv1 else RsvBits(False, False, False)
+        return super().frame_inbound_header(proto, opcode, rsv, payload_length)
+
+    def frame_inbound_payload_data(self, proto: Any, data: bytes) -> bytes | CloseReason:
+        if _control(proto):
+            return data
+        return super().frame_inbound_payload_data(proto, data)
+
+    def frame_inbound_complete(self, proto: Any, fin: bool) -> bytes | CloseReason | None:
+        if _control(proto):
+            return None
+        return super().frame_inbound_complete(proto, fin)
 
 
 class _Deflate:

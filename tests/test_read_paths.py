@@ -27,6 +27,7 @@ every offset, and in 1-byte reads.
 from __future__ import annotations
 
 import itertools
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -432,3 +433,30 @@ def test_a_stream_in_one_byte_reads(
         feed_reads(h, reads, flush)
         for side in sides:
             h.check(side, oracle(wires[side], side, path in COMPRESSED, SMALL_LIMIT))
+
+
+@pytest.mark.parametrize("path", [DEFLATE, DEFLATE_CODEC])
+@pytest.mark.parametrize("text", [True, False])
+def test_a_ping_between_compressed_fragments(path: str, text: bool) -> None:
+    # RFC 6455 §5.4 allows control frames between fragments; wsproto 1.2 then forgot that the
+    # message was compressed (text failed with 1007, binary came out corrupted).
+    message = "hello " * 20 + "world"
+    raw = message.encode()
+    compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+    compressed = (compressor.compress(raw) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    half = len(compressed) // 2
+
+    def frame(b0: int, payload: bytes) -> bytes:  # a client's frame, masked with a zero key
+        return bytes([b0, 0x80 | len(payload)]) + b"\0\0\0\0" + payload
+
+    opcode = 0x1 if text else 0x2
+    wire = (
+        frame(0x40 | opcode, compressed[:half])  # RSV1, not final
+        + frame(0x89, b"ping")
+        + frame(0x80, compressed[half:])  # continuation, final
+    )
+    with Harness(path=path, limit=1000) as h:
+        h.receive(PAGE, wire)
+        assert h.got[PAGE] == [message if text else raw]
+        assert h.closes[PAGE] == []
+        assert h.peer_pongs[PAGE] == [b"ping"]  # a mock answers the ping itself
