@@ -53,12 +53,9 @@ from mitmproxy.proxy.layers.http._hooks import HttpResponseHeadersHook
 from mitmproxy.proxy.layers.http._http1 import Http1Client
 from mitmproxy.proxy.tunnel import TunnelState
 from mitmproxy.proxy.utils import expect
-from OpenSSL import SSL
 from wsproto.connection import ConnectionState
-from wsproto.extensions import PerMessageDeflate
-from wsproto.frame_protocol import CloseReason, Opcode, RsvBits
+from wsproto.frame_protocol import CloseReason, Opcode
 
-from . import deflate as permessage_deflate
 from .connection import (
     ABNORMAL_CLOSURE,
     MESSAGE_TOO_BIG,
@@ -77,10 +74,12 @@ from .connection import (
     StartCloseTimer,
     State,
 )
+from .deflate import SideDeflate
 from .frames import frame_size, is_compressed, is_text, next_frame, next_whole, whole
 from .handshake import accept
 from .latency import DelayLine
 from .messages import KEEP_BYTES, Piece, Reassembly, cut, trim
+from .transport import TlsTransport
 
 __all__ = [
     "MessageHooks",
@@ -330,7 +329,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             self.message_hooks: bool = context.options.wsroute_message_hooks
             self.route_sent = False  # a route-sent message was recorded in this event
         #: The transports the layer reads and writes itself (`_own_io`), by `id` of connection.
-        self.transports: dict[int, asyncio.Transport | _TlsTransport] = {}
+        self.transports: dict[int, asyncio.Transport | TlsTransport] = {}
         #: What waits for mitmproxy's event machinery, oldest first (`_fast_receive`).
         self.backlog: collections.deque[_Backlogged] = collections.deque()
         self.backlog_wakeup = False  # a `RouteWakeup` for the backlog is on its way
@@ -355,10 +354,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         #: Sides whose frames `frames` may read and write (no extension changes them), and
         #: sides with permessage-deflate, whose whole messages it reads and writes too.
         self.plain = tuple(not ws._proto.extensions for ws in self.ws)
-        self.deflate = tuple(_Deflate.of(ws) for ws in self.ws)
-        for deflate in self.deflate:
-            if deflate is not None and type(deflate.ext) is PerMessageDeflate:
-                deflate.ext.__class__ = _PerMessageDeflate  # the same object, wsproto's bug fixed
+        self.deflate = tuple(SideDeflate.of(ws._proto) for ws in self.ws)
         self.socket.layer_started = True
         connection.written = self._written
         connection.drainer = self._drainer
@@ -493,7 +489,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             connection.receive_connection_lost(side)
 
     def _next_inflated(
-        self, deflate: _Deflate, data: bytes, pos: int, masked: bool, limit: int
+        self, deflate: SideDeflate, data: bytes, pos: int, masked: bool, limit: int
     ) -> tuple[str | bytes | None, int] | None:
         """`frames.next_whole` for a side with permessage-deflate: its message decompressed."""
         found = next_frame(data, pos, masked, limit, rsv1=True)
@@ -920,7 +916,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         layer has not had (its stream's buffer is empty, no event waits in the layer's queue,
         its TLS holds no decrypted bytes): until then, this is tried again after each of
         mitmproxy's events (`to_own`). Under TLS, the layer decrypts and encrypts with the
-        connection's own TLS object (`_TlsTransport`). Not through an upstream proxy, nor
+        connection's own TLS object (`TlsTransport`). Not through an upstream proxy, nor
         under layers it does not know (`_why_not_own`)."""
         assert self.socket is not None
         url = self.socket.connection.url
@@ -960,7 +956,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             assert isinstance(transport, asyncio.Transport)
             original = transport.get_protocol()
             assert isinstance(original, asyncio.StreamReaderProtocol)
-            ours = transport if tls is None else _TlsTransport(transport, tls.tls)
+            ours = transport if tls is None else TlsTransport(transport, tls.tls)
             transport.set_protocol(_Reader(self, side, original, ours))
             self.transports[id(conn)] = ours
             if original._paused:  # type: ignore[attr-defined]  # full: read no more until drained
@@ -993,7 +989,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         else, and all after it, waits in `backlog` for mitmproxy."""
         backlog = self.backlog
         transports = self.transports
-        out: dict[asyncio.Transport | _TlsTransport, list[bytes]] = {}
+        out: dict[asyncio.Transport | TlsTransport, list[bytes]] = {}
         try:
             command = next(generator)
             while True:
@@ -1076,86 +1072,6 @@ class _Whole:
     data: str | bytes
     frame_finished: bool = True
     message_finished: bool = True
-
-
-def _control(proto: Any) -> bool:
-    """The frame wsproto's decoder is reading is a control frame."""
-    header = getattr(proto, "header", None)
-    return header is not None and header.opcode.iscontrol()
-
-
-class _PerMessageDeflate(PerMessageDeflate):
-    """wsproto's permessage-deflate, but a control frame between the fragments of a compressed
-    message (RFC 6455 §5.4 allows pings there) no longer ends its decompression: wsproto 1.2
-    then reads the rest as uncompressed, failing text with 1007 and corrupting binary (its
-    pull request 205). Control frames are never compressed (RFC 7692 §6.1)."""
-
-    def frame_inbound_header(
-        self, proto: Any, opcode: Opcode, rsv: RsvBits, payload_length: int
-    ) -> CloseReason | RsvBits:
-        if opcode.iscontrol():
-            return CloseReason.PROTOCOL_ERROR if rsv.rsv1 else RsvBits(False, False, False)
-        return super().frame_inbound_header(proto, opcode, rsv, payload_length)
-
-    def frame_inbound_payload_data(self, proto: Any, data: bytes) -> bytes | CloseReason:
-        if _control(proto):
-            return data
-        return super().frame_inbound_payload_data(proto, data)
-
-    def frame_inbound_complete(self, proto: Any, fin: bool) -> bytes | CloseReason | None:
-        if _control(proto):
-            return None
-        return super().frame_inbound_complete(proto, fin)
-
-
-class _Deflate:
-    """A side's permessage-deflate for the messages the layer reads and writes itself, with
-    the zlib streams of the side's codec (wsproto's `PerMessageDeflate`: its ``_compressor``
-    and ``_decompressor``), so that what the codec reads or writes next continues them."""
-
-    __slots__ = ("ext", "in_bits", "in_reset", "out_bits", "out_reset")
-
-    def __init__(self, ext: PerMessageDeflate, client: bool) -> None:
-        self.ext = ext
-        # RFC 7692 §7.1: the client's parameters govern what the client sends
-        theirs, ours = ("server", "client") if client else ("client", "server")
-        self.in_bits = int(getattr(ext, f"{theirs}_max_window_bits"))
-        self.in_reset = bool(getattr(ext, f"{theirs}_no_context_takeover"))
-        self.out_bits = int(getattr(ext, f"{ours}_max_window_bits"))
-        self.out_reset = bool(getattr(ext, f"{ours}_no_context_takeover"))
-
-    @classmethod
-    def of(cls, ws: wsl.WebsocketConnection) -> _Deflate | None:
-        """The side's deflate, if permessage-deflate is its one extension."""
-        extensions = ws._proto.extensions
-        if len(extensions) == 1 and isinstance(extensions[0], PerMessageDeflate):
-            return cls(extensions[0], ws._proto.client)
-        return None
-
-    def inflate(self, payload: bytes, limit: int) -> bytes:
-        ext = self.ext
-        decompressor = ext._decompressor
-        if decompressor is None:
-            decompressor = ext._decompressor = zlib.decompressobj(-self.in_bits)
-        try:
-            return permessage_deflate.inflate(decompressor, payload, limit)
-        finally:
-            if self.in_reset:
-                ext._decompressor = None
-
-    def deflate(self, data: bytes) -> bytes:
-        ext = self.ext
-        compressor = ext._compressor
-        if compressor is None:
-            # wsproto's own settings, for one stream whichever of us writes
-            compressor = ext._compressor = zlib.compressobj(
-                zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -self.out_bits
-            )
-        try:
-            return permessage_deflate.deflate(compressor, data)
-        finally:
-            if self.out_reset:
-                ext._compressor = None
 
 
 def _codec_idle(ws: wsl.WebsocketConnection) -> bool:
@@ -1247,66 +1163,6 @@ def _tls(context: Context, conn: Any) -> tls_layers.TLSLayer | None:
     return None
 
 
-class _TlsTransport:
-    """A connection's transport under TLS (`_own_io`): what the layer writes is encrypted with
-    the connection's own TLS object (mitmproxy's, which stops reading it once the layer does;
-    what still goes through mitmproxy's layers uses the same object, in order)."""
-
-    __slots__ = ("tls", "transport")
-
-    def __init__(self, transport: asyncio.Transport, tls: SSL.Connection) -> None:
-        self.transport = transport
-        self.tls = tls
-
-    def write(self, data: bytes) -> None:
-        try:
-            self.tls.sendall(data)
-        except (SSL.ZeroReturnError, SSL.SysCallError):
-            return  # as mitmproxy's TLS layer: the peer closed; it may still send
-        self.flush()
-
-    def flush(self) -> None:
-        """Write out what TLS has to send: records, alerts, session tickets, key updates."""
-        out = []
-        while True:
-            try:
-                out.append(self.tls.bio_read(65535))
-            except SSL.WantReadError:
-                break
-        if out:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
-
-    def decrypt(self, data: bytes) -> tuple[bytes, bool]:
-        """The plaintext of the records in `data` (and of those before it, partly read), and
-        whether the peer ended its TLS stream (close_notify)."""
-        tls = self.tls
-        tls.bio_write(data)
-        plain = bytearray()
-        closed = False
-        while True:
-            try:
-                plain += tls.recv(65535)
-            except SSL.WantReadError:
-                break
-            except SSL.ZeroReturnError:
-                closed = True
-                break
-            except SSL.Error as e:
-                logger.warning(f"TLS error: {e}")  # as mitmproxy's TLS layer, which goes on
-                break
-        self.flush()  # recv() may have advanced the state machine (an answer to send)
-        return bytes(plain), closed
-
-    def is_closing(self) -> bool:
-        return self.transport.is_closing()
-
-    def pause_reading(self) -> None:
-        self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        self.transport.resume_reading()
-
-
 class _Reader(asyncio.Protocol):
     """A routed socket's connection's protocol, in place of mitmproxy's stream reader
     (`RoutedWebsocketLayer._own_io`): data goes to the layer at once (decrypted first, under
@@ -1318,12 +1174,12 @@ class _Reader(asyncio.Protocol):
         owner: RoutedWebsocketLayer,
         side: Side,
         original: asyncio.StreamReaderProtocol,
-        transport: asyncio.Transport | _TlsTransport,
+        transport: asyncio.Transport | TlsTransport,
     ) -> None:
         self.owner = owner
         self.side = side
         self.original = original
-        self.tls = transport if isinstance(transport, _TlsTransport) else None
+        self.tls = transport if isinstance(transport, TlsTransport) else None
 
     def data_received(self, data: bytes) -> None:
         conn = self.owner.ws[self.side].conn

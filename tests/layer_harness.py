@@ -29,6 +29,7 @@ from wsproto.frame_protocol import FrameProtocol, Opcode
 
 from mitm_wsroute import layer
 from mitm_wsroute.connection import PAGE, SERVER, RoutedConnection, Side
+from mitm_wsroute.deflate import FixedPerMessageDeflate
 from mitm_wsroute.messages import FRAME_COST
 from mitm_wsroute.route import WebSocketRoute
 
@@ -53,7 +54,7 @@ def fixed_deflate() -> PerMessageDeflate:
     """`deflate`, without wsproto 1.2's bug with a ping between compressed fragments (which
     the layer fixes: `test_a_ping_between_compressed_fragments` shows it against zlib)."""
     ext = deflate()
-    ext.__class__ = layer._PerMessageDeflate
+    ext.__class__ = FixedPerMessageDeflate
     return ext
 
 
