@@ -12,7 +12,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3 $$HOME/.pyenv/versions/
 	if command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; \
 	then command -v $$p; break; fi; done)
 
-.PHONY: demo test lint bench chromium clean
+.PHONY: demo test lint bench chromium clean autobahn
 
 $(STAMP): pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then \
@@ -58,6 +58,34 @@ $(BENCH_DEPS): bench/mockttp/package-lock.json
 
 bench: $(STAMP) $(BENCH_DEPS)
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# Autobahn|Testsuite through mitmdump, plain and with the addon (bench/autobahn/run.py). Slow:
+# 15 to 30 minutes for each of its 10 modes on 2 CPUs, most of it in the compression cases;
+# `make autobahn AUTOBAHN_ARGS="--mode client-mock --exclude 12.*,13.*"` runs one mode in about
+# two. wstest runs on Python 2.7 only (python2.7, else pyenv's); its virtualenv is made by
+# virtualenv 20.21, the last to create 2.7 environments, run from the project's Python.
+PYTHON2 ?= $(shell for p in python2.7 $$HOME/.pyenv/versions/2.7*/bin/python; do \
+	if command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info[:2] != (2, 7))' 2>/dev/null; \
+	then command -v $$p; break; fi; done)
+AB_VENV := .venv-autobahn
+AB_STAMP := $(AB_VENV)/.installed-$(shell cat bench/autobahn/requirements.txt bench/autobahn/virtualenv.txt | cksum | cut -d' ' -f1)
+
+$(AB_STAMP): bench/autobahn/requirements.txt bench/autobahn/virtualenv.txt | $(STAMP)
+	@if [ -z "$(PYTHON2)" ]; then \
+		echo "error: Autobahn|Testsuite needs Python 2.7; none found as python2.7 or in" \
+		     "~/.pyenv/versions/2.7*. Install one (pyenv install 2.7.18), or run:" \
+		     "make PYTHON2=/path/to/python2.7 autobahn" >&2; \
+		exit 1; fi
+	@echo "== setting up $(AB_VENV) with $(PYTHON2)"
+	rm -rf $(AB_VENV)
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(PY) -m pip install -q --target "$$tmp" -r bench/autobahn/virtualenv.txt && \
+	PYTHONPATH="$$tmp" $(PY) -m virtualenv -q --no-periodic-update -p $(PYTHON2) $(AB_VENV)
+	$(AB_VENV)/bin/python -m pip install -q -r bench/autobahn/requirements.txt
+	@touch $@
+
+autobahn: $(STAMP) $(AB_STAMP)
+	$(PY) bench/autobahn/run.py $(AUTOBAHN_ARGS)
 
 lint: $(STAMP)
 	@echo "== ruff, ruff format, mypy --strict"
