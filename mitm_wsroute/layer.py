@@ -280,6 +280,17 @@ def routed_socket(flow: http.HTTPFlow, socket: RoutedSocket | None = None) -> Ro
     return _routed.get(flow)
 
 
+def _weakly[T](method: Callable[[Side], T], gone: T) -> Callable[[Side], T]:
+    """`method` of an object that it does not keep alive: `gone` once that object is."""
+    ref = weakref.WeakMethod(method)
+
+    def call(side: Side) -> T:
+        bound = ref()
+        return gone if bound is None else bound(side)
+
+    return call
+
+
 def _frame(data: str | bytes, message_finished: bool = True) -> wse.Message[Any]:
     if isinstance(data, str):
         return wse.TextMessage(data, message_finished=message_finished)
@@ -356,8 +367,9 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         self.plain = tuple(not ws._proto.extensions for ws in self.ws)
         self.deflate = tuple(SideDeflate.of(ws._proto) for ws in self.ws)
         self.socket.layer_started = True
-        connection.written = self._written
-        connection.drainer = self._drainer
+        # weakly: `_routed` holds the connection as long as the flow lives, the layer the flow
+        connection.written = _weakly(self._written, 0)
+        connection.drainer = _weakly(self._drainer, None)
         connection.receive_open()
         self.socket.busy = True
         yield from self._drain()

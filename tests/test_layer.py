@@ -4,7 +4,9 @@ threads handed to the loop that owns the socket."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -327,3 +329,15 @@ def test_an_error_in_a_hook_is_logged_and_the_rest_run(caplog: pytest.LogCapture
     hooks = layer.MessageHooks((broken, seen.append), ())
     hooks.call(tflow.twebsocketflow())
     assert len(seen) == 1 and "Addon error: addon bug" in caplog.text
+
+
+def test_an_ended_socket_is_freed() -> None:
+    # `_routed` holds a flow's socket (and so its connection) while the flow lives: nothing
+    # the connection holds may keep the layer, which holds the flow, alive.
+    routed, got = mock_layer()
+    layer_ref, flow_ref = weakref.ref(routed), weakref.ref(routed.flow)
+    feed(routed, events.ConnectionClosed(routed.context.client))
+    assert routed.ended
+    del routed
+    gc.collect()
+    assert layer_ref() is None and flow_ref() is None
