@@ -349,7 +349,7 @@ class WsRoute:
         )
         socket = layer.RoutedSocket(
             connection,
-            lambda handler, args, url: self._call_user(handler, args, url, socket),
+            self._call_user,
             self._inject,
             on_update=self._flow_updated,
             update_soon=self._flow_updated_soon,
@@ -480,11 +480,7 @@ class WsRoute:
         self._proxyserver().inject_event(event)
 
     def _call_user(
-        self,
-        handler: Callable[..., Any],
-        args: tuple[Any, ...],
-        url: str,
-        socket: layer.RoutedSocket,
+        self, handler: Callable[..., Any], args: tuple[Any, ...], socket: layer.RoutedSocket
     ) -> asyncio.Task[None] | None:
         """Run a handler of `socket`; what it raises (`SystemExit` too, not `KeyboardInterrupt`)
         is logged and contained. An awaitable result runs in a task, which is returned."""
@@ -493,12 +489,14 @@ class WsRoute:
         except KeyboardInterrupt:
             raise
         except BaseException as e:
+            url = socket.connection.url
             logger.error(
                 f"{url}: handler {_name(handler)} failed:\n{user_traceback(e, '_call_user')}"
             )
             self._handler_failed(e, socket)
             return None
         if result is not None and inspect.isawaitable(result):  # per message: None is common
+            url = socket.connection.url
             return asyncio_utils.create_task(
                 self._await_user(result, handler, url, socket),
                 name=f"wsroute {url}",

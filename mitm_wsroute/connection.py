@@ -406,8 +406,9 @@ class RoutedConnection:
     _warned: set[Side] = field(default_factory=set)
     #: Bytes of `Send` commands recorded and not drained yet, by side.
     _pending: list[int] = field(default_factory=lambda: [0, 0])
-    #: Sides whose TCP connection is aborted: their peer stopped reading.
-    _aborted: set[Side] = field(default_factory=set)
+    #: Sides that failed because their peer stopped reading (`receive_overflow`): their TCP
+    #: connection is aborted, and nothing more is written to them.
+    aborted: set[Side] = field(default_factory=set)
 
     # --- what user code asks for (through route.py) -----------------------------------------------
 
@@ -539,11 +540,6 @@ class RoutedConnection:
         """An awaitable that is done once what waits for a side is below the low-water mark
         (the adapter's `drainer`); done at once without an adapter."""
         return None if self.drainer is None else self.drainer(side)
-
-    def aborted(self, side: Side) -> bool:
-        """The side failed because its peer stopped reading (`receive_overflow`): nothing more
-        is written to it."""
-        return side in self._aborted
 
     def close(self, side: Side, code: int | None = None, reason: str | None = None) -> None:
         """Close one side, then act as if that side had closed (its `on_close`, or the mirror)."""
@@ -681,7 +677,7 @@ class RoutedConnection:
         wait behind what is not read) and what waits for it is dropped; the route sees
         ``(1011, reason)`` and the close rule applies (mirrored as a 1011 close frame). Every
         other socket carries on."""
-        if side in self._aborted or self.wires[side] in _GONE:
+        if side in self.aborted or self.wires[side] in _GONE:
             return
         logger.error(
             f"{self.url}: route {self.route or '?'}: {size} bytes wait to be sent to the {side}, "
@@ -689,7 +685,7 @@ class RoutedConnection:
             f"the socket with {INTERNAL_ERROR}. A route that sends in a loop should await "
             "ws.drain() (or watch ws.buffered_amount)"
         )
-        self._aborted.add(side)
+        self.aborted.add(side)
         self._commands = [c for c in self._commands if not (isinstance(c, Send) and c.to is side)]
         self._pending[side] = 0
         self._close_side(side, Close(ABNORMAL_CLOSURE, ""))  # no close frame: TCP aborted
@@ -791,12 +787,12 @@ class RoutedConnection:
         wires = self.wires
         if wires[SERVER] is Wire.DONE and self.states[SERVER] in _DONE:
             wires[SERVER] = Wire.CLOSED
-            self._record(CloseTcp(SERVER, SERVER in self._aborted))
+            self._record(CloseTcp(SERVER, SERVER in self.aborted))
         if not self.finished or wires[SERVER] not in _GONE:
             return
         if wires[PAGE] is Wire.DONE:
             wires[PAGE] = Wire.CLOSED
-            self._record(CloseTcp(PAGE, PAGE in self._aborted))
+            self._record(CloseTcp(PAGE, PAGE in self.aborted))
         if wires[PAGE] is Wire.CLOSED:
             self.ended = True
             self._record(End())

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["frame_size", "is_compressed", "is_text", "next_frame", "next_whole", "unmask", "whole"]
+__all__ = ["RSV1", "TEXT", "frame_size", "next_frame", "next_whole", "unmask", "whole"]
 
 _TEXT, _BINARY = 0x1, 0x2
+#: A frame's first byte: the text opcode (its low 4 bits), and RSV1, which permessage-deflate
+#: sets on a compressed message (RFC 7692 §6).
+TEXT, RSV1 = _TEXT, 0x40
 
 
 def unmask_in_python(payload: bytes, key: bytes) -> bytes:
@@ -95,15 +98,6 @@ def next_whole(
         return payload.decode(), end
     except UnicodeDecodeError:
         return None
-
-
-def is_compressed(b0: int) -> bool:
-    """The frame whose first byte is `b0` has RSV1 set: compressed (RFC 7692 §6)."""
-    return bool(b0 & 0x40)
-
-
-def is_text(b0: int) -> bool:
-    return b0 & 0x0F == _TEXT
 
 
 def frame_size(data: bytes | bytearray) -> int:

@@ -75,7 +75,7 @@ from .connection import (
     State,
 )
 from .deflate import SideDeflate
-from .frames import frame_size, is_compressed, is_text, next_frame, next_whole, whole
+from .frames import RSV1, TEXT, frame_size, next_frame, whole
 from .handshake import accept
 from .latency import DelayLine
 from .messages import KEEP_BYTES, Piece, Reassembly, cut, trim
@@ -183,9 +183,11 @@ class _DelayWakeup(commands.RequestWakeup):
 #: What waits for a side: data or a TCP close to send, or the observer to tell.
 _Delayed = commands.Command | Callable[[], None]
 
-#: Runs a user handler with its arguments (and the socket's URL, for the log); returns the task
+#: Runs a user handler of a socket with its arguments; returns the task
 #: that runs what an async handler returned, if any.
-CallUser = Callable[[Callable[..., object], tuple[object, ...], str], "asyncio.Task[None] | None"]
+CallUser = Callable[
+    [Callable[..., object], tuple[object, ...], "RoutedSocket"], "asyncio.Task[None] | None"
+]
 
 
 class Observer(Protocol):
@@ -347,8 +349,10 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         self.write_paused: set[Side] = set()  # sides whose transport's buffer is full
         #: mitmproxy's handler of this client's connections, once the layer owns one of them.
         self.handler: Any = None
-        #: The streams the sides' data is written to, once looked up (`_writer`).
+        #: The streams the sides' data is written to, and their transports, once looked up
+        #: (`_writer`).
         self.out: list[asyncio.StreamWriter | None] = [None, None]
+        self.out_transports: list[asyncio.WriteTransport | None] = [None, None]
         #: `drain()` calls waiting for the commands recorded before them to be carried out.
         self.drain_waiters: list[asyncio.Future[None]] = []
         self.to_own = False  # a connection waits to become the layer's (`_own_io`)
@@ -454,23 +458,34 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             if (self.plain[side] or deflate is not None) and _codec_idle(ws):
                 # Whole single-frame messages, the common case, are read here; the codec
                 # reads from the first frame that is anything else on (`frames`).
-                pos, masked, limit = 0, side is PAGE, self.whole_limit
-                while ws.state is ConnectionState.OPEN:
-                    if deflate is None:
-                        found = next_whole(data, pos, masked, limit)
-                    else:
-                        try:
-                            found = self._next_inflated(deflate, data, pos, masked, limit)
-                        except (OverflowError, zlib.error, UnicodeDecodeError) as e:
-                            self._fail(side, e)
-                            return
-                    if found is None:
-                        break
-                    message, pos = found
-                    if message is None:  # the start of one: the rest comes with the next read
+                pos, end, masked, limit = 0, len(data), side is PAGE, self.whole_limit
+                compressed = deflate is not None
+                while (
+                    pos < end
+                    and ws.state is ConnectionState.OPEN
+                    and (found := next_frame(data, pos, masked, limit, compressed))
+                ):
+                    if found[0] is None:  # the start of one: the rest comes with the next read
                         partial[:] = memoryview(data)[pos:]
                         self.partial_needed[side] = frame_size(partial)
                         return
+                    b0, payload, next_pos = found
+                    try:  # per message: the checks of `frames.TEXT` and `RSV1` inline
+                        if deflate is not None and b0 & RSV1:
+                            # the limit counts characters of text (`Reassembly` checks them)
+                            payload = deflate.inflate(
+                                payload, self.max_message_size * (4 if b0 & TEXT else 1)
+                            )
+                        message = payload.decode() if b0 & 0x0F == TEXT else payload
+                    except UnicodeDecodeError:
+                        if deflate is None:
+                            break  # the codec reads it, and fails the side (1007) as it should
+                        self._fail(side, "invalid UTF-8 (compressed text)")
+                        return
+                    except (OverflowError, zlib.error) as e:
+                        self._fail(side, e)
+                        return
+                    pos = next_pos
                     yield from self._piece(side, _Whole(message))
                 if pos == len(data):
                     return
@@ -500,21 +515,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 self._observe((ABNORMAL_CLOSURE, ""))
             connection.receive_connection_lost(side)
 
-    def _next_inflated(
-        self, deflate: SideDeflate, data: bytes, pos: int, masked: bool, limit: int
-    ) -> tuple[str | bytes | None, int] | None:
-        """`frames.next_whole` for a side with permessage-deflate: its message decompressed."""
-        found = next_frame(data, pos, masked, limit, rsv1=True)
-        if found is None or found[0] is None:
-            return found
-        b0, payload, end = found
-        text = is_text(b0)
-        if is_compressed(b0):
-            # the limit counts characters of text (`Reassembly` checks them): up to 4 bytes each
-            payload = deflate.inflate(payload, self.max_message_size * (4 if text else 1))
-        return (payload.decode() if text else payload), end
-
-    def _fail(self, side: Side, error: Exception) -> None:
+    def _fail(self, side: Side, error: Exception | str) -> None:
         """A message read by `_next_inflated` that the side's codec would refuse: too big
         (1009), a broken deflate stream or invalid UTF-8 (1007, RFC 6455 §8.1)."""
         assert self.socket is not None
@@ -668,14 +669,18 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             found = getattr(io, "writer", None)
             if isinstance(found, asyncio.StreamWriter):
                 writer = self.out[side] = found
+                self.out_transports[side] = found.transport
         return writer
 
     def _written(self, side: Side) -> int:
         """Bytes written to a side's transport that the network has not taken yet."""
-        writer = self._writer(side)
-        if writer is None or writer.transport.is_closing():
-            return 0
-        return writer.transport.get_write_buffer_size()
+        transport = self.out_transports[side]
+        if transport is None:
+            if self._writer(side) is None:
+                return 0
+            transport = self.out_transports[side]
+            assert transport is not None
+        return transport.get_write_buffer_size()
 
     def _drainer(self, side: Side) -> asyncio.Future[None]:
         """`WebSocketRoute.drain()`: a future of the caller's loop, done once `_drained`."""
@@ -719,14 +724,14 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
     def _execute(self, command: Command) -> layer.CommandGenerator[None]:
         assert self.socket is not None and self.flow.websocket is not None
         if isinstance(command, CallHandler):
-            task = self.socket.call_user(command.handler, command.args, self.socket.connection.url)
+            task = self.socket.call_user(command.handler, command.args, self.socket)
             if isinstance(task, asyncio.Task) and not task.done():
                 self.socket.tasks.add(task)
                 task.add_done_callback(self.socket.tasks.discard)
         elif isinstance(command, Send):
             data = command.message
             connection = self.socket.connection
-            if connection.aborted(command.to):
+            if command.to in connection.aborted:
                 return  # its peer stopped reading: nothing more goes to it
             self.route_sent = True
             self._record(
@@ -740,7 +745,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             yield from self._send(command.to, data)
             if connection.max_buffer and (size := self._written(command.to)) > (
                 connection.max_buffer
-            ):
+            ):  # per route-sent message: `_written` is kept cheap
                 connection.receive_overflow(command.to, size)
         elif isinstance(command, CloseSide):
             ws = self.ws[command.side]

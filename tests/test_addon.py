@@ -193,8 +193,8 @@ async def test_system_exit_in_a_handler_is_contained_and_reported_with_its_flow(
         await asyncio.sleep(0)
         raise SystemExit(4)
 
-    assert a._call_user(exits, (1000, ""), MOCK_URL, socket) is None
-    task = a._call_user(exits_later, ("message",), MOCK_URL, socket)
+    assert a._call_user(exits, (1000, ""), socket) is None
+    task = a._call_user(exits_later, ("message",), socket)
     assert task is not None
     await task  # the task ends; SystemExit reaches neither it nor the loop
     assert errors == [(SystemExit, f), (SystemExit, f)]

@@ -253,13 +253,13 @@ def test_a_frame_in_many_small_reads_is_parsed_once_it_is_whole(
 ) -> None:
     # Each read used to copy the partial frame and parse it again: quadratic in the reads.
     calls: list[int] = []
-    real = layer.next_whole
+    real = layer.next_frame
 
-    def counted(data: bytes, pos: int, masked: bool, limit: int) -> Any:
+    def counted(data: bytes, pos: int, masked: bool, limit: int, rsv1: bool = False) -> Any:
         calls.append(pos)
-        return real(data, pos, masked, limit)
+        return real(data, pos, masked, limit, rsv1)
 
-    monkeypatch.setattr(layer, "next_whole", counted)
+    monkeypatch.setattr(layer, "next_frame", counted)
     routed, got = mock_layer()
     frame = whole(b"\x07" * 200_000, b"\0\0\0\0") + whole("next", b"abcd")
     for i in range(0, len(frame), 64):
