@@ -76,6 +76,17 @@ async def no_leaks(p: Any) -> None:
     assert open_tcp_connections(p.proc.pid) == []
 
 
+def switching_protocols(head: str) -> bytes:
+    """A server's 101 answer to the upgrade request `head` (RFC 6455 §4.2.2)."""
+    key = re.search(r"(?i)sec-websocket-key: *(\S+)", head)
+    assert key is not None
+    digest = hashlib.sha1((key.group(1) + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode())
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + base64.b64encode(digest.digest()) + b"\r\n\r\n"
+    )
+
+
 async def raw_websocket_server(then_send: bytes, read: bool = True) -> tuple[asyncio.Server, int]:
     """A WebSocket server on 127.0.0.1 that accepts any upgrade, then writes `then_send` (raw
     bytes, e.g. a frame that breaks the protocol) and reads until the peer goes (without
@@ -83,13 +94,7 @@ async def raw_websocket_server(then_send: bytes, read: bool = True) -> tuple[asy
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = (await reader.readuntil(b"\r\n\r\n")).decode()
-        key = re.search(r"(?i)sec-websocket-key: *(\S+)", head)
-        assert key is not None
-        digest = hashlib.sha1((key.group(1) + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode())
-        writer.write(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + base64.b64encode(digest.digest()) + b"\r\n\r\n" + then_send
-        )
+        writer.write(switching_protocols(head) + then_send)
         if not read:
             await asyncio.Event().wait()  # until the server closes: cancelled then
         while await reader.read(65536):

@@ -16,9 +16,6 @@ in the same TCP segment as its 101, then keeps writing.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import re
 import struct
 from typing import Any
 
@@ -33,6 +30,7 @@ from wsproto.frame_protocol import Opcode
 
 from mitm_wsroute.connection import PAGE, SERVER, Side
 from tests.layer_harness import INTERCEPT, MOCK, OWN, Harness, Sender
+from tests.sockets import switching_protocols
 
 # --- in-process ------------------------------------------------------------------------------
 
@@ -301,16 +299,7 @@ async def greeting_server(rounds: int) -> tuple[asyncio.Server, int, list[str | 
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = (await reader.readuntil(b"\r\n\r\n")).decode()
-        key = re.search(r"(?i)sec-websocket-key: *(\S+)", head)
-        assert key is not None
-        digest = hashlib.sha1((key.group(1) + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode())
-        writer.write(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: "
-            + base64.b64encode(digest.digest())
-            + b"\r\n\r\n"
-            + head_frames
-        )
+        writer.write(switching_protocols(head) + head_frames)
         for wire in later:
             await asyncio.sleep(0)  # may come in the same read as what came before, or not
             writer.write(wire)
