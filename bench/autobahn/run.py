@@ -151,6 +151,15 @@ def processes(logs: Path) -> Iterator[Processes]:
         procs.stop_all()
 
 
+def commit() -> str:
+    """The checkout's commit, and whether the addon differs from it (others may be editing)."""
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run([*git, "status", "--porcelain", "mitm_wsroute", "addons"],
+                           capture_output=True, text=True).stdout  # fmt: skip
+    return head.stdout.strip() + ("+changes" if dirty else "")
+
+
 def start_mitmdump(procs: Processes, mode: Mode, upstream_port: int | None) -> int:
     assert mode.proxy is not None
     reverse = ("--mode", f"reverse:http://127.0.0.1:{upstream_port}") if upstream_port else ()
@@ -165,6 +174,7 @@ def run_mode(mode: Mode, cases: list[str], exclude: list[str]) -> None:
     out = OUT / mode.name
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    (out / "commit").write_text(commit())
     spec: dict[str, Any] = {"outdir": str(out), "cases": cases, "exclude-cases": exclude,
                             "exclude-agent-cases": {}}  # fmt: skip
     wstest = [str(WSTEST_PYTHON), "-c", WSTEST, "-s", str(out / "spec.json")]
@@ -238,6 +248,12 @@ def load(mode: Mode) -> dict[str, dict[str, Any]] | None:
     return results
 
 
+def saved(mode: Mode, name: str) -> str:
+    """What run_mode noted in the mode's folder: its minutes, the commit it ran."""
+    path = OUT / mode.name / name
+    return path.read_text().strip() if path.exists() else ""
+
+
 def case_key(case: str) -> tuple[int, ...]:
     return tuple(int(n) for n in case.split("."))
 
@@ -261,17 +277,17 @@ def report() -> bool:
         base = load(base_mode) or {}
         role = "client" if fuzzer == CLIENT else "server"
         print(f"\n{fuzzer} (Autobahn is the {role}); worse: than in {base_mode.name}\n")
-        print("| mode | " + " | ".join(RESULTS) + " | other | worse | time |")
-        print("|---" * (len(RESULTS) + 4) + "|")
+        print("| mode | cases | " + " | ".join(RESULTS) + " | other | worse | time | commit |")
+        print("|---" * (len(RESULTS) + 6) + "|")
         worse_lists = []
         for mode, results in modes:
             counts = Counter(r["behavior"] for r in results.values())
             other = ", ".join(f"{k} {n}" for k, n in counts.items() if k not in RESULTS)
             worse = sorted((c for c, r in results.items() if mode.with_addon and c in base
                             and badness(r) > badness(base[c])), key=case_key)  # fmt: skip
-            took = minutes.read_text() if (minutes := OUT / mode.name / "minutes").exists() else ""
-            print(f"| {mode.name} | " + " | ".join(str(counts[k]) for k in RESULTS)
-                  + f" | {other} | {len(worse) if mode.with_addon else ''} | {took} |")  # fmt: skip
+            print(f"| {mode.name} | {len(results)} | " + " | ".join(str(counts[k]) for k in RESULTS)
+                  + f" | {other} | {len(worse) if mode.with_addon else ''}"
+                  + f" | {saved(mode, 'minutes')} | {saved(mode, 'commit')} |")  # fmt: skip
             worse_lists += [(mode, c, results[c]) for c in worse]
             regression |= any(results[c]["behavior"] == "FAILED" != base[c]["behavior"]
                               for c in worse)  # fmt: skip
