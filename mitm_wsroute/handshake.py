@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+
 from mitmproxy import http
-from wsproto.utilities import generate_accept_token, split_comma_header
 
 from .connection import Accept, Reject
 from .headers import Headers
@@ -27,10 +29,21 @@ def is_websocket_upgrade(request: http.Request) -> bool:
     )
 
 
+def split_comma_header(value: str) -> list[str]:
+    """The comma-separated items of a header value, stripped, empty ones left out."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def accept_token(key: str) -> str:
+    """``Sec-WebSocket-Accept`` for a ``Sec-WebSocket-Key`` (RFC 6455 §4.2.2)."""
+    digest = hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+    return base64.b64encode(digest).decode()
+
+
 def requested_protocols(request: http.Request) -> list[str]:
     """The subprotocols of ``Sec-WebSocket-Protocol`` (all header lines), in order."""
     values = request.headers.get_all("sec-websocket-protocol")
-    return [p for v in values for p in split_comma_header(v.encode())]
+    return [p for v in values for p in split_comma_header(v)]
 
 
 def request_headers(request: http.Request) -> Headers:
@@ -38,7 +51,7 @@ def request_headers(request: http.Request) -> Headers:
     return Headers(request.headers.items(multi=True))  # type: ignore[no-untyped-call]
 
 
-#: zlib cannot compress with an 8-bit window (RFC 7692 §7.1.2 allows 8 to 15), nor wsproto.
+#: zlib cannot compress with an 8-bit window (RFC 7692 §7.1.2 allows 8 to 15).
 _WINDOW_BITS = range(9, 16)
 
 
@@ -83,11 +96,11 @@ def accept(
     subprotocol, and permessage-deflate when the client offers it (as a real server would)."""
     if answer is None:
         answer = Accept(protocols[0] if protocols else None)
-    key = request.headers["sec-websocket-key"].encode()
+    key = request.headers["sec-websocket-key"]
     fields = [
         ("Upgrade", "websocket"),
         ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Accept", generate_accept_token(key).decode()),
+        ("Sec-WebSocket-Accept", accept_token(key)),
     ]
     if answer.protocol is not None:
         fields.append(("Sec-WebSocket-Protocol", answer.protocol))
@@ -95,7 +108,7 @@ def accept(
         # proxy: Playwright's mock answers with no extension; real servers accept
         # permessage-deflate, and a mock should look like the server the client talks to.
         offers = request.headers.get_all("sec-websocket-extensions")
-        extension = negotiate_deflate([o for v in offers for o in split_comma_header(v.encode())])
+        extension = negotiate_deflate([o for v in offers for o in split_comma_header(v)])
         if extension is not None:
             fields.append(("Sec-WebSocket-Extensions", extension))
     response = http.Response.make(101, b"", _encoded([*fields, *answer.headers]))

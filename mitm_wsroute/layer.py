@@ -28,17 +28,14 @@ import collections
 import functools
 import inspect
 import logging
-import os
 import threading
 import time
 import types
 import weakref
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-import wsproto.events as wse
 from mitmproxy import http, websocket
 from mitmproxy.addonmanager import safecall, traverse
 from mitmproxy.connection import ConnectionState as ConnectionFlags
@@ -53,9 +50,17 @@ from mitmproxy.proxy.layers.http._hooks import HttpResponseHeadersHook
 from mitmproxy.proxy.layers.http._http1 import Http1Client
 from mitmproxy.proxy.tunnel import TunnelState
 from mitmproxy.proxy.utils import expect
-from wsproto.connection import ConnectionState
-from wsproto.frame_protocol import CloseReason, Opcode
+from wsproto.frame_protocol import Opcode
 
+from .codec import (
+    OPEN,
+    REMOTE_CLOSING,
+    Close,
+    Codec,
+    Failure,
+    Fragment,
+    Ping,
+)
 from .connection import (
     ABNORMAL_CLOSURE,
     MESSAGE_TOO_BIG,
@@ -74,8 +79,7 @@ from .connection import (
     StartCloseTimer,
     State,
 )
-from .deflate import SideDeflate
-from .frames import RSV1, TEXT, frame_size, next_frame, whole
+from .deflate import negotiated
 from .handshake import accept
 from .latency import DelayLine
 from .messages import KEEP_BYTES, Piece, Reassembly, cut, trim
@@ -100,8 +104,8 @@ _ORIGINAL: type[wsl.WebsocketLayer] = getattr(wsl, "_wsroute_original", wsl.Webs
 
 _NO_MESSAGE = websocket.WebSocketMessage(Opcode.TEXT, True, b"")
 
-#: The largest frame the layer collects whole before reading it (`frames.next_whole`).
-WHOLE_LIMIT = 1 << 20
+#: The close code of a close frame without one (RFC 6455 §7.1.5).
+NO_STATUS = 1005
 
 #: The clock of `set_latency()` (asyncio's, which runs the wake-ups; tests replace it).
 clock = time.monotonic
@@ -293,35 +297,18 @@ def _weakly[T](method: Callable[[Side], T], gone: T) -> Callable[[Side], T]:
     return call
 
 
-def _frame(data: str | bytes, message_finished: bool = True) -> wse.Message[Any]:
-    if isinstance(data, str):
-        return wse.TextMessage(data, message_finished=message_finished)
-    return wse.BytesMessage(data, message_finished=message_finished)
-
-
-def _frames(message: str | bytes, sizes: list[int]) -> list[wse.Message[Any]]:
-    """`message` in frames of the given sizes (the original framing), or in one."""
-    if len(sizes) <= 1:  # per message: most come in one frame
-        return [_frame(message)]
-    pieces = cut(message, sizes)
-    last = len(pieces) - 1
-    return [_frame(piece, i == last) for i, piece in enumerate(pieces)]
-
-
 class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
     """mitmproxy's `WebsocketLayer`, with Playwright's semantics for routed flows."""
 
     socket: RoutedSocket | None
-    ws: tuple[wsl.WebsocketConnection, wsl.WebsocketConnection]  # client_ws, server_ws by Side
+    #: Each side's frames, and its connection, by `Side`.
+    codecs: tuple[Codec, Codec]
+    conns: tuple[Any, Any]
 
     def __init__(self, context: Context, flow: http.HTTPFlow) -> None:
         super().__init__(context, flow)
         self.socket = _routed.get(flow)
         self.reassembly = {PAGE: Reassembly(), SERVER: Reassembly()}
-        #: The start of a whole frame (`frames.next_whole`) read so far, by side, and how long
-        #: that frame is (0 while its header is not all there): it is read once it is whole.
-        self.partial = [bytearray(), bytearray()]
-        self.partial_needed = [0, 0]
         #: The close timers running, by the wake-up each asked for.
         self.close_timers: dict[commands.RequestWakeup, Side] = {}
         #: What waits to be sent to each side, once a route called `set_latency()`.
@@ -334,8 +321,6 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         if self.socket is not None:  # read once: options are slow to read per message
             self.close_timeout: float = context.options.wsroute_close_timeout_ms / 1000
             self.max_message_size: int = context.options.wsroute_max_message_size
-            #: Bigger frames are the codec's, which hands them over in pieces as they come in.
-            self.whole_limit = min(self.max_message_size or WHOLE_LIMIT, WHOLE_LIMIT)
             self.keep_messages: int = context.options.wsroute_keep_messages
             self.kept_bytes = 0
             self.keep_bytes = KEEP_BYTES
@@ -360,16 +345,19 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
 
     @expect(events.Start)
     def start(self, event: events.Event) -> layer.CommandGenerator[None]:
-        yield from super().start(event)  # wsproto connections, extensions, websocket_start hook
+        yield from super().start(event)  # wsproto connections, websocket_start hook
         if self.socket is None:
             self._handle_event = super().relay_messages  # unrouted: mitmproxy's code, as is
             return
         connection = self.socket.connection
-        self.ws = (self.client_ws, self.server_ws)
-        #: Sides whose frames `frames` may read and write (no extension changes them), and
-        #: sides with permessage-deflate, whose whole messages it reads and writes too.
-        self.plain = tuple(not ws._proto.extensions for ws in self.ws)
-        self.deflate = tuple(SideDeflate.of(ws._proto) for ws in self.ws)
+        assert self.flow.response is not None
+        extensions = self.flow.response.headers.get("Sec-WebSocket-Extensions", "")
+        limit = self.max_message_size
+        self.codecs = (
+            Codec(True, negotiated(extensions, server=True), limit),
+            Codec(False, negotiated(extensions, server=False), limit),
+        )
+        self.conns = (self.context.client, self.context.server)
         self.socket.layer_started = True
         # weakly: `_routed` holds the connection as long as the flow lives, the layer the flow
         connection.written = _weakly(self._written, 0)
@@ -442,123 +430,65 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
     def _receive(self, side: Side, event: events.ConnectionEvent) -> layer.CommandGenerator[None]:
         assert self.socket is not None
         connection = self.socket.connection
-        ws = self.ws[side]
+        codec = self.codecs[side]
         if isinstance(event, events.DataReceived):
-            if ws.state is ConnectionState.CLOSED:
-                return  # after the close handshake; nothing more to read
-            data = event.data
-            partial = self.partial[side]
-            if partial:  # appended, not copied per read: linear however small the reads
-                partial += data
-                if len(partial) < self.partial_needed[side]:
-                    return
-                data = bytes(partial)
-                partial.clear()
-            deflate = self.deflate[side]
-            if (self.plain[side] or deflate is not None) and _codec_idle(ws):
-                # Whole single-frame messages, the common case, are read here; the codec
-                # reads from the first frame that is anything else on (`frames`).
-                pos, end, masked, limit = 0, len(data), side is PAGE, self.whole_limit
-                compressed = deflate is not None
-                while (
-                    pos < end
-                    and ws.state is ConnectionState.OPEN
-                    and (found := next_frame(data, pos, masked, limit, compressed))
-                ):
-                    if found[0] is None:  # the start of one: the rest comes with the next read
-                        partial[:] = memoryview(data)[pos:]
-                        self.partial_needed[side] = frame_size(partial)
-                        return
-                    b0, payload, next_pos = found
-                    try:  # per message: the checks of `frames.TEXT` and `RSV1` inline
-                        if deflate is not None and b0 & RSV1:
-                            # the limit counts characters of text (`Reassembly` checks them)
-                            payload = deflate.inflate(
-                                payload, self.max_message_size * (4 if b0 & TEXT else 1)
-                            )
-                        message = payload.decode() if b0 & 0x0F == TEXT else payload
-                    except UnicodeDecodeError:
-                        if deflate is None:
-                            break  # the codec reads it, and fails the side (1007) as it should
-                        self._fail(side, "invalid UTF-8 (compressed text)")
-                        return
-                    except (OverflowError, zlib.error) as e:
-                        self._fail(side, e)
-                        return
-                    pos = next_pos
-                    yield from self._piece(side, _Whole(message))
-                if pos == len(data):
-                    return
-                data = data[pos:]
-            ws.receive_data(data)
-        else:
-            ws.receive_data(None)  # our end closes when the connection says (CloseTcp)
-        for ev in ws.events():
-            if isinstance(ev, wse.Message):
-                yield from self._piece(side, ev)
-            elif isinstance(ev, wse.Ping):
-                to = connection.receive_ping(side)
-                if to is not None:
-                    yield from self._out(self.ws[to].send2(ev), data=True)
-                elif ws.state is ConnectionState.OPEN:
-                    yield from self._out(ws.send2(ev.response()), data=True)
-            elif isinstance(ev, wse.Pong):
-                to = connection.receive_ping(side)
-                if to is not None:
-                    yield from self._out(self.ws[to].send2(ev), data=True)
-            elif isinstance(ev, wse.CloseConnection):
-                yield from self._close_received(side, ev)
-        if isinstance(event, events.ConnectionClosed):
-            if self.delays is not None:
-                self.delays[side].clear()  # nothing reaches that peer any more
-            if side is PAGE:
-                self._observe((ABNORMAL_CLOSURE, ""))
-            connection.receive_connection_lost(side)
+            for ev in codec.receive(event.data):
+                if isinstance(ev, Fragment):  # per message: first
+                    if not (yield from self._piece(side, ev)):
+                        return  # the side failed (1009): what came after it gets no answer
+                elif isinstance(ev, Close):
+                    yield from self._close_received(side, ev)
+                elif isinstance(ev, Failure):
+                    logger.info(f"{connection.url}: failing the {side}: {ev.code} {ev.reason}")
+                    connection.receive_failure(side, ev.code, ev.reason[:123])
+                else:  # a ping or a pong: forwarded, or a ping answered
+                    to = connection.receive_ping(side)
+                    ping = isinstance(ev, Ping)
+                    if to is not None:
+                        out = self.codecs[to]
+                        frame = out.ping(ev.payload) if ping else out.pong(ev.payload)
+                        yield from self._out(commands.SendData(self.conns[to], frame), data=True)
+                    elif ping and codec.state is OPEN:
+                        frame = codec.pong(ev.payload)
+                        yield from self._out(commands.SendData(self.conns[side], frame), data=True)
+            return
+        codec.fail()  # the connection ended: our end closes when the connection says (CloseTcp)
+        if self.delays is not None:
+            self.delays[side].clear()  # nothing reaches that peer any more
+        if side is PAGE:
+            self._observe((ABNORMAL_CLOSURE, ""))
+        connection.receive_connection_lost(side)
 
-    def _fail(self, side: Side, error: Exception | str) -> None:
-        """A message read by `_next_inflated` that the side's codec would refuse: too big
-        (1009), a broken deflate stream or invalid UTF-8 (1007, RFC 6455 §8.1)."""
-        assert self.socket is not None
-        code = MESSAGE_TOO_BIG if isinstance(error, OverflowError) else 1007
-        logger.info(f"{self.socket.connection.url}: failing the {side}: {code} {error}")
-        self.socket.connection.receive_failure(side, code, str(error)[:123])
-
-    def _piece(self, side: Side, piece: Piece) -> layer.CommandGenerator[None]:
-        """A piece of a message from `side`: the message once it is whole."""
+    def _piece(self, side: Side, piece: Piece) -> layer.CommandGenerator[bool]:
+        """A piece of a message from `side`: the message once it is whole. False if it made
+        the message too big: the side failed, and the codec reads no more."""
         assert self.socket is not None
         connection = self.socket.connection
         if connection.states[side] is not State.OPEN:
-            return  # the route closed this side: what it still sends is dropped
+            return True  # the route closed this side: what it still sends is dropped
         try:
             message = self.reassembly[side].add(piece, self.max_message_size)
         except OverflowError as e:
             logger.info(f"{connection.url}: failing the {side}: 1009 {e}")
+            self.codecs[side].fail()
             connection.receive_failure(side, 1009, str(e))  # RFC 6455 §7.4.1: too big
-            # at once: what came in the same read after it (a ping, a close) gets no answer
             yield from self._drain()
-            return
+            return False
         if message is not None:
             yield from self._message(side, message)
+        return True
 
-    def _close_received(self, side: Side, ev: wse.CloseConnection) -> layer.CommandGenerator[None]:
+    def _close_received(self, side: Side, close: Close) -> layer.CommandGenerator[None]:
+        """The peer's close frame: echoed at once unless ours went first (RFC 6455 §5.5.1)."""
         assert self.socket is not None
-        ws = self.ws[side]
-        connection = self.socket.connection
-        if ws.state is ConnectionState.OPEN:
-            # wsproto reports a protocol violation (1002, 1007) as a close event without
-            # sending anything: the connection fails that side.
-            logger.info(f"{connection.url}: failing the {side}: {int(ev.code)} {ev.reason}")
-            connection.receive_failure(side, int(ev.code), ev.reason or "")
-            return
-        if ws.state is ConnectionState.REMOTE_CLOSING:
-            yield from self._out(ws.send2(ev.response()))  # RFC 6455 §5.5.1: echo the close
-        code: int | None = int(ev.code)
-        reason = "" if code == ABNORMAL_CLOSURE else ev.reason
+        codec = self.codecs[side]
+        codec.receive_close()
+        if codec.state is REMOTE_CLOSING:
+            frame = codec.close(close.code, close.reason)
+            yield from self._out(commands.SendData(self.conns[side], frame))
         if side is PAGE:
-            self._observe((int(ev.code), reason or ""))
-        if code == CloseReason.NO_STATUS_RCVD:
-            code = None
-        connection.receive_close(side, code, reason)
+            self._observe((NO_STATUS if close.code is None else close.code, close.reason))
+        self.socket.connection.receive_close(side, close.code, close.reason)
 
     def _record(self, message: websocket.WebSocketMessage) -> None:
         """Keep the message in the flow, and of them at most the newest ``wsroute_keep_messages``
@@ -612,18 +542,15 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         if message.content is not content:  # modified by another addon
             data = message.text if isinstance(data, str) else message.content
             frame_sizes = []
-        ws = self.ws[to]
-        if self.delays is None:
-            if len(frame_sizes) <= 1:
-                yield self._whole(to, data)
-            else:
-                for frame in _frames(data, frame_sizes):
-                    yield ws.send2(frame)
+        codec = self.codecs[to]
+        if len(frame_sizes) <= 1:  # per message: most come in one frame
+            frames = codec.message(data)
         else:
-            for frame in _frames(data, frame_sizes):
-                if ws.state is not ConnectionState.OPEN:
-                    break  # too much waited: the side was closed with 1009 mid-message
-                yield from self._out(ws.send2(frame), data=True)
+            frames = codec.fragmented(cut(data, frame_sizes))
+        if self.delays is None:
+            yield commands.SendData(self.conns[to], frames)
+        else:
+            yield from self._out(commands.SendData(self.conns[to], frames), data=True)
         if observer is not None and to is PAGE:
             if self.delays is None:
                 observer.message(False, data)
@@ -665,7 +592,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             if self.handler is None:
                 proxyserver = self.socket.proxyserver
                 self.handler = getattr(proxyserver, "connections", {}).get(self.context.client.id)
-            io = getattr(self.handler, "transports", {}).get(self.ws[side].conn)
+            io = getattr(self.handler, "transports", {}).get(self.conns[side])
             found = getattr(io, "writer", None)
             if isinstance(found, asyncio.StreamWriter):
                 writer = self.out[side] = found
@@ -748,17 +675,17 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             ):  # per route-sent message: `_written` is kept cheap
                 connection.receive_overflow(command.to, size)
         elif isinstance(command, CloseSide):
-            ws = self.ws[command.side]
+            codec = self.codecs[command.side]
             code = command.close.code
             if code == ABNORMAL_CLOSURE:  # a dropped connection: no close frame (CloseTcp)
                 if command.side is PAGE:
                     self._observe((ABNORMAL_CLOSURE, ""), later=True)
-            elif ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
-                wire_code = CloseReason.NO_STATUS_RCVD if code is None else code
+            elif codec.state is OPEN or codec.state is REMOTE_CLOSING:
                 reason = command.close.reason or ""
-                yield from self._out(ws.send2(wse.CloseConnection(wire_code, reason)))
+                frame = codec.close(code, reason)
+                yield from self._out(commands.SendData(self.conns[command.side], frame))
                 if command.side is PAGE:
-                    self._observe((wire_code, reason), later=True)
+                    self._observe((NO_STATUS if code is None else code, reason), later=True)
         elif isinstance(command, StartCloseTimer):
             wakeup = commands.RequestWakeup(self.close_timeout)
             self.close_timers[wakeup] = command.side
@@ -770,7 +697,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             )
             if command.abort and (writer := self._writer(command.side)) is not None:
                 writer.transport.abort()  # what it holds would never be read: drop it now
-            close = commands.CloseConnection(self.ws[command.side].conn)
+            close = commands.CloseConnection(self.conns[command.side])
             if command.side is PAGE and self.delays is not None and self.delays[SERVER]:
                 self.held_page_close = close  # after the server's (`_due`)
             else:
@@ -794,9 +721,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         if connection.first_close is not None:
             by_client, close = connection.first_close
             self.flow.websocket.closed_by_client = by_client
-            self.flow.websocket.close_code = (
-                CloseReason.NO_STATUS_RCVD if close.code is None else close.code
-            )
+            self.flow.websocket.close_code = NO_STATUS if close.code is None else close.code
             self.flow.websocket.close_reason = close.reason or ""
         self.flow.websocket.timestamp_end = time.time()
         self._handle_event = self._finished
@@ -808,26 +733,14 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         yield wsl.WebsocketEndHook(self.flow)
         self.flow.live = False
 
-    def _whole(self, to: Side, data: str | bytes) -> commands.SendData:
-        """A message to `to`, in one frame: written here (`frames`) when the codec is between
-        messages; masked as a client's for the server."""
-        ws = self.ws[to]
-        if ws._proto._outbound_opcode is None:
-            key = None if to is PAGE else os.urandom(4)
-            if self.plain[to]:
-                return commands.SendData(ws.conn, whole(data, key))
-            deflate = self.deflate[to]
-            if deflate is not None:
-                return commands.SendData(ws.conn, whole(data, key, deflate.deflate))
-        return ws.send2(_frame(data))
-
     def _send(self, to: Side, data: str | bytes) -> layer.CommandGenerator[None]:
-        ws = self.ws[to]
-        if ws.state is ConnectionState.OPEN:
+        codec = self.codecs[to]
+        if codec.state is OPEN:
+            frame = commands.SendData(self.conns[to], codec.message(data))
             if self.delays is None:
-                yield self._whole(to, data)
+                yield frame
             else:
-                yield from self._out(self._whole(to, data), data=True)
+                yield from self._out(frame, data=True)
             if to is PAGE:
                 self._observe(None, data, later=True)
 
@@ -877,9 +790,9 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             logger.warning(f"{self.socket.connection.url}: set_latency: {e} for the {side}")
             line.clear()
             reason = "too much waiting (set_latency)"
-            ws = self.ws[side]
-            if ws.state is ConnectionState.OPEN:
-                yield ws.send2(wse.CloseConnection(MESSAGE_TOO_BIG, reason))
+            codec = self.codecs[side]
+            if codec.state is OPEN:
+                yield commands.SendData(self.conns[side], codec.close(MESSAGE_TOO_BIG, reason))
                 if side is PAGE:
                     self._observe((MESSAGE_TOO_BIG, reason))
             self.socket.connection.receive_failure(side, MESSAGE_TOO_BIG, reason)
@@ -947,7 +860,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 return
             self.handler = handler
         for side in (PAGE, SERVER):
-            conn = self.ws[side].conn
+            conn = self.conns[side]
             io = self.handler.transports.get(conn)
             if io is None or id(conn) in self.transports:
                 continue  # no such connection (a mock's server), or ours already
@@ -1082,29 +995,6 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 transport.resume_reading()
 
 
-@dataclass(frozen=True, slots=True)
-class _Whole:
-    """A message read in one frame by `frames.next_whole` (a `Piece`, as wsproto's events)."""
-
-    data: str | bytes
-    frame_finished: bool = True
-    message_finished: bool = True
-
-
-def _codec_idle(ws: wsl.WebsocketConnection) -> bool:
-    """wsproto holds nothing of `ws`'s stream (no event, no part of a frame or message), so
-    a frame may be read without it (`frames.next_whole`)."""
-    proto = ws._proto
-    decoder = proto._frame_decoder
-    return (
-        ws.state is ConnectionState.OPEN
-        and not ws._events
-        and decoder.header is None
-        and not len(decoder.buffer)
-        and proto._message_decoder.opcode is None
-    )
-
-
 @dataclass
 class _Resume:
     """The rest of an event that yielded a blocking command (a hook) outside mitmproxy's
@@ -1199,7 +1089,7 @@ class _Reader(asyncio.Protocol):
         self.tls = transport if isinstance(transport, TlsTransport) else None
 
     def data_received(self, data: bytes) -> None:
-        conn = self.owner.ws[self.side].conn
+        conn = self.owner.conns[self.side]
         if self.tls is None:
             self.owner._fast_receive(events.DataReceived(conn, data))
             return

@@ -34,7 +34,7 @@ JOINED_PIECES = 1024
 
 
 class Piece(Protocol):
-    """A piece of a message as the codec hands it over (wsproto's `Message` events)."""
+    """A piece of a message as the codec hands it over (`codec.Fragment`)."""
 
     @property
     def data(self) -> str | bytes | bytearray: ...
@@ -75,7 +75,7 @@ class Reassembly:
         if not self.pieces and piece.message_finished:  # one piece: most messages
             if limit and len(data) > limit:
                 raise OverflowError(f"message larger than {limit} bytes")
-            # wsproto hands over binary payloads as `bytearray`: handlers get `bytes`, whichever
+            # a `bytearray` (wsproto's binary payloads) is copied: handlers get `bytes`, whichever
             # path read the message
             return bytes(data) if isinstance(data, bytearray) else data
         self.pieces += 1

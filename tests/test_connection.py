@@ -614,7 +614,7 @@ def test_pure_modules_import_neither_mitmproxy_nor_asyncio() -> None:
     code = (
         "import sys; import mitm_wsroute.connection, mitm_wsroute.route, mitm_wsroute.router, "
         "mitm_wsroute.headers, mitm_wsroute.latency, "
-        "mitm_wsroute.urlmatch, mitm_wsroute.messages, mitm_wsroute.frames, "
+        "mitm_wsroute.urlmatch, mitm_wsroute.messages, mitm_wsroute.codec, "
         "mitm_wsroute.deflate, mitm_wsroute.transport; "
         "bad = [m for m in ('mitmproxy', 'asyncio') if m in sys.modules]; "
         "print(bad); sys.exit(bool(bad))"

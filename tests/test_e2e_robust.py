@@ -259,8 +259,8 @@ async def test_messages_kept_per_flow_are_bounded(mitmdump: Any, tmp_path: Path)
 async def test_idle_mock_lives_while_pinged_and_dies_after_tcp_timeout(mitmdump: Any) -> None:
     p = mitmdump(ROUTES, "--set", "tcp_timeout=2")
     async with connect("ws://chat.invalid/echo", proxy=p.proxy, ping_interval=0.5) as pinged:
+        started = time.monotonic()  # before its last activity (the handshake)
         async with connect("ws://chat.invalid/echo", proxy=p.proxy, ping_interval=None) as idle:
-            started = time.monotonic()
             await asyncio.wait_for(idle.wait_closed(), 10)  # mitmproxy's idle timeout
             assert time.monotonic() - started >= 2
             await pinged.send("alive")
