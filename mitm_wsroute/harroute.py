@@ -432,20 +432,25 @@ class _Sender:
 
 class _Episode:
     """``record_mode="new_episodes"``: a replayed socket that is connected upstream too, whose
-    server is ignored until the first client message that matches nothing recorded. From
+    server is held back until the first client message that matches nothing recorded. From
     then on unmatched client messages go to the server, the server's messages to the client,
     and both into a recording that grows the replayed entry, each after the recorded message
     the replay got to (`Replay.last`), with times on the entry's clock.
 
     proxy: the upstream is connected when the socket opens, not at that first message: a
-    route connects only in its handler, before the client's handshake is answered.
+    route connects only in its handler, before the client's handshake is answered. What the
+    server sent before that message (its greeting; at most `HELD` messages) is passed on and
+    recorded right after it, as if it had connected then.
     """
+
+    HELD = 1000
 
     def __init__(self, ws: WebSocketRoute, player: Replay, recorder: HarRecorder) -> None:
         self.ws, self.player, self.recorder = ws, player, recorder
         self.server = ws.connect_to_server()
         self.recording = recorder.start(ws, base=player.conversation)
         self.live = False
+        self.held: list[Message] = []  # from the server, before the first new message
         self._mark = (-2, 0.0)  # (player.last, when it was reached)
         self.server.on_message(self.from_server)
         self.server.on_close(self.server_closed)
@@ -462,13 +467,19 @@ class _Episode:
 
     def forward(self, message: Message, key: Message) -> None:
         """An unmatched client message: to the server, and recorded as `key`."""
-        self.live = True
         self.recording.message(True, key, self._now(), self.player.last)
         self.server.send(message)
+        if not self.live:
+            self.live = True
+            for held in self.held:
+                self.from_server(held)
+            self.held = []
 
     def from_server(self, message: str | bytes) -> None:
-        if not self.live:
-            return  # the replay answers until the first unmatched message
+        if not self.live:  # the replay answers until the first unmatched message
+            if len(self.held) < self.HELD:
+                self.held.append(exact(message))
+            return
         key = self.recorder.filters.message("receive", exact(message))
         if key is not None:
             self.recording.message(False, key, self._now(), self.player.last)
@@ -528,8 +539,7 @@ class HarRecorder:
             that recordings grow (`Recording.base`), which are replaced in place.
 
     Raises:
-        ValueError: the file exists and is not a HAR (it is never overwritten), or this
-            process records into it with the other `episodes` already.
+        ValueError: the file exists and is not a HAR (it is never overwritten).
     """
 
     def __init__(
@@ -613,7 +623,9 @@ _writers_lock = threading.Lock()
 
 
 def _writer(path: str, max_size: int, max_attached_size: int, episodes: bool) -> _Writer:
-    """The writer of `path` (the file read when the first recorder of it starts).
+    """The writer of `path`: the one recording into it with ``record_mode="all"``, else a new
+    one, which reads the file as it is then (an earlier writer's recordings written first).
+    New episodes always start anew: they grow the entries of the file as it was replayed.
 
     Raises:
         ValueError: as `HarRecorder`.
@@ -621,21 +633,20 @@ def _writer(path: str, max_size: int, max_attached_size: int, episodes: bool) ->
     real = os.path.realpath(path)
     with _writers_lock:
         writer = _writers.get(real)
-        if writer is None:
-            file = RecordingFile(
-                real,
-                time.time(),
-                max_size=max_size,
-                max_attached_size=max_attached_size,
-                replace_urls=not episodes,
-            )
-            writer = _writers[real] = _Writer(file)
-        elif writer.file.replace_urls == episodes:
-            raise ValueError(
-                f"{path} is being recorded into by this process with another record mode "
-                "already; record_mode 'new_episodes' and 'all' cannot share a file"
-            )
-        return writer
+        if writer is not None and not episodes and writer.file.replace_urls:
+            return writer
+    if writer is not None:
+        writer.flush()
+    file = RecordingFile(
+        real,
+        time.time(),
+        max_size=max_size,
+        max_attached_size=max_attached_size,
+        replace_urls=not episodes,
+    )
+    with _writers_lock:
+        writer = _writers[real] = _Writer(file)
+    return writer
 
 
 class _Writer:

@@ -321,13 +321,18 @@ def test_new_episodes_grow_the_entry_and_record_new_sockets_whole(chat: Path) ->
     [route] = cassette.routes
     c, out = route_socket(route.handler)
     assert c.states[SERVER] is State.OPEN and out == [Send(PAGE, "welcome")]
-    c.receive_message(SERVER, "live welcome")  # the replay answers until something is new
+    c.receive_message(SERVER, "live welcome")  # held back until something is new
     c.receive_message(PAGE, '{"op": "join", "room": 1}')
     assert run(c) == [Send(PAGE, "joined")]
     c.receive_message(PAGE, "news?")
     c.receive_message(SERVER, "news!")
     c.receive_message(PAGE, "bye")  # matched: replayed, not forwarded
-    assert run(c) == [Send(SERVER, "news?"), Send(PAGE, "news!"), Send(PAGE, "ciao")]
+    assert run(c) == [
+        Send(SERVER, "news?"),
+        Send(PAGE, "live welcome"),
+        Send(PAGE, "news!"),
+        Send(PAGE, "ciao"),
+    ]
     c.receive_close(PAGE, 1000, "done")
     assert run(c) == [CloseSide(SERVER, Close(1000, "done"))]
 
@@ -339,7 +344,7 @@ def test_new_episodes_grow_the_entry_and_record_new_sockets_whole(chat: Path) ->
     first, whole = loaded.entries("wss://h/ws")
     assert [(s, d) for s, _, d in first.messages()] == [
         (S, "welcome"), (C, '{"op": "join", "room": 1}'), (S, "joined"), (C, "news?"),
-        (S, "news!"), (C, "bye"), (S, "ciao"),
+        (S, "live welcome"), (S, "news!"), (C, "bye"), (S, "ciao"),
     ]  # fmt: skip
     assert first.close is not None and (first.close.code, first.close.by) == (1000, "client")
     assert first.index == 0 and [d for _, _, d in whole.messages()] == ["fresh"]
