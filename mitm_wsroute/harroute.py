@@ -463,7 +463,7 @@ class _Episode:
             self._mark = (last, now)
         times = self.player.conversation.times
         base = times[last] if last >= 0 else (self.player.conversation.started or now)
-        return base + now - self._mark[1]
+        return base + (now - self._mark[1])
 
     def forward(self, message: Message, key: Message) -> None:
         """An unmatched client message: to the server, and recorded as `key`."""

@@ -15,6 +15,8 @@ from mitm_wsroute.cassettes import Filters, check_record_mode, closest, matcher,
 from mitm_wsroute.connection import PAGE, SERVER, Close, CloseSide, Send, State
 from mitm_wsroute.har import Recording, RecordingFile, Replay, load_har
 from mitm_wsroute.harroute import Cassette, UnmatchedMessageError
+from mitm_wsroute.router import Router
+from mitm_wsroute.scripts import RouteScripts
 from tests.test_har import T0, conversation, entry, msg, texts
 from tests.test_harroute import route_socket, run, write
 
@@ -374,3 +376,17 @@ def test_recording_grows_in_place_in_the_file(tmp_path: Path) -> None:
     RecordingFile(str(path), T0, replace_urls=False).write([grown])
     entries = load_har(str(path)).entries("wss://h/ws")
     assert [c.data for c in entries] == [["a", "A"], ["before", "b", "B"]]
+
+
+def test_route_scripts_get_the_record_mode_option_and_reload_when_it_changes(
+    chat: Path, tmp_path: Path
+) -> None:
+    script = tmp_path / "routes.py"
+    script.write_text(f"from mitm_wsroute import route_from_har\nroute_from_har({str(chat)!r})\n")
+    router = Router()
+    scripts = RouteScripts(router)
+    scripts.configure([str(script)], None)
+    assert (route := router.find("wss://h/ws")) is not None and route.label == "har:chat.har"
+    scripts.configure([str(script)], None, "new_episodes")  # the option wins over the call's
+    assert (route := router.find("wss://h/ws")) is not None
+    assert route.label == "har:chat.har (new episodes)"
