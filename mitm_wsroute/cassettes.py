@@ -114,12 +114,14 @@ class Filters:
         """
         names = []
         for arg, value in (("filter_headers", headers), ("filter_query", query)):
-            if isinstance(value, str | bytes) or not all(isinstance(v, str) for v in value):
+            one = isinstance(value, str | bytes) or not isinstance(value, Iterable)
+            listed = [] if one else list(value)
+            if one or not all(isinstance(v, str) for v in listed):
                 raise ValueError(
                     f"{arg} must be a list of names (strings), not {value!r}; "
                     f"for one name: {arg}=[{value!r}]"
                 )
-            names.append(list(value))
+            names.append(listed)
         if before_record_message is not None and not callable(before_record_message):
             raise ValueError(
                 "before_record_message must be a function (direction, message) -> message or "

@@ -263,34 +263,34 @@ class Cassette:
         #: Per recorded conversation (by entry index), which of its messages were played.
         self.played: dict[int, bytearray] = {}
         self._served: dict[str, int] = {}  # sockets per URL so far: the n-th gets the n-th entry
-        if self.mode == "all":
-            self.recorder = HarRecorder(
-                path, filters=self.filters, max_size=max_size, max_attached_size=max_attached_size
-            )
-            label = f"{label} (recording)"
-            self.routes = [Route(url or "**", self._matches, self.recorder.handler, origin, label)]
-            return
-        if self.mode == "new_episodes":
-            self.recorder = HarRecorder(
-                path,
-                filters=self.filters,
-                episodes=True,
-                max_size=max_size,
-                max_attached_size=max_attached_size,
-            )
-            self.har = Har(path, {})
-            if exists:
-                self.har = load_har(
-                    path, allow_empty=True, max_size=max_size, max_attached_size=max_attached_size
-                )
-            label = f"{label} (new episodes)"
-        elif not exists:
+        if self.mode == "none" and not exists:
             raise ValueError(
                 f"{path}: no such HAR file to replay; record it first (record_mode='once' or "
                 "'all', or update=True)"
             )
-        else:
-            self.har = load_har(path, max_size=max_size, max_attached_size=max_attached_size)
+        if self.mode != "none":
+            self.recorder = HarRecorder(
+                path,
+                filters=self.filters,
+                episodes=self.mode == "new_episodes",
+                max_size=max_size,
+                max_attached_size=max_attached_size,
+            )
+        if self.mode == "all":
+            assert self.recorder is not None
+            handler, label = self.recorder.handler, f"{label} (recording)"
+            self.routes = [Route(url or "**", self._matches, handler, origin, label)]
+            return
+        self.har = Har(path, {})
+        if exists:
+            self.har = load_har(
+                path,
+                allow_empty=self.mode == "new_episodes",
+                max_size=max_size,
+                max_attached_size=max_attached_size,
+            )
+        if self.mode == "new_episodes":
+            label = f"{label} (new episodes)"
         matches = self._matches
         if not_found == "fallback" and self.mode == "none":
             loaded = self.har

@@ -126,7 +126,7 @@ def test_replay_marks_what_it_played_and_where_it_got() -> None:
 
 
 def test_filters_replace_query_values_and_headers_keep_the_rest() -> None:
-    f = Filters.of(["Authorization", "x-api-key"], ["token", "sig"], None)
+    f = Filters.of((h for h in ["Authorization", "x-api-key"]), ["token", "sig"], None)
     assert f.url("wss://h/ws?room=1&token=abc&sig=x%20y&token") == (
         "wss://h/ws?room=1&token=FILTERED&sig=FILTERED&token=FILTERED"
     )
@@ -159,6 +159,7 @@ def test_before_record_message_rewrites_skips_and_is_checked() -> None:
     [
         (("authorization", (), None), r"filter_headers must be .*=\['authorization'\]"),
         (((), [1], None), "filter_query must be a list of names"),
+        (((), 1, None), "filter_query must be a list of names"),
         (((), (), "hook"), "before_record_message must be a function"),
     ],
 )  # fmt: skip
