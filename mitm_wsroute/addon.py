@@ -27,6 +27,7 @@ from mitmproxy.utils import asyncio_utils
 from mitmproxy.websocket import WebSocketData
 
 from . import handshake, harroute, layer, webview
+from .cassettes import check_record_mode
 from .connection import (
     DEFAULT_MAX_BUFFER,
     SERVER,
@@ -225,6 +226,17 @@ class WsRoute:
             """,
             choices=["none", "recorded"],
         )
+        loader.add_option(
+            "wsroute_record_mode",
+            Optional[str],  # type: ignore[arg-type]  # noqa: UP045 - mitmproxy wants typing.Optional
+            None,
+            """
+            Record mode of every route_from_har (wsroute_har and the scripts' calls), winning
+            over their own: "none" replays only, "once" records a missing file and replays an
+            existing one, "new_episodes" replays what matches and records the rest, "all"
+            records (vcrpy's names).
+            """,
+        )
         _add_option(
             loader,
             "wsroute_har_max_size",
@@ -264,7 +276,15 @@ class WsRoute:
                     f"Cannot parse {name} option {getattr(ctx.options, name)}: "
                     f"must be 0{zero} or more"
                 )
-        if "wsroute_scripts" in updated or "wsroute_base_url" in updated:
+        record_mode = ctx.options.wsroute_record_mode or None
+        if "wsroute_record_mode" in updated:
+            try:
+                check_record_mode(record_mode, "wsroute_record_mode")
+            except ValueError as e:
+                raise exceptions.OptionsError(
+                    f"Cannot parse wsroute_record_mode option {record_mode}: {e}"
+                ) from e
+        if updated.intersection(("wsroute_scripts", "wsroute_base_url", "wsroute_record_mode")):
             base_url = ctx.options.wsroute_base_url
             try:
                 base_url = parse_base_url(base_url) if base_url else None
@@ -273,7 +293,7 @@ class WsRoute:
                     f"Cannot parse wsroute_base_url option {base_url}: {e}"
                 ) from e
             try:
-                self.scripts.configure(list(ctx.options.wsroute_scripts), base_url)
+                self.scripts.configure(list(ctx.options.wsroute_scripts), base_url, record_mode)
             except ValueError as e:
                 raise exceptions.OptionsError(f"Cannot load wsroute_scripts: {e}") from e
         if updated.intersection(_HAR_OPTIONS) or "wsroute_base_url" in updated:
@@ -291,7 +311,7 @@ class WsRoute:
             return
         try:
             base_url = parse_base_url(opts.wsroute_base_url) if opts.wsroute_base_url else None
-            routes = harroute.har_routes(
+            cassette = harroute.Cassette(
                 opts.wsroute_har,
                 url=opts.wsroute_har_url or None,
                 not_found=opts.wsroute_har_not_found,
@@ -301,11 +321,12 @@ class WsRoute:
                 max_attached_size=opts.wsroute_har_max_attached_size,
                 base_url=base_url,
                 origin="wsroute_har option",
+                record_mode_override=opts.wsroute_record_mode or None,
             )
         except ValueError as e:
             raise exceptions.OptionsError(f"Cannot load wsroute_har option: {e}") from e
-        self.router.option_routes = tuple(routes)
-        what = "recording into" if opts.wsroute_har_update else "replaying"
+        self.router.option_routes = tuple(cassette.routes)
+        what = {"all": "recording into", "none": "replaying"}.get(cassette.mode, "new episodes in")
         logger.info(f"wsroute: {what} {opts.wsroute_har}")
 
     def running(self) -> None:
@@ -560,6 +581,7 @@ _HAR_OPTIONS = (
     "wsroute_har_timing",
     "wsroute_har_max_size",
     "wsroute_har_max_attached_size",
+    "wsroute_record_mode",
 )
 
 

@@ -41,8 +41,9 @@ import stat
 import tempfile
 import zipfile
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, Literal
 
 from ._whatwg_url import parse_url
@@ -598,6 +599,8 @@ class Step:
     delay: float
     message: Message | None = None
     close: HarClose | None = None
+    #: The recorded message it plays (-1 for a close), for `Replay.sent`.
+    index: int = field(default=-1, compare=False)
 
 
 @dataclass(slots=True)
@@ -605,54 +608,99 @@ class Replay:
     """The server's side of one recorded conversation, replayed turn by turn.
 
     The server messages recorded before the first client message are sent on open. Each message
-    the client sends is matched to the next recorded client message with the same payload (text
-    and binary never match each other), skipping recorded ones that were not sent; the server
-    messages recorded after it, up to the next recorded client message, are the answer. A client
-    message with no match gets no answer and changes nothing. So server messages go out in
-    recorded order, each at most once. A recorded server close (or a dropped connection) comes
-    after the server messages before it.
+    the client sends is matched to a recorded client message (text and binary never match
+    each other unless `match` says so): with ``order="sequential"`` the next one that matches,
+    skipping recorded ones that were not sent; with ``order="any"`` the first not played yet.
+    The server messages recorded after it, up to the next recorded client message, are the
+    answer. A client message with no match gets no answer and changes nothing. So server
+    messages go out in recorded order, each at most once, unless `repeats` lets a played
+    client message (and its answer) play again once no unplayed one matches. A recorded server
+    close (or a dropped connection) comes after the server messages before it.
 
     Args:
         timing: keep the recorded gap before each server message (``"recorded"``), or send at
             once (``"none"``).
+        match: ``(recorded, actual) -> bool`` (see `cassettes.matcher`); None: equal payloads.
+        played: per recorded message, 1 once matched (client) or sent (server, see `sent`);
+            shared by the replays of one conversation, for `unplayed`.
     """
 
     conversation: Conversation
     timing: Literal["none", "recorded"] = "none"
-    #: Index of the next recorded client message that may match.
+    match: Callable[[Message, Message], bool] | None = None
+    order: Literal["sequential", "any"] = "sequential"
+    repeats: bool = False
+    played: bytearray = field(default_factory=bytearray)
+    #: Index (among the recorded client messages) of the next one that may match in order.
     position: int = 0
+    #: The recorded message the replay got to last: the end of the answer it gave last (or
+    #: the client message it matched, if the answer was empty); -1 before any.
+    last: int = -1
     #: Per payload, the indices of the recorded client messages with it, ascending.
     _index: dict[Message, list[int]] = field(default_factory=dict)
     _client: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if len(self.played) != len(self.conversation):
+            self.played = bytearray(len(self.conversation))
         # The recorded client messages, and per payload where they are (built once, O(n)).
         sent, data = self.conversation.sent, self.conversation.data
         i = sent.find(1)
         while i != -1:
             self._client.append(i)
-            self._index.setdefault(data[i], []).append(len(self._client) - 1)
+            if self.match is None:
+                self._index.setdefault(data[i], []).append(len(self._client) - 1)
             i = sent.find(1, i + 1)
 
     def open(self) -> list[Step]:
         """What to send when the socket opens."""
         end = self._client[0] if self._client else len(self.conversation)
+        self.last = end - 1
         return self._steps(0, end, self.conversation.started)
 
     def receive(self, message: Message) -> list[Step] | None:
         """What to send for a message from the client (a bytes-like one matches as `bytes`);
         None when nothing recorded matches."""
-        candidates = self._index.get(exact(message))
-        if not candidates:
+        n = self._find(exact(message))
+        if n is None:
             return None
-        k = bisect.bisect_left(candidates, self.position)
-        if k == len(candidates):
-            return None
-        n = candidates[k]
-        self.position = n + 1
+        if self.order == "sequential":
+            self.position = max(self.position, n + 1)
         start = self._client[n]
+        self.played[start] = 1
         end = self._client[n + 1] if n + 1 < len(self._client) else len(self.conversation)
+        self.last = end - 1
         return self._steps(start + 1, end, self.conversation.times[start])
+
+    def sent(self, step: Step) -> None:
+        """`step` was carried out (its message counts as played)."""
+        if step.index >= 0:
+            self.played[step.index] = 1
+
+    def client_messages(self) -> list[Message]:
+        """The recorded client messages, in order."""
+        return [self.conversation.data[i] for i in self._client]
+
+    def _find(self, message: Message) -> int | None:
+        """Which recorded client message `message` matches (its index among them)."""
+        client, played, data = self._client, self.played, self.conversation.data
+        candidates: Sequence[int]
+        if self.match is None:  # equal payloads: look them up
+            candidates = self._index.get(message, [])
+            match: Callable[[Message, Message], bool] = _true
+        else:
+            candidates, match = range(len(client)), self.match
+        if self.order == "sequential":
+            first: Iterable[int] = islice(
+                candidates, bisect.bisect_left(candidates, self.position), None
+            )
+        else:
+            first = (n for n in candidates if not played[client[n]])
+        found = next((n for n in first if match(data[client[n]], message)), None)
+        if found is None and self.repeats:
+            again = (n for n in candidates if played[client[n]])
+            found = next((n for n in again if match(data[client[n]], message)), None)
+        return found
 
     @property
     def done(self) -> bool:
@@ -666,12 +714,16 @@ class Replay:
         times, data = conversation.times, conversation.data
         for i in range(start, end):
             t = times[i]
-            steps.append(Step(_gap(before, t) if timed else 0.0, data[i]))
+            steps.append(Step(_gap(before, t) if timed else 0.0, data[i], index=i))
             before = t
         close = conversation.close
         if end == len(conversation) and close is not None and close.by == "server":
             steps.append(Step(_gap(before, close.time) if timed else 0.0, close=close))
         return steps
+
+
+def _true(recorded: Message, actual: Message) -> bool:
+    return True
 
 
 def _gap(before: float | None, t: float | None) -> float:
@@ -695,10 +747,31 @@ class Recording:
     protocol: str | None = None
     messages: list[tuple[bool, float, Message]] = field(default_factory=list)
     close: HarClose | None = None
+    #: The recorded conversation this recording grows (``record_mode="new_episodes"``): its
+    #: entry is that one's messages with these inserted, and its close unless one is recorded.
+    base: Conversation | None = None
+    #: With `base`: per message, the index of the base message it comes after (-1: before all).
+    after: list[int] = field(default_factory=list)
 
-    def message(self, sent: bool, data: Message, time: float) -> None:
-        """Record a message, kept as exactly `str` or `bytes` (see `exact`)."""
+    def message(self, sent: bool, data: Message, time: float, after: int = -1) -> None:
+        """Record a message, kept as exactly `str` or `bytes` (see `exact`); with `base`,
+        after its message `after`."""
+        self.after.append(after)  # first: `messages[:n]` always has its `after[:n]`
         self.messages.append((sent, time, exact(data)))
+
+    def _messages(self, count: int) -> list[tuple[bool, float, Message]]:
+        """The first `count` messages recorded, inserted into `base`'s."""
+        added = self.messages if count == len(self.messages) else self.messages[:count]
+        if self.base is None:
+            return added
+        by_place: dict[int, list[tuple[bool, float, Message]]] = {}
+        for after, m in zip(self.after, added, strict=False):
+            by_place.setdefault(after, []).append(m)
+        merged = by_place.get(-1, [])
+        for i, m in enumerate(self.base.messages()):
+            merged.append(m)
+            merged += by_place.get(i, ())
+        return merged
 
     def state(self) -> RecordingState:
         """How far the recording got: cheap, and ``entry(state)`` later is the entry as it was
@@ -716,18 +789,23 @@ class Recording:
         """The HAR 1.2 entry, in Chrome's shape plus ``_webSocketClose``: of the recording as
         it is, or as it was at `state`."""
         count, close = state if state is not None else self.state()
-        messages = self.messages if count == len(self.messages) else self.messages[:count]
+        messages = self._messages(count)
+        started, protocol = self.started, self.protocol
+        if self.base is not None:
+            close = close or self.base.close
+            started = self.base.started or started
+            protocol = self.base.protocol or protocol
         last = close.time if close and close.time else None
         if messages:
             last = max(last or 0.0, messages[-1][1])
-        duration = round(1000 * (last - self.started), 3) if last else 0
+        duration = round(1000 * (last - started), 3) if last else 0
         query = parse_url(self.url)
         response_headers = [{"name": "Upgrade", "value": "websocket"}]
-        if self.protocol:
-            response_headers.append({"name": "Sec-WebSocket-Protocol", "value": self.protocol})
+        if protocol:
+            response_headers.append({"name": "Sec-WebSocket-Protocol", "value": protocol})
         entry: dict[str, Any] = {
             "pageref": PAGE_ID,
-            "startedDateTime": _iso(self.started),
+            "startedDateTime": _iso(started),
             "time": max(duration, 0),
             "request": {
                 "method": "GET",
@@ -895,8 +973,9 @@ def write_har(
 class RecordingFile:
     """The HAR file that recordings are written into: the pages and entries it held when
     recording began (read once, by `kept_entries`), and at each `write` the recordings as they
-    are then. An entry that was in the file is dropped when a recording has its URL; every
-    recording is kept.
+    are then. An entry that was in the file is dropped when a recording has its URL (unless
+    `replace_urls` is False), or replaced in place by a recording that grows it (`base`);
+    every recording is kept.
 
     Each entry is encoded once it is final (an entry that was in the file, a closed
     recording), so that a write costs the entries that changed plus writing the file's bytes,
@@ -914,9 +993,13 @@ class RecordingFile:
         *,
         max_size: int = MAX_SIZE,
         max_attached_size: int = MAX_ATTACHED_SIZE,
+        replace_urls: bool = True,
     ) -> None:
         self.path = path
         self.started = started
+        #: Drop the old entries of each URL recorded (else a recording with a `base` replaces
+        #: that entry in place, and the others are added after the old ones).
+        self.replace_urls = replace_urls
         self.pages, self._old = kept_entries(
             path, max_size=max_size, max_attached_size=max_attached_size
         )
@@ -937,16 +1020,23 @@ class RecordingFile:
             self._old_texts = [(_websocket_url(e), encode_entry(e)) for e in self._old]
         states = [(r, r.state()) for r in recordings]
         states = [(r, s) for r, s in states if s[0] or s[1] is not None]
-        urls = {r.url for r, _ in states}
-        texts = [text for url, text in self._old_texts if url is None or url not in urls]
-        for r, state in states:
-            cached = self._texts.get(id(r))
-            if cached is None or cached[0] is not r or cached[1] != state:
-                cached = (r, state, encode_entry(r.entry(state)))
-                self._texts[id(r)] = cached
-            texts.append(cached[2])
+        grown = {r.base.index: self._text(r, s) for r, s in states if r.base is not None}
+        urls = {r.url for r, _ in states} if self.replace_urls else set()
+        texts = [
+            grown.get(i, text)
+            for i, (url, text) in enumerate(self._old_texts)
+            if i in grown or url is None or url not in urls
+        ]
+        texts += [self._text(r, s) for r, s in states if r.base is None]
         write_har(self.path, texts, self.started, self.pages)
         return len(states)
+
+    def _text(self, r: Recording, state: RecordingState) -> str:
+        cached = self._texts.get(id(r))
+        if cached is None or cached[0] is not r or cached[1] != state:
+            cached = (r, state, encode_entry(r.entry(state)))
+            self._texts[id(r)] = cached
+        return cached[2]
 
 
 def _websocket_url(entry: Any) -> str | None:

@@ -20,14 +20,28 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import router
+from .cassettes import (
+    FILTER_HEADERS,
+    BeforeRecordMessage,
+    Filters,
+    Match,
+    Order,
+    RecordMode,
+    check_record_mode,
+    closest,
+    matcher,
+    resolve_mode,
+)
 from .har import (
     MAX_ATTACHED_SIZE,
     MAX_SIZE,
+    Conversation,
     Har,
+    Message,
     Recording,
     RecordingFile,
     Replay,
@@ -35,7 +49,7 @@ from .har import (
     exact,
     load_har,
 )
-from .router import Route, RouteHandler
+from .router import Route
 from .urlmatch import URLMatch, compile_url_match
 
 if TYPE_CHECKING:
@@ -44,7 +58,9 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_ATTACHED_SIZE",
     "MAX_SIZE",
+    "Cassette",
     "HarRecorder",
+    "UnmatchedMessageError",
     "flush_recordings",
     "har_routes",
     "route_from_har",
@@ -67,12 +83,20 @@ def route_from_har(
     not_found: NotFound = "abort",
     update: bool = False,
     timing: Timing = "none",
+    record_mode: RecordMode | None = None,
+    match: Match = "exact",
+    order: Order = "sequential",
+    allow_playback_repeats: bool = False,
+    filter_headers: Iterable[str] = FILTER_HEADERS,
+    filter_query: Iterable[str] = (),
+    before_record_message: BeforeRecordMessage | None = None,
     max_size: int = MAX_SIZE,
     max_attached_size: int = MAX_ATTACHED_SIZE,
 ) -> None:
     """Serve the WebSockets whose URL matches `url` from the conversations recorded in the HAR
-    file `har` (Playwright's ``page.route_from_har`` names, for WebSockets). Call it from a
-    route script. Its route is registered like `route_web_socket`'s: a later one wins.
+    file `har` (Playwright's ``page.route_from_har`` names, for WebSockets), or record them
+    into it. Call it from a route script. Its route is registered like `route_web_socket`'s:
+    a later one wins.
 
     Args:
         har: a HAR 1.2 file with WebSocket entries (``_resourceType: "websocket"`` and
@@ -82,13 +106,32 @@ def route_from_har(
         not_found: for a matching socket whose URL has no entry: ``"abort"`` answers its
             upgrade with 404; ``"fallback"`` lets the next route have it (else it passes
             through).
-        update: record instead of replaying: matching sockets connect to their server, and
-            their conversations, as the client saw them, are written to `har` each time a
-            socket ends and when the proxy stops. The entries the file had before this process
-            recorded into it are replaced for each URL recorded, the others kept; everything
-            recorded into it by this process is kept (see `HarRecorder`).
+        update: record instead of replaying (``record_mode="all"``): matching sockets connect
+            to their server, and their conversations, as the client saw them, are written to
+            `har` each time a socket ends and when the proxy stops. The entries the file had
+            before this process recorded into it are replaced for each URL recorded, the
+            others kept; everything recorded into it by this process is kept (see
+            `HarRecorder`).
         timing: ``"recorded"`` keeps the recorded gap before each server message;
             ``"none"`` (the default) sends at once.
+        record_mode: vcrpy's: ``"none"`` replays only, and a client message that matches
+            nothing recorded is a handler error naming the closest recorded ones; ``"once"``
+            records when `har` does not exist, else replays as ``"none"``; ``"new_episodes"``
+            replays what matches, connects upstream for the rest and records it into the
+            same entry (a socket without an entry is recorded whole); ``"all"`` records.
+            None: ``"all"`` with ``update=True``, else ``"none"``. The ``wsroute_record_mode``
+            option wins over it.
+        match: how a client message matches a recorded one: ``"exact"``, ``"json"``,
+            ``"json_subset"``, a compiled regex, or ``(recorded, actual) -> bool`` (see
+            `cassettes.matcher`).
+        order: ``"sequential"``: the next recorded client message that matches (skipping
+            others); ``"any"``: any not played yet.
+        allow_playback_repeats: a recorded client message (and its answer) may play again.
+        filter_headers, filter_query: request header and query parameter names whose values
+            are written, and matched, as ``"FILTERED"``.
+        before_record_message: ``(direction, message) -> message | None``: what is written
+            (None: nothing), and what a live message is matched as; ``direction`` is
+            ``"send"`` (from the client) or ``"receive"``.
         max_size: the largest HAR read, in bytes (the ``.har``, or the ``.har`` in a ``.zip``,
             uncompressed), checked before it is read; default 1 GiB, 0 for no limit.
         max_attached_size: the most bytes its attached message files (Playwright's ``.jsonl``)
@@ -96,71 +139,41 @@ def route_from_har(
 
     Raises:
         ValueError: `har` is not such a HAR file (the message names the file, the entry and
-            what is wrong), or an argument is invalid.
+            what is wrong), does not exist when it is replayed, or an argument is invalid.
         RuntimeError: called outside a route script.
     """
     collector = router.script_collector("route_from_har")
     frame = sys._getframe(1)
-    origin = f"{frame.f_code.co_filename}:{frame.f_lineno}"
-    routes = har_routes(
+    cassette = Cassette(
         har,
         url=url,
         not_found=not_found,
         update=update,
         timing=timing,
+        record_mode=record_mode,
+        match=match,
+        order=order,
+        allow_playback_repeats=allow_playback_repeats,
+        filter_headers=filter_headers,
+        filter_query=filter_query,
+        before_record_message=before_record_message,
         max_size=max_size,
         max_attached_size=max_attached_size,
         base_url=collector.base_url,
-        origin=origin,
+        origin=f"{frame.f_code.co_filename}:{frame.f_lineno}",
+        record_mode_override=collector.record_mode,
     )
-    collector.routes.extend(routes)
+    collector.routes.extend(cassette.routes)
 
 
-def har_routes(
-    har: str | os.PathLike[str],
-    *,
-    url: URLMatch | None = None,
-    not_found: NotFound = "abort",
-    update: bool = False,
-    timing: Timing = "none",
-    max_size: int = MAX_SIZE,
-    max_attached_size: int = MAX_ATTACHED_SIZE,
-    base_url: str | None = None,
-    origin: str | None = None,
-) -> list[Route]:
+def har_routes(har: str | os.PathLike[str], **options: Any) -> list[Route]:
     """The routes `route_from_har` registers, for any route table (register them in order; the
-    list is one route today). Arguments as for `route_from_har`; `base_url` resolves relative
-    globs, `origin` (``file:line``) names the route in the log.
-
-    With ``update=True`` a `HarRecorder` writes the file; `flush_recordings()` writes every
-    recorded file and waits for it (the addon calls it when the proxy stops).
+    list is one route today). Arguments as for `Cassette`.
 
     Raises:
         ValueError: as `route_from_har`.
     """
-    if not_found not in ("abort", "fallback"):
-        raise ValueError(f"not_found must be 'abort' or 'fallback', not {not_found!r}")
-    if timing not in ("none", "recorded"):
-        raise ValueError(f"timing must be 'none' or 'recorded', not {timing!r}")
-    for name, limit in (("max_size", max_size), ("max_attached_size", max_attached_size)):
-        if type(limit) is not int or limit < 0:
-            raise ValueError(f"{name} must be 0 (no limit) or more bytes, not {limit!r}")
-    path = os.path.abspath(os.fspath(har))
-    matches = compile_url_match(url, base_url) if url is not None else _any
-    label = f"har:{os.path.basename(path)}"
-    origin = origin or path
-    if update:
-        recorder = HarRecorder(path, max_size=max_size, max_attached_size=max_attached_size)
-        return [Route(url or "**", matches, recorder.handler, origin, f"{label} (recording)")]
-    loaded = load_har(path, max_size=max_size, max_attached_size=max_attached_size)
-    handler = _replay_handler(loaded, timing)
-    if not_found == "fallback":
-        inner = matches
-
-        def matches(u: str) -> bool:
-            return inner(u) and bool(loaded.entries(u))
-
-    return [Route(url or "**", matches, handler, origin, label)]
+    return Cassette(har, **options).routes
 
 
 def flush_recordings() -> None:
@@ -177,57 +190,207 @@ def _any(url: str) -> bool:
     return True
 
 
-# --- replay --------------------------------------------------------------------------------------
+class UnmatchedMessageError(Exception):
+    """A replayed client message matched nothing recorded (``record_mode="none"``)."""
 
 
-def _replay_handler(har: Har, timing: Timing) -> RouteHandler:
-    served: dict[str, int] = {}  # sockets per URL so far: the n-th gets the n-th entry
+class Cassette:
+    """One `route_from_har` call: its `routes`, and what they played.
 
-    def replay(ws: WebSocketRoute) -> None:
-        entries = har.entries(ws.url)
-        if not entries:
-            logger.warning(f"{ws.url}: no WebSocket entry in {har.path}; upgrade refused (404)")
-            ws.reject(404, body=f"no WebSocket entry for {ws.url} in {har.path}\n")
+    Arguments as for `route_from_har`, and: `base_url` resolves relative globs, `origin`
+    (``file:line``) names the route in the log, `record_mode_override` (the
+    ``wsroute_record_mode`` option, the pytest flag) wins over `record_mode` and `update`.
+
+    When it records, a `HarRecorder` writes the file; `flush_recordings()` writes every
+    recorded file and waits for it (the addon calls it when the proxy stops), `close()` this
+    one's.
+
+    Raises:
+        ValueError: as `route_from_har`.
+    """
+
+    def __init__(
+        self,
+        har: str | os.PathLike[str],
+        *,
+        url: URLMatch | None = None,
+        not_found: NotFound = "abort",
+        update: bool = False,
+        timing: Timing = "none",
+        record_mode: RecordMode | None = None,
+        match: Match = "exact",
+        order: Order = "sequential",
+        allow_playback_repeats: bool = False,
+        filter_headers: Iterable[str] = FILTER_HEADERS,
+        filter_query: Iterable[str] = (),
+        before_record_message: BeforeRecordMessage | None = None,
+        max_size: int = MAX_SIZE,
+        max_attached_size: int = MAX_ATTACHED_SIZE,
+        base_url: str | None = None,
+        origin: str | None = None,
+        record_mode_override: RecordMode | None = None,
+    ) -> None:
+        for name, value, choices in (
+            ("not_found", not_found, ("abort", "fallback")),
+            ("timing", timing, ("none", "recorded")),
+            ("order", order, ("sequential", "any")),
+        ):
+            if value not in choices:
+                raise ValueError(f"{name} must be {' or '.join(map(repr, choices))}, not {value!r}")
+        for name, limit in (("max_size", max_size), ("max_attached_size", max_attached_size)):
+            if type(limit) is not int or limit < 0:
+                raise ValueError(f"{name} must be 0 (no limit) or more bytes, not {limit!r}")
+        if not isinstance(allow_playback_repeats, bool):
+            raise ValueError(
+                f"allow_playback_repeats must be True or False, not {allow_playback_repeats!r}"
+            )
+        check_record_mode(record_mode)
+        check_record_mode(record_mode_override, "wsroute_record_mode")
+        self.filters = Filters.of(filter_headers, filter_query, before_record_message)
+        self.match = matcher(match)
+        self.order: Order = order
+        self.repeats = allow_playback_repeats
+        self.timing: Timing = timing
+        self.path = path = os.path.abspath(os.fspath(har))
+        exists = os.path.exists(path)
+        #: What this call does: ``"none"`` (replay), ``"new_episodes"`` or ``"all"``.
+        self.mode = resolve_mode(record_mode, update, record_mode_override, exists)
+        self._matches = compile_url_match(url, base_url) if url is not None else _any
+        label = f"har:{os.path.basename(path)}"
+        origin = origin or path
+        self.recorder: HarRecorder | None = None
+        self.har: Har | None = None
+        #: Per recorded conversation (by entry index), which of its messages were played.
+        self.played: dict[int, bytearray] = {}
+        self._served: dict[str, int] = {}  # sockets per URL so far: the n-th gets the n-th entry
+        if self.mode == "none" and not exists:
+            raise ValueError(
+                f"{path}: no such HAR file to replay; record it first (record_mode='once' or "
+                "'all', or update=True)"
+            )
+        if self.mode != "none":
+            self.recorder = HarRecorder(
+                path,
+                filters=self.filters,
+                episodes=self.mode == "new_episodes",
+                max_size=max_size,
+                max_attached_size=max_attached_size,
+            )
+        if self.mode == "all":
+            assert self.recorder is not None
+            handler, label = self.recorder.handler, f"{label} (recording)"
+            self.routes = [Route(url or "**", self._matches, handler, origin, label)]
             return
-        n = served.get(ws.url, 0)
-        served[ws.url] = n + 1
+        self.har = Har(path, {})
+        if exists:
+            self.har = load_har(
+                path,
+                allow_empty=self.mode == "new_episodes",
+                max_size=max_size,
+                max_attached_size=max_attached_size,
+            )
+        if self.mode == "new_episodes":
+            label = f"{label} (new episodes)"
+        matches = self._matches
+        if not_found == "fallback" and self.mode == "none":
+            loaded = self.har
+
+            def matches(u: str) -> bool:
+                return self._matches(u) and bool(loaded.entries(self.filters.url(u)))
+
+        self.routes = [Route(url or "**", matches, self._replay, origin, label)]
+
+    def unplayed(self) -> tuple[list[Message], list[Message]]:
+        """The recorded client messages no client sent (that matched), and the recorded server
+        messages never sent, of the entries whose URL this cassette routes, in file order."""
+        client: list[Message] = []
+        server: list[Message] = []
+        conversations = self.har.by_url.values() if self.har is not None else ()
+        for c in sorted((c for cs in conversations for c in cs), key=lambda c: c.index):
+            if not self._matches(c.url):
+                continue
+            played = self.played.get(c.index) or bytearray(len(c))
+            for i, (sent, _, data) in enumerate(c.messages()):
+                if not played[i]:
+                    (client if sent else server).append(data)
+        return client, server
+
+    def close(self) -> None:
+        """Write what this cassette recorded (if anything) and wait for it; the next cassette
+        of the same file reads it anew."""
+        if self.recorder is not None:
+            self.recorder.close()
+
+    def _replay(self, ws: WebSocketRoute) -> None:
+        assert self.har is not None
+        url = self.filters.url(ws.url)
+        entries = self.har.entries(url)
+        n = self._served.get(url, 0)
+        self._served[url] = n + 1
+        if self.recorder is not None and n >= len(entries):
+            self.recorder.handler(ws)  # new_episodes: a socket without an entry is recorded whole
+            return
+        if not entries:
+            logger.warning(f"{ws.url}: no WebSocket entry in {self.path}; upgrade refused (404)")
+            ws.reject(404, body=f"no WebSocket entry for {ws.url} in {self.path}\n")
+            return
         conversation = entries[min(n, len(entries) - 1)]
         logger.info(
-            f"{ws.url}: replaying entry {conversation.index} of {har.path} "
+            f"{ws.url}: replaying entry {conversation.index} of {self.path} "
             f"({len(conversation)} messages)"
         )
-        player = Replay(conversation, timing)
-        out = _Sender(ws, timing == "recorded")
+        played = self.played.setdefault(conversation.index, bytearray(len(conversation)))
+        player = Replay(
+            conversation, self.timing, self.match, self.order, self.repeats, played=played
+        )
+        out = _Sender(ws, self.timing == "recorded", player)
+        episode = None if self.recorder is None else _Episode(ws, player, self.recorder)
 
         def on_message(message: str | bytes) -> None:
             message = exact(message)
-            steps = player.receive(message)
-            if steps is None:
-                logger.warning(
-                    f"{ws.url}: client message {message!r:.80} matches nothing recorded in "
-                    f"entry {conversation.index} of {har.path}; no reply"
-                )
+            key = self.filters.message("send", message)
+            if key is None:
+                return  # skipped by before_record_message: never recorded, never matched
+            steps = player.receive(key)
+            if steps is not None:
+                out.run(steps)
+            elif episode is not None:
+                episode.forward(message, key)
+            else:
                 if on_unmatched is not None:
                     on_unmatched(ws, message)
-                return
-            out.run(steps)
+                raise UnmatchedMessageError(self._unmatched(ws.url, key, player))
+
+        def on_close(code: int | None, reason: str | None) -> None:
+            out.cancel()
+            if episode is not None:
+                episode.client_closed(code, reason)
 
         ws.on_message(on_message)
-        ws.on_close(lambda code, reason: out.cancel())
+        ws.on_close(on_close)
         protocol = conversation.protocol
-        if protocol and protocol in ws.protocols and protocol != ws.protocols[0]:
-            ws.accept(protocol=protocol)  # the subprotocol the recorded server chose
+        if episode is None and protocol and protocol in ws.protocols:
+            if protocol != ws.protocols[0]:
+                ws.accept(protocol=protocol)  # the subprotocol the recorded server chose
         out.run(player.open())
 
-    return replay
+    def _unmatched(self, url: str, message: Message, player: Replay) -> str:
+        near = closest(message, player.client_messages())
+        shown = ", ".join(f"{m!r:.80}" for m in near) or "none (the entry has no client messages)"
+        return (
+            f"{url}: client message {message!r:.80} matches nothing recorded in entry "
+            f"{player.conversation.index} of {self.path}; no reply (record_mode 'none'). "
+            f"Closest recorded client messages: {shown}"
+        )
 
 
 class _Sender:
     """Carries out replay steps towards the client in order, waiting out their delays."""
 
-    def __init__(self, ws: WebSocketRoute, timed: bool) -> None:
+    def __init__(self, ws: WebSocketRoute, timed: bool, player: Replay) -> None:
         self.ws = ws
         self.timed = timed
+        self.player = player
         self.queue: deque[Step] = deque()
         self.task: Any = None  # the asyncio.Task that waits out delays, while one runs
 
@@ -262,8 +425,82 @@ class _Sender:
         if step.close is None:
             assert step.message is not None
             self.ws.send(step.message)
+            self.player.sent(step)
         else:
             _close(self.ws, step.close.code, step.close.reason)
+
+
+class _Episode:
+    """``record_mode="new_episodes"``: a replayed socket that is connected upstream too, whose
+    server is held back until the first client message that matches nothing recorded. From
+    then on unmatched client messages go to the server, the server's messages to the client,
+    and both into a recording that grows the replayed entry, each after the recorded message
+    the replay got to (`Replay.last`), with times on the entry's clock.
+
+    proxy: the upstream is connected when the socket opens, not at that first message: a
+    route connects only in its handler, before the client's handshake is answered. What the
+    server sent before that message (its greeting; at most `HELD` messages) is passed on and
+    recorded right after it, as if it had connected then.
+    """
+
+    HELD = 1000
+
+    def __init__(self, ws: WebSocketRoute, player: Replay, recorder: HarRecorder) -> None:
+        self.ws, self.player, self.recorder = ws, player, recorder
+        self.server = ws.connect_to_server()
+        self.recording = recorder.start(ws, base=player.conversation)
+        self.live = False
+        self.held: list[Message] = []  # from the server, before the first new message
+        self._mark = (-2, 0.0)  # (player.last, when it was reached)
+        self.server.on_message(self.from_server)
+        self.server.on_close(self.server_closed)
+
+    def _now(self) -> float:
+        """Now, on the entry's clock: the time of the message the replay got to, plus the
+        time since the replay got there."""
+        last, now = self.player.last, time.time()
+        if last != self._mark[0]:
+            self._mark = (last, now)
+        times = self.player.conversation.times
+        base = times[last] if last >= 0 else (self.player.conversation.started or now)
+        return base + (now - self._mark[1])
+
+    def forward(self, message: Message, key: Message) -> None:
+        """An unmatched client message: to the server, and recorded as `key`."""
+        self.recording.message(True, key, self._now(), self.player.last)
+        self.server.send(message)
+        if not self.live:
+            self.live = True
+            for held in self.held:
+                self.from_server(held)
+            self.held = []
+
+    def from_server(self, message: str | bytes) -> None:
+        if not self.live:  # the replay answers until the first unmatched message
+            if len(self.held) < self.HELD:
+                self.held.append(exact(message))
+            return
+        key = self.recorder.filters.message("receive", exact(message))
+        if key is not None:
+            self.recording.message(False, key, self._now(), self.player.last)
+        self.ws.send(message)
+
+    def server_closed(self, code: int | None, reason: str | None) -> None:
+        if not self.live:
+            return  # the replay goes on without the server
+        if self.recording.closed(code, reason, "server", self._now()):
+            self.recorder.writer.write_soon(self.recording)
+        _close(self.ws, code, reason)
+
+    def client_closed(self, code: int | None, reason: str | None) -> None:
+        first = self.ws._connection.first_close
+        by_client = first is None or first[0]
+        if by_client:
+            _close(self.server, code, reason)
+        if self.live and self.recording.closed(
+            code, reason, "client" if by_client else "server", self._now()
+        ):
+            self.recorder.writer.write_soon(self.recording)
 
 
 def _close(ws: WebSocketRoute, code: int | None, reason: str | None) -> None:
@@ -297,33 +534,54 @@ class HarRecorder:
 
     Args:
         max_size, max_attached_size: limits for reading the file, as for `load_har`.
+        filters: what is written of the URL, the request headers and the messages.
+        episodes: ``record_mode="new_episodes"``: the file's entries are kept, but those
+            that recordings grow (`Recording.base`), which are replaced in place.
 
     Raises:
         ValueError: the file exists and is not a HAR (it is never overwritten).
     """
 
     def __init__(
-        self, path: str, *, max_size: int = MAX_SIZE, max_attached_size: int = MAX_ATTACHED_SIZE
+        self,
+        path: str,
+        *,
+        max_size: int = MAX_SIZE,
+        max_attached_size: int = MAX_ATTACHED_SIZE,
+        filters: Filters = Filters(),  # noqa: B008 - frozen
+        episodes: bool = False,
     ) -> None:
-        self.writer = _writer(path, max_size, max_attached_size)
+        self.writer = _writer(path, max_size, max_attached_size, episodes)
         self.path = self.writer.path
+        self.filters = filters
         #: The conversations this recorder recorded (the writer has every recorder's).
         self.recordings: list[Recording] = []
+
+    def start(self, ws: WebSocketRoute, base: Conversation | None = None) -> Recording:
+        """A new recording of `ws` (filtered URL and headers), written with the others."""
+        fields = self.filters.header_fields(ws.request_headers.fields)
+        recording = Recording(self.filters.url(ws.url), time.time(), fields, base=base)
+        self.recordings.append(recording)
+        self.writer.add(recording)
+        return recording
 
     def handler(self, ws: WebSocketRoute) -> None:
         """The route handler: connect, forward both ways unchanged, record what passes."""
         server = ws.connect_to_server()
-        recording = Recording(ws.url, time.time(), list(ws.request_headers.fields))
-        self.recordings.append(recording)
-        self.writer.add(recording)
+        recording = self.start(ws)
         now = time.time
+        kept = self.filters.message
 
         def from_client(message: str | bytes) -> None:
-            recording.message(True, message, now())
+            key = kept("send", exact(message))
+            if key is not None:
+                recording.message(True, key, now())
             server.send(message)
 
         def from_server(message: str | bytes) -> None:
-            recording.message(False, message, now())
+            key = kept("receive", exact(message))
+            if key is not None:
+                recording.message(False, key, now())
             ws.send(message)
 
         def closed(code: int | None, reason: str | None) -> None:
@@ -349,23 +607,46 @@ class HarRecorder:
         Returns whether the last one wrote the file (False too on a timeout)."""
         return self.writer.wait(self.writer.asked, timeout)
 
+    def close(self) -> None:
+        """Write the file if this recorder recorded anything, and wait for it; a recorder of
+        the file made after this reads the file anew (when this was its only recorder)."""
+        if any(r.state() != (0, None) for r in self.recordings):
+            self.flush()
+        with _writers_lock:
+            if _writers.get(self.writer.path) is self.writer:
+                del _writers[self.writer.path]
+
 
 #: The writer of each file being recorded in this process, by real path.
 _writers: dict[str, _Writer] = {}
 _writers_lock = threading.Lock()
 
 
-def _writer(path: str, max_size: int, max_attached_size: int) -> _Writer:
-    """The writer of `path` (the file read when the first recorder of it starts)."""
+def _writer(path: str, max_size: int, max_attached_size: int, episodes: bool) -> _Writer:
+    """The writer of `path`: the one recording into it with ``record_mode="all"``, else a new
+    one, which reads the file as it is then (an earlier writer's recordings written first).
+    New episodes always start anew: they grow the entries of the file as it was replayed.
+
+    Raises:
+        ValueError: as `HarRecorder`.
+    """
     real = os.path.realpath(path)
     with _writers_lock:
         writer = _writers.get(real)
-        if writer is None:
-            file = RecordingFile(
-                real, time.time(), max_size=max_size, max_attached_size=max_attached_size
-            )
-            writer = _writers[real] = _Writer(file)
-        return writer
+        if writer is not None and not episodes and writer.file.replace_urls:
+            return writer
+    if writer is not None:
+        writer.flush()
+    file = RecordingFile(
+        real,
+        time.time(),
+        max_size=max_size,
+        max_attached_size=max_attached_size,
+        replace_urls=not episodes,
+    )
+    with _writers_lock:
+        writer = _writers[real] = _Writer(file)
+    return writer
 
 
 class _Writer:

@@ -54,6 +54,8 @@ class Route:
 class _Collector:
     base_url: str | None
     routes: list[Route]
+    #: The ``wsroute_record_mode`` option: it wins over every `route_from_har` call's.
+    record_mode: Any = None
 
 
 _collector: _Collector | None = None
@@ -151,10 +153,11 @@ class Router:
 
     @staticmethod
     @contextlib.contextmanager
-    def collect(base_url: str | None) -> Iterator[list[Route]]:
-        """Collect the routes that `route_web_socket` registers inside this block, in order."""
+    def collect(base_url: str | None, record_mode: Any = None) -> Iterator[list[Route]]:
+        """Collect the routes that `route_web_socket` registers inside this block, in order;
+        `record_mode` (the ``wsroute_record_mode`` option) is for `route_from_har`."""
         global _collector
-        outer, _collector = _collector, _Collector(base_url, [])
+        outer, _collector = _collector, _Collector(base_url, [], record_mode)
         try:
             yield _collector.routes
         finally:

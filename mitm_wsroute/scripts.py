@@ -48,14 +48,19 @@ class RouteScripts:
     def __init__(self, router: Router) -> None:
         self.router = router
         self.base_url: str | None = None
+        #: The ``wsroute_record_mode`` option, for the scripts' `route_from_har` calls.
+        self.record_mode: str | None = None
         #: How load failures are logged. mitmdump exits on any error logged at start-up, and a
         #: broken script must not stop the others, so the addon raises this once it runs.
         self.failure_level = logging.WARNING
         self._scripts: dict[str, _Script] = {}
 
-    def configure(self, paths: list[str], base_url: str | None) -> None:
+    def configure(
+        self, paths: list[str], base_url: str | None, record_mode: str | None = None
+    ) -> None:
         """Load the given scripts (a later one wins). Unchanged scripts are not re-imported,
-        unless the base URL changed, which changes what their relative globs mean.
+        unless the base URL changed, which changes what their relative globs mean, or the
+        record mode, which changes what their `route_from_har` calls do.
 
         Raises:
             ValueError: a path is not a file.
@@ -64,8 +69,8 @@ class RouteScripts:
         for path in full:
             if not os.path.isfile(path):
                 raise ValueError(f"no such route script: {path}")
-        reload_all = base_url != self.base_url
-        self.base_url = base_url
+        reload_all = base_url != self.base_url or record_mode != self.record_mode
+        self.base_url, self.record_mode = base_url, record_mode
         self.router.set_order(full)
         self._scripts = {p: self._scripts.get(p) or _Script(p) for p in full}
         for script in self._scripts.values():
@@ -95,7 +100,7 @@ class RouteScripts:
             logger.error(f"cannot read route script {script.path}: {e}")
             return
         try:
-            with Router.collect(self.base_url) as routes:
+            with Router.collect(self.base_url, self.record_mode) as routes:
                 _import(script.path)
         except KeyboardInterrupt:
             raise

@@ -447,7 +447,8 @@ def test_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path: Path) 
 
 def test_pure_har_modules_import_neither_mitmproxy_nor_asyncio() -> None:
     code = (
-        "import sys, mitm_wsroute, mitm_wsroute.har, mitm_wsroute.harroute; "
+        "import sys, mitm_wsroute, mitm_wsroute.har, mitm_wsroute.harroute, "
+        "mitm_wsroute.cassettes; "
         "bad = [m for m in ('mitmproxy', 'asyncio') if m in sys.modules]; "
         "print(bad); sys.exit(bool(bad))"
     )

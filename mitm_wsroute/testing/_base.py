@@ -7,10 +7,11 @@ API blocks on it, the async API awaits it.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Self
 
+from mitm_wsroute.cassettes import FILTER_HEADERS, BeforeRecordMessage, Match, Order, RecordMode
 from mitm_wsroute.route import WebSocketRoute
 from mitm_wsroute.router import RouteHandler
 from mitm_wsroute.urlmatch import URLMatch
@@ -225,18 +226,40 @@ class ProxyBase[S: SocketBase]:
         not_found: Literal["abort", "fallback"] = "abort",
         update: bool = False,
         timing: Literal["none", "recorded"] = "none",
+        record_mode: RecordMode | None = None,
+        match: Match = "exact",
+        order: Order = "sequential",
+        allow_playback_repeats: bool = False,
+        filter_headers: Iterable[str] = FILTER_HEADERS,
+        filter_query: Iterable[str] = (),
+        before_record_message: BeforeRecordMessage | None = None,
     ) -> None:
         """Serve the WebSockets whose URL matches `url` from the conversations recorded in the
-        HAR file `har`, or with ``update=True`` record them into it (Playwright's
-        ``route_from_har`` names; see `mitm_wsroute.route_from_har`). Its route wins over the
-        scripts' routes, like `route_web_socket`'s; `unroute_web_socket(url)` removes it.
-        Recordings are written as each socket ends and at `stop()`.
+        HAR file `har`, or record them into it (Playwright's ``route_from_har`` names, and
+        vcrpy's record modes, matchers and filters; see `mitm_wsroute.route_from_har`). The
+        proxy's ``wsroute_record_mode`` option, if set, wins over `record_mode`. Its route
+        wins over the scripts' routes, like `route_web_socket`'s; `unroute_web_socket(url)`
+        removes it. Recordings are written as each socket ends and at `stop()`. A client
+        message that matches nothing (``record_mode="none"``) is in `handler_errors`.
 
         Raises:
-            ValueError: `har` is not a HAR with WebSocket entries (the message says where), or
-                an argument is invalid.
+            ValueError: `har` is not a HAR with WebSocket entries (the message says where), is
+                missing when it is replayed, or an argument is invalid.
         """
-        self._engine.route_from_har(har, url=url, not_found=not_found, update=update, timing=timing)
+        self._engine.route_from_har(
+            har,
+            url=url,
+            not_found=not_found,
+            update=update,
+            timing=timing,
+            record_mode=record_mode,
+            match=match,
+            order=order,
+            allow_playback_repeats=allow_playback_repeats,
+            filter_headers=filter_headers,
+            filter_query=filter_query,
+            before_record_message=before_record_message,
+        )
 
     def unroute_web_socket(self, url: URLMatch, handler: RouteHandler | None = None) -> None:
         """Remove the routes registered here with `url` (and `handler`, if given). Live

@@ -324,10 +324,17 @@ class ProxyEngine:
     def _add_route(self, route: Route) -> None:
         self.wsroute.router.add(route)
 
-    def route_from_har(self, har: str | os.PathLike[str], **options: Any) -> None:
-        origin = f"route_from_har({os.fspath(har)!r})"
-        for route in harroute.har_routes(har, base_url=self.base_url, origin=origin, **options):
+    def route_from_har(self, har: str | os.PathLike[str], **options: Any) -> harroute.Cassette:
+        cassette = harroute.Cassette(
+            har,
+            base_url=self.base_url,
+            origin=f"route_from_har({os.fspath(har)!r})",
+            record_mode_override=self.options.wsroute_record_mode or None,
+            **options,
+        )
+        for route in cassette.routes:
             self._add_route(route)
+        return cassette
 
     def unroute(self, url: URLMatch | None, handler: RouteHandler | None = None) -> None:
         self.wsroute.router.remove(url, handler)

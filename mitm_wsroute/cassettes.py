@@ -1,0 +1,277 @@
+"""Recordings as test cassettes, with vcrpy's names: record modes, filters, message matchers.
+
+Pure: this module imports neither mitmproxy nor asyncio. `harroute` applies what is here to
+live sockets; `har.Replay` calls the matchers.
+
+- **Record modes** (`RecordMode`): ``"none"`` replays only, ``"once"`` records when the file
+  is missing and else replays, ``"new_episodes"`` replays what matches and records what does
+  not, ``"all"`` always records. `resolve_mode` says which one a call gets.
+- **Filters** (`Filters`): header values and query parameters replaced by ``"FILTERED"``, and
+  ``before_record_message(direction, message) -> message | None``, applied to what is written
+  and, the same way, to the live URL and messages before they are matched.
+- **Matchers** (`matcher`): how a live client message is compared with a recorded one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+from urllib.parse import unquote_plus
+
+__all__ = [
+    "FILTERED",
+    "FILTER_HEADERS",
+    "RECORD_MODES",
+    "Filters",
+    "Match",
+    "MatchFunction",
+    "Order",
+    "RecordMode",
+    "check_record_mode",
+    "closest",
+    "matcher",
+    "resolve_mode",
+]
+
+Message = str | bytes
+RecordMode = Literal["none", "once", "new_episodes", "all"]
+RECORD_MODES: tuple[str, ...] = get_args(RecordMode)
+Order = Literal["sequential", "any"]
+Direction = Literal["send", "receive"]
+#: ``(recorded, actual) -> bool``: whether a live client message matches a recorded one.
+MatchFunction = Callable[[Message, Message], bool]
+Match = Literal["exact", "json", "json_subset"] | re.Pattern[str] | MatchFunction
+BeforeRecordMessage = Callable[[Direction, Message], Message | None]
+
+#: What a filtered header or query parameter's value becomes.
+FILTERED = "FILTERED"
+#: `Filters.headers` by default: credentials, never written to a file.
+FILTER_HEADERS = ("authorization", "cookie", "set-cookie", "proxy-authorization")
+
+
+# --- record modes --------------------------------------------------------------------------------
+
+
+def check_record_mode(value: object, name: str = "record_mode") -> RecordMode | None:
+    """`value` if it is a record mode or None.
+
+    Raises:
+        ValueError: anything else, naming `name` and the modes.
+    """
+    if value is None or (isinstance(value, str) and value in RECORD_MODES):
+        return value  # type: ignore[return-value]
+    modes = ", ".join(repr(m) for m in RECORD_MODES)
+    raise ValueError(f"{name} must be one of {modes} (vcrpy's record modes), not {value!r}")
+
+
+def resolve_mode(
+    record_mode: RecordMode | None, update: bool, override: RecordMode | None, exists: bool
+) -> Literal["none", "new_episodes", "all"]:
+    """What a `route_from_har` call does: `override` (the ``wsroute_record_mode`` option or
+    the pytest flag) wins over `record_mode`, which wins over `update` (True: ``"all"``, else
+    ``"none"``); ``"once"`` is ``"all"`` when the file does not exist, else ``"none"``."""
+    mode = override or record_mode or ("all" if update else "none")
+    if mode == "once":
+        return "none" if exists else "all"
+    return mode
+
+
+# --- filters -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """What is removed before anything is written, and before a live socket is matched.
+
+    Args:
+        headers: request header names (any case) whose values become ``"FILTERED"``.
+        query: query parameter names (exact) whose values become ``"FILTERED"``.
+        before_record_message: ``(direction, message) -> message | None``, ``direction``
+            ``"send"`` (the client sent it) or ``"receive"``; None skips the message.
+    """
+
+    headers: frozenset[str] = frozenset(FILTER_HEADERS)
+    query: frozenset[str] = frozenset()
+    before_record_message: BeforeRecordMessage | None = None
+
+    @classmethod
+    def of(
+        cls,
+        headers: Iterable[str],
+        query: Iterable[str],
+        before_record_message: BeforeRecordMessage | None,
+    ) -> Filters:
+        """Checked arguments of `route_from_har`.
+
+        Raises:
+            ValueError: a name list is a string or holds something else than strings, or
+                `before_record_message` is not callable.
+        """
+        names = []
+        for arg, value in (("filter_headers", headers), ("filter_query", query)):
+            one = isinstance(value, str | bytes) or not isinstance(value, Iterable)
+            listed = [] if one else list(value)
+            if one or not all(isinstance(v, str) for v in listed):
+                raise ValueError(
+                    f"{arg} must be a list of names (strings), not {value!r}; "
+                    f"for one name: {arg}=[{value!r}]"
+                )
+            names.append(listed)
+        if before_record_message is not None and not callable(before_record_message):
+            raise ValueError(
+                "before_record_message must be a function (direction, message) -> message or "
+                f"None, not {before_record_message!r}"
+            )
+        return cls(
+            frozenset(h.lower() for h in names[0]), frozenset(names[1]), before_record_message
+        )
+
+    def url(self, url: str) -> str:
+        """`url` with the values of the filtered query parameters replaced (order kept)."""
+        if not self.query or "?" not in url:
+            return url
+        base, _, query = url.partition("?")
+        parts = []
+        for part in query.split("&"):
+            name = part.partition("=")[0]
+            if unquote_plus(name) in self.query:
+                part = f"{name}={FILTERED}"
+            parts.append(part)
+        return f"{base}?{'&'.join(parts)}"
+
+    def header_fields(self, fields: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        return [(k, FILTERED if k.lower() in self.headers else v) for k, v in fields]
+
+    def message(self, direction: Direction, message: Message) -> Message | None:
+        """The message as it is written and matched; None to skip it.
+
+        Raises:
+            TypeError: `before_record_message` returned something else than str, bytes or
+                None.
+        """
+        if self.before_record_message is None:
+            return message
+        result = self.before_record_message(direction, message)
+        if result is None or type(result) is str or type(result) is bytes:
+            return result
+        if isinstance(result, str | bytes | bytearray | memoryview):
+            return result if isinstance(result, str) else bytes(result)
+        raise TypeError(
+            f"before_record_message returned {type(result).__name__}; it returns the message "
+            "(str or bytes) to record, or None to skip it"
+        )
+
+
+# --- matchers ------------------------------------------------------------------------------------
+
+
+def matcher(match: Match) -> MatchFunction | None:
+    """The comparison for `match`; None for ``"exact"`` (the replay indexes payloads then).
+
+    ``"json"``: equal as JSON, ignoring key order and whitespace. ``"json_subset"``: the
+    recorded JSON is contained in the client's (every recorded key there, with a contained
+    value; other values, lists included, equal). A compiled regex: found in the client's
+    message (`re.search`), and when it has groups, capturing the same in the recorded one.
+    Text that is not JSON compares exactly; binary messages compare as bytes; a callable
+    ``(recorded, actual) -> bool`` decides alone.
+
+    Raises:
+        ValueError: `match` is none of these.
+    """
+    if isinstance(match, re.Pattern):
+        if not isinstance(match.pattern, str):
+            raise ValueError(
+                "match: a regex on bytes is not used (binary messages compare as bytes); "
+                "compile a str pattern, or pass a callable for binary messages"
+            )
+        return _text_rule(functools.partial(_regex_matches, match))
+    if match == "exact":
+        return None
+    if match == "json":
+        return _text_rule(lambda r, a: _canonical(r) == _canonical(a))
+    if match == "json_subset":
+        return _text_rule(_json_subset)
+    if callable(match):
+        return match
+    raise ValueError(
+        "match must be 'exact', 'json', 'json_subset', a compiled regex or a callable "
+        f"(recorded, actual) -> bool, not {match!r}"
+    )
+
+
+def _text_rule(rule: Callable[[str, str], bool]) -> MatchFunction:
+    def matches(recorded: Message, actual: Message) -> bool:
+        if isinstance(recorded, str) and isinstance(actual, str):
+            return rule(recorded, actual)
+        return type(recorded) is type(actual) and recorded == actual
+
+    return matches
+
+
+def _regex_matches(pattern: re.Pattern[str], recorded: str, actual: str) -> bool:
+    found = pattern.search(actual)
+    if found is None or not pattern.groups:
+        return found is not None
+    in_recorded = pattern.search(recorded)
+    return in_recorded is not None and in_recorded.groups() == found.groups()
+
+
+_NOT_JSON = object()
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return _NOT_JSON
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical(text: str) -> str:
+    value = _parsed(text)
+    if value is _NOT_JSON:
+        return "\0" + text  # never equal to JSON's canonical form
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _json_subset(recorded: str, actual: str) -> bool:
+    r, a = _parsed(recorded), _parsed(actual)
+    if r is _NOT_JSON or a is _NOT_JSON:
+        return recorded == actual
+    return _contains(r, a)
+
+
+def _contains(recorded: Any, actual: Any) -> bool:
+    if isinstance(recorded, dict):
+        return isinstance(actual, dict) and all(
+            k in actual and _contains(v, actual[k]) for k, v in recorded.items()
+        )
+    # 1 == 1.0 == True in Python, not in JSON: compare what JSON would write
+    return json.dumps(recorded, sort_keys=True) == json.dumps(actual, sort_keys=True)
+
+
+# --- reports -------------------------------------------------------------------------------------
+
+#: How many distinct recorded messages `closest` compares at most (difflib is quadratic).
+_CLOSEST_POOL = 2000
+
+
+def closest(message: Message, recorded: Iterable[Message], n: int = 3) -> list[Message]:
+    """The `n` recorded messages most like `message` (difflib's ratio), most alike first."""
+    pool: dict[str, Message] = {}
+    for m in recorded:
+        pool.setdefault(_shown(m), m)
+        if len(pool) >= _CLOSEST_POOL:
+            break
+    found = difflib.get_close_matches(_shown(message), list(pool), n=n, cutoff=0)
+    return [pool[k] for k in found]
+
+
+def _shown(message: Message) -> str:
+    return message if isinstance(message, str) else repr(message)
