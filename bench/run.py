@@ -430,6 +430,11 @@ async def main() -> None:
         help="only the transport matrix (ws/wss, permessage-deflate or not)",
     )
     ap.add_argument("--no-transports", action="store_true", help="all but the transport matrix")
+    ap.add_argument(
+        "--memory",
+        action="store_true",
+        help="only the RSS growth of every mitmdump case on every transport",
+    )
     ap.add_argument("--repeats", type=int, help="rounds of the small-message cases (default 7)")
     ap.add_argument("--transport-rounds", type=int,
                     help="rounds of the transport matrix (default 5)")  # fmt: skip
@@ -478,6 +483,12 @@ async def main() -> None:
             if a.transports:
                 lines.clear()
                 await transport_matrix()
+                return
+            if a.memory:
+                import transports
+
+                lines[:] = await transports.memory(confdir, echo_port, tls_port,
+                                                   10_000 if q else 100_000)  # fmt: skip
                 return
             # One mitmdump per case, so that no case runs in a process that others have used.
             cases += [

@@ -258,6 +258,38 @@ def svg_chart(cases: list[Case], results: dict[tuple[str, str], Runs], title: st
     return "\n".join(out) + "\n"
 
 
+async def memory(confdir: str, ws_port: int, wss_port: int, n: int) -> list[str]:
+    """RSS growth of each mitmdump case over `n` echoes of 32 B on one socket, after 1,000 to
+    warm up, on every transport: each in a fresh process (nothing else has run in it)."""
+    from websockets.asyncio.client import connect
+
+    lines = [f"| RSS growth over {n:,} echoes of 32 B on one socket (fresh process each) "
+             "| MiB |", "|---|---:|"]  # fmt: skip
+    ctx = None
+    for label, _, kind, path in CASES:
+        if not isinstance(kind, tuple):
+            continue
+        for scheme, deflate in TRANSPORTS:
+            proxy = start_mitmdump(label, confdir, *kind, "--set", "ssl_insecure=true")
+            try:
+                ctx = ctx or client_context(confdir)
+                url = Case(label, "", proxy, path).url(scheme, ws_port, wss_port)
+                async with connect(
+                    url, proxy=proxy.url, ssl=ctx if scheme == "wss" else None,
+                    compression="deflate" if deflate else None, ping_interval=None,
+                ) as ws:  # fmt: skip
+                    await run.echoes(ws, 1000)
+                    before = proxy.rss_mib()
+                    await run.echoes(ws, n)
+                    growth = proxy.rss_mib() - before
+            finally:
+                stop(proxy.proc)
+            line = f"| {label}, {transport_name(scheme, deflate)} | {growth:.1f} |"
+            print(line, flush=True)
+            lines.append(line)
+    return lines
+
+
 async def main(
     confdir: str, ws_port: int, wss_port: int, rounds: int, quick: bool
 ) -> tuple[list[str], list[Path]]:
