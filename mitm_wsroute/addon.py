@@ -26,7 +26,8 @@ from mitmproxy.proxy import events
 from mitmproxy.utils import asyncio_utils
 from mitmproxy.websocket import WebSocketData
 
-from . import handshake, harroute, layer, webview
+from . import handshake, harroute, layer, patches, webview
+from .addon_hooks import message_hooks
 from .cassettes import check_record_mode
 from .connection import (
     DEFAULT_MAX_BUFFER,
@@ -331,7 +332,7 @@ class WsRoute:
 
     def running(self) -> None:
         _check_option_names(ctx.options)  # in case a --set came after the last configure
-        layer.install()
+        patches.install()
         self.scripts.failure_level = logging.ERROR
         if self._poller is None:
             self._poller = asyncio_utils.create_task(
@@ -378,7 +379,7 @@ class WsRoute:
         )
         if ctx.options.wsroute_message_hooks:
             # other addons' hooks called by the layer itself, when it can (all synchronous)
-            socket.hooks = layer.message_hooks(ctx.master.addons.chain, self)
+            socket.hooks = message_hooks(ctx.master.addons.chain, self)
         layer.routed_socket(flow, socket)
         flow.metadata["wsroute"] = {"url": url, "route": route.origin}
         try:

@@ -1,4 +1,4 @@
-"""The only module that touches mitmproxy's internals: a `WebsocketLayer` for routed sockets.
+"""A `WebsocketLayer` for routed sockets: where mitmproxy's events meet a socket's decisions.
 
 mitmproxy 12 has no public way to answer a WebSocket without an upstream, to close one side
 with a chosen code, or to keep one side open when the other closes (its layer mirrors every
@@ -14,11 +14,13 @@ wake the layer with an injected `RouteWakeup` event, which `HttpLayer` routes by
 
 The layer also reads and writes a routed socket's connections itself, on their asyncio
 transports, driving their TLS where they have it (`RoutedWebsocketLayer._own_io`), and calls
-other addons' synchronous ``websocket_message`` and ``update`` hooks itself (`MessageHooks`);
-an addon with an async one leaves every message to mitmproxy's machinery.
+other addons' synchronous ``websocket_message`` and ``update`` hooks itself
+(`addon_hooks.MessageHooks`); an addon with an async one leaves every message to mitmproxy's
+machinery.
 
-`check_internals()` refuses to run on a mitmproxy whose internals moved (see README);
-`own_io_problems()` says what reading the connections itself would miss, and then it is not done.
+The rest is in files of its own: the frames (`codec`, `deflate`), reading the connections
+(`own_io`, `transport`), the other addons' hooks (`addon_hooks`), and what is changed in
+mitmproxy at start (`patches`: installing this layer, checking mitmproxy's internals).
 """
 
 from __future__ import annotations
@@ -26,32 +28,23 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
-import inspect
 import logging
 import threading
 import time
-import types
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 from mitmproxy import http, websocket
-from mitmproxy.addonmanager import safecall, traverse
-from mitmproxy.connection import ConnectionState as ConnectionFlags
-from mitmproxy.exceptions import AddonHalt
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.context import Context
-from mitmproxy.proxy.layers import modes
-from mitmproxy.proxy.layers import tls as tls_layers
 from mitmproxy.proxy.layers import websocket as wsl
-from mitmproxy.proxy.layers.http import GetHttpConnection, HttpClient, HttpLayer, HttpStream
-from mitmproxy.proxy.layers.http._hooks import HttpResponseHeadersHook
-from mitmproxy.proxy.layers.http._http1 import Http1Client
 from mitmproxy.proxy.tunnel import TunnelState
 from mitmproxy.proxy.utils import expect
 from wsproto.frame_protocol import Opcode
 
+from .addon_hooks import MessageHooks, WaitForResume
 from .codec import (
     OPEN,
     REMOTE_CLOSING,
@@ -80,22 +73,12 @@ from .connection import (
     State,
 )
 from .deflate import negotiated
-from .handshake import accept
 from .latency import DelayLine
 from .messages import KEEP_BYTES, Piece, Reassembly, cut, trim
+from .own_io import Reader, tls_of, why_not_own
 from .transport import TlsTransport
 
-__all__ = [
-    "MessageHooks",
-    "Observer",
-    "RouteWakeup",
-    "RoutedSocket",
-    "check_internals",
-    "install",
-    "message_hooks",
-    "routed_socket",
-    "share_ctx_per_thread",
-]
+__all__ = ["Observer", "RouteWakeup", "RoutedSocket", "RoutedWebsocketLayer", "routed_socket"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,63 +92,6 @@ NO_STATUS = 1005
 
 #: The clock of `set_latency()` (asyncio's, which runs the wake-ups; tests replace it).
 clock = time.monotonic
-
-
-@dataclass(frozen=True)
-class MessageHooks:
-    """What mitmproxy's ``handle_lifecycle`` calls for a ``websocket_message`` hook: every
-    addon's ``websocket_message(flow)``, then every addon's ``update([flow])``, in the addon
-    chain's order, each in mitmproxy's ``safecall`` (an error is logged, `AddonHalt` stops
-    the rest). Only for synchronous handlers: `message_hooks` says whether they all are."""
-
-    message: tuple[Callable[[http.HTTPFlow], object], ...]
-    update: tuple[Callable[[list[http.HTTPFlow]], object], ...]
-
-    def call(self, flow: http.HTTPFlow) -> bool:
-        """Call the hooks for the newest message of `flow`; True if one intercepted it."""
-        for handlers, arg in ((self.message, flow), (self.update, [flow])):
-            for handler in handlers:
-                try:
-                    with safecall():
-                        handler(arg)  # type: ignore[arg-type]
-                except AddonHalt:
-                    break
-        return flow.intercepted
-
-
-def message_hooks(chain: list[Any], skip: object) -> MessageHooks | None:
-    """The ``websocket_message`` and ``update`` handlers of the addons in `chain` (and the
-    addons they hold, as mitmproxy walks them) but `skip`; None if any is a coroutine
-    function, which only mitmproxy's machinery can await."""
-    found: dict[str, list[Callable[..., object]]] = {"websocket_message": [], "update": []}
-    for addon in traverse(chain):
-        if addon is skip:
-            continue
-        for name, handlers in found.items():
-            handler = getattr(addon, name, None)
-            if handler is None or isinstance(handler, types.ModuleType):
-                continue  # mitmproxy skips a module of that name too
-            if not callable(handler) or _is_async(handler):
-                return None
-            handlers.append(handler)
-    return MessageHooks(tuple(found["websocket_message"]), tuple(found["update"]))
-
-
-def _is_async(handler: Callable[..., object]) -> bool:
-    """A coroutine function, or an object whose ``__call__`` is one."""
-    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-        getattr(handler, "__call__", None)  # noqa: B004 - callable() was checked
-    )
-
-
-@dataclass(eq=False)  # hashed by identity, as mitmproxy's registered hooks are
-class _WaitForResume(commands.StartHook):
-    """Have mitmproxy wait until an intercepted flow is resumed, as it does after any hook
-    (``ProxyConnectionHandler.handle_hook``). Named "" so that no addon implements it, and
-    mitmproxy registers no hook of that name (a reload defines it again)."""
-
-    flow: http.HTTPFlow
-    name = ""
 
 
 class RouteWakeup(wsl.WebSocketMessageInjected):
@@ -533,7 +459,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             if hooks is None:
                 yield wsl.WebsocketMessageHook(self.flow)  # through mitmproxy's machinery
             elif hooks.call(self.flow):
-                yield _WaitForResume(self.flow)  # an addon intercepted the flow
+                yield WaitForResume(self.flow)  # an addon intercepted the flow
         if connection.has_commands:  # the handler to call
             for command in connection.commands_to_execute():
                 yield from self._execute(command)
@@ -854,7 +780,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         if self.handler is None:  # the first time
             proxyserver = self.socket.proxyserver
             handler = getattr(proxyserver, "connections", {}).get(self.context.client.id)
-            why = _why_not_own(self.context, handler)
+            why = why_not_own(self.context, handler)
             if why:
                 logger.debug(f"{url}: mitmproxy reads and writes the socket ({why})")
                 return
@@ -878,7 +804,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             if buffered or self._paused is not None or self._paused_event_queue:
                 self.to_own = True  # mitmproxy still holds data from it: after that
                 continue
-            tls = _tls(self.context, conn)
+            tls = tls_of(self.context, conn)
             if tls is not None and (tls.tunnel_state is not TunnelState.OPEN or tls.tls.pending()):
                 self.to_own = True  # its handshake is not over, or it holds decrypted bytes
                 continue
@@ -887,7 +813,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             original = transport.get_protocol()
             assert isinstance(original, asyncio.StreamReaderProtocol)
             ours = transport if tls is None else TlsTransport(transport, tls.tls)
-            transport.set_protocol(_Reader(self, side, original, ours))
+            transport.set_protocol(Reader(self, side, original, ours))
             self.transports[id(conn)] = ours
             if original._paused:  # type: ignore[attr-defined]  # full: read no more until drained
                 self.write_paused.add(side)
@@ -1015,270 +941,3 @@ class _Resume:
 
 #: What waits in a layer's backlog: a command, the rest of an event, or data read.
 _Backlogged = commands.Command | _Resume | events.DataReceived | events.ConnectionClosed
-
-#: The layers that may sit above a routed socket whose connections the layer reads itself:
-#: none of them changes the bytes but the client's TLS, which the layer then drives itself.
-_PLAIN_LAYERS = (
-    layer.NextLayer,
-    modes.HttpProxy,
-    modes.ReverseProxy,
-    modes.TransparentProxy,
-    modes.Socks5Proxy,
-    HttpLayer,
-    HttpStream,
-    tls_layers.ClientTLSLayer,
-    tls_layers.ServerTLSLayer,
-)
-
-
-def _why_not_own(context: Context, handler: Any) -> str | None:
-    """Why the layer must leave its connections to mitmproxy (`_own_io`), if it must."""
-    if not _own_io_ok:
-        return "its internals differ: see the warning at start-up"
-    if handler is None:
-        return "no connection handler"
-    if context.server.via is not None:
-        return "upstream proxy"
-    for above in context.layers[:-1]:
-        if not isinstance(above, _PLAIN_LAYERS):
-            return f"{type(above).__name__} layer"
-    for conn in (context.client, context.server):
-        if conn.tls and _tls(context, conn) is None:
-            return f"TLS of the {'client' if conn is context.client else 'server'} not found"
-    return None
-
-
-def _tls(context: Context, conn: Any) -> tls_layers.TLSLayer | None:
-    """The TLS layer of `conn`, a connection of the routed socket, if it has TLS: a layer
-    above ours (a CONNECT tunnel's, reverse mode's), or for a server that the HTTP layer
-    connected itself, the first of the layers it keeps for it (then directly over its HTTP/1
-    layer, which passes a WebSocket's bytes on as they are)."""
-    if not conn.tls:
-        return None
-    for above in context.layers:
-        if isinstance(above, tls_layers.TLSLayer) and above.conn is conn:
-            return above
-    for above in reversed(context.layers):
-        if isinstance(above, HttpLayer):
-            first = above.connections.get(conn)
-            if not isinstance(first, tls_layers.ServerTLSLayer) or first.conn is not conn:
-                return None
-            below: Any = first.child_layer
-            if isinstance(below, HttpClient):
-                below = getattr(below, "child_layer", None)
-            return first if isinstance(below, Http1Client) else None
-    return None
-
-
-class _Reader(asyncio.Protocol):
-    """A routed socket's connection's protocol, in place of mitmproxy's stream reader
-    (`RoutedWebsocketLayer._own_io`): data goes to the layer at once (decrypted first, under
-    TLS); the end of the stream and flow control also go on to mitmproxy's protocol, which
-    handles them as before."""
-
-    def __init__(
-        self,
-        owner: RoutedWebsocketLayer,
-        side: Side,
-        original: asyncio.StreamReaderProtocol,
-        transport: asyncio.Transport | TlsTransport,
-    ) -> None:
-        self.owner = owner
-        self.side = side
-        self.original = original
-        self.tls = transport if isinstance(transport, TlsTransport) else None
-
-    def data_received(self, data: bytes) -> None:
-        conn = self.owner.conns[self.side]
-        if self.tls is None:
-            self.owner._fast_receive(events.DataReceived(conn, data))
-            return
-        data, closed = self.tls.decrypt(data)
-        if data:
-            self.owner._fast_receive(events.DataReceived(conn, data))
-        if closed:
-            # The peer's close_notify: mitmproxy's TLS layer, which saw it consumed, will not
-            # report the end of the stream; the layer tells itself, as that layer would have.
-            conn.state &= ~ConnectionFlags.CAN_READ
-            self.owner._fast_receive(events.ConnectionClosed(conn))
-
-    def eof_received(self) -> bool | None:
-        return self.original.eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.original.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.original.pause_writing()
-        self.owner._write_paused(self.side, True)
-
-    def resume_writing(self) -> None:
-        self.original.resume_writing()
-        self.owner._write_paused(self.side, False)
-
-
-_ORIGINAL_MAKE_SERVER_CONNECTION = getattr(
-    HttpStream, "_wsroute_original_make_server_connection", HttpStream.make_server_connection
-)
-
-
-def _make_server_connection(self: HttpStream) -> layer.CommandGenerator[bool]:
-    """`HttpStream.make_server_connection`, except for an intercepted WebSocket whose route has a
-    server-side `on_close`: when the upstream cannot be reached (refused, DNS, TLS), the handler
-    gets ``(1006, "")`` and the client is accepted and served by the route, instead of a 502.
-
-    mitmproxy has no hook between a failed upstream connect and the 502 it sends, so this
-    replaces the method for those flows (same request as mitmproxy's own code, then our answer).
-    """
-    socket = _routed.get(self.flow)
-    if socket is None or socket.connection.handlers[SERVER].close is None:
-        return (yield from _ORIGINAL_MAKE_SERVER_CONNECTION(self))
-    request = self.flow.request
-    connection, err = yield GetHttpConnection(
-        (request.host, request.port),
-        request.scheme == "https",
-        self.flow.server_conn.via,
-        self.flow.server_conn.transport_protocol,
-    )
-    if not err:
-        self.context.server = self.flow.server_conn = connection
-        return True
-    logger.info(f"{socket.connection.url}: upstream failed ({err}); the route takes over")
-    socket.connection.receive_upstream_failed()
-    self.flow.metadata["wsroute"]["mode"] = "mock (upstream failed)"
-    # What HttpStream does for a response an addon set in the request hook.
-    self.flow.response = accept(request, socket.connection.protocols)
-    self.flow.response.timestamp_start = time.time()
-    yield HttpResponseHeadersHook(self.flow)
-    yield from self.send_response()
-    return False
-
-
-def _names_used(function: object) -> tuple[str, ...]:
-    """The global and attribute names `function`'s code refers to; none if it has no code."""
-    code = getattr(function, "__code__", None)
-    return tuple(getattr(code, "co_names", ()))
-
-
-def check_internals() -> None:
-    """Raise `RuntimeError` unless mitmproxy's internals are the ones this layer was built on."""
-    problems = []
-    for owner, names in (
-        (_ORIGINAL, ("start", "relay_messages", "done", "_handle_event")),
-        (wsl.WebsocketConnection, ("send2",)),
-        (wsl, ("WebsocketStartHook", "WebsocketMessageHook", "WebsocketEndHook")),
-        (HttpStream, ("make_server_connection", "send_response", "flow_done")),
-    ):
-        problems += [
-            f"{getattr(owner, '__name__', owner)}.{n}" for n in names if not hasattr(owner, n)
-        ]
-    # The names a function's code uses (globals and attributes): read from its code object, so
-    # that the check also works where mitmproxy is installed without its .py files.
-    if "WebsocketLayer" not in _names_used(getattr(HttpStream, "flow_done", None)):
-        problems.append("HttpStream.flow_done no longer creates websocket.WebsocketLayer")
-    if "GetHttpConnection" not in _names_used(_ORIGINAL_MAKE_SERVER_CONNECTION):
-        problems.append("HttpStream.make_server_connection no longer uses GetHttpConnection")
-    if problems:
-        raise RuntimeError(
-            "mitm_wsroute needs mitmproxy 12.3's WebSocket internals, which changed in this "
-            f"mitmproxy ({', '.join(problems)} missing); install mitmproxy>=12.3,<13"
-        )
-
-
-def own_io_problems() -> list[str]:
-    """What `RoutedWebsocketLayer._own_io` needs of mitmproxy's connection handling and of
-    asyncio's streams, and is missing here: while any is, mitmproxy reads every socket."""
-    from mitmproxy.addons.proxyserver import Proxyserver
-    from mitmproxy.proxy.server import ConnectionHandler, TimeoutWatchdog
-
-    problems = []
-    for function, names in (
-        (ConnectionHandler.__init__, ("transports", "timeout_watchdog")),
-        (Proxyserver.inject_event, ("connections",)),
-        (layer.Layer.__init__, ("_paused", "_paused_event_queue")),
-        (HttpLayer.__init__, ("connections",)),
-        (asyncio.StreamReader.__init__, ("_buffer",)),
-        (asyncio.streams.FlowControlMixin.__init__, ("_paused",)),
-    ):
-        used = _names_used(function)
-        problems += [f"{function.__qualname__} uses no {n}" for n in names if n not in used]
-    if not issubclass(asyncio.StreamReaderProtocol, asyncio.streams.FlowControlMixin):
-        problems.append("StreamReaderProtocol is no FlowControlMixin")
-    for owner, name in (
-        (TimeoutWatchdog, "register_activity"),
-        (asyncio.Transport, "set_protocol"),
-        (tls_layers.TLSLayer, "tls"),
-        (tls_layers.TLSLayer, "tunnel_state"),
-    ):
-        if not hasattr(owner, name):
-            problems.append(f"{owner.__name__}.{name} missing")
-    return problems
-
-
-#: Routed sockets may be read and written by their layer (`install` checks).
-_own_io_ok = False
-
-
-def install() -> None:
-    """Make mitmproxy create our layer for every WebSocket (routed or not). Idempotent."""
-    global _own_io_ok
-    check_internals()
-    problems = own_io_problems()
-    if problems:
-        logger.warning(
-            "wsroute: mitmproxy still reads and writes every routed socket (slower): this "
-            f"mitmproxy or Python differs ({'; '.join(problems)})"
-        )
-    _own_io_ok = not problems
-    wsl._wsroute_original = _ORIGINAL  # type: ignore[attr-defined]
-    wsl.WebsocketLayer = RoutedWebsocketLayer  # type: ignore[misc]
-    HttpStream._wsroute_original_make_server_connection = _ORIGINAL_MAKE_SERVER_CONNECTION  # type: ignore[attr-defined]
-    HttpStream.make_server_connection = _make_server_connection  # type: ignore[method-assign]
-
-
-class _ThreadCtx(types.ModuleType):
-    """`mitmproxy.ctx` with `master`, `options` and `log` per thread (see `share_ctx_per_thread`).
-
-    A thread that never set them sees the values set last by any thread, as before."""
-
-    _local = threading.local()
-    _last: ClassVar[dict[str, Any]] = {}
-
-    @staticmethod
-    def _slot(name: str) -> property:
-        def get(self: types.ModuleType) -> Any:
-            try:
-                return getattr(_ThreadCtx._local, name)
-            except AttributeError:
-                pass
-            try:
-                return _ThreadCtx._last[name]
-            except KeyError:
-                raise AttributeError(f"module 'mitmproxy.ctx' has no attribute '{name}'") from None
-
-        def set_(self: types.ModuleType, value: Any) -> None:
-            setattr(_ThreadCtx._local, name, value)
-            _ThreadCtx._last[name] = value
-
-        return property(get, set_)
-
-
-for _name in ("master", "options", "log"):
-    setattr(_ThreadCtx, _name, _ThreadCtx._slot(_name))
-
-
-def share_ctx_per_thread() -> None:
-    """Let several mitmproxy masters run in one process, each on its own thread.
-
-    mitmproxy keeps the running master and its options in the globals of `mitmproxy.ctx`, which
-    every addon reads (``ctx.options``) and `Master.__init__` overwrites: a second master in
-    the same process would take over the first one's addons. The test facade runs each proxy's
-    master on its own thread, so these globals become per-thread. Idempotent."""
-    from mitmproxy import ctx
-
-    if isinstance(ctx, _ThreadCtx):
-        return
-    for name in ("master", "options", "log"):
-        if name in ctx.__dict__:
-            _ThreadCtx._last[name] = ctx.__dict__.pop(name)
-    ctx.__class__ = _ThreadCtx

@@ -27,7 +27,7 @@ from wsproto.connection import ConnectionState
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, RsvBits
 
-from mitm_wsroute import layer
+from mitm_wsroute import layer, own_io
 from mitm_wsroute.connection import PAGE, SERVER, RoutedConnection, Side
 from mitm_wsroute.messages import FRAME_COST
 from mitm_wsroute.route import WebSocketRoute
@@ -308,8 +308,8 @@ class Harness:
                 self.ios[side] = io_
                 handler.transports[self.conn[side]] = io_
             socket.proxyserver = SimpleNamespace(connections={ctx.client.id: handler})
-            self.saved_own_io_ok = layer._own_io_ok
-            layer._own_io_ok = True
+            self.saved_own_io_ok = own_io.ok
+            own_io.ok = True
         if start:
             self.start()
 
@@ -322,7 +322,7 @@ class Harness:
 
     def close(self) -> None:
         if self.loop is not None:
-            layer._own_io_ok = self.saved_own_io_ok
+            own_io.ok = self.saved_own_io_ok
             self.loop.close()
             self.loop = None
 

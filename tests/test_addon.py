@@ -19,7 +19,7 @@ from mitmproxy.proxy.layers.http import HttpStream
 from mitmproxy.test import taddons, tflow
 
 from mitm_wsroute import addon as addon_module
-from mitm_wsroute import layer
+from mitm_wsroute import layer, own_io, patches
 from mitm_wsroute.addon import WsRoute, accept, requested_protocols
 from mitm_wsroute.connection import PAGE, SERVER, CloseSide, Send, StartCloseTimer, State
 
@@ -215,8 +215,8 @@ def test_accept_token_is_rfc6455s_example() -> None:
 
 
 def test_install_is_idempotent_and_keeps_mitmproxys_class() -> None:
-    layer.install()
-    layer.install()
+    patches.install()
+    patches.install()
     assert wsl.WebsocketLayer is layer.RoutedWebsocketLayer
     assert layer.RoutedWebsocketLayer.__bases__ == (wsl._wsroute_original,)  # type: ignore[attr-defined]
 
@@ -226,7 +226,7 @@ def test_self_check_refuses_changed_internals(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(
         RuntimeError, match=r"WebsocketConnection\.send2 missing.*mitmproxy>=12.3,<13"
     ):
-        layer.check_internals()
+        patches.check_internals()
 
 
 def test_self_check_needs_no_source_code(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -236,10 +236,10 @@ def test_self_check_needs_no_source_code(monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr(inspect, "getsource", no_source)
     monkeypatch.setattr(linecache, "getlines", lambda *a, **k: [])
-    layer.check_internals()  # passes
+    patches.check_internals()  # passes
     monkeypatch.setattr(HttpStream, "flow_done", lambda self: None)  # an internal that moved
     with pytest.raises(RuntimeError) as e:
-        layer.check_internals()
+        patches.check_internals()
     assert str(e.value).count("\n") == 0  # one clear line
     assert "HttpStream.flow_done no longer creates websocket.WebsocketLayer" in str(e.value)
 
@@ -249,25 +249,25 @@ def test_reading_sockets_itself_needs_these_internals(
 ) -> None:
     from mitmproxy.proxy.server import TimeoutWatchdog
 
-    assert layer.own_io_problems() == []
-    layer.install()
-    assert layer._own_io_ok
+    assert own_io.own_io_problems() == []
+    patches.install()
+    assert own_io.ok
     monkeypatch.delattr(TimeoutWatchdog, "register_activity")
-    monkeypatch.setattr(layer.layer.Layer, "__init__", lambda self, context: None)
-    problems = layer.own_io_problems()
+    monkeypatch.setattr(own_io.layer.Layer, "__init__", lambda self, context: None)
+    problems = own_io.own_io_problems()
     assert [p.split(" ", 1)[1] for p in problems] == [
         "uses no _paused",
         "uses no _paused_event_queue",
         "missing",
     ]
     # the addon still runs; mitmproxy reads every socket, and a warning says why
-    layer.install()
-    assert not layer._own_io_ok
+    patches.install()
+    assert not own_io.ok
     assert "mitmproxy still reads and writes every routed socket" in caplog.text
     assert "TimeoutWatchdog.register_activity missing" in caplog.text
     monkeypatch.undo()
-    layer.install()
-    assert layer._own_io_ok
+    patches.install()
+    assert own_io.ok
 
 
 async def test_routed_flows_are_freed(addon: Any) -> None:

@@ -22,6 +22,7 @@ from mitmproxy.websocket import WebSocketData
 from wsproto.frame_protocol import Opcode
 
 from mitm_wsroute import layer
+from mitm_wsroute.addon_hooks import MessageHooks, message_hooks
 from mitm_wsroute.codec import Codec
 from mitm_wsroute.connection import (
     PAGE,
@@ -283,7 +284,7 @@ def test_message_hooks_are_the_sync_handlers_in_chain_order() -> None:
             raise AssertionError("skipped")
 
     ours = Ours()
-    hooks = layer.message_hooks([ours, Nested(), Halting(), Sync()], skip=ours)
+    hooks = message_hooks([ours, Nested(), Halting(), Sync()], skip=ours)
     assert hooks is not None and len(hooks.message) == 3 and len(hooks.update) == 1
     flow = tflow.twebsocketflow()
     assert hooks.call(flow) is False
@@ -305,8 +306,8 @@ def test_an_async_hook_leaves_messages_to_mitmproxy() -> None:
     class Holder:
         websocket_message = AsyncCall()
 
-    assert layer.message_hooks([Async()], skip=None) is None
-    assert layer.message_hooks([Holder()], skip=None) is None
+    assert message_hooks([Async()], skip=None) is None
+    assert message_hooks([Holder()], skip=None) is None
 
 
 def test_an_error_in_a_hook_is_logged_and_the_rest_run(caplog: pytest.LogCaptureFixture) -> None:
@@ -315,7 +316,7 @@ def test_an_error_in_a_hook_is_logged_and_the_rest_run(caplog: pytest.LogCapture
     def broken(flow: Any) -> None:
         raise ValueError("addon bug")
 
-    hooks = layer.MessageHooks((broken, seen.append), ())
+    hooks = MessageHooks((broken, seen.append), ())
     hooks.call(tflow.twebsocketflow())
     assert len(seen) == 1 and "Addon error: addon bug" in caplog.text
 

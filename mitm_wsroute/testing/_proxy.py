@@ -20,7 +20,7 @@ from mitmproxy import exceptions, http, master, options
 from mitmproxy.addonmanager import Loader
 from mitmproxy.utils import asyncio_utils
 
-from mitm_wsroute import harroute, layer
+from mitm_wsroute import harroute, layer, patches
 from mitm_wsroute.addon import WsRoute
 from mitm_wsroute.connection import PAGE, SERVER, RoutedConnection, State
 from mitm_wsroute.handshake import is_websocket_upgrade
@@ -195,7 +195,7 @@ class ProxyEngine:
     def start(self) -> None:
         if self.state != "new":
             raise RuntimeError(f"this proxy was already {self.state}; make a new WsRouteProxy")
-        layer.share_ctx_per_thread()
+        patches.share_ctx_per_thread()
         if self._own_confdir:
             self.confdir = Path(tempfile.mkdtemp(prefix="mitm-wsroute-"))
         self._thread = threading.Thread(target=self._run, name="wsroute proxy", daemon=True)

@@ -1,0 +1,80 @@
+"""Other addons' message hooks, called by the layer itself for a routed socket's messages.
+
+mitmproxy calls a ``websocket_message`` hook through its event machinery: a task, and a trip
+through the whole layer stack for each message. When every loaded addon's ``websocket_message``
+and ``update`` handlers are synchronous, the layer calls them itself (`MessageHooks`), in the
+order and with the error handling mitmproxy's ``handle_lifecycle`` has; an addon that
+intercepts the flow holds the socket until it is resumed (`WaitForResume`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mitmproxy import http
+from mitmproxy.addonmanager import safecall, traverse
+from mitmproxy.exceptions import AddonHalt
+from mitmproxy.proxy import commands
+
+__all__ = ["MessageHooks", "WaitForResume", "message_hooks"]
+
+
+@dataclass(frozen=True)
+class MessageHooks:
+    """What mitmproxy's ``handle_lifecycle`` calls for a ``websocket_message`` hook: every
+    addon's ``websocket_message(flow)``, then every addon's ``update([flow])``, in the addon
+    chain's order, each in mitmproxy's ``safecall`` (an error is logged, `AddonHalt` stops
+    the rest). Only for synchronous handlers: `message_hooks` says whether they all are."""
+
+    message: tuple[Callable[[http.HTTPFlow], object], ...]
+    update: tuple[Callable[[list[http.HTTPFlow]], object], ...]
+
+    def call(self, flow: http.HTTPFlow) -> bool:
+        """Call the hooks for the newest message of `flow`; True if one intercepted it."""
+        for handlers, arg in ((self.message, flow), (self.update, [flow])):
+            for handler in handlers:
+                try:
+                    with safecall():
+                        handler(arg)  # type: ignore[arg-type]
+                except AddonHalt:
+                    break
+        return flow.intercepted
+
+
+def message_hooks(chain: list[Any], skip: object) -> MessageHooks | None:
+    """The ``websocket_message`` and ``update`` handlers of the addons in `chain` (and the
+    addons they hold, as mitmproxy walks them) but `skip`; None if any is a coroutine
+    function, which only mitmproxy's machinery can await."""
+    found: dict[str, list[Callable[..., object]]] = {"websocket_message": [], "update": []}
+    for addon in traverse(chain):
+        if addon is skip:
+            continue
+        for name, handlers in found.items():
+            handler = getattr(addon, name, None)
+            if handler is None or isinstance(handler, types.ModuleType):
+                continue  # mitmproxy skips a module of that name too
+            if not callable(handler) or _is_async(handler):
+                return None
+            handlers.append(handler)
+    return MessageHooks(tuple(found["websocket_message"]), tuple(found["update"]))
+
+
+def _is_async(handler: Callable[..., object]) -> bool:
+    """A coroutine function, or an object whose ``__call__`` is one."""
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None)  # noqa: B004 - callable() was checked
+    )
+
+
+@dataclass(eq=False)  # hashed by identity, as mitmproxy's registered hooks are
+class WaitForResume(commands.StartHook):
+    """Have mitmproxy wait until an intercepted flow is resumed, as it does after any hook
+    (``ProxyConnectionHandler.handle_hook``). Named "" so that no addon implements it, and
+    mitmproxy registers no hook of that name (a reload defines it again)."""
+
+    flow: http.HTTPFlow
+    name = ""
