@@ -52,6 +52,7 @@ __all__ = [
     "CloseSide",
     "CloseTcp",
     "Command",
+    "DropSide",
     "End",
     "Error",
     "Message",
@@ -212,10 +213,18 @@ class Send:
 
 @dataclass(slots=True)
 class CloseSide:
-    """Close one side. Code 1006 means: drop the connection without a close frame."""
+    """Send one side our close frame (the close handshake starts or ends)."""
 
     side: Side
     close: Close
+
+
+@dataclass(frozen=True, slots=True)
+class DropSide:
+    """End one side without a close frame: its peer sees an abnormal closure (1006). Its TCP
+    connection closes at once (`CloseTcp`)."""
+
+    side: Side
 
 
 @dataclass(slots=True)
@@ -257,7 +266,7 @@ class SetLatency:
     seconds: float
 
 
-Command = Send | CloseSide | CallHandler | StartCloseTimer | CloseTcp | End | SetLatency
+Command = Send | CloseSide | DropSide | CallHandler | StartCloseTimer | CloseTcp | End | SetLatency
 
 
 def check_close(code: int | None, reason: str | None) -> Close:
@@ -512,13 +521,13 @@ class RoutedConnection:
         if self.states[side] in _DONE:
             logger.debug(f"{self.url}: set_latency() of the {side} ignored, it is closed")
             return
-        self._record(SetLatency(side, seconds))
+        self._emit(SetLatency(side, seconds))
 
     def send(self, to: Side, message: Message) -> None:
         message = check_message(message)
         state = self.states[to]
         if state in (State.OPEN, State.CONNECTING):
-            self._record(Send(to, message))
+            self._emit(Send(to, message))
             pending = self._pending[to] = self._pending[to] + len(message)
             if pending > self.max_buffer > 0:
                 self.receive_overflow(to, pending + self.written(to))
@@ -597,7 +606,7 @@ class RoutedConnection:
         if on_close is None:
             self.states[PAGE] = State.CLOSED
             return False
-        self._record(CallHandler(on_close, (ABNORMAL_CLOSURE, "")))
+        self._emit(CallHandler(on_close, (ABNORMAL_CLOSURE, "")))
         return True
 
     def receive_message(self, side: Side, message: Message) -> Side | None:
@@ -610,7 +619,7 @@ class RoutedConnection:
             return None
         on_message = self.handlers[side].message
         if on_message is not None:
-            self._record(CallHandler(on_message, (message,)))
+            self._emit(CallHandler(on_message, (message,)))
             return None
         if self.states[side.other] is State.OPEN:
             return side.other
@@ -663,7 +672,7 @@ class RoutedConnection:
         1009 close, mirrored as a close frame.
         """
         if self.wires[side] is Wire.OPEN:
-            self._record(CloseSide(side, Close(code, reason)))
+            self._emit(CloseSide(side, Close(code, reason)))
         if self.wires[side] in (Wire.OPEN, Wire.CLOSING):
             self.wires[side] = Wire.DONE
         if self.states[side] is State.OPEN:
@@ -713,13 +722,13 @@ class RoutedConnection:
         logger.warning(f"{self.url}: cannot inject a WebSocket message: the {to} side is closed")
         return False
 
-    def receive_ping(self, side: Side) -> Side | None:
-        """A ping from a side's peer. Returns the side to forward it to, or None: the proxy
+    def ping_goes_to(self, side: Side) -> Side | None:
+        """Where a ping from a side's peer goes: the side to forward it to, or None: the proxy
         answers it itself, because nobody else is there (RFC 6455 §5.5.2). Pongs go the same
         way, and are not answered."""
         return side.other if self.states[side.other] is State.OPEN else None
 
-    def _record(self, command: Command) -> None:
+    def _emit(self, command: Command) -> None:
         self._commands.append(command)
         if self.wakeup is not None:
             self.wakeup()
@@ -751,7 +760,7 @@ class RoutedConnection:
             self.first_close = (by_peer and side is PAGE, close)
         on_close = self.handlers[side].close
         if on_close is not None:
-            self._record(CallHandler(on_close, (close.code, close.reason)))
+            self._emit(CallHandler(on_close, (close.code, close.reason)))
         elif self.states[side.other] in (State.OPEN, State.CONNECTING):
             self.states[side.other] = State.CLOSED
             self._close_side(side.other, close)
@@ -760,22 +769,23 @@ class RoutedConnection:
             # `onCloseServer`): it learns that its side closed, and why.
             mirrored = self.handlers[side.other].close
             if mirrored is not None:
-                self._record(CallHandler(mirrored, (close.code, close.reason)))
+                self._emit(CallHandler(mirrored, (close.code, close.reason)))
 
     # --- the closing handshake and the TCP connections (RFC 6455 §7.1) ----------------------------
 
     def _close_side(self, side: Side, close: Close, timer: bool = True) -> None:
         """Send a side our close frame and start its close timer (unless not `timer`); for
         1006, no frame: its TCP connection closes at once (`_advance`)."""
-        self._record(CloseSide(side, close))
+        drop = close.code == ABNORMAL_CLOSURE
+        self._emit(DropSide(side) if drop else CloseSide(side, close))
         wire = self.wires[side]
-        if close.code == ABNORMAL_CLOSURE:
+        if drop:
             if wire in (Wire.OPEN, Wire.CLOSING):
                 self.wires[side] = Wire.DONE
         elif wire is Wire.OPEN:
             self.wires[side] = Wire.CLOSING
             if timer:
-                self._record(StartCloseTimer(side))
+                self._emit(StartCloseTimer(side))
 
     def _advance(self) -> None:
         """Close the TCP connections the route is done with, once their handshake is over: the
@@ -787,12 +797,12 @@ class RoutedConnection:
         wires = self.wires
         if wires[SERVER] is Wire.DONE and self.states[SERVER] in _DONE:
             wires[SERVER] = Wire.CLOSED
-            self._record(CloseTcp(SERVER, SERVER in self.aborted))
+            self._emit(CloseTcp(SERVER, SERVER in self.aborted))
         if not self.finished or wires[SERVER] not in _GONE:
             return
         if wires[PAGE] is Wire.DONE:
             wires[PAGE] = Wire.CLOSED
-            self._record(CloseTcp(PAGE, PAGE in self.aborted))
+            self._emit(CloseTcp(PAGE, PAGE in self.aborted))
         if wires[PAGE] is Wire.CLOSED:
             self.ended = True
-            self._record(End())
+            self._emit(End())

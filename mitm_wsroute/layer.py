@@ -63,6 +63,7 @@ from .connection import (
     CloseSide,
     CloseTcp,
     Command,
+    DropSide,
     End,
     Owner,
     RoutedConnection,
@@ -368,7 +369,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                     logger.info(f"{connection.url}: failing the {side}: {ev.code} {ev.reason}")
                     connection.receive_failure(side, ev.code, ev.reason[:123])
                 else:  # a ping or a pong: forwarded, or a ping answered
-                    to = connection.receive_ping(side)
+                    to = connection.ping_goes_to(side)
                     ping = isinstance(ev, Ping)
                     if to is not None:
                         out = self.codecs[to]
@@ -416,7 +417,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             self._observe((NO_STATUS if close.code is None else close.code, close.reason))
         self.socket.connection.receive_close(side, close.code, close.reason)
 
-    def _record(self, message: websocket.WebSocketMessage) -> None:
+    def _keep(self, message: websocket.WebSocketMessage) -> None:
         """Keep the message in the flow, and of them at most the newest ``wsroute_keep_messages``
         holding at most `KEEP_BYTES` of content (but always the newest message)."""
         assert self.flow.websocket is not None
@@ -440,7 +441,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         else:
             content, opcode = data, Opcode.BINARY
         message = websocket.WebSocketMessage(opcode, side is PAGE, content)
-        self._record(message)
+        self._keep(message)
         observer = self.socket.observer
         if observer is not None and side is PAGE:
             observer.message(True, data)
@@ -489,7 +490,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         to = SERVER if message.from_client else PAGE
         if not self.socket.connection.receive_injected(to):
             return
-        self._record(message)
+        self._keep(message)
         yield wsl.WebsocketMessageHook(self.flow)
         if not message.dropped:
             data = message.text if message.is_text else message.content
@@ -587,7 +588,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             if command.to in connection.aborted:
                 return  # its peer stopped reading: nothing more goes to it
             self.route_sent = True
-            self._record(
+            self._keep(
                 websocket.WebSocketMessage(
                     Opcode.TEXT if isinstance(data, str) else Opcode.BINARY,
                     command.to is SERVER,
@@ -600,13 +601,13 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 connection.max_buffer
             ):  # per route-sent message: `_written` is kept cheap
                 connection.receive_overflow(command.to, size)
+        elif isinstance(command, DropSide):  # no close frame: its TCP connection closes (CloseTcp)
+            if command.side is PAGE:
+                self._observe((ABNORMAL_CLOSURE, ""), later=True)
         elif isinstance(command, CloseSide):
             codec = self.codecs[command.side]
             code = command.close.code
-            if code == ABNORMAL_CLOSURE:  # a dropped connection: no close frame (CloseTcp)
-                if command.side is PAGE:
-                    self._observe((ABNORMAL_CLOSURE, ""), later=True)
-            elif codec.state is OPEN or codec.state is REMOTE_CLOSING:
+            if codec.state is OPEN or codec.state is REMOTE_CLOSING:
                 reason = command.close.reason or ""
                 frame = codec.close(code, reason)
                 yield from self._out(commands.SendData(self.conns[command.side], frame))
@@ -650,7 +651,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             self.flow.websocket.close_code = NO_STATUS if close.code is None else close.code
             self.flow.websocket.close_reason = close.reason or ""
         self.flow.websocket.timestamp_end = time.time()
-        self._handle_event = self._finished
+        self._handle_event = self._after_end
         self.ended = True
         self.socket.busy = False
         # Async handlers still running (a push loop, say) end with their socket.
@@ -749,7 +750,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         if self.end_pending and not any(self.delays) and self.held_page_close is None:
             yield from self._end()
 
-    def _finished(self, event: events.Event) -> layer.CommandGenerator[None]:
+    def _after_end(self, event: events.Event) -> layer.CommandGenerator[None]:
         # Late events (a close timer, data after the end) change nothing; what `_end` yields
         # from a read of our own waits in the backlog.
         yield from self._flush_backlog()

@@ -15,6 +15,7 @@ from mitm_wsroute.connection import (
     Close,
     CloseSide,
     CloseTcp,
+    DropSide,
     End,
     Error,
     RoutedConnection,
@@ -221,7 +222,7 @@ def test_server_close_mirrors_to_client_empty_payload() -> None:
 def test_abnormal_close_mirrors_as_1006() -> None:
     c, ws, server = connected()
     c.receive_close(SERVER, 1006, "")
-    assert rules(c) == [CloseSide(PAGE, Close(1006, ""))]
+    assert rules(c) == [DropSide(PAGE)]
 
 
 def test_server_on_close_keeps_client_open() -> None:
@@ -511,7 +512,7 @@ def test_a_dropped_side_is_mirrored_as_a_drop_at_once() -> None:
     c, ws, server = connected()
     c.receive_connection_lost(SERVER)
     assert c.commands_to_execute() == [
-        CloseSide(PAGE, Close(1006, "")),  # no close frame
+        DropSide(PAGE),  # no close frame
         CloseTcp(SERVER),
         CloseTcp(PAGE),
         End(),
@@ -526,7 +527,7 @@ def test_drop_of_the_page_ends_its_connection_at_once_with_a_page_on_close() -> 
     ws.on_close(record(log, "page closed"))
     ws.drop()
     assert c.commands_to_execute() == [
-        CloseSide(PAGE, Close(1006, "")),
+        DropSide(PAGE),
         CallHandler(c.handlers[PAGE].close, (1006, "")),  # type: ignore[arg-type]
         CloseSide(SERVER, Close(1001, "client connection gone")),
         CloseTcp(SERVER),  # no close timer: the client's connection goes now
@@ -542,7 +543,7 @@ def test_drop_of_the_server_with_a_server_on_close_keeps_the_page() -> None:
     server.on_close(record(log, "server closed"))
     server.drop()
     assert c.commands_to_execute() == [
-        CloseSide(SERVER, Close(1006, "")),
+        DropSide(SERVER),
         CallHandler(c.handlers[SERVER].close, (1006, "")),  # type: ignore[arg-type]
         CloseTcp(SERVER),
     ]
@@ -569,7 +570,7 @@ def test_a_protocol_failure_is_an_abnormal_closure(failing: Any, code: int) -> N
     c2.receive_failure(failing, code, "bad frame")
     assert c2.commands_to_execute() == [
         CloseSide(failing, Close(code, "bad frame")),
-        CloseSide(failing.other, Close(1006, "")),
+        DropSide(failing.other),
         CloseTcp(SERVER),
         CloseTcp(PAGE),
         End(),
@@ -601,13 +602,13 @@ def test_injections_go_to_open_sides_only(caplog: pytest.LogCaptureFixture) -> N
 
 def test_pings_are_forwarded_or_answered_by_the_proxy() -> None:
     c, ws, server = connected()
-    assert (c.receive_ping(PAGE), c.receive_ping(SERVER)) == (SERVER, PAGE)
+    assert (c.ping_goes_to(PAGE), c.ping_goes_to(SERVER)) == (SERVER, PAGE)
     server.on_close(lambda code, reason: None)
     c.receive_close(SERVER, 1000, "")
-    assert (c.receive_ping(PAGE), c.receive_ping(SERVER)) == (None, PAGE)
+    assert (c.ping_goes_to(PAGE), c.ping_goes_to(SERVER)) == (None, PAGE)
     m, _ = mock()
     m.receive_open()
-    assert m.receive_ping(PAGE) is None
+    assert m.ping_goes_to(PAGE) is None
 
 
 def test_pure_modules_import_neither_mitmproxy_nor_asyncio() -> None:
@@ -651,7 +652,7 @@ def test_a_side_that_does_not_read_fails_the_socket_with_1011(
     ws.send(b"late")  # ignored: the side is closed
     reason = "send buffer full"
     assert c.commands_to_execute() == [
-        CloseSide(PAGE, Close(1006, "")),  # no close frame: it would wait behind the rest
+        DropSide(PAGE),  # no close frame: it would wait behind the rest
         *(
             [CallHandler(c.handlers[PAGE].close, (1011, reason))]  # type: ignore[arg-type]
             if on_close
@@ -671,7 +672,7 @@ def test_a_server_that_does_not_read_is_aborted_and_the_client_told() -> None:
     c.max_buffer = 3
     server.send("abcd")
     assert rules(c) == [
-        CloseSide(SERVER, Close(1006, "")),
+        DropSide(SERVER),
         CloseSide(PAGE, Close(1011, "send buffer full")),
     ]
     assert c.aborted == {SERVER}

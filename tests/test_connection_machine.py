@@ -21,6 +21,7 @@ from mitm_wsroute.connection import (
     Close,
     CloseSide,
     CloseTcp,
+    DropSide,
     End,
     Error,
     RoutedConnection,
@@ -54,6 +55,9 @@ class RoutedSocket(RuleBasedStateMachine):
         self.peer_done = {PAGE: False, SERVER: False}  # its close frame came, or it left
         self.timers: set[Side] = set()  # close timers running
         self.timed_out = {PAGE: False, SERVER: False}
+        #: Sides whose closing handshake is not waited for: the server, once the route drops
+        #: the client (its connection ends at once; the server is sent 1001, then closed).
+        self.given_up = {PAGE: False, SERVER: False}
         self.tcp_closes: list[Side] = []
         self.ends = 0
         self.latency = {PAGE: 0.0, SERVER: 0.0}
@@ -108,14 +112,15 @@ class RoutedSocket(RuleBasedStateMachine):
                 if isinstance(cmd, Send):
                     assert not self.wire_closed[cmd.to], f"{cmd} after that side was closed"
                     self.delivered_to[cmd.to].append(("route", cmd.message))
-                elif isinstance(cmd, CloseSide):
+                elif isinstance(cmd, CloseSide | DropSide):
                     assert not self.wire_closed[cmd.side], f"{cmd} closes a closed side twice"
                     self.wire_closed[cmd.side] = True
                     self.peer_open[cmd.side] = False
+                    close = cmd.close if isinstance(cmd, CloseSide) else Close(1006, "")
                     if self.pending_close and self.pending_close[0] is cmd.side.other:
-                        assert self.pending_close[1] == cmd.close, "mirrored a different close"
+                        assert self.pending_close[1] == close, "mirrored a different close"
                         self.pending_close = None
-                    if cmd.close.code != 1006:
+                    if isinstance(cmd, CloseSide):  # a drop sends no close frame
                         self.frame_out[cmd.side] = True
                 elif isinstance(cmd, CallHandler):
                     cmd.handler(*cmd.args)
@@ -126,7 +131,12 @@ class RoutedSocket(RuleBasedStateMachine):
                     side = cmd.side
                     assert self.tcp[side], f"{side}'s TCP closed twice, or never open"
                     # RFC 6455 §7.1.1: only once its closing handshake is over, or given up on
-                    assert self.peer_done[side] or self.timed_out[side] or not self.frame_out[side]
+                    assert (
+                        self.peer_done[side]
+                        or self.timed_out[side]
+                        or self.given_up[side]
+                        or not self.frame_out[side]
+                    )
                     if side is PAGE:  # the client's connection goes last
                         assert not self.tcp[SERVER], "client's TCP closed before the server's"
                     self.tcp[side] = False
@@ -229,6 +239,8 @@ class RoutedSocket(RuleBasedStateMachine):
         drop = Close(1006, "")
         self.pending_close = (side, drop) if was_open and not had_handler and other_open else None
         n = len(self.close_calls)
+        if side is PAGE:
+            self.given_up[SERVER] = True
         self.route(side).drop()
         self.run()
         assert self.pending_close is None, "drop was neither handled nor mirrored as a drop"

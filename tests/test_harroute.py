@@ -16,6 +16,7 @@ from mitm_wsroute.connection import (
     CallHandler,
     Close,
     CloseSide,
+    DropSide,
     Reject,
     RoutedConnection,
     Send,
@@ -57,7 +58,7 @@ def run(c: RoutedConnection) -> list[Any]:
         for command in c.commands_to_execute():
             if isinstance(command, CallHandler):
                 command.handler(*command.args)
-            elif isinstance(command, Send | CloseSide):
+            elif isinstance(command, Send | CloseSide | DropSide):
                 out.append(command)
     return out
 
@@ -145,7 +146,7 @@ def test_recording_client_close_is_mirrored_and_recorded(tmp_path: Path) -> None
     assert close is not None and (close.code, close.by) == (1001, "client")
     c, _ = route_socket(route.handler)
     c.receive_close(PAGE, 1006, "")  # a dropped client: the server is dropped too
-    assert run(c) == [CloseSide(SERVER, Close(1006, ""))]
+    assert run(c) == [DropSide(SERVER)]
 
 
 def test_recording_replaces_old_entries_for_the_url_keeps_others(tmp_path: Path) -> None:

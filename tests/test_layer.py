@@ -52,7 +52,7 @@ def test_retention_is_bounded_and_keeps_the_newest(
     layer = SimpleNamespace(flow=flow, keep_messages=keep, kept_bytes=0, keep_bytes=budget)
     for i, size in enumerate(sizes):
         message = websocket.WebSocketMessage(Opcode.BINARY, True, bytes([i % 256]) * size)
-        RoutedWebsocketLayer._record(layer, message)  # type: ignore[arg-type]
+        RoutedWebsocketLayer._keep(layer, message)  # type: ignore[arg-type]
     kept = flow.websocket.messages
     if keep == 0 or not sizes:
         assert len(kept) == len(sizes)

@@ -15,6 +15,7 @@ from mitm_wsroute.connection import (
     Close,
     CloseSide,
     CloseTcp,
+    DropSide,
     End,
     Error,
     Opening,
@@ -185,8 +186,8 @@ def test_page_drop_is_mirrored_as_a_drop() -> None:
     c, ws, server = connected()
     ws.drop()
     assert c.commands_to_execute() == [
-        CloseSide(PAGE, DROP),  # no close frame: the TCP connections close at once
-        CloseSide(SERVER, DROP),
+        DropSide(PAGE),  # no close frame: the TCP connections close at once
+        DropSide(SERVER),
         CloseTcp(SERVER),
         CloseTcp(PAGE),
         End(),
@@ -200,7 +201,7 @@ def test_server_drop_goes_to_the_server_on_close() -> None:
     server.on_close(lambda code, reason: log.append((code, reason)))
     server.drop()
     commands = c.commands_to_execute()
-    assert commands[0] == CloseSide(SERVER, DROP)
+    assert commands[0] == DropSide(SERVER)
     assert isinstance(commands[1], CallHandler) and commands[1].args == (1006, "")
     assert commands[2:] == [CloseTcp(SERVER)]  # the client stays
     assert c.states == {PAGE: State.OPEN, SERVER: State.CLOSED}
@@ -211,7 +212,7 @@ def test_drop_in_the_handler_ends_the_client_after_its_101() -> None:
     ws.drop()
     c.handler_returned()
     c.receive_open()
-    assert c.commands_to_execute() == [CloseSide(PAGE, DROP), CloseTcp(PAGE), End()]
+    assert c.commands_to_execute() == [DropSide(PAGE), CloseTcp(PAGE), End()]
     assert c.finished
 
 
@@ -269,8 +270,8 @@ def test_drop_and_latency_from_another_thread_keep_call_order() -> None:
         assert owner.drained == [
             Send(PAGE, "before"),
             SetLatency(PAGE, 0.5),
-            CloseSide(SERVER, DROP),
-            CloseSide(PAGE, DROP),
+            DropSide(SERVER),
+            DropSide(PAGE),
             CloseTcp(SERVER),
             CloseTcp(PAGE),
             End(),
