@@ -24,6 +24,7 @@ from __future__ import annotations
 import codecs
 import enum
 import os
+import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -141,6 +142,32 @@ OPEN, LOCAL_CLOSING, REMOTE_CLOSING, CLOSED = CodecState
 _SENDABLE = frozenset((1000, 1001, 1002, 1003, *range(1007, 1015), *range(3000, 5000)))
 
 
+_WHOLE = frozenset((FIN | TEXT, FIN | BINARY))
+_WHOLE_OR_COMPRESSED = _WHOLE | {FIN | RSV1 | TEXT, FIN | RSV1 | BINARY}
+
+
+class _MaskKeys(threading.local):
+    """Random bytes for masking keys, taken 4 at a time: one ``getrandom`` call per 1,024
+    frames instead of one per frame (a system call costs more than the rest of writing a small
+    frame). Per thread: the test API runs a proxy per thread."""
+
+    keys = b""
+    at = 0
+
+
+_mask_keys = _MaskKeys()
+
+
+def _mask_key() -> bytes:
+    """A fresh masking key from the system's CSPRNG (RFC 6455 §5.3: unpredictable)."""
+    pool = _mask_keys
+    at = pool.at
+    if at >= len(pool.keys):
+        pool.keys, at = os.urandom(4096), 0
+    pool.at = at + 4
+    return pool.keys[at : at + 4]
+
+
 def _utf8() -> codecs.IncrementalDecoder:
     return codecs.getincrementaldecoder("utf-8")()
 
@@ -166,6 +193,7 @@ class Codec:
         "server",
         "state",
         "text",
+        "whole",
     )
 
     def __init__(self, server: bool, deflate: Deflate | None = None, max_size: int = 0):
@@ -173,6 +201,8 @@ class Codec:
         self.deflate = deflate
         self.max_size = max_size
         self.state = OPEN
+        #: First bytes of a frame that is a whole message, valid unless a message is under way.
+        self.whole = _WHOLE if deflate is None else _WHOLE_OR_COMPRESSED
         self.reading = True  # until a close frame or a failure: then the rest is ignored
         #: The start of a frame whose header (or whole control frame) is not all there.
         self.head = bytearray()
@@ -191,11 +221,13 @@ class Codec:
 
     # --- reading ---------------------------------------------------------------------------
 
-    def receive(self, data: bytes) -> list[Event]:
+    def receive(self, data: bytes | bytearray) -> list[Event]:
         """What `data`, the next bytes from the peer, holds."""
         out: list[Event] = []
         if not self.reading:
             return out
+        if type(data) is not bytes:  # mitmproxy may hand over a bytearray: payloads are bytes
+            data = bytes(data)
         if self.left:
             data = self._rest_of_frame(data, out)
         if self.head:
@@ -220,9 +252,7 @@ class Codec:
                 wrong = "unmasked frame from a client" if masked else "masked frame from a server"
                 return self._fail(out, PROTOCOL_ERROR, wrong)
             opcode = b0 & 0x0F
-            if (self.opcode or (b0 != FIN | TEXT and b0 != FIN | BINARY)) and (
-                why := self._invalid(b0, length)
-            ):
+            if (self.opcode or b0 not in self.whole) and (why := self._invalid(b0, length)):
                 return self._fail(out, PROTOCOL_ERROR, why)
             key = b""
             if masked:
@@ -376,13 +406,13 @@ class Codec:
     # --- writing ---------------------------------------------------------------------------
 
     def _key(self) -> bytes | None:
-        return None if self.server else os.urandom(4)
+        return None if self.server else _mask_key()
 
     def message(self, data: str | bytes) -> bytes:
         """A message, in one frame."""
         opcode, payload = (TEXT, data.encode()) if isinstance(data, str) else (BINARY, data)
         if self.deflate is not None:
-            payload, opcode = self.deflate.deflate((payload,))[0], opcode | RSV1
+            payload, opcode = self.deflate.deflate_one(payload), opcode | RSV1
         return encode(opcode, payload, self._key())
 
     def fragmented(self, pieces: list[str | bytes]) -> bytes:

@@ -56,6 +56,13 @@ class Deflate:
             raise OverflowError(f"message larger than {limit} bytes")
         return data
 
+    def deflate_one(self, data: bytes) -> bytes:
+        """One message, compressed in one piece (`deflate`)."""
+        compressor = self._compressor
+        if compressor is None or self.out_reset:
+            return self.deflate((data,))[0]
+        return (compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
     def deflate(self, pieces: Iterable[bytes]) -> list[bytes]:
         """The pieces of one message, compressed (§7.2.1: a sync flush at the end, without its
         last 4 bytes); an empty message is one empty deflate block (§7.2.3.6)."""

@@ -359,9 +359,18 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         connection = self.socket.connection
         codec = self.codecs[side]
         if isinstance(event, events.DataReceived):
+            reassembly, limit = self.reassembly[side], self.max_message_size
             for ev in codec.receive(event.data):
                 if isinstance(ev, Fragment):  # per message: first
-                    if not (yield from self._piece(side, ev)):
+                    data = ev.data
+                    if (
+                        ev.message_finished
+                        and not reassembly.pieces
+                        and (not limit or len(data) <= limit)
+                        and connection.states[side] is State.OPEN
+                    ):  # a whole message in one frame, the common case: `_piece`, inline
+                        yield from self._message(side, data)
+                    elif not (yield from self._piece(side, ev)):
                         return  # the side failed (1009): what came after it gets no answer
                 elif isinstance(ev, Close):
                     yield from self._close_received(side, ev)

@@ -4,6 +4,7 @@ stream cut into any reads, what it writes, and permessage-deflate with each para
 from __future__ import annotations
 
 import struct
+import threading
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -289,3 +290,28 @@ def test_inflate_stops_past_the_limit() -> None:
 
 def test_a_broken_stream_is_1007() -> None:
     assert joined(Codec(False, Deflate()).receive(b"\xc2\x04\xff\xff\xff\xff")) == [1007]
+
+
+def test_masking_keys_are_fresh_per_frame_and_thread() -> None:
+    # taken from a pool of the system's random bytes: never the same key twice in a row of
+    # frames, in any thread (the test API runs a proxy per thread)
+    def keys(n: int) -> list[bytes]:
+        client = Codec(server=False)
+        return [client.message("x")[2:6] for _ in range(n)]
+
+    found: list[bytes] = []
+    threads = [threading.Thread(target=lambda: found.extend(keys(3000))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    found += keys(3000)
+    assert len(found) == 12_000 and all(len(k) == 4 for k in found)
+    assert len(set(found)) > 11_950  # 4-byte keys: a few collide by chance, not by reuse
+
+
+def test_payloads_are_bytes_whatever_the_reads_are() -> None:
+    # mitmproxy hands over a bytearray in some reads (what came with the handshake)
+    frames = client_frame(b"one") + client_frame(b"two", fin=False)
+    events = Codec(True).receive(bytearray(frames))
+    assert [type(ev.data) for ev in events if isinstance(ev, Fragment)] == [bytes, bytes]
