@@ -33,6 +33,7 @@ from .deflate import Deflate
 
 __all__ = [
     "BINARY",
+    "COMPRESS_FROM",
     "CONTINUATION",
     "TEXT",
     "Close",
@@ -50,6 +51,9 @@ CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 FIN, RSV1 = 0x80, 0x40
 
 PROTOCOL_ERROR, INVALID_DATA, MESSAGE_TOO_BIG = 1002, 1007, 1009
+#: Smaller messages are written uncompressed, as Node's ws does (its default threshold): the
+#: compressor's work buys nothing on them.
+COMPRESS_FROM = 1024
 
 
 def unmask_in_python(payload: bytes, key: bytes) -> bytes:
@@ -94,6 +98,8 @@ class Fragment:
     data: str | bytes
     frame_finished: bool = True
     message_finished: bool = True
+    #: A whole message in one compressed frame: its payload as it came (`Codec.relayed`).
+    deflated: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +195,7 @@ class Codec:
         "offset",
         "opcode",
         "reading",
+        "relay",
         "room",
         "server",
         "state",
@@ -201,6 +208,11 @@ class Codec:
         self.deflate = deflate
         self.max_size = max_size
         self.state = OPEN
+        #: What this side's peer inflates is what the other side's peer deflated, message for
+        #: message (each compressed message it sent was written here as it came, and our own
+        #: compressor never wrote here): so the next one may be too (`relayed`). The layer
+        #: turns it off when one is not; writing one compressed ourselves turns it off.
+        self.relay = deflate is not None
         #: First bytes of a frame that is a whole message, valid unless a message is under way.
         self.whole = _WHOLE if deflate is None else _WHOLE_OR_COMPRESSED
         self.reading = True  # until a close frame or a failure: then the rest is ignored
@@ -277,15 +289,16 @@ class Codec:
             if opcode >= CLOSE:
                 self._control(opcode, payload, out)
             elif b0 & FIN and opcode:  # a whole message in one frame: most are
+                deflated = None
                 try:
                     if b0 & RSV1:
-                        payload = self._inflate(payload, opcode, True)
+                        deflated, payload = payload, self._inflate(payload, opcode, True)
                     message = payload.decode() if opcode == TEXT else payload
                 except UnicodeDecodeError:
                     return self._fail(out, INVALID_DATA, "invalid UTF-8 in a text message")
                 except (OverflowError, zlib.error) as e:
                     return self._inflate_failed(out, e)
-                out.append(Fragment(message))
+                out.append(Fragment(message, True, True, deflated))
             else:
                 self.fin = bool(b0 & FIN)
                 self._data(b0, payload, True, out)
@@ -408,12 +421,21 @@ class Codec:
     def _key(self) -> bytes | None:
         return None if self.server else _mask_key()
 
-    def message(self, data: str | bytes) -> bytes:
-        """A message, in one frame."""
+    def message(self, data: str | bytes, compress: bool = True) -> bytes:
+        """A message, in one frame: compressed with permessage-deflate if it has
+        `COMPRESS_FROM` bytes or more (RFC 7692 §6: a message may go uncompressed), unless not
+        `compress`."""
         opcode, payload = (TEXT, data.encode()) if isinstance(data, str) else (BINARY, data)
-        if self.deflate is not None:
+        if compress and self.deflate is not None and len(payload) >= COMPRESS_FROM:
             payload, opcode = self.deflate.deflate_one(payload), opcode | RSV1
+            self.relay = False
         return encode(opcode, payload, self._key())
+
+    def relayed(self, text: bool, deflated: bytes) -> bytes:
+        """A message that the other side's peer compressed (`Fragment.deflated`), written as
+        it came, without inflating and deflating it again: only while `relay`."""
+        assert self.relay and self.deflate is not None
+        return encode((TEXT if text else BINARY) | RSV1, deflated, self._key())
 
     def fragmented(self, pieces: list[str | bytes]) -> bytes:
         """A message in one frame per piece (the framing it came with)."""
@@ -421,6 +443,7 @@ class Codec:
         payloads = [p.encode() if isinstance(p, str) else p for p in pieces]
         if self.deflate is not None:
             payloads, opcode = self.deflate.deflate(payloads), opcode | RSV1
+            self.relay = False
         last = len(payloads) - 1
         return b"".join(
             encode(CONTINUATION if i else opcode, p, self._key(), i == last)

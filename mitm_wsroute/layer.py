@@ -369,7 +369,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                         and (not limit or len(data) <= limit)
                         and connection.states[side] is State.OPEN
                     ):  # a whole message in one frame, the common case: `_piece`, inline
-                        yield from self._message(side, data)
+                        yield from self._message(side, data, ev.deflated)
                     elif not (yield from self._piece(side, ev)):
                         return  # the side failed (1009): what came after it gets no answer
                 elif isinstance(ev, Close):
@@ -411,7 +411,10 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             yield from self._drain()
             return False
         if message is not None:
-            yield from self._message(side, message)
+            codec = self.codecs[side]
+            if codec.compressed and codec.deflate is not None:
+                self.codecs[side.other].relay = False  # not written as it came: the other
+            yield from self._message(side, message)  # side's compressed stream differs now
         return True
 
     def _close_received(self, side: Side, close: Close) -> layer.CommandGenerator[None]:
@@ -440,9 +443,15 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         if len(messages) >= 2 * keep or self.kept_bytes > 2 * self.keep_bytes:
             self.kept_bytes = trim(messages, keep, self.keep_bytes)
 
-    def _message(self, side: Side, data: str | bytes) -> layer.CommandGenerator[None]:
+    def _message(
+        self, side: Side, data: str | bytes, deflated: bytes | None = None
+    ) -> layer.CommandGenerator[None]:
         """A whole message from `side`: kept in the flow, shown to other addons, then forwarded
-        or handed to the route, as the connection decides. Per message: keep it lean."""
+        or handed to the route, as the connection decides. Per message: keep it lean.
+
+        `deflated`: the message came in one frame, compressed so (permessage-deflate). Passed
+        on unchanged, it is written as it came (`Codec.relayed`) while the other side's
+        compressed stream is the same as this side's; anything else makes them differ."""
         assert self.socket is not None
         connection = self.socket.connection
         if isinstance(data, str):
@@ -474,13 +483,21 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             for command in connection.commands_to_execute():
                 yield from self._execute(command)
         if to is None or message.dropped or connection.states[to] is not State.OPEN:
+            if deflated is not None:
+                self.codecs[side.other].relay = False
             return
+        codec = self.codecs[to]
         if message.content is not content:  # modified by another addon
             data = message.text if isinstance(data, str) else message.content
             frame_sizes = []
-        codec = self.codecs[to]
+            if deflated is not None:
+                codec.relay = False
+                deflated = None
         if len(frame_sizes) <= 1:  # per message: most come in one frame
-            frames = codec.message(data)
+            if deflated is not None and codec.relay:
+                frames = codec.relayed(isinstance(data, str), deflated)
+            else:  # as it came: compressed (unless sent on as it came) or not
+                frames = codec.message(data, compress=deflated is not None or not codec.relay)
         else:
             frames = codec.fragmented(cut(data, frame_sizes))
         if self.delays is None:
