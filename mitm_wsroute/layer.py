@@ -508,7 +508,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             if self.delays is None:
                 observer.message(False, data)
             else:
-                self._observe(None, data, later=True)
+                yield from self._observe_later(None, data)
 
     def _injected(self, message: websocket.WebSocketMessage) -> layer.CommandGenerator[None]:
         """``inject.websocket`` from another addon: a message to the client or the server."""
@@ -629,7 +629,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 connection.receive_overflow(command.to, size)
         elif isinstance(command, DropSide):  # no close frame: its TCP connection closes (CloseTcp)
             if command.side is PAGE:
-                self._observe((ABNORMAL_CLOSURE, ""), later=True)
+                yield from self._observe_later((ABNORMAL_CLOSURE, ""))
         elif isinstance(command, CloseSide):
             codec = self.codecs[command.side]
             code = command.close.code
@@ -638,7 +638,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 frame = codec.close(code, reason)
                 yield from self._out(commands.SendData(self.conns[command.side], frame))
                 if command.side is PAGE:
-                    self._observe((NO_STATUS if code is None else code, reason), later=True)
+                    yield from self._observe_later((NO_STATUS if code is None else code, reason))
         elif isinstance(command, StartCloseTimer):
             wakeup = commands.RequestWakeup(self.close_timeout)
             self.close_timers[wakeup] = command.side
@@ -695,25 +695,38 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             else:
                 yield from self._out(frame, data=True)
             if to is PAGE:
-                self._observe(None, data, later=True)
+                yield from self._observe_later(None, data)
 
-    def _observe(
-        self, close: tuple[int, str] | None, data: str | bytes = b"", later: bool = False
-    ) -> None:
-        """Tell the observer, if any, what the client was sent: `data`, or a `close`. With
-        `later`, once what the client still waits for (`set_latency`) went out."""
+    def _observe(self, close: tuple[int, str] | None, data: str | bytes = b"") -> None:
+        """Tell the observer, if any, what the client was sent: `data`, or a `close`."""
+        call = self._observation(close, data)
+        if call is not None:
+            call()
+
+    def _observe_later(
+        self, close: tuple[int, str] | None, data: str | bytes = b""
+    ) -> layer.CommandGenerator[None]:
+        """`_observe`, once what the client still waits for (`set_latency`) went out."""
+        call = self._observation(close, data)
+        if call is None:
+            return
+        if self.delays is None or not self.delays[PAGE].active:
+            call()
+            return
+        wait = self.delays[PAGE].push(clock(), call, 0)
+        if wait is not None:  # nothing waited before it: its own wake-up
+            yield from self._delay_timer(PAGE, wait)
+
+    def _observation(
+        self, close: tuple[int, str] | None, data: str | bytes
+    ) -> Callable[[], None] | None:
         assert self.socket is not None
         observer = self.socket.observer
         if observer is None:
-            return
+            return None
         if close is None:
-            call = functools.partial(observer.message, False, data)
-        else:
-            call = functools.partial(observer.closed, *close)
-        if later and self.delays is not None and self.delays[PAGE].active:
-            self.delays[PAGE].push(clock(), call, 0)  # behind the data: its wake-up is pending
-        else:
-            call()
+            return functools.partial(observer.message, False, data)
+        return functools.partial(observer.closed, *close)
 
     def _out(
         self, command: commands.Command, side: Side | None = None, data: bool = False
