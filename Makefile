@@ -46,7 +46,7 @@ demo: $(STAMP)
 # The user guide (docs/, mkdocs.yml) as a site in test-artifacts/site/. --strict: a warning (a
 # broken link or anchor, a page missing from the nav) fails the build. The examples on its pages
 # run in tests/test_docs.py.
-DOCS_BUILD := NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+DOCS_BUILD := NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 docs: $(STAMP)
 	$(DOCS_BUILD)
 
