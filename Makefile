@@ -12,7 +12,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3 $$HOME/.pyenv/versions/
 	if command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; \
 	then command -v $$p; break; fi; done)
 
-.PHONY: demo test lint bench chromium clean autobahn
+.PHONY: demo test docs lint bench chromium clean autobahn
 
 $(STAMP): pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then \
@@ -43,9 +43,17 @@ $(NODE_DEPS): examples/node/package-lock.json
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
+# The user guide (docs/, mkdocs.yml) as a site in test-artifacts/site/. --strict: a warning (a
+# broken link or anchor, a page missing from the nav) fails the build. The examples on its pages
+# run in tests/test_docs.py.
+DOCS_BUILD := NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+docs: $(STAMP)
+	$(DOCS_BUILD)
+
 # The end-to-end tests run twice: as configured by default, and with mitmproxy's per-message
 # hooks off, where the layer reads and writes routed sockets itself.
 test: $(STAMP) chromium $(NODE_DEPS)
+	$(DOCS_BUILD)
 	$(PY) -m pytest
 	WSROUTE_TEST_MESSAGE_HOOKS=false $(PY) -m pytest tests/test_e2e_*.py tests/test_browser*.py
 
