@@ -246,11 +246,6 @@ def check_flaky_feed(tmp_path: Path, server: EchoServer) -> None:
         assert proxy.handler_errors == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open defect: a client-side drop() while set_latency() is on never reaches the "
-    "client (with latency 0 it does: tests/test_e2e_resilience.py)",
-)
 def test_flaky_feed_drops_the_client_under_latency(tmp_path: Path) -> None:
     with WsRouteProxy(scripts=[script(tmp_path, "flaky-feed")]) as proxy:
         with pytest.raises(InvalidStatus):
