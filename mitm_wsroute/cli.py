@@ -23,6 +23,7 @@ from mitmproxy import ctx, master, options
 from mitmproxy.addons import errorcheck
 
 from .addon import WsRoute
+from .cassettes import RECORD_MODES
 
 __all__ = ["Announce", "main"]
 
@@ -98,6 +99,13 @@ def _parser() -> argparse.ArgumentParser:
         "--har-update", action="store_true", help="record into --har instead of replaying"
     )
     p.add_argument(
+        "--record-mode",
+        choices=RECORD_MODES,
+        help="record mode of every route_from_har (--har's and the route scripts'): none "
+        "replays only, once records a missing file, new_episodes records what does not match, "
+        "all records",
+    )
+    p.add_argument(
         "--addon-path", action="store_true", help="print the path of the addon script and exit"
     )
     return p
@@ -122,6 +130,8 @@ def mitmproxy_args(ns: argparse.Namespace, rest: Sequence[str]) -> list[str]:
             args += ["--set", f"wsroute_har_url={ns.har_url}"]
         if ns.har_update:
             args += ["--set", "wsroute_har_update=true"]
+    if ns.record_mode:
+        args += ["--set", f"wsroute_record_mode={ns.record_mode}"]
     return [*args, *rest]
 
 

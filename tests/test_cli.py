@@ -9,8 +9,10 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.sync.client import connect
@@ -171,3 +173,44 @@ def test_listens_on_loopback_only_by_default(routes: Path, tmp_path: Path) -> No
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(10)
+
+
+def test_record_mode_once_records_then_replays_with_the_server_gone(
+    run: object, tmp_path: Path
+) -> None:
+    from websockets.sync.server import serve
+
+    def echo(ws: Any) -> None:
+        for message in ws:
+            ws.send(f"echo {message}")
+
+    har = tmp_path / "cassette.har"
+    with serve(echo, "127.0.0.1", 0) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"ws://127.0.0.1:{server.socket.getsockname()[1]}/feed"
+        args = [COMMAND, "--har", str(har), "--record-mode", "once", "-p", "0",
+                "--listen-host", "127.0.0.1", "--", "--set", f"confdir={tmp_path}"]  # fmt: skip
+        recorder, proxy = start(*args)
+        try:
+            with connect(url, proxy=proxy) as c:  # no cassette yet: recorded
+                c.send("hi")
+                assert c.recv(5) == "echo hi"
+            assert recorder.stdout is not None
+            for line in recorder.stdout:  # written when the socket ends
+                if "HAR recording: wrote 1 WebSocket entries" in line:
+                    break
+        finally:
+            os.killpg(recorder.pid, signal.SIGTERM)
+            recorder.wait(10)
+        server.shutdown()
+    proxy = run(*args)  # type: ignore[operator]  # the cassette exists: replayed
+    with connect(url, proxy=proxy) as c:
+        c.send("hi")
+        assert c.recv(5) == "echo hi"
+
+
+def test_record_mode_is_checked_and_passed_on(tmp_path: Path) -> None:
+    ns = _parser().parse_args(["--har", "x.har", "--record-mode", "new_episodes"])
+    assert mitmproxy_args(ns, [])[-2:] == ["--set", "wsroute_record_mode=new_episodes"]
+    out = subprocess.run([COMMAND, "--record-mode", "sometimes"], capture_output=True, text=True)
+    assert out.returncode == 2 and "invalid choice: 'sometimes'" in out.stderr
