@@ -13,10 +13,10 @@ UTF-8 as it comes (RFC 6455 §8.1: fail fast), compressed messages are never inf
 size limit, and every violation of the protocol fails the side with the code RFC 6455 §7.4.1
 gives (`Failure`), after which nothing more is read.
 
-Written here rather than taken from wsproto (which mitmproxy uses), python-websockets or
-aiohttp, because each of them reads a 32-byte message 3 to 10 times slower (see README,
-"Performance"), and none hands control of pings and closes to its caller. wsproto stays in the
-tests, as the oracle this codec is compared with.
+Written here rather than taken from python-websockets' sans-I/O protocol or wsproto (which
+mitmproxy uses), because they read a 32-byte message 3 and 10 times slower
+(`bench/codec_speed.py`; docs/mitmproxy.md), and neither hands control of pings and closes to
+its caller. wsproto stays in the tests, as the oracle this codec is compared with.
 """
 
 from __future__ import annotations
