@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 
-__all__ = ["DelayLine"]
+__all__ = ["DelayLine", "Outbox"]
 
 #: Items due within this many seconds go out together (a timer may fire a little early).
 SLACK = 0.001
@@ -82,3 +82,63 @@ class DelayLine[T]:
         self.size = 0
         self.latency = 0.0
         return items
+
+
+class Outbox[T]:
+    """What waits to go out to the client (`PAGE`, index 0) and the server (index 1) of one
+    routed socket once a route called `set_latency()`, and the order of its last steps: the
+    client's TCP close waits until nothing waits for the server (mitmproxy tears the server's
+    connection down with its client's: closed first, the server would lose what waits), and
+    the socket ends once nothing waits at all.
+
+    The adapter `push`es what it would send and asks for the wake-ups it is told; at a
+    wake-up it sends what `due` returns, then, if `due` released the client's held TCP close,
+    pushes that in turn, then ends the socket if `may_end`.
+    """
+
+    __slots__ = ("end_pending", "held_close", "lines")
+
+    def __init__(self, limit: int = 0) -> None:
+        #: By side: the client's line, then the server's.
+        self.lines: tuple[DelayLine[T], DelayLine[T]] = (DelayLine(limit), DelayLine(limit))
+        #: The client's TCP close, held while something waits for the server.
+        self.held_close: T | None = None
+        #: The socket ended while something waited.
+        self.end_pending = False
+
+    def waits(self, side: int) -> bool:
+        """Whether what is sent to `side` now must go through its line."""
+        return self.lines[side].active
+
+    def push(self, side: int, now: float, item: T, size: int) -> float | None:
+        """`DelayLine.push` on `side`'s line."""
+        return self.lines[side].push(now, item, size)
+
+    def close_client(self, close: T) -> bool:
+        """The client's TCP close: True if it may go now (through the client's line); else it
+        is held until nothing waits for the server (`due` releases it)."""
+        if self.lines[1]:
+            self.held_close = close
+            return False
+        return True
+
+    def end(self) -> bool:
+        """The socket is done: True if it may end now; else once nothing waits (`may_end`)."""
+        if any(self.lines) or self.held_close is not None:
+            self.end_pending = True
+            return False
+        return True
+
+    def due(self, side: int, now: float) -> tuple[list[T], float | None, T | None]:
+        """At `side`'s wake-up: what is due, in how many seconds to wake up again (None when
+        nothing waits), and the client's TCP close, if it was held and may go now."""
+        items, wait = self.lines[side].pop_due(now)
+        released = None
+        if wait is None and side == 1 and self.held_close is not None:
+            released, self.held_close = self.held_close, None
+        return items, wait, released
+
+    @property
+    def may_end(self) -> bool:
+        """The socket ended while something waited, and nothing waits any more."""
+        return self.end_pending and not any(self.lines) and self.held_close is None

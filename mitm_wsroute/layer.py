@@ -74,7 +74,7 @@ from .connection import (
     State,
 )
 from .deflate import negotiated
-from .latency import DelayLine
+from .latency import Outbox
 from .messages import KEEP_BYTES, Piece, Reassembly, cut, trim
 from .own_io import Reader, tls_of, why_not_own
 from .transport import TlsTransport
@@ -239,12 +239,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         #: The close timers running, by the wake-up each asked for.
         self.close_timers: dict[commands.RequestWakeup, Side] = {}
         #: What waits to be sent to each side, once a route called `set_latency()`.
-        self.delays: tuple[DelayLine[_Delayed], DelayLine[_Delayed]] | None = None
+        self.delays: Outbox[_Delayed] | None = None
         self.delay_timers: list[_DelayWakeup | None] = [None, None]  # the latest, by side
-        self.end_pending = False  # End came while something still waited
-        #: The client's TCP close, held while the server's line still waits: the server's
-        #: connection must close first (mitmproxy tears it down with the client's).
-        self.held_page_close: commands.CloseConnection | None = None
         if self.socket is not None:  # read once: options are slow to read per message
             self.close_timeout: float = context.options.wsroute_close_timeout_ms / 1000
             self.max_message_size: int = context.options.wsroute_max_message_size
@@ -390,7 +386,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             return
         codec.fail()  # the connection ended: our end closes when the connection says (CloseTcp)
         if self.delays is not None:
-            self.delays[side].clear()  # nothing reaches that peer any more
+            self.delays.lines[side].clear()  # nothing reaches that peer any more
         if side is PAGE:
             self._observe((ABNORMAL_CLOSURE, ""))
         connection.receive_connection_lost(side)
@@ -651,20 +647,15 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             if command.abort and (writer := self._writer(command.side)) is not None:
                 writer.transport.abort()  # what it holds would never be read: drop it now
             close = commands.CloseConnection(self.conns[command.side])
-            if command.side is PAGE and self.delays is not None and self.delays[SERVER]:
-                self.held_page_close = close  # after the server's (`_due`)
-            else:
+            if command.side is SERVER or self.delays is None or self.delays.close_client(close):
                 yield from self._out(close)
         elif isinstance(command, SetLatency):
             if self.delays is None:
-                limit = self.max_message_size
-                self.delays = (DelayLine(limit), DelayLine(limit))
-            self.delays[command.to].latency = command.seconds
+                self.delays = Outbox(self.max_message_size)
+            self.delays.lines[command.to].latency = command.seconds
         else:
             assert isinstance(command, End)
-            if self.delays is not None and (any(self.delays) or self.held_page_close):
-                self.end_pending = True  # once what waits went out (`_due`)
-            else:
+            if self.delays is None or self.delays.end():
                 yield from self._end()
 
     def _end(self) -> layer.CommandGenerator[None]:
@@ -710,10 +701,10 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         call = self._observation(close, data)
         if call is None:
             return
-        if self.delays is None or not self.delays[PAGE].active:
+        if self.delays is None or not self.delays.waits(PAGE):
             call()
             return
-        wait = self.delays[PAGE].push(clock(), call, 0)
+        wait = self.delays.push(PAGE, clock(), call, 0)
         if wait is not None:  # nothing waited before it: its own wake-up
             yield from self._delay_timer(PAGE, wait)
 
@@ -740,13 +731,12 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         if side is None:
             assert isinstance(command, commands.SendData | commands.CloseConnection)
             side = PAGE if command.connection is self.context.client else SERVER
-        line = self.delays[side]
-        if not line.active:
+        if not self.delays.waits(side):
             yield command
             return
         size = len(command.data) if data and isinstance(command, commands.SendData) else 0
         try:
-            wait = line.push(clock(), command, size)
+            wait = self.delays.push(side, clock(), command, size)
         except OverflowError as e:
             # Bounded like a message: past wsroute_max_message_size waiting, the side is
             # closed with 1009 (message too big), as for a message that large.
@@ -754,7 +744,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             # close frame goes out now, so nothing sent later in this event can precede it.
             assert self.socket is not None
             logger.warning(f"{self.socket.connection.url}: set_latency: {e} for the {side}")
-            line.clear()
+            self.delays.lines[side].clear()
             reason = "too much waiting (set_latency)"
             codec = self.codecs[side]
             if codec.state is OPEN:
@@ -774,7 +764,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         """A delay line's wake-up: send what is due (stale wake-ups change nothing)."""
         if self.delays is None or timer is not self.delay_timers[timer.side]:
             return
-        due, wait = self.delays[timer.side].pop_due(clock())
+        due, wait, released = self.delays.due(timer.side, clock())
         for item in due:
             if isinstance(item, commands.Command):
                 yield item
@@ -783,10 +773,10 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         if wait is not None:
             yield from self._delay_timer(timer.side, wait)
             return
-        if timer.side is SERVER and self.held_page_close is not None:
-            close, self.held_page_close = self.held_page_close, None
-            yield from self._out(close)
-        if self.end_pending and not any(self.delays) and self.held_page_close is None:
+        if released is not None:  # the client's TCP close, after the server's
+            assert isinstance(released, commands.CloseConnection)
+            yield from self._out(released)
+        if self.delays.may_end:
             yield from self._end()
 
     def _after_end(self, event: events.Event) -> layer.CommandGenerator[None]:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mitm_wsroute.latency import DelayLine
+from mitm_wsroute.latency import DelayLine, Outbox
 
 
 def test_items_wait_their_latency_and_one_wake_up_at_a_time() -> None:
@@ -73,3 +73,21 @@ def test_order_kept_and_nothing_leaves_early(steps: list[tuple[float, float, boo
     due, wait = line.pop_due(now + 10)
     assert wait is None
     assert out + due == list(range(len(steps)))
+
+
+def test_outbox_closes_the_client_after_the_server_and_ends_last() -> None:
+    box: Outbox[str] = Outbox()
+    box.lines[0].latency = box.lines[1].latency = 1.0
+    assert box.push(1, 0.0, "to server", 9) == 1.0
+    assert not box.close_client("close client")  # held: something waits for the server
+    assert not box.end() and not box.may_end
+    assert box.due(1, 1.0) == (["to server"], None, "close client")
+    assert box.push(0, 1.0, "close client", 0) == 1.0  # through the client's line in turn
+    assert not box.may_end
+    assert box.due(0, 2.0) == (["close client"], None, None)
+    assert box.may_end
+
+
+def test_outbox_lets_the_client_close_and_end_at_once_when_nothing_waits() -> None:
+    box: Outbox[str] = Outbox()
+    assert box.close_client("close") and box.end() and not box.end_pending

@@ -118,7 +118,7 @@ class LayerMachine(RuleBasedStateMachine):
         )
 
     def waiting(self, side: Side) -> int:
-        return len(self.layer.delays[side]) if self.layer.delays is not None else 0
+        return len(self.layer.delays.lines[side]) if self.layer.delays is not None else 0
 
     def advance(self, dt: float) -> None:
         """Time passes: the layer gets the latency wake-ups due by then, earliest first, each
