@@ -12,6 +12,8 @@ run with ``mitmdump -s addons/wsroute.py --set wsroute_scripts=routes.py``.
 """
 
 from .connection import Error
+from .graphql_route import GraphQLServerSide, GraphQLWsRoute, route_graphql_ws
+from .graphql_ws import Operation
 from .harroute import route_from_har
 from .headers import Headers
 from .route import WebSocketRoute
@@ -20,9 +22,13 @@ from .urlmatch import URLMatch
 
 __all__ = [
     "Error",
+    "GraphQLServerSide",
+    "GraphQLWsRoute",
     "Headers",
+    "Operation",
     "URLMatch",
     "WebSocketRoute",
     "route_from_har",
+    "route_graphql_ws",
     "route_web_socket",
 ]

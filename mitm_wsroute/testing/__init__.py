@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from mitm_wsroute.graphql_ws import Operation, OperationMatch
 from mitm_wsroute.urlmatch import URLMatch
 
 from ._base import DEFAULT_TIMEOUT, ProxyBase, SocketBase, ValueBox
@@ -54,6 +55,18 @@ class WebSocket(SocketBase):
     def wait_for_close(self, timeout: float = DEFAULT_TIMEOUT) -> WebSocket:
         """Wait until the client's socket is closed; returns this socket."""
         return self._record.hub.wait(*self._close_check(timeout), timeout)
+
+    def wait_for_operation(
+        self, name: OperationMatch, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> Operation:
+        """The first GraphQL operation the client started (``subscribe``, legacy ``start``)
+        after the one this wait returned last, already seen or still to come, named `name`
+        (or for which that predicate on the `Operation` is true).
+
+        Raises:
+            TimeoutError: none came within `timeout` seconds (it names the last messages).
+        """
+        return self._record.hub.wait(*self._operation_check(name, timeout), timeout)
 
     def on(self, event: str, callback: Callable[[Any], Any]) -> None:
         """Call `callback` for Playwright's events: ``"framesent"`` and ``"framereceived"``

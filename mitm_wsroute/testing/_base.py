@@ -12,6 +12,13 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 from mitm_wsroute.cassettes import FILTER_HEADERS, BeforeRecordMessage, Match, Order, RecordMode
+from mitm_wsroute.graphql_route import GraphQLHandler, graphql_route_handler
+from mitm_wsroute.graphql_ws import (
+    Operation,
+    OperationMatch,
+    operation_from_message,
+    operation_matcher,
+)
 from mitm_wsroute.route import WebSocketRoute
 from mitm_wsroute.router import RouteHandler
 from mitm_wsroute.urlmatch import URLMatch
@@ -124,6 +131,25 @@ class SocketBase:
 
         return check, fail
 
+    def _operation_check(self, name: OperationMatch, timeout: float) -> Check[Operation]:
+        record, matches = self._record, operation_matcher(name)
+
+        def is_operation(payload: str | bytes) -> bool:
+            operation = operation_from_message(payload)
+            return operation is not None and matches(operation)
+
+        def check() -> Operation | None:
+            found = record.next_message(record.operation_cursor, is_operation, "sent")
+            if found is None:
+                return None
+            record.operation_cursor = found[0] + 1
+            return operation_from_message(found[1].payload)
+
+        def fail() -> str:
+            return f"no GraphQL operation {name!r} within {timeout} s on {record.describe()}"
+
+        return check, fail
+
     def _close_check[S: SocketBase](self: S, timeout: float) -> Check[S]:
         record = self._record
 
@@ -217,6 +243,27 @@ class ProxyBase[S: SocketBase]:
             ValueError: `url` is an invalid glob.
         """
         return self._engine.route(url, handler)
+
+    def route_graphql_ws(
+        self, url: URLMatch, handler: GraphQLHandler | None = None
+    ) -> Callable[[GraphQLHandler], GraphQLHandler] | None:
+        """Route the GraphQL-over-WebSocket sockets whose URL matches `url` to `handler`, which
+        gets a `GraphQLWsRoute`, as a route script's `route_graphql_ws` does; without
+        `handler`, a decorator. Otherwise as `route_web_socket`.
+
+        Raises:
+            ValueError: `url` is an invalid glob.
+        """
+
+        def register(h: GraphQLHandler) -> GraphQLHandler:
+            self._engine.route(url, graphql_route_handler(h))
+            return h
+
+        if handler is None:
+            url_matcher(url, self._engine.base_url)  # an invalid glob raises here
+            return register
+        register(handler)
+        return None
 
     def route_from_har(
         self,
