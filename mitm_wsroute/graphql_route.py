@@ -324,7 +324,12 @@ class GraphQLWsRoute:
         return None
 
     async def _async_rewrite(self, result: Awaitable[Any], command: Rewrite) -> None:
-        self._send_rewritten(await result, command)
+        try:
+            rewritten = await result
+        except Exception:
+            self.web_socket.send(Send(command.message).text())  # the client still gets it
+            raise
+        self._send_rewritten(rewritten, command)
 
     def _send_rewritten(self, result: Any, command: Rewrite) -> None:
         if result is None:

@@ -8,9 +8,11 @@ one protocol offers it alone.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import ssl
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -188,9 +190,9 @@ class Subscription:
         yield "real news"
 
 
-@pytest_asyncio.fixture
-async def graphql_server() -> AsyncIterator[str]:
-    """A Strawberry server with subscriptions (both protocols) on 127.0.0.1: its ws URL."""
+async def start_graphql_server() -> tuple[web.AppRunner, str]:
+    """A Strawberry server with subscriptions (both protocols) on 127.0.0.1: its runner (to
+    `cleanup()`) and its ws URL."""
     schema = strawberry.Schema(query=Query, subscription=Subscription)
     app = web.Application()
     app.router.add_route("*", "/graphql", GraphQLView(schema=schema))
@@ -198,9 +200,31 @@ async def graphql_server() -> AsyncIterator[str]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = runner.addresses[0][1]
+    return runner, f"ws://127.0.0.1:{runner.addresses[0][1]}/graphql"
+
+
+class GraphQLServerThread:
+    """`start_graphql_server` on a thread of its own, for tests that are not async."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        future = asyncio.run_coroutine_threadsafe(start_graphql_server(), self.loop)
+        self.runner, self.url = future.result(10)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest_asyncio.fixture
+async def graphql_server() -> AsyncIterator[str]:
+    runner, url = await start_graphql_server()
     try:
-        yield f"ws://127.0.0.1:{port}/graphql"
+        yield url
     finally:
         await runner.cleanup()
 
