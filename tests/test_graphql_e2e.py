@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import ssl
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -336,3 +337,39 @@ async def test_route_script_mock_and_intercept_through_mitmdump(
         [{"count": -1}, {"count": -2}],
         [{"news": "real news"}],
     ]
+
+
+@pytest.mark.parametrize("protocol", [NEW, LEGACY])
+async def test_client_unsubscribing_stops_an_endless_generator(
+    async_wsroute: AsyncWsRouteProxy, protocol: str
+) -> None:
+    stopped = threading.Event()
+
+    def api(gql: GraphQLWsRoute) -> None:
+        async def endless(op: Operation) -> AsyncGenerator[dict[str, int], None]:
+            try:
+                i = 0
+                while True:
+                    i += 1
+                    yield {"count": i}
+                    await asyncio.sleep(0.01)  # a feed's pace, not a synchronisation
+            finally:
+                stopped.set()
+
+        gql.on_subscribe("Count", endless)
+
+    async_wsroute.route_graphql_ws("**/graphql", api)
+    t = transport("ws://api.example.com/graphql", async_wsroute.url, [protocol])
+    async with Client(transport=t) as session:
+        seen = []
+        async for result in session.subscribe(GraphQLRequest(COUNT, variable_values={"to": 0})):
+            seen.append(result["count"])
+            if len(seen) == 3:
+                break  # gql sends complete (legacy: stop)
+        assert seen == [1, 2, 3]
+        assert await asyncio.to_thread(stopped.wait, 5)  # while the socket is still open
+    sock = await async_wsroute.wait_for_web_socket()
+    assert (
+        json.loads((await sock.wait_for_message(re.compile('"(complete|stop)"'))).payload)["id"]
+        == "1"
+    )
