@@ -18,6 +18,7 @@ from .harroute import route_from_har
 from .headers import Headers
 from .route import WebSocketRoute
 from .router import route_web_socket
+from .socketio_route import SocketIORoute, SocketIOServer, route_socket_io
 from .urlmatch import URLMatch
 
 __all__ = [
@@ -26,9 +27,12 @@ __all__ = [
     "GraphQLWsRoute",
     "Headers",
     "Operation",
+    "SocketIORoute",
+    "SocketIOServer",
     "URLMatch",
     "WebSocketRoute",
     "route_from_har",
     "route_graphql_ws",
+    "route_socket_io",
     "route_web_socket",
 ]
