@@ -21,6 +21,8 @@ from mitm_wsroute.graphql_ws import (
 )
 from mitm_wsroute.route import WebSocketRoute
 from mitm_wsroute.router import RouteHandler
+from mitm_wsroute.socketio import SocketIOEvent, find_event
+from mitm_wsroute.socketio_route import SocketIOHandler, socket_io_registrar
 from mitm_wsroute.urlmatch import URLMatch
 
 from ._proxy import ProxyEngine
@@ -150,6 +152,31 @@ class SocketBase:
 
         return check, fail
 
+    def _socketio_event_check(
+        self, name: str, namespace: str, direction: str | None, timeout: float
+    ) -> Check[SocketIOEvent]:
+        check_direction(direction)
+        record = self._record
+
+        def check() -> SocketIOEvent | None:
+            start = max(record.event_cursor, record.forgotten)
+            messages = [
+                (m.payload, m.direction) for m in record.messages[start - record.forgotten :]
+            ]
+            found = find_event(messages, name, namespace, direction)
+            if found is None or found[1] is None:
+                return None
+            record.event_cursor = start + found[0] + 1
+            return found[1]
+
+        def fail() -> str:
+            return (
+                f"no Socket.IO event {name!r} in {namespace} within {timeout} s on "
+                f"{record.describe()}"
+            )
+
+        return check, fail
+
     def _close_check[S: SocketBase](self: S, timeout: float) -> Check[S]:
         record = self._record
 
@@ -243,6 +270,29 @@ class ProxyBase[S: SocketBase]:
             ValueError: `url` is an invalid glob.
         """
         return self._engine.route(url, handler)
+
+    def route_socket_io(
+        self,
+        url: URLMatch,
+        handler: SocketIOHandler | None = None,
+        *,
+        namespace: str = "/",
+        ping_interval: float = 25.0,
+        ping_timeout: float = 20.0,
+    ) -> Callable[[SocketIOHandler], SocketIOHandler] | None:
+        """Route the Socket.IO clients whose URL matches `url` to `handler`, as a route
+        script's `route_socket_io` does (mocks answer long-polling too); without `handler`, a
+        decorator. Callable from any thread."""
+        engine = self._engine
+        return socket_io_registrar(
+            url,
+            handler,
+            engine.base_url,
+            engine.wsroute.router.add,
+            namespace,
+            ping_interval,
+            ping_timeout,
+        )
 
     def route_graphql_ws(
         self, url: URLMatch, handler: GraphQLHandler | None = None
