@@ -23,6 +23,7 @@ from typing import Any
 from mitmproxy.utils import asyncio_utils
 
 from mitm_wsroute.graphql_ws import Operation, OperationMatch
+from mitm_wsroute.socketio import SocketIOEvent
 from mitm_wsroute.urlmatch import URLMatch
 
 from ._base import DEFAULT_TIMEOUT, ProxyBase, SocketBase, ValueBox
@@ -64,6 +65,18 @@ class WebSocket(SocketBase):
         """See `mitm_wsroute.testing.WebSocket.wait_for_message`."""
         check, fail = self._message_check(match, direction, timeout)
         return await self._record.hub.async_wait(check, fail, timeout)
+
+    async def wait_for_event(
+        self,
+        name: str,
+        namespace: str = "/",
+        *,
+        direction: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> SocketIOEvent:
+        """See `mitm_wsroute.testing.WebSocket.wait_for_event`."""
+        check = self._socketio_event_check(name, namespace, direction, timeout)
+        return await self._record.hub.async_wait(*check, timeout)
 
     async def wait_for_close(self, timeout: float = DEFAULT_TIMEOUT) -> WebSocket:
         """Wait until the client's socket is closed; returns this socket."""
