@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import enum
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ __all__ = [
     "SIO",
     "BinaryDecoder",
     "Packet",
+    "SocketIOEvent",
     "decode_eio",
     "decode_payload",
     "decode_sio",
@@ -34,6 +35,7 @@ __all__ = [
     "encode_payload",
     "encode_sio",
     "event_of",
+    "find_event",
     "open_packet",
 ]
 
@@ -300,3 +302,46 @@ def event_of(packet: Packet) -> tuple[str, list[Any]] | None:
     if packet.type is not SIO.EVENT:
         return None
     return packet.data[0], list(packet.data[1:])
+
+
+@dataclass(frozen=True, slots=True)
+class SocketIOEvent:
+    """A Socket.IO event a client sent (``"sent"``) or got (``"received"``), attachments in
+    place (the test API's `wait_for_event`)."""
+
+    name: str
+    args: list[Any]
+    namespace: str
+    direction: str
+    #: Its ack id, when the sender asked for an ack.
+    id: int | None = None
+
+
+def find_event(
+    messages: Sequence[tuple[str | bytes, str]],
+    name: str,
+    namespace: str,
+    direction: str | None,
+) -> tuple[int, SocketIOEvent | None] | None:
+    """The first event `name` in `namespace` among WebSocket `messages` (payload, direction):
+    its index and the event, or its index and None while its attachments are still to come.
+    Messages that are not Socket.IO events are passed over."""
+    for i, (payload, way) in enumerate(messages):
+        if not isinstance(payload, str) or not payload.startswith("4"):
+            continue
+        if direction is not None and way != direction:
+            continue
+        try:
+            packet, count = decode_sio(payload[1:])
+        except ValueError:
+            continue
+        if packet.type not in (SIO.EVENT, SIO.BINARY_EVENT) or packet.namespace != namespace:
+            continue
+        if packet.data[0] != name:
+            continue
+        attachments = [p for p, w in messages[i + 1 :] if w == way and isinstance(p, bytes)]
+        if len(attachments) < count:
+            return i, None
+        done = _complete(packet, attachments[:count])
+        return i, SocketIOEvent(name, list(done.data[1:]), namespace, way, packet.id)
+    return None

@@ -391,14 +391,17 @@ class _Session:
             self.endpoint.on_error(e)
 
     def malformed(self, e: ValueError, who: str = "client") -> None:
+        """A packet that breaks the protocol: logged with the route named, and the client is
+        disconnected (its WebSocket closed with 1002; a polling client gets a close packet)."""
         logger.warning(f"{self.label}: malformed packet from the {who}, disconnecting: {e}")
-        if self.server is not None and self.ws is not None:
-            self.closed = True
+        if self.ws is not None and (self.server is not None or self.transport == "websocket"):
             self.ws.close(code=1002, reason="malformed Socket.IO packet")
+            if self.server is not None:
+                self.closed = True
+                return
+            self.close("parse error", send_close=False)
             return
         self.close("parse error")
-        if self.ws is not None:
-            self.ws.close(code=1002, reason="malformed Socket.IO packet")
 
     # --- a WebSocket transport (mock) -------------------------------------------------------
 
@@ -579,6 +582,7 @@ class _Endpoint:
             pending = _intercepts.pop(sid, None)
             if pending is not None:
                 pending._session.ws = ws
+                pending._session.transport = "websocket"
                 pending._session.server = ws.connect_to_server()
                 _intercept(pending._session)
                 return
