@@ -26,7 +26,7 @@ from mitmproxy.proxy import events
 from mitmproxy.utils import asyncio_utils
 from mitmproxy.websocket import WebSocketData
 
-from . import handshake, harroute, layer, patches, webview
+from . import handshake, harroute, layer, patches, socketio_polling, webview
 from .addon_hooks import message_hooks
 from .cassettes import check_record_mode
 from .connection import (
@@ -356,6 +356,8 @@ class WsRoute:
         if flow.response or flow.error or not flow.live:
             return
         if not is_websocket_upgrade(flow.request) or not ctx.options.websocket:
+            if socketio_polling.is_polling(flow.request):  # a route_socket_io mock answers it
+                await socketio_polling.request(flow, self.router, self._socketio_error)
             return
         req = flow.request
         url = websocket_url(req.scheme, req.pretty_host, req.port, req.path)
@@ -462,7 +464,13 @@ class WsRoute:
         self._handler_failed(e, socket)
         socket.connection.receive_handler_error(e)
 
+    def _socketio_error(self, error: BaseException) -> None:
+        if self.on_handler_error is not None:
+            self.on_handler_error(error, None)
+
     def response(self, flow: http.HTTPFlow) -> None:
+        if "wsroute_socketio" in flow.metadata:  # an intercepted Socket.IO polling handshake
+            socketio_polling.response(flow)
         socket = layer.routed_socket(flow)
         if socket is None or flow.websocket is not None or flow.response is None:
             return

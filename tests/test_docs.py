@@ -12,6 +12,7 @@ build can fail: a broken link to a project file or to an anchor is an error.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import ssl
@@ -22,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -259,7 +261,56 @@ def test_flaky_feed_drops_the_client_under_latency(tmp_path: Path) -> None:
             assert ws.close_code == 1006  # dropped: no close frame
 
 
+def gql_run(proxy: WsRouteProxy, url: str, *requests: str, **kw: Any) -> list[Any]:
+    """Run GraphQL operations (``query`` or ``query|variables as JSON``) with gql through the
+    proxy (graphql-transport-ws), one after the other on one connection: their results."""
+    from tests.test_graphql_e2e import collect, transport
+
+    t = transport(url, proxy.url, ["graphql-transport-ws"], proxy.ca_cert, **kw)
+    parsed = [(q, json.loads(v or "{}")) for q, _, v in (r.partition("|") for r in requests)]
+    return asyncio.run(collect(t, *parsed))
+
+
+def check_graphql_mock(tmp_path: Path, server: EchoServer) -> None:
+    url = "wss://api.example.com/graphql"
+    prices = "subscription Prices($symbol: String!) { price(symbol: $symbol) { symbol value } }"
+    with WsRouteProxy(scripts=[script(tmp_path, "graphql-mock")]) as proxy:
+        token = {"init_payload": {"token": "secret"}}
+        acme = [{"price": {"symbol": "ACME", "value": v}} for v in (41, 42)]
+        me = {"me": {"name": "Ann"}}
+        assert gql_run(
+            proxy, url, prices + '|{"symbol": "ACME"}', "query Me { me { name } }", **token
+        ) == [acme, me]
+        with pytest.raises(Exception, match="no route for operation Other"):
+            gql_run(proxy, url, "query Other { other }", **token)
+        with pytest.raises(Exception):  # noqa: B017 - gql reports the 4403 its own way
+            gql_run(proxy, url, "query Me { me { name } }", init_payload={"token": "wrong"})
+        assert proxy.web_sockets[-1].wait_for_close().close_code == 4403
+        assert proxy.handler_errors == []
+
+
+def check_graphql_intercept(tmp_path: Path, server: EchoServer) -> None:
+    from tests.test_graphql_e2e import GraphQLServerThread
+
+    real = GraphQLServerThread()
+    try:
+        origin = real.url.removesuffix("/graphql")
+        path = script(tmp_path, "graphql-intercept", {"wss://api.example.com": origin})
+        with WsRouteProxy(scripts=[path]) as proxy:
+            count = 'subscription Count($to: Int!) { count(to: $to) }|{"to": 2}'
+            assert gql_run(proxy, real.url, count, "subscription News { news }") == [
+                [{"count": 10}, {"count": 20}],
+                [{"news": "real news"}],
+            ]
+            assert proxy.web_sockets[0].routed == "intercept"
+            assert proxy.handler_errors == []
+    finally:
+        real.stop()
+
+
 SCRIPT_CHECKS: dict[str, Callable[[Path, EchoServer], None]] = {
+    "graphql-mock": check_graphql_mock,
+    "graphql-intercept": check_graphql_intercept,
     "readme-mock": check_readme_mock,
     "readme-intercept": check_readme_intercept,
     "routes": check_routes,

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from mitm_wsroute.graphql_ws import Operation, OperationMatch
+from mitm_wsroute.socketio import SocketIOEvent
 from mitm_wsroute.urlmatch import URLMatch
 
 from ._base import DEFAULT_TIMEOUT, ProxyBase, SocketBase, ValueBox
@@ -54,6 +56,37 @@ class WebSocket(SocketBase):
     def wait_for_close(self, timeout: float = DEFAULT_TIMEOUT) -> WebSocket:
         """Wait until the client's socket is closed; returns this socket."""
         return self._record.hub.wait(*self._close_check(timeout), timeout)
+
+    def wait_for_operation(
+        self, name: OperationMatch, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> Operation:
+        """The first GraphQL operation the client started (``subscribe``, legacy ``start``)
+        after the one this wait returned last, already seen or still to come, named `name`
+        (or for which that predicate on the `Operation` is true).
+
+        Raises:
+            TimeoutError: none came within `timeout` seconds (it names the last messages).
+        """
+        return self._record.hub.wait(*self._operation_check(name, timeout), timeout)
+
+    def wait_for_event(
+        self,
+        name: str,
+        namespace: str = "/",
+        *,
+        direction: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> SocketIOEvent:
+        """The first Socket.IO event `name` in `namespace` on this socket after the one this
+        wait returned last, already seen or still to come: its `args` (binary attachments as
+        bytes), `direction` (``"sent"``: from the client) and ack `id`. A default client's
+        events before its upgrade went by HTTP long-polling and are not on the socket.
+
+        Raises:
+            TimeoutError: none came within `timeout` seconds (it names the last messages).
+        """
+        check = self._socketio_event_check(name, namespace, direction, timeout)
+        return self._record.hub.wait(*check, timeout)
 
     def on(self, event: str, callback: Callable[[Any], Any]) -> None:
         """Call `callback` for Playwright's events: ``"framesent"`` and ``"framereceived"``

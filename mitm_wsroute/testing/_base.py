@@ -12,8 +12,17 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 from mitm_wsroute.cassettes import FILTER_HEADERS, BeforeRecordMessage, Match, Order, RecordMode
+from mitm_wsroute.graphql_route import GraphQLHandler, graphql_route_handler
+from mitm_wsroute.graphql_ws import (
+    Operation,
+    OperationMatch,
+    operation_from_message,
+    operation_matcher,
+)
 from mitm_wsroute.route import WebSocketRoute
 from mitm_wsroute.router import RouteHandler
+from mitm_wsroute.socketio import SocketIOEvent, find_event
+from mitm_wsroute.socketio_route import SocketIOHandler, socket_io_registrar
 from mitm_wsroute.urlmatch import URLMatch
 
 from ._proxy import ProxyEngine
@@ -124,6 +133,50 @@ class SocketBase:
 
         return check, fail
 
+    def _operation_check(self, name: OperationMatch, timeout: float) -> Check[Operation]:
+        record, matches = self._record, operation_matcher(name)
+
+        def is_operation(payload: str | bytes) -> bool:
+            operation = operation_from_message(payload)
+            return operation is not None and matches(operation)
+
+        def check() -> Operation | None:
+            found = record.next_message(record.operation_cursor, is_operation, "sent")
+            if found is None:
+                return None
+            record.operation_cursor = found[0] + 1
+            return operation_from_message(found[1].payload)
+
+        def fail() -> str:
+            return f"no GraphQL operation {name!r} within {timeout} s on {record.describe()}"
+
+        return check, fail
+
+    def _socketio_event_check(
+        self, name: str, namespace: str, direction: str | None, timeout: float
+    ) -> Check[SocketIOEvent]:
+        check_direction(direction)
+        record = self._record
+
+        def check() -> SocketIOEvent | None:
+            start = max(record.event_cursor, record.forgotten)
+            messages = [
+                (m.payload, m.direction) for m in record.messages[start - record.forgotten :]
+            ]
+            found = find_event(messages, name, namespace, direction)
+            if found is None or found[1] is None:
+                return None
+            record.event_cursor = start + found[0] + 1
+            return found[1]
+
+        def fail() -> str:
+            return (
+                f"no Socket.IO event {name!r} in {namespace} within {timeout} s on "
+                f"{record.describe()}"
+            )
+
+        return check, fail
+
     def _close_check[S: SocketBase](self: S, timeout: float) -> Check[S]:
         record = self._record
 
@@ -217,6 +270,50 @@ class ProxyBase[S: SocketBase]:
             ValueError: `url` is an invalid glob.
         """
         return self._engine.route(url, handler)
+
+    def route_socket_io(
+        self,
+        url: URLMatch,
+        handler: SocketIOHandler | None = None,
+        *,
+        namespace: str = "/",
+        ping_interval: float = 25.0,
+        ping_timeout: float = 20.0,
+    ) -> Callable[[SocketIOHandler], SocketIOHandler] | None:
+        """Route the Socket.IO clients whose URL matches `url` to `handler`, as a route
+        script's `route_socket_io` does (mocks answer long-polling too); without `handler`, a
+        decorator. Callable from any thread."""
+        engine = self._engine
+        return socket_io_registrar(
+            url,
+            handler,
+            engine.base_url,
+            engine.wsroute.router.add,
+            namespace,
+            ping_interval,
+            ping_timeout,
+        )
+
+    def route_graphql_ws(
+        self, url: URLMatch, handler: GraphQLHandler | None = None
+    ) -> Callable[[GraphQLHandler], GraphQLHandler] | None:
+        """Route the GraphQL-over-WebSocket sockets whose URL matches `url` to `handler`, which
+        gets a `GraphQLWsRoute`, as a route script's `route_graphql_ws` does; without
+        `handler`, a decorator. Otherwise as `route_web_socket`.
+
+        Raises:
+            ValueError: `url` is an invalid glob.
+        """
+
+        def register(h: GraphQLHandler) -> GraphQLHandler:
+            self._engine.route(url, graphql_route_handler(h))
+            return h
+
+        if handler is None:
+            url_matcher(url, self._engine.base_url)  # an invalid glob raises here
+            return register
+        register(handler)
+        return None
 
     def route_from_har(
         self,

@@ -234,6 +234,10 @@ class SocketRecord:
     unmatched: list[str | bytes] = field(default_factory=list)
     #: `wait_for_message`'s cursor: the absolute position after the message it returned last.
     cursor: int = 0
+    #: `wait_for_event`'s cursor: the absolute position after the Socket.IO event it returned.
+    event_cursor: int = 0
+    #: `wait_for_operation`'s cursor: the position after the GraphQL operation it returned last.
+    operation_cursor: int = 0
     #: Callbacks per event, called on the proxy's thread.
     listeners: dict[str, list[Callable[[Any], None]]] = field(
         default_factory=lambda: {e: [] for e in EVENTS}

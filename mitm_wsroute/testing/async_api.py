@@ -22,6 +22,8 @@ from typing import Any
 
 from mitmproxy.utils import asyncio_utils
 
+from mitm_wsroute.graphql_ws import Operation, OperationMatch
+from mitm_wsroute.socketio import SocketIOEvent
 from mitm_wsroute.urlmatch import URLMatch
 
 from ._base import DEFAULT_TIMEOUT, ProxyBase, SocketBase, ValueBox
@@ -64,9 +66,28 @@ class WebSocket(SocketBase):
         check, fail = self._message_check(match, direction, timeout)
         return await self._record.hub.async_wait(check, fail, timeout)
 
+    async def wait_for_event(
+        self,
+        name: str,
+        namespace: str = "/",
+        *,
+        direction: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> SocketIOEvent:
+        """See `mitm_wsroute.testing.WebSocket.wait_for_event`."""
+        check = self._socketio_event_check(name, namespace, direction, timeout)
+        return await self._record.hub.async_wait(*check, timeout)
+
     async def wait_for_close(self, timeout: float = DEFAULT_TIMEOUT) -> WebSocket:
         """Wait until the client's socket is closed; returns this socket."""
         return await self._record.hub.async_wait(*self._close_check(timeout), timeout)
+
+    async def wait_for_operation(
+        self, name: OperationMatch, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> Operation:
+        """See `mitm_wsroute.testing.WebSocket.wait_for_operation`."""
+        check, fail = self._operation_check(name, timeout)
+        return await self._record.hub.async_wait(check, fail, timeout)
 
     def on(self, event: str, callback: Callable[[Any], Any]) -> None:
         """Call `callback` for ``"framesent"``/``"framereceived"`` (with the payload) and

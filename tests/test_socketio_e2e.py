@@ -1,0 +1,260 @@
+"""route_socket_io end to end: python-socketio's own clients (sync and asyncio, default transports
+and websocket-only, ws and wss) against a mock with no server anywhere, through WsRouteProxy and
+through a real mitmdump, and an intercept of python-socketio's own server with one event
+rewritten. Every wait is on an event; nothing sleeps to synchronise."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import requests
+import socketio
+from aiohttp import web
+from websockets.sync.client import connect
+
+from mitm_wsroute import SocketIORoute
+from mitm_wsroute.testing import WsRouteProxy
+
+TRANSPORTS = [
+    pytest.param(None, id="polling-then-upgrade"),
+    pytest.param(["websocket"], id="websocket-only"),
+]
+
+
+@pytest.fixture(scope="module")
+def proxy() -> Iterator[WsRouteProxy]:
+    with WsRouteProxy() as p:
+        yield p
+
+
+@pytest.fixture(autouse=True)
+def _reset(proxy: WsRouteProxy) -> Iterator[None]:
+    yield
+    proxy.reset()
+
+
+def sync_client(proxy_url: str, ca: Path) -> socketio.Client:
+    http = requests.Session()
+    http.trust_env = False  # REQUESTS_CA_BUNDLE would win over `verify`
+    http.proxies = {"http": proxy_url, "https": proxy_url}
+    http.verify = str(ca)
+    return socketio.Client(http_session=http, reconnection=False)
+
+
+def async_http(proxy: WsRouteProxy) -> aiohttp.ClientSession:
+    tls = ssl.create_default_context(cafile=str(proxy.ca_cert))
+    return aiohttp.ClientSession(proxy=proxy.url, connector=aiohttp.TCPConnector(ssl=tls))
+
+
+def async_client(http: aiohttp.ClientSession, proxy_url: str) -> socketio.AsyncClient:
+    # aiohttp's ws_connect does not take the session's proxy: given again for the WebSocket.
+    # wss: for ws:// aiohttp sends an absolute-form "GET ws://..." that mitmproxy refuses.
+    return socketio.AsyncClient(
+        http_session=http, reconnection=False, websocket_extra_options={"proxy": proxy_url}
+    )
+
+
+def chat_mock(sio: SocketIORoute) -> None:
+    sio.on("chat", lambda text: sio.emit("chat", f"echo {text}"))
+    sio.on("add", lambda a, b: a + b)
+    sio.on("reverse", lambda data: (data[::-1], len(data)))  # binary in, two ack values out
+    sio.on("ask", lambda: sio.emit("question", "name?", callback=lambda a: sio.emit("hello", a)))
+    sio.on("leave", lambda: sio.disconnect())
+    admin = sio.of("/admin")
+    admin.on_connect(lambda ns, auth: (auth or {}).get("token") == "secret")
+    admin.on("whoami", lambda: "admin")
+
+
+def run_chat(client: socketio.Client, url: str, transports: list[str] | None) -> None:
+    got: dict[str, threading.Event] = {}
+    seen: dict[str, list[Any]] = {}
+
+    def on(event: str, answer: Any = None) -> None:
+        got[event] = threading.Event()
+
+        def handler(*args: Any) -> Any:
+            seen[event] = list(args)
+            got[event].set()
+            return answer
+
+        client.on(event, handler)
+
+    on("chat")
+    on("question", answer="Ada")
+    on("hello")
+    client.connect(url, transports=transports, wait_timeout=10)
+    client.emit("chat", "hi")
+    assert got["chat"].wait(5) and seen["chat"] == ["echo hi"]
+    assert client.call("add", (2, 3), timeout=5) == 5
+    assert client.call("reverse", b"\x00\x01\x02", timeout=5) == (b"\x02\x01\x00", 3)
+    client.emit("ask")
+    assert got["hello"].wait(5) and seen["hello"] == ["Ada"]
+    client.disconnect()
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+@pytest.mark.parametrize("transports", TRANSPORTS)
+def test_sync_client_against_a_mock(
+    proxy: WsRouteProxy, transports: list[str] | None, scheme: str
+) -> None:
+    proxy.route_socket_io("**/socket.io/**", chat_mock)
+    client = sync_client(proxy.url, proxy.ca_cert)
+    run_chat(client, f"{scheme}://chat.example.com", transports)
+    sock = proxy.wait_for_web_socket("**/socket.io/**")
+    assert sock.routed == "mock"
+    assert sock.url.startswith("wss://" if scheme == "https" else "ws://")
+    if transports == ["websocket"]:  # else some events went by long-polling, before the upgrade
+        assert sock.wait_for_event("add", direction="sent").args == [2, 3]
+        assert sock.wait_for_event("reverse", direction="sent").args == [b"\x00\x01\x02"]
+    assert proxy.handler_errors == []
+
+
+async def test_asyncio_client_namespaces_and_heartbeats_over_wss(proxy: WsRouteProxy) -> None:
+    """Pings every 0.2 s: the client answers them (heartbeats never reach handlers) and stays;
+    a namespace with no handlers is refused, /admin checks the auth payload."""
+    events: list[str] = []
+
+    def handler(sio: SocketIORoute) -> None:
+        chat_mock(sio)
+        sio.on_disconnect(lambda ns, reason: events.append(f"{ns} {reason}"))
+        sio.on("pings?", lambda: events.count("ping"))
+
+    proxy.route_socket_io("wss://chat.example.com/socket.io/**", handler, ping_interval=0.2)
+    async with async_http(proxy) as http:
+        client = async_client(http, proxy.url)
+        pong = asyncio.Event()
+        client.on("chat", lambda text: pong.set())
+        await client.connect("https://chat.example.com", namespaces=["/"], wait_timeout=10)
+        for _ in range(3):  # each round trip spans pings answered in between
+            pong.clear()
+            await client.emit("chat", "x")
+            await asyncio.wait_for(pong.wait(), 5)
+        assert await client.call("add", (40, 2), timeout=5) == 42
+        assert client.transport() == "websocket"
+        await client.disconnect()
+    for namespaces, auth in ((["/nope"], None), (["/admin"], {"token": "wrong"})):
+        async with async_http(proxy) as http:
+            client = async_client(http, proxy.url)
+            with pytest.raises(socketio.exceptions.ConnectionError):
+                await client.connect(
+                    "https://chat.example.com", namespaces=namespaces, auth=auth, wait_timeout=5
+                )
+            await client.disconnect()
+    async with async_http(proxy) as http:
+        client = async_client(http, proxy.url)
+        await client.connect(
+            "https://chat.example.com",
+            namespaces=["/admin"],
+            auth={"token": "secret"},
+            transports=["websocket"],
+            wait_timeout=5,
+        )
+        assert await client.call("whoami", namespace="/admin", timeout=5) == "admin"
+        await client.disconnect()
+
+
+def test_route_script_mock_through_mitmdump(mitmdump: Any, tmp_path: Path) -> None:
+    proc = mitmdump(
+        "from mitm_wsroute import route_socket_io\n"
+        "from tests.test_socketio_e2e import chat_mock\n"
+        "route_socket_io('wss://chat.example.com/socket.io/**', chat_mock)\n"
+    )
+    for transports in (None, ["websocket"]):
+        client = sync_client(proc.proxy, proc.confdir / "mitmproxy-ca-cert.pem")
+        run_chat(client, "https://chat.example.com", transports)
+
+
+def test_malformed_packets_disconnect_the_client_only(
+    proxy: WsRouteProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy.route_socket_io("wss://chat.example.com/socket.io/**", chat_mock)
+    tls = ssl.create_default_context(cafile=str(proxy.ca_cert))
+    url = "wss://chat.example.com/socket.io/?EIO=4&transport=websocket"
+    for garbage in ("40", "42[1,2]", "9", '451-["x"]\x00'):
+        with connect(url, proxy=proxy.url, ssl=tls) as ws:
+            assert ws.recv(5).startswith('0{"sid":')
+            ws.send("40")
+            assert ws.recv(5).startswith('40{"sid":')
+            ws.send(garbage if garbage != "40" else '42["chat"')  # bad JSON
+            with pytest.raises(Exception):  # noqa: B017 - closed by the route
+                while True:
+                    ws.recv(5)
+        assert ws.close_code == 1002
+    assert "malformed packet from the client" in caplog.text
+    assert "chat_mock" in caplog.text  # the route is named
+    run_chat(sync_client(proxy.url, proxy.ca_cert), "https://chat.example.com", ["websocket"])
+
+
+# --- an intercept of python-socketio's own server ------------------------------------------
+
+
+@pytest.fixture
+def sio_server() -> Iterator[int]:
+    """python-socketio's own server (aiohttp) on 127.0.0.1, on a thread and loop of its own."""
+    server = socketio.AsyncServer(async_mode="aiohttp")
+    app = web.Application()
+    server.attach(app)
+
+    @server.on("chat")
+    async def chat(sid: str, text: str) -> None:
+        await server.emit("chat", f"server says {text}", to=sid)
+
+    @server.on("add")
+    async def add(sid: str, a: int, b: int) -> int:
+        return a + b
+
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app)
+    started: list[int] = []
+    ready = threading.Event()
+
+    async def start() -> None:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        started.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        ready.set()
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(start(), loop)
+    assert ready.wait(10)
+    yield started[0]
+    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+@pytest.mark.parametrize("transports", TRANSPORTS)
+def test_intercept_rewrites_one_server_event(
+    proxy: WsRouteProxy, sio_server: int, transports: list[str] | None
+) -> None:
+    def handler(sio: SocketIORoute) -> None:
+        server = sio.connect_to_server()
+        server.on("chat", lambda text: sio.emit("chat", text.upper()))  # the one rewrite
+
+    proxy.route_socket_io(f"ws://127.0.0.1:{sio_server}/socket.io/**", handler)
+    client = sync_client(proxy.url, proxy.ca_cert)
+    got: list[str] = []
+    chat = threading.Event()
+    client.on("chat", lambda text: (got.append(text), chat.set()))
+    client.connect(f"http://127.0.0.1:{sio_server}", transports=transports, wait_timeout=10)
+    upgraded = proxy.wait_for_web_socket("**/socket.io/**")
+    assert upgraded.routed == "intercept"
+    if transports is None:
+        # events are the route's from the upgrade on: wait until the client switched to it
+        upgraded.wait_for_message("5", direction="sent")
+    client.emit("chat", "hi")
+    assert chat.wait(5) and got == ["SERVER SAYS HI"]
+    assert client.call("add", (1, 2), timeout=5) == 3  # forwarded, its ack back
+    assert upgraded.wait_for_event("add", direction="sent").id is not None
+    client.disconnect()
+    assert proxy.handler_errors == []
