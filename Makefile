@@ -40,6 +40,14 @@ $(NODE_DEPS): examples/node/package-lock.json
 	cd examples/node && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# Real Socket.IO and GraphQL clients from npm for the tests (socket.io-client, graphql-ws,
+# subscriptions-transport-ws; pinned in tests/node/package-lock.json).
+TEST_NODE_DEPS := tests/node/node_modules/.package-lock.json
+$(TEST_NODE_DEPS): tests/node/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "error: the Node client tests need node and npm" >&2; exit 1; }
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
@@ -52,7 +60,7 @@ docs: $(STAMP)
 
 # The end-to-end tests run twice: as configured by default, and with mitmproxy's per-message
 # hooks off, where the layer reads and writes routed sockets itself.
-test: $(STAMP) chromium $(NODE_DEPS)
+test: $(STAMP) chromium $(NODE_DEPS) $(TEST_NODE_DEPS)
 	$(DOCS_BUILD)
 	$(PY) -m pytest
 	WSROUTE_TEST_MESSAGE_HOOKS=false $(PY) -m pytest tests/test_e2e_*.py tests/test_browser*.py
@@ -103,4 +111,4 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy --strict bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis examples/node/node_modules bench/mockttp/node_modules
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis examples/node/node_modules tests/node/node_modules bench/mockttp/node_modules

@@ -1,0 +1,239 @@
+"""route_socket_io with Node's socket.io-client v4 from npm (tests/node/socketio_chat.js, a chat
+client that knows nothing of the tests): default transports (long-polling, then the upgrade) and
+websocket-only, ws and wss, through WsRouteProxy and through mitmdump with a route script;
+against a mock with no server anywhere, and intercepting python-socketio's own server with one
+event rewritten. The client reads the proxy from HTTPS_PROXY and the CA from
+NODE_EXTRA_CA_CERTS (or its ``--ca`` option). `make test` installs the Node packages (pinned in
+tests/node/package-lock.json) with ``npm ci``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import socketio
+from aiohttp import web
+
+from mitm_wsroute import SocketIORoute
+from mitm_wsroute.testing import WsRouteProxy
+from tests.conftest import make_cert
+from tests.test_socketio_e2e import chat_mock
+
+CHAT = Path(__file__).resolve().parent / "node" / "socketio_chat.js"
+#: The client's own environment, without a proxy or CA the machine may have set.
+BASE_ENV = {
+    k: v
+    for k, v in os.environ.items()
+    if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+    and k != "NODE_EXTRA_CA_CERTS"
+}
+
+TRANSPORTS = [
+    pytest.param([], id="polling-then-upgrade"),
+    pytest.param(["--websocket-only"], id="websocket-only"),
+]
+#: What socketio_chat.js prints for its steps chat, add, reverse and ask against `chat_mock`.
+CHAT_LINES = [
+    "chat echo hi",
+    "add 5",
+    "reverse 020100 3",
+    "question name?",
+    "hello Ada",
+]
+
+
+def node_chat(url: str, env: dict[str, str], *args: str) -> list[str]:
+    """Run the Node chat client to the end (killed after 30 s); the lines it printed."""
+    out = subprocess.run(
+        ["node", str(CHAT), url, *args],
+        env={**BASE_ENV, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, f"stdout:\n{out.stdout}\nstderr:\n{out.stderr}"
+    return out.stdout.splitlines()
+
+
+def opened(transports: list[str]) -> str:
+    """The transport the client opens with."""
+    return "open websocket" if transports else "open polling"
+
+
+@pytest.fixture(scope="module")
+def proxy() -> Iterator[WsRouteProxy]:
+    with WsRouteProxy(options={"ssl_insecure": True}) as p:  # the TLS server's own certificate
+        yield p
+
+
+@pytest.fixture(autouse=True)
+def _reset(proxy: WsRouteProxy) -> Iterator[None]:
+    yield
+    proxy.reset()
+
+
+# --- a mock with no server anywhere -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+@pytest.mark.parametrize("transports", TRANSPORTS)
+def test_node_client_against_a_mock(
+    proxy: WsRouteProxy, transports: list[str], scheme: str
+) -> None:
+    proxy.route_socket_io("**/socket.io/**", chat_mock)
+    steps = ["--steps", "chat,add,reverse,ask,admin"]
+    lines = node_chat(f"{scheme}://chat.example.com", proxy.env, *transports, *steps)
+    assert lines == [
+        opened(transports),
+        "connect",
+        *CHAT_LINES,
+        "admin admin",  # /admin, on the same connection, with its auth token
+        "disconnect io client disconnect",
+    ]
+    sock = proxy.wait_for_web_socket("**/socket.io/**")
+    assert sock.routed == "mock"
+    assert sock.url.startswith("wss://" if scheme == "https" else "ws://chat.example.com/")
+    if transports:  # else the first events may have gone by long-polling, before the upgrade
+        assert sock.wait_for_event("add", direction="sent").args == [2, 3]
+        assert sock.wait_for_event("reverse", direction="sent").args == [b"\x00\x01\x02"]
+    assert sock.wait_for_event("whoami", "/admin", direction="sent").id is not None
+    assert proxy.handler_errors == []
+
+
+# --- an intercept of python-socketio's own server ---------------------------------------------
+
+
+class SocketIOServerThread:
+    """python-socketio's own server (aiohttp) on 127.0.0.1, plain or TLS, on a thread and loop
+    of its own: "chat" answers with a "chat" of its own, "add" and "reverse" by ack."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        server = socketio.AsyncServer(async_mode="aiohttp")
+        app = web.Application()
+        server.attach(app)
+
+        @server.on("chat")
+        async def chat(sid: str, text: str) -> None:
+            await server.emit("chat", f"server says {text}", to=sid)
+
+        @server.on("add")
+        async def add(sid: str, a: int, b: int) -> int:
+            return a + b
+
+        @server.on("reverse")
+        async def reverse(sid: str, data: bytes) -> tuple[bytes, int]:
+            return data[::-1], len(data)
+
+        self.server = server
+        self.loop = asyncio.new_event_loop()
+        self.runner = web.AppRunner(app)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+        async def start() -> int:
+            await self.runner.setup()
+            site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=tls)
+            await site.start()
+            return int(self.runner.addresses[0][1])
+
+        self.port = asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
+        # TLS: by name, since https-proxy-agent 9.1 checks an IP target's certificate against
+        # "localhost" (it drops the host and sends no SNI for an IP); the server is on 127.0.0.1
+        host = "localhost" if tls else "127.0.0.1"
+        self.url = f"{'https' if tls else 'http'}://{host}:{self.port}"
+
+    def stop(self) -> None:
+        async def stop() -> None:
+            await self.server.shutdown()  # its service task too
+            await self.runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def sio_server(tmp_path: Path) -> Iterator[Any]:
+    """``sio_server(tls=False)`` starts a python-socketio server; all are stopped after."""
+    servers: list[SocketIOServerThread] = []
+
+    def start(tls: bool = False) -> SocketIOServerThread:
+        context = None
+        if tls:
+            cert, key = make_cert(tmp_path)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(cert, key)
+        servers.append(SocketIOServerThread(context))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def shout(sio: SocketIORoute) -> None:
+    server = sio.connect_to_server()
+    server.on("chat", lambda text: sio.emit("chat", text.upper()))  # the one rewrite
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+@pytest.mark.parametrize("transports", TRANSPORTS)
+def test_node_client_intercept_rewrites_one_server_event(
+    proxy: WsRouteProxy, sio_server: Any, transports: list[str], tls: bool
+) -> None:
+    server = sio_server(tls)
+    proxy.route_socket_io("**/socket.io/**", shout)
+    # events are the route's from the upgrade on: a default client waits for it
+    args = [*transports, "--await-upgrade", "--steps", "chat,add,reverse"]
+    lines = node_chat(server.url, proxy.env, *args)
+    assert lines == [
+        opened(transports),
+        "connect",
+        "transport websocket",
+        "chat SERVER SAYS HI",  # rewritten
+        "add 5",  # forwarded, and its ack back
+        "reverse 020100 3",  # binary attachments both ways, two ack values
+        "disconnect io client disconnect",
+    ]
+    sock = proxy.wait_for_web_socket("**/socket.io/**")
+    assert sock.routed == "intercept"
+    assert sock.wait_for_event("chat", direction="received").args == ["SERVER SAYS HI"]
+    assert sock.wait_for_event("reverse", direction="sent").args == [b"\x00\x01\x02"]
+    assert proxy.handler_errors == []
+
+
+# --- through mitmdump and a route script ------------------------------------------------------
+
+SCRIPT = """
+from mitm_wsroute import route_socket_io
+from tests.test_socketio_e2e import chat_mock
+from tests.test_socketio_node import shout
+
+
+@route_socket_io("**/socket.io/**")
+def chat(sio):
+    if "127.0.0.1" in sio.url:
+        shout(sio)  # the real server
+    else:
+        chat_mock(sio)  # no server anywhere
+"""
+
+
+def test_route_script_mock_and_intercept_through_mitmdump(mitmdump: Any, sio_server: Any) -> None:
+    proc = mitmdump(SCRIPT)
+    ca = str(proc.confdir / "mitmproxy-ca-cert.pem")
+    env = {"HTTPS_PROXY": proc.proxy}  # the CA by --ca, not NODE_EXTRA_CA_CERTS
+    for transports in ([], ["--websocket-only"]):
+        lines = node_chat("https://chat.example.com", env, *transports, "--ca", ca)
+        assert lines == [opened(transports), "connect", *CHAT_LINES, lines[-1]]
+    server = sio_server()
+    args = ["--await-upgrade", "--steps", "chat,add"]
+    assert node_chat(server.url, env, *args)[3:5] == ["chat SERVER SAYS HI", "add 5"]
