@@ -38,6 +38,7 @@ from .connection import (
     RoutedConnection,
     State,
 )
+from .console_web import ConsoleAddon
 from .handshake import accept, is_websocket_upgrade, request_headers, requested_protocols
 from .route import WebSocketRoute
 from .router import Router
@@ -78,6 +79,10 @@ class WsRoute:
         self._updates_due: set[http.HTTPFlow] = set()
         self._proxyserver_addon: Any = None
         self._gc_decided = False  # ``wsroute_gc_freeze`` was read
+        #: The live console (``wsroute_console``), an addon of its own that mitmproxy calls
+        #: after this one: its ``request`` hook sees the route's decision.
+        self.console = ConsoleAddon()
+        self.addons = [self.console]
 
     def load(self, loader: Loader) -> None:
         webview.register()

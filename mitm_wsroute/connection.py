@@ -38,7 +38,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .headers import Headers, HeadersLike, header_fields
 
@@ -66,6 +66,7 @@ __all__ = [
     "Side",
     "StartCloseTimer",
     "State",
+    "Watcher",
     "Wire",
     "check_close",
     "check_latency",
@@ -362,6 +363,29 @@ class Owner:
     call_soon: Callable[..., object]
 
 
+class Watcher(Protocol):
+    """Watches one socket's messages and closes, and may hold a side's messages back (the live
+    console, `console.py`). Set as `RoutedConnection.watcher`; None (the default) costs one test
+    per message."""
+
+    def receive(self, side: Side, message: Message) -> Side | None:
+        """A message from a side, instead of the rules: decides with `RoutedConnection.deliver`
+        now, or holds it and hands it on later with `RoutedConnection.release`."""
+
+    def hold_close(self, side: Side, close: Close) -> bool:
+        """A side's peer closed: True to hold that close behind the messages of that side held
+        back (handed on later with `RoutedConnection.release_close`)."""
+
+    def sent(self, to: Side, message: Message) -> None:
+        """A route sent a message to a side."""
+
+    def closed(self, side: Side, close: Close) -> None:
+        """A side closed (as the route sees it)."""
+
+    def ended(self) -> None:
+        """The socket is over (`End`)."""
+
+
 @dataclass(slots=True)
 class _Handlers:
     message: MessageHandler | None = None
@@ -404,6 +428,8 @@ class RoutedConnection:
     owner: Owner | None = None
     #: The route that took the socket, for the log (``script.py:handler``).
     route: str = ""
+    #: The live console's view of this socket, when it watches (`Watcher`).
+    watcher: Watcher | None = None
     #: Bytes that may wait to be sent to one side (`buffered_amount`) before the side fails
     #: (`receive_overflow`); 0 for no limit.
     max_buffer: int = DEFAULT_MAX_BUFFER
@@ -528,6 +554,8 @@ class RoutedConnection:
         state = self.states[to]
         if state in (State.OPEN, State.CONNECTING):
             self._emit(Send(to, message))
+            if self.watcher is not None:
+                self.watcher.sent(to, message)
             pending = self._pending[to] = self._pending[to] + len(message)
             if pending > self.max_buffer > 0:
                 self.receive_overflow(to, pending + self.written(to))
@@ -617,6 +645,8 @@ class RoutedConnection:
         """
         if self.states[side] is not State.OPEN:
             return None
+        if self.watcher is not None:
+            return self.watcher.receive(side, message)
         on_message = self.handlers[side].message
         if on_message is not None:
             self._emit(CallHandler(on_message, (message,)))
@@ -624,6 +654,35 @@ class RoutedConnection:
         if self.states[side.other] is State.OPEN:
             return side.other
         return None  # a mock, or the other side is gone; Playwright drops it silently.
+
+    def deliver(self, side: Side, message: Message) -> Side | None:
+        """`receive_message`'s rules without the watcher: for the watcher itself."""
+        on_message = self.handlers[side].message
+        if on_message is not None:
+            self._emit(CallHandler(on_message, (message,)))
+            return None
+        if self.states[side.other] is State.OPEN:
+            return side.other
+        return None
+
+    def release(self, side: Side, message: Message) -> Side | None:
+        """A message from a side that the watcher held goes on now, by the same rules, as if it
+        had just arrived; one to forward is sent as a `Send`. Returns where it went, as
+        `receive_message`; None also when that side closed meanwhile (it is dropped)."""
+        if self.states[side] is not State.OPEN:
+            return None
+        to = self.deliver(side, message)
+        if to is not None:
+            self._emit(Send(to, message))
+            self._pending[to] += len(message)
+        return to
+
+    def release_close(self, side: Side, close: Close) -> None:
+        """A close from a side's peer that the watcher held (`Watcher.hold_close`) is handled
+        now, as `receive_close` would have."""
+        if self.states[side] is State.OPEN:
+            self._closed(side, close, by_peer=True)
+        self._advance()
 
     def receive_close(self, side: Side, code: int | None, reason: str | None) -> None:
         """A side's peer sent a close frame (``(None, None)`` if empty; the adapter answers it,
@@ -633,7 +692,9 @@ class RoutedConnection:
         if self.wires[side] in (Wire.OPEN, Wire.CLOSING):
             self.wires[side] = Wire.DONE
         if self.states[side] is State.OPEN:
-            self._closed(side, Close(code, reason if code is not None else None), by_peer=True)
+            close = Close(code, reason if code is not None else None)
+            if self.watcher is None or not self.watcher.hold_close(side, close):
+                self._closed(side, close, by_peer=True)
         self._advance()
 
     def receive_connection_lost(self, side: Side) -> None:
@@ -756,6 +817,8 @@ class RoutedConnection:
 
     def _closed(self, side: Side, close: Close, by_peer: bool) -> None:
         self.states[side] = State.CLOSED
+        if self.watcher is not None:
+            self.watcher.closed(side, close)
         if self.first_close is None:
             self.first_close = (by_peer and side is PAGE, close)
         on_close = self.handlers[side].close
@@ -806,3 +869,5 @@ class RoutedConnection:
         if wires[PAGE] is Wire.CLOSED:
             self.ended = True
             self._emit(End())
+            if self.watcher is not None:
+                self.watcher.ended()

@@ -84,19 +84,22 @@ def test_mistyped_option_is_an_error_naming_the_closest(tmp_path: Path) -> None:
     with taddons.context(Proxyserver()) as tctx:
         # As mitmdump does: --set first (unknown ones kept back), then the addon loads.
         tctx.options.set(
-            "wsroute_max_mesage_size=5", "wsroute_nothing_like_it=1", "other_addon=1", defer=True
+            "wsroute_max_mesage_size=5",
+            "wsroute_nothing_like_it_at_all=1",
+            "other_addon=1",
+            defer=True,
         )
         tctx.master.addons.add(a)
         with pytest.raises(exceptions.OptionsError) as e:
             tctx.configure(a)
         assert str(e.value) == (
             "Unknown option wsroute_max_mesage_size; did you mean wsroute_max_message_size? "
-            "Unknown option wsroute_nothing_like_it; mitmdump --options lists them all"
+            "Unknown option wsroute_nothing_like_it_at_all; mitmdump --options lists them all"
         )
         with pytest.raises(exceptions.OptionsError, match="wsroute_max_mesage_size"):
             a.running()  # a --set after the last configure
         del tctx.options.deferred["wsroute_max_mesage_size"]
-        del tctx.options.deferred["wsroute_nothing_like_it"]
+        del tctx.options.deferred["wsroute_nothing_like_it_at_all"]
         tctx.configure(a)  # another addon's option is not ours to refuse
         assert "other_addon" in tctx.options.deferred
 
