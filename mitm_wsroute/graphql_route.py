@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from .connection import Error
 from .graphql_ws import (
@@ -38,6 +38,9 @@ from .route import WebSocketRoute
 from .router import registrar, script_collector
 from .urlmatch import URLMatch, compile_url_match
 
+if TYPE_CHECKING:
+    import asyncio
+
 __all__ = ["GraphQLServerSide", "GraphQLWsRoute", "graphql_route_handler", "route_graphql_ws"]
 
 logger = logging.getLogger(__name__)
@@ -45,6 +48,9 @@ logger = logging.getLogger(__name__)
 #: Seconds between the legacy protocol's ``ka`` messages (Apollo's server sends one right
 #: after the ack, then on a timer).
 KEEP_ALIVE = 12.0
+#: Seconds a mock waits for a ``graphql-transport-ws`` client's ``connection_init`` before it
+#: closes with 4408, as the graphql-ws server's ``connectionInitWaitTimeout`` (3 s).
+CONNECTION_INIT_WAIT_TIMEOUT = 3.0
 
 type InitHook = Callable[[dict[str, Any]], Any]
 type SubscribeHandler = Callable[[Operation], Any]
@@ -91,6 +97,11 @@ class GraphQLWsRoute:
         self.protocol = pick_protocol(ws.protocols) or GRAPHQL_TRANSPORT_WS
         #: Seconds between legacy ``ka`` messages in a mock; None: only the one after the ack.
         self.keep_alive: float | None = KEEP_ALIVE
+        #: Seconds a mock on ``graphql-transport-ws`` waits for ``connection_init`` from the
+        #: socket's open before it closes with 4408 "Connection initialisation timeout" (3;
+        #: None or 0: waits for ever). The legacy protocol has no such rule; an intercept
+        #: leaves it to the server.
+        self.connection_init_wait_timeout: float | None = CONNECTION_INIT_WAIT_TIMEOUT
         self._name = name
         self._init: InitHook | None = None
         self._subscribe: list[tuple[Callable[[Operation], bool], SubscribeHandler]] = []
@@ -99,6 +110,7 @@ class GraphQLWsRoute:
         self._intercept: InterceptSession | None = None
         #: Operations whose handler should stop (the client completed them, or they ended).
         self._stopped: set[str] = set()
+        self._init_timer: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return f"<GraphQLWsRoute {self.protocol} {self.url}>"
@@ -142,6 +154,8 @@ class GraphQLWsRoute:
         ws = self.web_socket
         if self._server is None:
             ws.accept(protocol=self.protocol if self.protocol in ws.protocols else None)
+            if self.connection_init_wait_timeout and not self._session.legacy:
+                self._start_init_timer(self.connection_init_wait_timeout)
             # the socket's tasks (generators, keep-alive) are cancelled when it ends
             ws.on_message(self._mock_message)
             return
@@ -153,6 +167,20 @@ class GraphQLWsRoute:
         logger.warning(f"{self.url}: {self._name}: {violation.text}")
 
     # mock
+
+    def _start_init_timer(self, seconds: float) -> None:
+        import asyncio  # here: the package's import stays pure (see the module's docstring)
+
+        self._init_timer = asyncio.get_running_loop().call_later(
+            seconds, self._init_timed_out, seconds
+        )
+
+    def _init_timed_out(self, seconds: float) -> None:
+        self._init_timer = None
+        commands = self._session.init_timeout()
+        if commands:
+            logger.info(f"{self.url}: {self._name}: no connection_init within {seconds} s: 4408")
+        self._run(commands)
 
     def _mock_message(self, message: str | bytes) -> Awaitable[None] | None:
         return self._run(self._session.receive(message))
@@ -181,6 +209,9 @@ class GraphQLWsRoute:
         return waits[0] if len(waits) == 1 else _all(waits)
 
     def _check_init(self, payload: dict[str, Any]) -> Awaitable[None] | None:
+        if self._init_timer is not None:
+            self._init_timer.cancel()
+            self._init_timer = None
         if self._init is None:
             return self._acked(True)
         try:

@@ -55,6 +55,7 @@ BAD_REQUEST = 4400
 UNAUTHORIZED = 4401
 FORBIDDEN = 4403
 TOO_MANY_INITS = 4429
+INIT_TIMEOUT = 4408
 DUPLICATE_ID = 4409
 
 _NAME = re.compile(r"\b(?:query|mutation|subscription)\s+([_A-Za-z][_0-9A-Za-z]*)")
@@ -328,6 +329,14 @@ class GraphQLSession:
             # as Apollo's server does with keep-alive on: a first `ka` right after the ack
             return [Send({"type": "connection_ack"}), Send({"type": "ka"})]
         return [Send({"type": "connection_ack"})]
+
+    def init_timeout(self) -> list[Command]:
+        """The connection-initialisation timer ran out: on ``graphql-transport-ws``, a client
+        that sent no ``connection_init`` yet is closed with 4408 (one being checked counts as
+        sent, as in the graphql-ws server); the legacy protocol has no such rule."""
+        if self.legacy or self.state is not State.WAITING_INIT:
+            return []
+        return self._close(INIT_TIMEOUT, "Connection initialisation timeout")
 
     def keep_alive_due(self) -> bool:
         """Whether the legacy keep-alive timer should go on."""

@@ -150,6 +150,19 @@ def test_protocol_rules_of_graphql_transport_ws() -> None:
     ]
 
 
+def test_connection_init_timeout_closes_4408_on_graphql_transport_ws_only() -> None:
+    s = GraphQLSession(GRAPHQL_TRANSPORT_WS)
+    assert s.init_timeout() == [Close(4408, "Connection initialisation timeout")]
+    assert s.state is State.CLOSED
+    assert s.receive(msg(type="connection_init")) == []
+    s = GraphQLSession(GRAPHQL_TRANSPORT_WS)
+    s.receive(msg(type="connection_init"))  # being checked: counts as received
+    assert s.init_timeout() == []
+    assert s.init_done(True) == [Send({"type": "connection_ack"})]
+    assert ready(GRAPHQL_TRANSPORT_WS).init_timeout() == []
+    assert GraphQLSession(GRAPHQL_WS).init_timeout() == []  # the legacy protocol has no such rule
+
+
 @pytest.mark.parametrize(
     ("message", "why"),
     [

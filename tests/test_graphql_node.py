@@ -1,0 +1,229 @@
+"""route_graphql_ws with Node's GraphQL clients from npm (tests/node/graphql_client.js, a client
+that knows nothing of the tests): `graphql-ws` (graphql-transport-ws) and Apollo's legacy
+`subscriptions-transport-ws` (subprotocol graphql-ws), ws and wss, through WsRouteProxy and
+through mitmdump with a route script; against mocks with no server anywhere, and intercepting a
+real Strawberry server (plain and TLS) with one operation rewritten. Also graphql-transport-ws's
+4408 "Connection initialisation timeout" for a client whose ``connection_init`` comes late.
+The client reads the proxy from HTTPS_PROXY and the CA from NODE_EXTRA_CA_CERTS (or its
+``--ca`` option)."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import strawberry
+from aiohttp import web
+from strawberry.aiohttp.views import GraphQLView
+
+from mitm_wsroute import GraphQLWsRoute
+from mitm_wsroute.graphql_route import CONNECTION_INIT_WAIT_TIMEOUT
+from mitm_wsroute.testing import WsRouteProxy
+from tests.conftest import make_cert
+from tests.test_graphql_e2e import Query, Subscription, mock_api, rewrite_api
+from tests.test_socketio_node import BASE_ENV
+
+CLIENT = Path(__file__).resolve().parent / "node" / "graphql_client.js"
+CLIENTS = ["graphql-ws", "subscriptions-transport-ws"]
+PROTOCOL = {"graphql-ws": "graphql-transport-ws", "subscriptions-transport-ws": "graphql-ws"}
+COUNTED = ['count {"count":1}', 'count {"count":2}', 'count {"count":3}', "count complete"]
+
+
+def node_client(url: str, env: dict[str, str], client: str, *args: str) -> list[str]:
+    """Run the Node GraphQL client to the end (killed after 30 s); the lines it printed."""
+    out = subprocess.run(
+        ["node", str(CLIENT), url, "--client", client, *args],
+        env={**BASE_ENV, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, f"stdout:\n{out.stdout}\nstderr:\n{out.stderr}"
+    return out.stdout.splitlines()
+
+
+def results(lines: list[str]) -> list[str]:
+    """The operations' lines, without the socket's close (a client's own close races the
+    legacy mock's answer to its connection_terminate: 1000 or an empty 1005)."""
+    return [line for line in lines if not line.startswith("closed ")]
+
+
+@pytest.fixture(scope="module")
+def proxy() -> Iterator[WsRouteProxy]:
+    with WsRouteProxy(options={"ssl_insecure": True}) as p:  # the TLS server's own certificate
+        yield p
+
+
+@pytest.fixture(autouse=True)
+def _reset(proxy: WsRouteProxy) -> Iterator[None]:
+    yield
+    proxy.reset()
+
+
+# --- mocks with no server anywhere ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+@pytest.mark.parametrize("client", CLIENTS)
+def test_node_client_against_a_mock(proxy: WsRouteProxy, client: str, scheme: str) -> None:
+    proxy.route_graphql_ws("**/graphql", mock_api)
+    url = f"{scheme}://api.example.com/graphql"
+    lines = node_client(url, proxy.env, client, "--token", "secret", "--ops", "count,hello")
+    assert results(lines) == [*COUNTED, 'hello {"hello":"ann"}', "hello complete"]
+    assert len(lines) == 7  # one socket for both operations
+    sock = proxy.wait_for_web_socket("**/graphql")
+    assert (sock.routed, sock.protocol) == ("mock", PROTOCOL[client])
+    assert sock.wait_for_operation("Count").variables == {"to": 3}
+    assert sock.wait_for_operation("Hello").variables == {"name": "ann"}
+    assert proxy.handler_errors == []
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_node_client_refused_at_connection_init(proxy: WsRouteProxy, client: str) -> None:
+    proxy.route_graphql_ws("**/graphql", mock_api)
+    lines = node_client("wss://api.example.com/graphql", proxy.env, client,
+                        "--token", "wrong", "--ops", "count")  # fmt: skip
+    if client == "graphql-ws":
+        assert lines == ["closed 4403 Forbidden", "count error Forbidden"]
+    else:  # the legacy client reports the connection_error; the operation never ends
+        assert lines == ["connection_error Forbidden", "closed 4403 Forbidden"]
+
+
+def test_node_client_too_slow_to_initialise_gets_4408(proxy: WsRouteProxy) -> None:
+    """graphql-ws's client sends connection_init once its connectionParams resolve: 1 s here,
+    past the route's connection_init_wait_timeout."""
+
+    def api(gql: GraphQLWsRoute) -> None:
+        assert gql.connection_init_wait_timeout == CONNECTION_INIT_WAIT_TIMEOUT == 3.0
+        gql.connection_init_wait_timeout = 0.2
+        mock_api(gql)
+
+    proxy.route_graphql_ws("**/graphql", api)
+    url = "ws://api.example.com/graphql"
+    args = ["--token", "secret", "--init-delay", "1000", "--ops", "count"]
+    assert node_client(url, proxy.env, "graphql-ws", *args) == [
+        "closed 4408 Connection initialisation timeout",
+        "count error Connection initialisation timeout",
+    ]
+    sock = proxy.wait_for_web_socket("**/graphql")
+    sock.wait_for_close()
+    assert (sock.close_code, sock.messages) == (4408, [])
+    # in time: served; the legacy protocol has no such timeout
+    args[3] = "100"
+    assert results(node_client(url, proxy.env, "graphql-ws", *args)) == COUNTED
+    assert results(node_client(url, proxy.env, "subscriptions-transport-ws", *args)) == COUNTED
+
+
+# --- an intercept of a real Strawberry server ------------------------------------------------
+
+
+class StrawberryThread:
+    """The Strawberry server of test_graphql_e2e (both protocols) on 127.0.0.1, plain or TLS,
+    on a thread and loop of its own."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        schema = strawberry.Schema(query=Query, subscription=Subscription)
+        app = web.Application()
+        app.router.add_route("*", "/graphql", GraphQLView(schema=schema))
+        self.runner = web.AppRunner(app)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+        async def start() -> int:
+            await self.runner.setup()
+            await web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=tls).start()
+            return int(self.runner.addresses[0][1])
+
+        port = asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
+        # TLS: by name, since https-proxy-agent 9.1 checks an IP target's certificate against
+        # "localhost" (it sends no SNI for an IP); the server is on 127.0.0.1 all the same
+        self.url = f"wss://localhost:{port}/graphql" if tls else f"ws://127.0.0.1:{port}/graphql"
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def graphql_server(tmp_path: Path) -> Iterator[Any]:
+    """``graphql_server(tls=False)`` starts a Strawberry server; all are stopped after."""
+    servers: list[StrawberryThread] = []
+
+    def start(tls: bool = False) -> StrawberryThread:
+        context = None
+        if tls:
+            cert, key = make_cert(tmp_path)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(cert, key)
+        servers.append(StrawberryThread(context))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+@pytest.mark.parametrize("client", CLIENTS)
+def test_node_client_intercept_rewrites_one_operation(
+    proxy: WsRouteProxy, graphql_server: Any, client: str, tls: bool
+) -> None:
+    server = graphql_server(tls)
+    proxy.route_graphql_ws("**/graphql", rewrite_api)  # Count's results times ten
+    # Strawberry serves queries over the legacy protocol's socket only to subscriptions
+    ops = "count,news,hello" if client == "graphql-ws" else "count,news"
+    lines = node_client(server.url, proxy.env, client, "--ops", ops)
+    assert results(lines) == [
+        'count {"count":10}',
+        'count {"count":20}',
+        'count {"count":30}',
+        "count complete",
+        'news {"news":"real news"}',  # forwarded unchanged
+        "news complete",
+        *(['hello {"hello":"hello ann"}', "hello complete"] if client == "graphql-ws" else []),
+    ]
+    sock = proxy.wait_for_web_socket("**/graphql")
+    assert (sock.routed, sock.protocol) == ("intercept", PROTOCOL[client])
+    assert sock.wait_for_operation("News").operation_name == "News"
+    assert proxy.handler_errors == []
+
+
+# --- through mitmdump and a route script ------------------------------------------------------
+
+SCRIPT = """
+from mitm_wsroute import route_graphql_ws
+from tests.test_graphql_e2e import mock_api, rewrite_api
+
+
+@route_graphql_ws("**/graphql")
+def api(gql):
+    if "127.0.0.1" in gql.url:
+        rewrite_api(gql)  # the real server
+    else:
+        mock_api(gql)  # no server anywhere
+"""
+
+
+def test_route_script_mock_and_intercept_through_mitmdump(
+    mitmdump: Any, graphql_server: Any
+) -> None:
+    proc = mitmdump(SCRIPT)
+    ca = str(proc.confdir / "mitmproxy-ca-cert.pem")
+    env = {"HTTPS_PROXY": proc.proxy}  # the CA by --ca, not NODE_EXTRA_CA_CERTS
+    mock = "wss://api.example.com/graphql"
+    for client in CLIENTS:
+        lines = node_client(mock, env, client, "--ca", ca, "--token", "secret", "--ops", "count")
+        assert results(lines) == COUNTED
+    server = graphql_server()
+    for client in CLIENTS:
+        lines = node_client(server.url, env, client, "--ops", "count")
+        assert results(lines) == [line.replace("}", "0}") for line in COUNTED]  # x 10
