@@ -1,7 +1,8 @@
 """The `mitm-wsroute` command: mitmdump (or mitmweb) with the addon and the given route scripts.
 
     mitm-wsroute [SCRIPT ...] [-p PORT] [--listen-host H] [--mode MODE] [--web]
-                 [--har FILE [--har-url GLOB] [--har-update]] [-- any mitmdump/mitmweb argument]
+                 [--har FILE [--har-url GLOB] [--har-update]] [--console [HOST:PORT]]
+                 [-- any mitmdump/mitmweb argument]
     mitm-wsroute --addon-path
 
 Unlike mitmdump, it listens on 127.0.0.1 only, unless ``--listen-host`` (or a ``listen_host``
@@ -32,6 +33,8 @@ HERE = Path(__file__).resolve().parent
 ADDON_PATH = HERE / "wsroute_addon.py"
 #: Where the command listens unless told otherwise: this machine only, not its network.
 DEFAULT_LISTEN_HOST = "127.0.0.1"
+#: Where ``--console`` serves the live console unless told otherwise.
+DEFAULT_CONSOLE = "127.0.0.1:8082"
 
 
 class Announce:
@@ -46,6 +49,9 @@ class Announce:
             host = f"[{host}]" if ":" in host else host
             # The command's own output, for the user (not a log line).
             print(f"mitm-wsroute: proxy at http://{host}:{port}, CA certificate {ca}", flush=True)
+        console = ctx.master.addons.get("wsroute_console")
+        if console is not None and console.url is not None:
+            print(f"mitm-wsroute: console at {console.url}", flush=True)
 
 
 class _StartupErrors(errorcheck.ErrorCheck):
@@ -106,6 +112,14 @@ def _parser() -> argparse.ArgumentParser:
         "all records",
     )
     p.add_argument(
+        "--console",
+        nargs="?",
+        const=DEFAULT_CONSOLE,
+        metavar="HOST:PORT",
+        help=f"serve the live console (watch, pause, edit, inject) at HOST:PORT "
+        f"({DEFAULT_CONSOLE}); its URL, with its token, is printed",
+    )
+    p.add_argument(
         "--addon-path", action="store_true", help="print the path of the addon script and exit"
     )
     return p
@@ -132,6 +146,8 @@ def mitmproxy_args(ns: argparse.Namespace, rest: Sequence[str]) -> list[str]:
             args += ["--set", "wsroute_har_update=true"]
     if ns.record_mode:
         args += ["--set", f"wsroute_record_mode={ns.record_mode}"]
+    if ns.console:
+        args += ["--set", f"wsroute_console={ns.console}"]
     return [*args, *rest]
 
 

@@ -214,3 +214,43 @@ def test_record_mode_is_checked_and_passed_on(tmp_path: Path) -> None:
     assert mitmproxy_args(ns, [])[-2:] == ["--set", "wsroute_record_mode=new_episodes"]
     out = subprocess.run([COMMAND, "--record-mode", "sometimes"], capture_output=True, text=True)
     assert out.returncode == 2 and "invalid choice: 'sometimes'" in out.stderr
+
+
+def test_console_option_is_passed_on() -> None:
+    assert args_for("--console")[-2:] == ["--set", "wsroute_console=127.0.0.1:8082"]
+    assert args_for("--console", "127.0.0.1:0")[-2:] == ["--set", "wsroute_console=127.0.0.1:0"]
+    assert "wsroute_console" not in " ".join(args_for())
+
+
+def test_console_url_is_printed_and_needs_its_token(routes: Path, tmp_path: Path) -> None:
+    import json
+    import urllib.error
+    import urllib.request
+
+    proc = subprocess.Popen(
+        [COMMAND, str(routes), "-p", "0", "--console", "127.0.0.1:0",
+         "--", "--set", f"confdir={tmp_path}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if m := re.search(
+                r"mitm-wsroute: console at (http://127\.0\.0\.1:\d+)/\?token=(\S+)", line
+            ):
+                break
+        else:
+            raise AssertionError(f"no console line; exit code {proc.wait()}")
+        base, token = m.groups()
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        request = urllib.request.Request(
+            base + "/api/sockets", headers={"Authorization": f"Bearer {token}"}
+        )
+        with opener.open(request, timeout=10) as response:
+            assert json.load(response) == []
+        with pytest.raises(urllib.error.HTTPError) as e:
+            opener.open(base + "/api/sockets", timeout=10)
+        assert e.value.code == 401
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
