@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from . import router
 from .cassettes import (
@@ -194,6 +194,34 @@ class UnmatchedMessageError(Exception):
     """A replayed client message matched nothing recorded (``record_mode="none"``)."""
 
 
+class Server(Protocol):
+    """The server side of a `new_episodes` socket (`mitm_wsroute.upstream.Upstream`)."""
+
+    @property
+    def opened(self) -> Awaitable[None] | None:
+        """Done once it is open (None: at once); fails if it cannot be reached."""
+
+    def send(self, message: Message) -> None: ...
+    def close(self, code: int | None, reason: str | None) -> None: ...
+
+
+#: Makes a `Server` for a socket: `(ws, on_message, on_close)`.
+Connect = Callable[
+    ["WebSocketRoute", Callable[[Message], None], Callable[[int | None, str | None], None]],
+    Server,
+]
+
+
+def _connect_upstream(
+    ws: WebSocketRoute,
+    on_message: Callable[[Message], None],
+    on_close: Callable[[int | None, str | None], None],
+) -> Server:
+    from .upstream import Upstream  # here: it imports asyncio and python-websockets
+
+    return Upstream(ws, on_message, on_close)
+
+
 class Cassette:
     """One `route_from_har` call: its `routes`, and what they played.
 
@@ -208,6 +236,9 @@ class Cassette:
     Raises:
         ValueError: as `route_from_har`.
     """
+
+    #: How a `new_episodes` socket reaches its server (the tests put a fake here).
+    connect: Connect = staticmethod(_connect_upstream)
 
     def __init__(
         self,
@@ -344,22 +375,24 @@ class Cassette:
             conversation, self.timing, self.match, self.order, self.repeats, played=played
         )
         out = _Sender(ws, self.timing == "recorded", player)
-        episode = None if self.recorder is None else _Episode(ws, player, self.recorder)
+        episode = None
+        if self.recorder is not None:
+            episode = _Episode(ws, player, self.recorder, self.connect)
 
-        def on_message(message: str | bytes) -> None:
+        def on_message(message: str | bytes) -> Awaitable[None] | None:
             message = exact(message)
             key = self.filters.message("send", message)
             if key is None:
-                return  # skipped by before_record_message: never recorded, never matched
+                return None  # skipped by before_record_message: never recorded, never matched
             steps = player.receive(key)
             if steps is not None:
                 out.run(steps)
-            elif episode is not None:
-                episode.forward(message, key)
-            else:
-                if on_unmatched is not None:
-                    on_unmatched(ws, message)
-                raise UnmatchedMessageError(self._unmatched(ws.url, key, player))
+                return None
+            if episode is not None:
+                return episode.forward(message, key)
+            if on_unmatched is not None:
+                on_unmatched(ws, message)
+            raise UnmatchedMessageError(self._unmatched(ws.url, key, player))
 
         def on_close(code: int | None, reason: str | None) -> None:
             out.cancel()
@@ -369,7 +402,7 @@ class Cassette:
         ws.on_message(on_message)
         ws.on_close(on_close)
         protocol = conversation.protocol
-        if episode is None and protocol and protocol in ws.protocols:
+        if protocol and protocol in ws.protocols:
             if protocol != ws.protocols[0]:
                 ws.accept(protocol=protocol)  # the subprotocol the recorded server chose
         out.run(player.open())
@@ -431,29 +464,21 @@ class _Sender:
 
 
 class _Episode:
-    """``record_mode="new_episodes"``: a replayed socket that is connected upstream too, whose
-    server is held back until the first client message that matches nothing recorded. From
-    then on unmatched client messages go to the server, the server's messages to the client,
-    and both into a recording that grows the replayed entry, each after the recorded message
-    the replay got to (`Replay.last`), with times on the entry's clock.
-
-    proxy: the upstream is connected when the socket opens, not at that first message: a
-    route connects only in its handler, before the client's handshake is answered. What the
-    server sent before that message (its greeting; at most `HELD` messages) is passed on and
-    recorded right after it, as if it had connected then.
+    """``record_mode="new_episodes"``: a replayed socket whose server is connected at the first
+    client message that matches nothing recorded (`mitm_wsroute.upstream`; never, if every
+    message matches). From then on unmatched client messages go to the server, the server's
+    messages to the client, and both into a recording that grows the replayed entry, each
+    after the recorded message the replay got to (`Replay.last`), with times on the entry's
+    clock.
     """
 
-    HELD = 1000
-
-    def __init__(self, ws: WebSocketRoute, player: Replay, recorder: HarRecorder) -> None:
-        self.ws, self.player, self.recorder = ws, player, recorder
-        self.server = ws.connect_to_server()
+    def __init__(
+        self, ws: WebSocketRoute, player: Replay, recorder: HarRecorder, connect: Connect
+    ) -> None:
+        self.ws, self.player, self.recorder, self.connect = ws, player, recorder, connect
         self.recording = recorder.start(ws, base=player.conversation)
-        self.live = False
-        self.held: list[Message] = []  # from the server, before the first new message
+        self.server: Server | None = None
         self._mark = (-2, 0.0)  # (player.last, when it was reached)
-        self.server.on_message(self.from_server)
-        self.server.on_close(self.server_closed)
 
     def _now(self) -> float:
         """Now, on the entry's clock: the time of the message the replay got to, plus the
@@ -465,41 +490,39 @@ class _Episode:
         base = times[last] if last >= 0 else (self.player.conversation.started or now)
         return base + (now - self._mark[1])
 
-    def forward(self, message: Message, key: Message) -> None:
-        """An unmatched client message: to the server, and recorded as `key`."""
+    def forward(self, message: Message, key: Message) -> Awaitable[None] | None:
+        """An unmatched client message: to the server, and recorded as `key`. The first
+        connects the server, and returns what the message handler waits for: the connection
+        open, or the error (a handler error) if the server cannot be reached."""
         self.recording.message(True, key, self._now(), self.player.last)
+        opened = None
+        if self.server is None:
+            self.server = self.connect(self.ws, self.from_server, self.server_closed)
+            opened = self.server.opened
         self.server.send(message)
-        if not self.live:
-            self.live = True
-            for held in self.held:
-                self.from_server(held)
-            self.held = []
+        return opened
 
     def from_server(self, message: str | bytes) -> None:
-        if not self.live:  # the replay answers until the first unmatched message
-            if len(self.held) < self.HELD:
-                self.held.append(exact(message))
-            return
         key = self.recorder.filters.message("receive", exact(message))
         if key is not None:
             self.recording.message(False, key, self._now(), self.player.last)
         self.ws.send(message)
 
     def server_closed(self, code: int | None, reason: str | None) -> None:
-        if not self.live:
-            return  # the replay goes on without the server
+        """The server closed, went away (1006) or could not be reached (1011): the client
+        is closed alike."""
         if self.recording.closed(code, reason, "server", self._now()):
             self.recorder.writer.write_soon(self.recording)
         _close(self.ws, code, reason)
 
     def client_closed(self, code: int | None, reason: str | None) -> None:
+        if self.server is None:
+            return  # nothing new: the entry stays as it was
         first = self.ws._connection.first_close
         by_client = first is None or first[0]
         if by_client:
-            _close(self.server, code, reason)
-        if self.live and self.recording.closed(
-            code, reason, "client" if by_client else "server", self._now()
-        ):
+            self.server.close(code, reason)
+        if self.recording.closed(code, reason, "client" if by_client else "server", self._now()):
             self.recorder.writer.write_soon(self.recording)
 
 

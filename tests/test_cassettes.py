@@ -319,27 +319,55 @@ def test_filters_apply_before_writing_and_before_matching(tmp_path: Path) -> Non
     assert run(c) == [Send(PAGE, "ok")]
 
 
-def test_new_episodes_grow_the_entry_and_record_new_sockets_whole(chat: Path) -> None:
+class FakeServer:
+    """A `new_episodes` socket's late server (`Cassette.connect`), driven by the test."""
+
+    made: list[FakeServer]
+    opened = None
+
+    def __init__(self, ws: Any, on_message: Any, on_close: Any) -> None:
+        self.ws, self.on_message, self.on_close = ws, on_message, on_close
+        self.got: list[Any] = []
+        FakeServer.made.append(self)
+
+    def send(self, message: Any) -> None:
+        self.got.append(message)
+
+    def close(self, code: int | None, reason: str | None) -> None:
+        self.got.append(("close", code, reason))
+
+
+@pytest.fixture
+def servers(monkeypatch: pytest.MonkeyPatch) -> list[FakeServer]:
+    FakeServer.made = []
+    monkeypatch.setattr(Cassette, "connect", FakeServer)
+    return FakeServer.made
+
+
+def test_new_episodes_grow_the_entry_and_record_new_sockets_whole(
+    chat: Path, servers: list[FakeServer]
+) -> None:
     cassette = Cassette(chat, record_mode="new_episodes")
     [route] = cassette.routes
     c, out = route_socket(route.handler)
-    assert c.states[SERVER] is State.OPEN and out == [Send(PAGE, "welcome")]
-    c.receive_message(SERVER, "live welcome")  # held back until something is new
+    assert c.states[SERVER] is State.NONE and out == [Send(PAGE, "welcome")]  # a mock
     c.receive_message(PAGE, '{"op": "join", "room": 1}')
-    assert run(c) == [Send(PAGE, "joined")]
+    assert run(c) == [Send(PAGE, "joined")] and servers == []  # all matched: no server
     c.receive_message(PAGE, "news?")
-    c.receive_message(SERVER, "news!")
+    assert run(c) == []
+    [server] = servers  # connected at the first new message
+    server.on_message("live welcome")
+    c.receive_message(PAGE, "more?")
+    assert run(c) == [Send(PAGE, "live welcome")]
+    server.on_message("news!")
     c.receive_message(PAGE, "bye")  # matched: replayed, not forwarded
-    assert run(c) == [
-        Send(SERVER, "news?"),
-        Send(PAGE, "live welcome"),
-        Send(PAGE, "news!"),
-        Send(PAGE, "ciao"),
-    ]
+    assert run(c) == [Send(PAGE, "news!"), Send(PAGE, "ciao")]
     c.receive_close(PAGE, 1000, "done")
-    assert run(c) == [CloseSide(SERVER, Close(1000, "done"))]
+    run(c)
+    assert server.got == ["news?", "more?", ("close", 1000, "done")] and len(servers) == 1
 
-    second, _ = route_socket(route.handler)  # no second entry: recorded whole
+    second, _ = route_socket(route.handler)  # no second entry: recorded whole (intercept)
+    assert second.states[SERVER] is State.OPEN
     second.receive_message(SERVER, "fresh")
     run(second)
     cassette.close()
@@ -347,7 +375,7 @@ def test_new_episodes_grow_the_entry_and_record_new_sockets_whole(chat: Path) ->
     first, whole = loaded.entries("wss://h/ws")
     assert [(s, d) for s, _, d in first.messages()] == [
         (S, "welcome"), (C, '{"op": "join", "room": 1}'), (S, "joined"), (C, "news?"),
-        (S, "live welcome"), (S, "news!"), (C, "bye"), (S, "ciao"),
+        (S, "live welcome"), (C, "more?"), (S, "news!"), (C, "bye"), (S, "ciao"),
     ]  # fmt: skip
     assert first.close is not None and (first.close.code, first.close.by) == (1000, "client")
     assert first.index == 0 and [d for _, _, d in whole.messages()] == ["fresh"]
@@ -355,7 +383,21 @@ def test_new_episodes_grow_the_entry_and_record_new_sockets_whole(chat: Path) ->
     assert first.times[3] >= first.times[2]  # on the entry's clock
 
 
-def test_new_episodes_without_anything_new_leave_the_file_alone(chat: Path) -> None:
+def test_new_episodes_server_close_and_unreachable_server_close_the_client(
+    chat: Path, servers: list[FakeServer]
+) -> None:
+    for code, reason in ((4001, "gone"), (1011, "new_episodes: the server could not be reached")):
+        cassette = Cassette(chat, record_mode="new_episodes")
+        c, _ = route_socket(cassette.routes[0].handler)
+        c.receive_message(PAGE, f"new {code}")  # (the first grows the entry: matched next time)
+        run(c)
+        servers[-1].on_close(code, reason)
+        assert run(c) == [CloseSide(PAGE, Close(code, reason))]
+
+
+def test_new_episodes_without_anything_new_leave_the_file_alone(
+    chat: Path, servers: list[FakeServer]
+) -> None:
     before = chat.read_text()
     cassette = Cassette(chat, record_mode="new_episodes")
     c, _ = route_socket(cassette.routes[0].handler)
@@ -363,7 +405,7 @@ def test_new_episodes_without_anything_new_leave_the_file_alone(chat: Path) -> N
     c.receive_close(PAGE, 1000, "")
     run(c)
     cassette.close()
-    assert chat.read_text() == before
+    assert chat.read_text() == before and servers == []  # the server was never connected
 
 
 def test_recording_grows_in_place_in_the_file(tmp_path: Path) -> None:

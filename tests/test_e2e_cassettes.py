@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 from websockets.sync.server import ServerConnection, serve
 
 from mitm_wsroute.harroute import UnmatchedMessageError
 from mitm_wsroute.testing import WsRouteProxy
+from mitm_wsroute.upstream import UpstreamError
 from tests.conftest import make_cert
 
 
@@ -41,7 +43,13 @@ class Server:
             cert, key = make_cert(tls_dir)
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(cert, key)
-        self.server = serve(app, "127.0.0.1", 0, ssl=context)
+        self.requests: list[Any] = []  # each connection's upgrade request
+
+        def handler(ws: ServerConnection) -> None:
+            self.requests.append(ws.request)
+            app(ws)
+
+        self.server = serve(handler, "127.0.0.1", 0, ssl=context)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
         port = self.server.socket.getsockname()[1]
@@ -59,8 +67,8 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
     s.stop()
 
 
-def talk(proxy: WsRouteProxy, url: str) -> ClientConnection:
-    kwargs: dict[str, Any] = {"proxy": proxy.url, "open_timeout": 5}
+def talk(proxy: WsRouteProxy, url: str, **more: Any) -> ClientConnection:
+    kwargs: dict[str, Any] = {"proxy": proxy.url, "open_timeout": 5, **more}
     if url.startswith("wss:"):
         kwargs["ssl"] = ssl.create_default_context(cafile=str(proxy.ca_cert))
     return connect(url, **kwargs)
@@ -121,31 +129,68 @@ def test_record_filtered_then_replay_without_the_server(server: Server, tmp_path
         assert "Closest recorded client messages: " in str(error)
 
 
-def test_new_episodes_record_what_is_new_then_replay_it_all(tmp_path: Path) -> None:
+def test_new_episodes_connect_the_server_at_the_first_new_message(
+    server: Server, tmp_path: Path
+) -> None:
+    """Recorded once; then a socket whose messages all match never reaches the server, and
+    one with a new message connects it then (with the client's cookie and subprotocol),
+    records what it said, and the grown entry replays it all with the server gone."""
     har = tmp_path / "chat.har"
-    server = Server(None)
-    try:
-        with WsRouteProxy() as proxy:
-            proxy.route_from_har(har, update=True)
-            with talk(proxy, server.url) as c:
-                assert [c.recv(5), c.send("a"), c.recv(5)] == ["welcome", None, "echo 'a'"]
-        with WsRouteProxy() as proxy:
-            proxy.route_from_har(har, record_mode="new_episodes")
-            with talk(proxy, server.url) as c:
-                assert c.recv(5) == "welcome"  # the recorded one; the live one is held back
-                c.send("a")
-                assert c.recv(5) == "echo 'a'"
-                c.send("news?")  # new: to the server, and recorded with what it sent
-                assert [c.recv(5), c.recv(5)] == ["welcome", "news!"]
-            assert proxy.handler_errors == []
-    finally:
-        server.stop()
+    insecure = {"ssl_insecure": True}  # the test server's certificate is its own
+    with WsRouteProxy(options=insecure) as proxy:
+        proxy.route_from_har(har, update=True)
+        with talk(proxy, server.url, subprotocols=["chat.v1"]) as c:
+            assert [c.recv(5), c.send("a"), c.recv(5)] == ["welcome", None, "echo 'a'"]
+    assert len(server.requests) == 1
+    with WsRouteProxy(options=insecure) as proxy:
+        proxy.route_from_har(har, record_mode="new_episodes")
+        with talk(proxy, server.url) as c:
+            assert [c.recv(5), c.send("a"), c.recv(5)] == ["welcome", None, "echo 'a'"]
+        assert proxy.wait_for_web_socket().routed == "mock"
+        assert len(server.requests) == 1 and proxy.handler_errors == []  # never connected
+    with WsRouteProxy(options=insecure) as proxy:
+        proxy.route_from_har(har, record_mode="new_episodes")
+        cookie = {"additional_headers": {"Cookie": "session=42"}, "subprotocols": ["chat.v1"]}
+        with talk(proxy, server.url, **cookie) as c:
+            assert c.recv(5) == "welcome"  # the recorded one
+            c.send("a")
+            assert c.recv(5) == "echo 'a'"
+            assert len(server.requests) == 1
+            c.send("news?")  # new: the server is connected now; its greeting comes first
+            assert [c.recv(5), c.recv(5)] == ["welcome", "news!"]
+        assert proxy.handler_errors == []
+    [_, late] = server.requests
+    assert late.headers["Cookie"] == "session=42"
+    assert late.headers.get_all("Sec-WebSocket-Protocol") == ["chat.v1"]
+    server.stop()
     with WsRouteProxy() as proxy:
         proxy.route_from_har(har)
         with talk(proxy, server.url) as c:
             got = [c.recv(5), c.send("a"), c.recv(5), c.send("news?"), c.recv(5), c.recv(5)]
             assert got == ["welcome", None, "echo 'a'", None, "welcome", "news!"]
         assert proxy.handler_errors == []
+
+
+def test_new_episodes_replay_with_the_server_gone_until_something_is_new(
+    tmp_path: Path,
+) -> None:
+    har = tmp_path / "chat.har"
+    server = Server(None)
+    with WsRouteProxy() as proxy:
+        proxy.route_from_har(har, update=True)
+        with talk(proxy, server.url) as c:
+            assert [c.recv(5), c.send("a"), c.recv(5)] == ["welcome", None, "echo 'a'"]
+    server.stop()
+    with WsRouteProxy() as proxy:
+        proxy.route_from_har(har, record_mode="new_episodes")
+        with talk(proxy, server.url) as c:
+            assert [c.recv(5), c.send("a"), c.recv(5)] == ["welcome", None, "echo 'a'"]
+            c.send("new")
+            with pytest.raises(ConnectionClosed):
+                c.recv(10)
+        assert c.close_code == 1011
+        [error] = proxy.handler_errors
+        assert isinstance(error, UpstreamError) and "could not be reached" in str(error)
 
 
 def test_the_record_mode_option_wins_and_is_checked(tmp_path: Path) -> None:
