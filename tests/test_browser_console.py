@@ -1,0 +1,131 @@
+"""The live console's page in a real browser (Debian's Chromium through playwright-python),
+against a real mitmdump and a real python-websockets client and server: a breakpoint set on
+the page pauses a message, the page edits and releases it, the server receives the edited
+one; the page injects and closes. The screenshots in docs/img/ are taken here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Page, async_playwright
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+
+pytestmark = pytest.mark.timeout(60)
+IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
+ROUTES = """
+    from mitm_wsroute import route_web_socket
+
+    @route_web_socket("**/chat")
+    def chat(ws):
+        ws.connect_to_server()
+"""
+
+
+async def open_console(page: Page, url: str) -> None:
+    await page.goto(url)
+    await page.wait_for_function("document.getElementById('status').textContent === 'live'")
+
+
+async def test_pause_edit_release_inject_close_from_the_page(mitmdump: Any, upstream: Any) -> None:
+    proxy = mitmdump(ROUTES, "--set", "wsroute_console=127.0.0.1:0")
+    url = proxy.wait_for(r"console at (http://127\.0\.0\.1:\d+/\?token=\S+)").group(1)
+    base = url.partition("/?")[0]
+    up = await upstream()
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 760}, bypass_csp=True)
+            # without the token: 401, also for the page
+            response = await page.goto(base + "/")
+            assert response is not None and response.status == 401
+            await open_console(page, url)
+            assert page.url == base + "/"  # the token left the address bar (a cookie has it)
+
+            await page.fill("#bp-url", "**/chat")
+            await page.select_option("#bp-direction", "client_to_server")
+            await page.fill("#bp-match", "secret")
+            await page.click("#bp-add")
+            await page.wait_for_selector("#breakpoints tr")
+
+            async with connect(up.url("/chat"), proxy=proxy.proxy) as client:
+                hello = json.dumps({"type": "hello", "user": "ada"})
+                await client.send(hello)
+                assert await client.recv() == hello
+                await client.send(b"\x00\x01binary\xff")
+                assert await client.recv() == b"\x00\x01binary\xff"
+                await client.send(json.dumps({"type": "chat", "text": "the secret plan"}))
+                await client.send("behind it")
+                paused = page.locator(".paused-item")
+                await paused.wait_for()
+                await page.click("#sockets tr[data-id]")
+                await page.wait_for_selector(".msg .action.forwarded")
+                IMG.mkdir(exist_ok=True)
+                await page.screenshot(path=IMG / "console-paused.png")
+
+                edited = json.dumps({"type": "chat", "text": "the edited plan"})
+                await paused.locator("textarea").fill(edited)
+                await paused.locator("button.forward").click()
+                assert await client.recv() == edited  # the echo of what the server got
+                assert await client.recv() == "behind it"
+                assert up.received[-2:] == [edited, "behind it"]
+                await page.wait_for_selector(".msg .action.edited")
+
+                await page.select_option("#inject-to", "client")
+                await page.fill("#inject-text", "hello from the console")
+                await page.click("#inject-send")
+                assert await client.recv() == "hello from the console"
+                await page.select_option("#inject-to", "server")
+                await page.select_option("#inject-kind", "hex")
+                await page.fill("#inject-text", "ca fe")
+                await page.click("#inject-send")
+                assert await client.recv() == b"\xca\xfe"  # echoed by the server
+                await page.wait_for_function(
+                    "document.querySelectorAll('.msg .action.injected').length >= 2"
+                )
+                await page.screenshot(path=IMG / "console-messages.png")
+
+                await page.select_option("#close-side", "client")
+                await page.fill("#close-code", "4000")
+                await page.fill("#close-reason", "console says bye")
+                await page.click("#close-send")
+                with pytest.raises(ConnectionClosed):
+                    await asyncio.wait_for(client.recv(), 10)
+                assert (client.close_code, client.close_reason) == (4000, "console says bye")
+            await page.wait_for_selector("#sockets .state-closed")
+            assert await page.text_content("#error") == ""
+        finally:
+            await browser.close()
+
+
+async def test_drop_from_the_page_and_bad_input_shows_the_error(
+    mitmdump: Any, upstream: Any
+) -> None:
+    proxy = mitmdump(ROUTES, "--set", "wsroute_console=127.0.0.1:0")
+    url = proxy.wait_for(r"console at (http://127\.0\.0\.1:\d+/\?token=\S+)").group(1)
+    up = await upstream()
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(bypass_csp=True)  # for wait_for_function
+            await open_console(page, url)
+            async with connect(up.url("/chat"), proxy=proxy.proxy) as client:
+                await page.click("#sockets tr[data-id]")
+                await page.fill("#close-code", "1006")
+                await page.click("#close-send")
+                await page.wait_for_function(
+                    "document.getElementById('error').textContent.includes('cannot be sent')"
+                )
+                await page.select_option("#close-side", "client")
+                await page.click("#drop-send")
+                with pytest.raises(ConnectionClosed):
+                    await asyncio.wait_for(client.recv(), 10)
+                assert client.close_code == 1006
+        finally:
+            await browser.close()
