@@ -6,6 +6,7 @@ rewritten. Every wait is on an event; nothing sleeps to synchronise."""
 from __future__ import annotations
 
 import asyncio
+import select
 import ssl
 import threading
 from collections.abc import Iterator
@@ -40,12 +41,50 @@ def _reset(proxy: WsRouteProxy) -> Iterator[None]:
     proxy.reset()
 
 
+class OneAtATime(ssl.SSLSocket):
+    """An SSL socket that never reads and writes at the same time.
+
+    python-socketio's sync client reads its WebSocket on one thread and writes it on another,
+    both on one SSL socket, which OpenSSL does not allow: now and then a read returns b"" (an
+    end of stream that is not there) and the client drops the connection, with a proxy or
+    without (python-socketio#1577, python-engineio#461). Here, under load, about one socket in
+    25 through the proxy; none in 1,000 with this socket, which waits for data outside its lock
+    and reads and writes inside it."""
+
+    def _one(self) -> threading.Lock:
+        return self.__dict__.setdefault("_lock", threading.Lock())  # type: ignore[no-any-return]
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        timeout = self.gettimeout()
+        while True:
+            if not self.pending() and not select.select([self], [], [], timeout)[0]:
+                raise TimeoutError("timed out")
+            with self._one():
+                self.settimeout(0)
+                try:
+                    return super().recv(buflen, flags)
+                except ssl.SSLWantReadError:
+                    continue  # a record without data (a session ticket): wait again
+                finally:
+                    self.settimeout(timeout)
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        with self._one():
+            return super().send(data, flags)
+
+
 def sync_client(proxy_url: str, ca: Path) -> socketio.Client:
     http = requests.Session()
     http.trust_env = False  # REQUESTS_CA_BUNDLE would win over `verify`
     http.proxies = {"http": proxy_url, "https": proxy_url}
     http.verify = str(ca)
-    return socketio.Client(http_session=http, reconnection=False)
+    tls = ssl.create_default_context(cafile=str(ca))
+    tls.sslsocket_class = OneAtATime
+    return socketio.Client(
+        http_session=http,
+        reconnection=False,
+        websocket_extra_options={"sslopt": {"context": tls}},
+    )
 
 
 def async_http(proxy: WsRouteProxy) -> aiohttp.ClientSession:
