@@ -85,6 +85,22 @@ def test_node_client_against_a_mock(proxy: WsRouteProxy, client: str, scheme: st
 
 
 @pytest.mark.parametrize("client", CLIENTS)
+def test_node_client_gets_the_mocks_errors_and_goes_on(proxy: WsRouteProxy, client: str) -> None:
+    proxy.route_graphql_ws("**/graphql", mock_api)
+    args = ["--token", "secret", "--ops", "news,nope,broken,count"]
+    lines = node_client("ws://api.example.com/graphql", proxy.env, client, *args)
+    assert results(lines) == [
+        'news {"news":"first"}',
+        'news {"data":null,"errors":[{"message":"late"}]}',  # a result with errors
+        "news complete",
+        "nope error no route for operation Nope",  # the error message of each protocol
+        "broken error the mock failed",  # a handler that raised
+        *COUNTED,  # on the same socket
+    ]
+    assert len(lines) == len(results(lines)) + 1
+
+
+@pytest.mark.parametrize("client", CLIENTS)
 def test_node_client_refused_at_connection_init(proxy: WsRouteProxy, client: str) -> None:
     proxy.route_graphql_ws("**/graphql", mock_api)
     lines = node_client("wss://api.example.com/graphql", proxy.env, client,

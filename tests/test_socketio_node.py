@@ -82,20 +82,27 @@ def _reset(proxy: WsRouteProxy) -> Iterator[None]:
 # --- a mock with no server anywhere -----------------------------------------------------------
 
 
+def node_mock(sio: SocketIORoute) -> None:
+    """`chat_mock`, and a "picture" event with an attachment inside an object."""
+    chat_mock(sio)
+    sio.on("picture", lambda: sio.emit("picture", {"png": b"\x89PNG"}, {"name": "logo"}))
+
+
 @pytest.mark.parametrize("scheme", ["http", "https"])
 @pytest.mark.parametrize("transports", TRANSPORTS)
 def test_node_client_against_a_mock(
     proxy: WsRouteProxy, transports: list[str], scheme: str
 ) -> None:
-    proxy.route_socket_io("**/socket.io/**", chat_mock)
-    steps = ["--steps", "chat,add,reverse,ask,admin"]
+    proxy.route_socket_io("**/socket.io/**", node_mock)
+    steps = ["--steps", "chat,add,reverse,ask,admin,picture,leave"]
     lines = node_chat(f"{scheme}://chat.example.com", proxy.env, *transports, *steps)
     assert lines == [
         opened(transports),
         "connect",
         *CHAT_LINES,
         "admin admin",  # /admin, on the same connection, with its auth token
-        "disconnect io client disconnect",
+        'picture {"png":"0x89504e47"} {"name":"logo"}',  # an attachment inside an object
+        "disconnect io server disconnect",  # the route's disconnect()
     ]
     sock = proxy.wait_for_web_socket("**/socket.io/**")
     assert sock.routed == "mock"

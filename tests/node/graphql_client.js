@@ -9,7 +9,8 @@
 //        [--token TOKEN] [--init-delay MS] [--ops count,hello,news]
 //
 // Operations: `count` subscribes to Count(to: 3), `hello` queries Hello(name: "ann"), `news`
-// subscribes to News. Lines: `count {"count":1}` per result, `count complete`, `count error
+// subscribes to News, `nope` queries Nope and `broken` subscribes to Broken (no operationName
+// in the message for these two). Lines: `count {"count":1}` per result, `count complete`, `count error
 // MESSAGES`, and `closed CODE REASON` when the socket closes.
 const fs = require("node:fs");
 const WebSocket = require("ws");
@@ -35,6 +36,8 @@ const OPERATIONS = {
     operationName: "Hello",
   },
   news: { query: "subscription News { news }", operationName: "News" },
+  nope: { query: "query Nope { nope }" },
+  broken: { query: "subscription Broken { broken }" },
 };
 
 const proxy = process.env.HTTPS_PROXY || process.env.https_proxy || process.env.HTTP_PROXY;

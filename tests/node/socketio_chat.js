@@ -9,7 +9,9 @@
 // Steps: `chat` emits "chat" "hi" and prints the "chat" event that comes back; `add` asks for
 // 2 + 3 with an ack; `reverse` sends bytes and prints the two ack values; `ask` waits for the
 // server's "question" (answered with "Ada" by ack) and its "hello"; `admin` connects to /admin
-// with a token on the same connection and asks "whoami".
+// with a token on the same connection and asks "whoami"; `picture` asks for a "picture" event
+// with binary data (an attachment) and a JSON object; `leave` asks the server to disconnect it
+// (the last step then).
 const fs = require("node:fs");
 const { io } = require("socket.io-client");
 const { HttpsProxyAgent } = require("https-proxy-agent");
@@ -32,6 +34,9 @@ if (option("--ca")) options.ca = fs.readFileSync(option("--ca"));
 
 const out = (line) => console.log(line);
 const hex = (data) => Buffer.from(data).toString("hex");
+// JSON, with binary data (a Buffer, wherever it is) as "0x" and its bytes in hex
+const show = (value) => JSON.stringify(value, (key, v) =>
+  v && v.type === "Buffer" && Array.isArray(v.data) ? `0x${hex(v.data)}` : v);
 
 function next(socket, event, wait = WAIT) {
   return new Promise((resolve, reject) => {
@@ -79,6 +84,15 @@ async function main() {
       const hello = next(socket, "hello");
       socket.emit("ask");
       out(`hello ${(await hello).join(" ")}`);
+    } else if (step === "picture") {
+      const picture = next(socket, "picture");
+      socket.emit("picture");
+      out(`picture ${(await picture).map(show).join(" ")}`);
+    } else if (step === "leave") {
+      const closed = next(socket, "disconnect");
+      socket.emit("leave");
+      out(`disconnect ${(await closed)[0]}`);
+      return;
     } else if (step === "admin") {
       const admin = io(`${url}/admin`, { ...options, auth: { token: "secret" } });
       await next(admin, "connect");
