@@ -383,19 +383,29 @@ class SocketWatch:
 
     # --- the Watcher: called by the connection, per message --------------------------------
 
+    # Called inside the proxy's handling of a socket: what fails here is logged, and the
+    # message goes on by the route's rules, as if the console did not watch.
+
     def receive(self, side: Side, message: Message) -> Side | None:
         lane = self.lanes[side]
         if lane.paused is None and not lane.waiting:
             console = self.console
             if console.breakpoints:
-                found = console.breakpoint_for(self.url, FROM[side], message)
+                try:
+                    found = console.breakpoint_for(self.url, FROM[side], message)
+                except Exception:
+                    logger.exception(f"{self.url}: wsroute console: a breakpoint failed")
+                    found = None
                 if found is not None:
                     self._pause(side, message, found)
                     return None
             connection = self._connection()
             assert connection is not None  # it is the caller
             to = connection.deliver(side, message)
-            self._record(FROM[side], message, self._action(side, to, False))
+            try:
+                self._record(FROM[side], message, self._action(side, to, False))
+            except Exception:
+                logger.exception(f"{self.url}: wsroute console: cannot record a message")
             return to
         lane.waiting.append(message)
         lane.waiting_bytes += len(message)
@@ -415,15 +425,24 @@ class SocketWatch:
         return True
 
     def sent(self, to: Side, message: Message) -> None:
-        self._record(TO[to], message, "injected" if self.injecting else "sent_by_route")
+        try:
+            self._record(TO[to], message, "injected" if self.injecting else "sent_by_route")
+        except Exception:
+            logger.exception(f"{self.url}: wsroute console: cannot record a message")
 
     def closed(self, side: Side, close: Close) -> None:
         if self.close is None:
             self.close = close
-        self.console.socket_changed(self)
+        try:
+            self.console.socket_changed(self)
+        except Exception:
+            logger.exception(f"{self.url}: wsroute console: cannot tell the page")
 
     def ended(self) -> None:
-        self._end()
+        try:
+            self._end()
+        except Exception:
+            logger.exception(f"{self.url}: wsroute console: cannot end the socket's record")
 
     # --- the record ---------------------------------------------------------------------------
 

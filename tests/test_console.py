@@ -420,3 +420,18 @@ def test_the_core_imports_neither_mitmproxy_nor_asyncio() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_failing_console_leaves_the_route_to_its_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    console = Console()
+    c, ws, server, sid = intercept(console)
+    console.add_breakpoint({"match": "x"})
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("console bug")
+
+    monkeypatch.setattr(console, "breakpoint_for", broken)
+    monkeypatch.setattr(console.socket(sid), "_record", broken)
+    assert c.receive_message(PAGE, "x") is SERVER
+    ws.send("still sent")
+    assert c.commands_to_execute() == [Send(PAGE, "still sent")]
