@@ -85,12 +85,19 @@ class Feed:
         return list(event["paused"])
 
 
-@pytest_asyncio.fixture
-async def console(upstream: Any) -> AsyncIterator[tuple[WsRouteProxy, Api, Any]]:
+@pytest_asyncio.fixture(params=[True, False], ids=["hooks", "no-hooks"])
+async def console(
+    upstream: Any, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[WsRouteProxy, Api, Any]]:
+    """The test proxy with the console on, mitmproxy's message hooks on (mitmproxy's
+    machinery or the layer's calls) and off (the layer reads and writes the sockets itself)."""
+    options = {
+        "wsroute_console": "127.0.0.1:0",
+        "wsroute_close_timeout_ms": 500,
+        "wsroute_message_hooks": request.param,
+    }
     async with (
-        WsRouteProxy(
-            options={"wsroute_console": "127.0.0.1:0", "wsroute_close_timeout_ms": 500}
-        ) as proxy,
+        WsRouteProxy(options=options) as proxy,
         aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session,
     ):
         proxy.route_web_socket("**/chat", lambda ws: ws.connect_to_server())
