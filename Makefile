@@ -12,7 +12,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3 $$HOME/.pyenv/versions/
 	if command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; \
 	then command -v $$p; break; fi; done)
 
-.PHONY: demo test docs lint bench chromium clean autobahn
+.PHONY: demo test docs lint bench bench-console chromium clean autobahn
 
 $(STAMP): pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then \
@@ -74,6 +74,11 @@ $(BENCH_DEPS): bench/mockttp/package-lock.json
 
 bench: $(STAMP) $(BENCH_DEPS)
 	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/console.py $(BENCH_CONSOLE_ARGS)
+
+# The live console's cost alone: a watched socket against an unwatched one (under a minute).
+bench-console: $(STAMP)
+	$(PY) bench/console.py $(BENCH_CONSOLE_ARGS)
 
 # Autobahn|Testsuite through mitmdump, plain and with the addon (bench/autobahn/run.py). Slow:
 # 15 to 30 minutes for each of its 10 modes on 2 CPUs, most of it in the compression cases;

@@ -17,7 +17,8 @@ Memory is bounded: each socket keeps its newest `keep` messages (each cut to `PR
 record; what is held back is kept whole), closed sockets beyond `keep_sockets` are forgotten,
 and at most `MAX_HELD_BYTES` wait behind a paused message before that direction is released.
 Changes for the live feed are collected only while a page listens, and at most
-`MAX_CHANGES` of them between two reads (past that, the page is told to fetch afresh).
+the newest `MAX_LIVE` messages between two reads (the feed says how many it skipped: the
+page pages back to them).
 """
 
 from __future__ import annotations
@@ -83,8 +84,9 @@ DEFAULT_KEEP_SOCKETS = 100
 MAX_HELD_BYTES = 64 * 1024 * 1024
 #: Largest message the console takes to inject or as an edit (decoded).
 MAX_INPUT = 16 * 1024 * 1024
-#: Changes collected for the feed between two reads; past it, the page fetches afresh.
-MAX_CHANGES = 5000
+#: Messages the feed sends between two reads (every 50 ms), the newest: what a page shows
+#: live is bounded, and so is the proxy's work for it, whatever the rate.
+MAX_LIVE = 200
 #: Regexes and substrings of breakpoints, at most (characters).
 MAX_PATTERN = 10_000
 
@@ -679,11 +681,14 @@ class Console:
         self.listening = False
         #: Called when the first change after a `take_changes` is collected.
         self.on_change: Callable[[], None] | None = None
-        self._messages: list[tuple[SocketWatch, Entry]] = []
+        self._messages: collections.deque[tuple[SocketWatch, Entry]] = collections.deque(
+            maxlen=MAX_LIVE
+        )
+        #: Messages added since the last read, by socket (those beyond `MAX_LIVE` are skipped).
+        self._added: dict[str, int] = {}
         self._sockets: dict[str, SocketWatch] = {}
         self._paused_changed = False
         self._breakpoints_changed = False
-        self._overflow = False
         self._due = False
 
     # --- sockets ------------------------------------------------------------------------------
@@ -808,13 +813,9 @@ class Console:
     # --- what the feed tells the page -------------------------------------------------------
 
     def message_added(self, watch: SocketWatch, entry: Entry) -> None:
-        if self._overflow:
-            return
-        if len(self._messages) >= MAX_CHANGES:
-            self._overflow = True
-            self._messages.clear()
-        else:
-            self._messages.append((watch, entry))
+        self._messages.append((watch, entry))
+        added = self._added
+        added[watch.id] = added.get(watch.id, 0) + 1
         self._sockets[watch.id] = watch
         self._signal()
 
@@ -852,20 +853,27 @@ class Console:
         return [held.to_json() for held in self.paused.values()]
 
     def take_changes(self) -> list[dict[str, Any]]:
-        """The changes collected since the last call, as feed events, in order: messages, then
-        the sockets they changed, the paused list, the breakpoints. After too many, one
-        ``{"type": "resync"}`` instead of the messages."""
+        """The changes collected since the last call, as feed events, in order: how many
+        messages of each socket were skipped (``{"type": "skipped", "socket_id", "count"}``,
+        before the newest `MAX_LIVE`), the messages, the sockets they changed, the paused
+        list, the breakpoints."""
         self._due = False
         events: list[dict[str, Any]] = []
-        if self._overflow:
-            events.append({"type": "resync"})
-            self._overflow = False
-        else:
+        messages = self._messages
+        added, self._added = self._added, {}
+        if sum(added.values()) > len(messages):
+            for watch, _ in messages:
+                added[watch.id] -= 1
             events.extend(
-                {"type": "message", "socket_id": watch.id, "message": entry.to_json()}
-                for watch, entry in self._messages
+                {"type": "skipped", "socket_id": id, "count": count}
+                for id, count in added.items()
+                if count
             )
-        self._messages = []
+        events.extend(
+            {"type": "message", "socket_id": watch.id, "message": entry.to_json()}
+            for watch, entry in messages
+        )
+        messages.clear()
         events.extend({"type": "socket", "socket": w.to_json()} for w in self._sockets.values())
         self._sockets = {}
         if self._paused_changed:

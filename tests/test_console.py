@@ -3,6 +3,7 @@ bounded record, the feed's changes. Read as transcripts over a real `RoutedConne
 
 from __future__ import annotations
 
+import collections
 import subprocess
 import sys
 from typing import Any
@@ -405,10 +406,13 @@ def test_feed_changes_are_collected_only_while_listening_and_bounded(
     events = console.take_changes()
     assert [e["type"] for e in events] == ["message", "message", "socket"]
     assert events[1]["message"]["text"] == "two"
-    monkeypatch.setattr("mitm_wsroute.console.MAX_CHANGES", 3)
+    console._messages = collections.deque(maxlen=3)  # MAX_LIVE, smaller
     for i in range(5):
         c.receive_message(PAGE, str(i))
-    assert [e["type"] for e in console.take_changes()] == ["resync", "socket"]
+    events = console.take_changes()
+    assert events[0] == {"type": "skipped", "socket_id": sid, "count": 2}
+    assert [e["message"]["text"] for e in events[1:4]] == ["2", "3", "4"]
+    assert [e["type"] for e in events[4:]] == ["socket"]
     assert console.snapshot()["sockets"][0]["id"] == sid
 
 
