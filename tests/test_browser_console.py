@@ -129,3 +129,49 @@ async def test_drop_from_the_page_and_bad_input_shows_the_error(
                 assert client.close_code == 1006
         finally:
             await browser.close()
+
+
+async def test_the_page_stays_responsive_at_1000_messages_a_second(
+    mitmdump: Any, upstream: Any
+) -> None:
+    proxy = mitmdump(ROUTES, "--set", "wsroute_console=127.0.0.1:0")
+    url = proxy.wait_for(r"console at (http://127\.0\.0\.1:\d+/\?token=\S+)").group(1)
+    up = await upstream()
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(bypass_csp=True)
+            await open_console(page, url)
+            async with connect(up.url("/chat"), proxy=proxy.proxy) as client:
+                await page.click("#sockets tr[data-id]")
+                n, rate = 2000, 1000
+                loop = asyncio.get_running_loop()
+
+                async def stream() -> None:
+                    start = loop.time()
+                    for i in range(n):
+                        if (delay := start + i / rate - loop.time()) > 0:
+                            await asyncio.sleep(delay)  # pacing, not waiting for an event
+                        await client.send(f"message {i}")
+
+                async def echoes() -> None:
+                    for _ in range(n):
+                        await client.recv()
+
+                sending = asyncio.ensure_future(asyncio.gather(stream(), echoes()))
+                slowest = 0.0
+                while not sending.done():  # the page answers while the messages stream in
+                    t = loop.time()
+                    await page.evaluate("1")
+                    slowest = max(slowest, loop.time() - t)
+                await sending
+                last = f"message {n - 1}"
+                await page.wait_for_function(
+                    f"[...document.querySelectorAll('.msg pre')].some(e => e.textContent === "
+                    f"'{last}')"
+                )
+                shown = await page.locator(".msg").count()
+                assert shown <= 210  # the newest 200 (and a gap, if any), not all 4,000
+                assert slowest < 0.5, f"the page took {slowest:.3f} s to answer"
+        finally:
+            await browser.close()
