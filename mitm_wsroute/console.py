@@ -601,7 +601,9 @@ class SocketWatch:
         self.console.socket_ended(self)
 
     def _gone(self, ref: object) -> None:
-        self._end()
+        # A weakref callback may run inside any allocation (a garbage collection), also while
+        # the console iterates its sockets: only noted here, handled by `Console.tidy`.
+        self.console.gone.append(self)
 
     # --- the route API, from the console --------------------------------------------------------
 
@@ -690,19 +692,32 @@ class Console:
         self._paused_changed = False
         self._breakpoints_changed = False
         self._due = False
+        #: Sockets whose connection was collected without an end (`SocketWatch._gone`).
+        self.gone: list[SocketWatch] = []
+
+    def tidy(self) -> None:
+        """End the record of sockets whose connection is gone (before any other step)."""
+        while self.gone:
+            self.gone.pop()._end()
 
     # --- sockets ------------------------------------------------------------------------------
 
     def watch(self, connection: RoutedConnection, kind: str, route: str) -> SocketWatch:
         """Start watching a routed socket (`kind`: "mock" or "intercept")."""
+        self.tidy()
         watch = SocketWatch(self, str(next(self.ids)), connection, kind, route)
         self.sockets[watch.id] = watch
         connection.watcher = watch
         self.socket_changed(watch)
         return watch
 
+    def sockets_json(self) -> list[dict[str, Any]]:
+        self.tidy()
+        return [w.to_json() for w in list(self.sockets.values())]
+
     def socket(self, id: str) -> SocketWatch:
         """Raises: LookupError: no such socket (any more)."""
+        self.tidy()
         watch = self.sockets.get(id)
         if watch is None:
             raise LookupError(f"no socket {id!r}")
@@ -746,6 +761,7 @@ class Console:
             LookupError: no such paused message (released already).
             ValueError: a bad action or edit.
         """
+        self.tidy()
         held = self.paused.get(_int_id(id, "paused message"))
         if held is None:
             raise LookupError(f"no paused message {id!r}")
@@ -760,6 +776,7 @@ class Console:
     def resume_all(self) -> int:
         """Release every paused message and all behind them, unchanged. Returns how many
         were paused."""
+        self.tidy()
         count = len(self.paused)
         for watch in list(self.sockets.values()):
             for side in (PAGE, SERVER):
@@ -771,6 +788,7 @@ class Console:
     def expire(self) -> int:
         """Release (unchanged, with what waits behind) the messages paused for longer than
         `pause_timeout`. Returns how many."""
+        self.tidy()
         if not self.pause_timeout:
             return 0
         deadline = self.clock() - self.pause_timeout
@@ -842,14 +860,16 @@ class Console:
 
     def snapshot(self) -> dict[str, Any]:
         """Everything a page starts from (and starts again from after a ``resync``)."""
+        self.tidy()
         return {
             "type": "hello",
-            "sockets": [w.to_json() for w in self.sockets.values()],
+            "sockets": [w.to_json() for w in list(self.sockets.values())],
             "paused": self.paused_json(),
             "breakpoints": [b.to_json() for b in self.breakpoints.values()],
         }
 
     def paused_json(self) -> list[dict[str, Any]]:
+        self.tidy()
         return [held.to_json() for held in self.paused.values()]
 
     def take_changes(self) -> list[dict[str, Any]]:
@@ -857,6 +877,7 @@ class Console:
         messages of each socket were skipped (``{"type": "skipped", "socket_id", "count"}``,
         before the newest `MAX_LIVE`), the messages, the sockets they changed, the paused
         list, the breakpoints."""
+        self.tidy()
         self._due = False
         events: list[dict[str, Any]] = []
         messages = self._messages
@@ -874,8 +895,8 @@ class Console:
             for watch, entry in messages
         )
         messages.clear()
-        events.extend({"type": "socket", "socket": w.to_json()} for w in self._sockets.values())
-        self._sockets = {}
+        sockets, self._sockets = self._sockets, {}
+        events.extend({"type": "socket", "socket": w.to_json()} for w in sockets.values())
         if self._paused_changed:
             events.append({"type": "paused", "paused": self.paused_json()})
             self._paused_changed = False

@@ -285,7 +285,7 @@ class _Page(_Handler):
 
 class _Sockets(_Handler):
     def get(self) -> None:
-        self.reply([w.to_json() for w in self.server.console.sockets.values()])
+        self.reply(self.server.console.sockets_json())
 
 
 def _int_arg(handler: tornado.web.RequestHandler, name: str) -> int | None:

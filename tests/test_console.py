@@ -439,3 +439,18 @@ def test_a_failing_console_leaves_the_route_to_its_rules(monkeypatch: pytest.Mon
     assert c.receive_message(PAGE, "x") is SERVER
     ws.send("still sent")
     assert c.commands_to_execute() == [Send(PAGE, "still sent")]
+
+
+def test_a_socket_whose_connection_is_collected_ends_at_the_next_step() -> None:
+    import gc
+
+    console = Console()
+    c, ws, server, sid = intercept(console)
+    console.add_breakpoint({})
+    c.receive_message(PAGE, "held")
+    del c, ws, server
+    gc.collect()
+    assert len(console.gone) == 1  # noted by the weakref callback, not handled there
+    [sock] = console.sockets_json()
+    assert sock["state"] == "closed" and console.paused == {}
+    assert actions(console, sid) == [(C2S, "held", "dropped")]
