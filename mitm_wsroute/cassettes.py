@@ -9,7 +9,9 @@ live sockets; `har.Replay` calls the matchers.
 - **Filters** (`Filters`): header values and query parameters replaced by ``"FILTERED"``, and
   ``before_record_message(direction, message) -> message | None``, applied to what is written
   and, the same way, to the live URL and messages before they are matched.
-- **Matchers** (`matcher`): how a live client message is compared with a recorded one.
+- **Matchers** (`matcher`): how a live client message is compared with a recorded one; for
+  Socket.IO and GraphQL over WebSocket, at the protocol's level (`SocketIOMatch`,
+  `GraphQLMatch`), with the ids the client picks renumbered in the replay's answers.
 """
 
 from __future__ import annotations
@@ -23,15 +25,21 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 from urllib.parse import unquote_plus
 
+from .graphql_ws import operation_from_message
+from .har import ProtocolMatch
+from .socketio import EIO, SIO, Packet, decode_eio, decode_sio
+
 __all__ = [
     "FILTERED",
     "FILTER_HEADERS",
     "RECORD_MODES",
     "Filters",
+    "GraphQLMatch",
     "Match",
     "MatchFunction",
     "Order",
     "RecordMode",
+    "SocketIOMatch",
     "check_record_mode",
     "closest",
     "matcher",
@@ -45,7 +53,11 @@ Order = Literal["sequential", "any"]
 Direction = Literal["send", "receive"]
 #: ``(recorded, actual) -> bool``: whether a live client message matches a recorded one.
 MatchFunction = Callable[[Message, Message], bool]
-Match = Literal["exact", "json", "json_subset"] | re.Pattern[str] | MatchFunction
+Match = (
+    Literal["exact", "json", "json_subset", "socket.io", "graphql"]
+    | re.Pattern[str]
+    | MatchFunction
+)
 BeforeRecordMessage = Callable[[Direction, Message], Message | None]
 
 #: What a filtered header or query parameter's value becomes.
@@ -178,7 +190,8 @@ def matcher(match: Match) -> MatchFunction | None:
     value; other values, lists included, equal). A compiled regex: found in the client's
     message (`re.search`), and when it has groups, capturing the same in the recorded one.
     Text that is not JSON compares exactly; binary messages compare as bytes; a callable
-    ``(recorded, actual) -> bool`` decides alone.
+    ``(recorded, actual) -> bool`` decides alone. ``"socket.io"`` (`SocketIOMatch`) and
+    ``"graphql"`` (`GraphQLMatch`): by event and arguments, by operation name and variables.
 
     Raises:
         ValueError: `match` is none of these.
@@ -196,12 +209,127 @@ def matcher(match: Match) -> MatchFunction | None:
         return _text_rule(lambda r, a: _canonical(r) == _canonical(a))
     if match == "json_subset":
         return _text_rule(_json_subset)
+    if match == "socket.io":
+        return SocketIOMatch()
+    if match == "graphql":
+        return GraphQLMatch()
     if callable(match):
         return match
     raise ValueError(
-        "match must be 'exact', 'json', 'json_subset', a compiled regex or a callable "
-        f"(recorded, actual) -> bool, not {match!r}"
+        "match must be 'exact', 'json', 'json_subset', 'socket.io', 'graphql', a compiled regex "
+        f"or a callable (recorded, actual) -> bool, not {match!r}"
     )
+
+
+class SocketIOMatch(ProtocolMatch):
+    """Socket.IO (Engine.IO v4) messages, matched by what they mean: an event by its
+    namespace, name and arguments (binary attachments in their own messages, as bytes), not by
+    the ack id the client gave it; a namespace connect by the namespace, not its auth payload
+    (tokens); an ack of the client's by the server's ack id and its values; anything else as it
+    is. The replay's acks answer the ack ids this client used."""
+
+    def __init__(self) -> None:
+        self.acks: dict[int, int] = {}  # recorded ack id -> this client's
+
+    def __call__(self, recorded: Message, actual: Message) -> bool:
+        return bool(_sio_key(recorded) == _sio_key(actual))
+
+    def bind(self, recorded: Message, actual: Message) -> None:
+        r, a = _sio_packet(recorded), _sio_packet(actual)
+        if r is not None and a is not None and r.id is not None and a.id is not None:
+            if r.type in (SIO.EVENT, SIO.BINARY_EVENT):
+                self.acks[r.id] = a.id
+
+    def answer(self, message: Message) -> Message:
+        packet = _sio_packet(message)
+        if packet is None or packet.type not in (SIO.ACK, SIO.BINARY_ACK):
+            return message
+        live = self.acks.get(packet.id) if packet.id is not None else None
+        if live is None or not isinstance(message, str):
+            return message
+        found = _ACK_ID.match(message)
+        if found is None:
+            return message
+        return message[: found.start(1)] + str(live) + message[found.end(1) :]
+
+
+#: An Engine.IO message packet holding a Socket.IO ack: the ack id is group 1.
+_ACK_ID = re.compile(r"4[36](?:\d+-)?(?:/[^,]*,)?(\d+)")
+
+
+def _sio_packet(message: Message) -> Packet | None:
+    """The Socket.IO packet of an Engine.IO message packet, else None."""
+    if not isinstance(message, str) or not message.startswith("4"):
+        return None
+    try:
+        return decode_sio(message[1:])[0]
+    except ValueError:
+        return None
+
+
+def _sio_key(message: Message) -> Any:
+    packet = _sio_packet(message)
+    if packet is None:
+        try:
+            kind, data = decode_eio(message)
+        except ValueError:
+            return ("raw", message)
+        return ("eio", kind, data) if kind is not EIO.MESSAGE else ("raw", message)
+    if packet.type in (SIO.EVENT, SIO.BINARY_EVENT):
+        return (packet.type, packet.namespace, _sorted(packet.data))
+    if packet.type is SIO.CONNECT:
+        return (packet.type, packet.namespace)
+    return (packet.type, packet.namespace, packet.id, _sorted(packet.data))
+
+
+class GraphQLMatch(ProtocolMatch):
+    """GraphQL over WebSocket messages (both protocols), matched by what they mean: an
+    operation (``subscribe``, the legacy ``start``) by its operation name and variables (by
+    its query when it has no name), not by the id the client gave it; a ``complete`` or
+    ``stop`` by the operation it ends; ``connection_init`` regardless of its payload (tokens);
+    anything else as JSON. The replay's answers carry this client's operation ids."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, str] = {}  # recorded operation id -> this client's
+
+    def __call__(self, recorded: Message, actual: Message) -> bool:
+        r, a = _gql(recorded), _gql(actual)
+        if r is None or a is None:
+            return recorded == actual
+        kind = r.get("type")
+        if kind != a.get("type"):
+            return False
+        if kind in ("subscribe", "start"):
+            return bool(_operation_key(recorded) == _operation_key(actual))
+        if kind in ("complete", "stop"):
+            return bool(self.ids.get(str(r.get("id"))) == a.get("id"))
+        if kind == "connection_init":
+            return True
+        return _sorted(r) == _sorted(a)
+
+    def bind(self, recorded: Message, actual: Message) -> None:
+        r, a = _gql(recorded), _gql(actual)
+        if r is not None and a is not None and r.get("type") in ("subscribe", "start"):
+            self.ids[str(r.get("id"))] = str(a.get("id"))
+
+    def answer(self, message: Message) -> Message:
+        parsed = _gql(message)
+        if parsed is None or str(parsed.get("id")) not in self.ids:
+            return message
+        return json.dumps({**parsed, "id": self.ids[str(parsed["id"])]})
+
+
+def _gql(message: Message) -> dict[str, Any] | None:
+    parsed = _parsed(message) if isinstance(message, str) else _NOT_JSON
+    return parsed if isinstance(parsed, dict) else None
+
+
+def _operation_key(message: Message) -> Any:
+    op = operation_from_message(message)
+    if op is None:
+        return None
+    name = op.operation_name
+    return (name, " ".join(op.query.split()) if name is None else None, _sorted(op.variables))
 
 
 def _text_rule(rule: Callable[[str, str], bool]) -> MatchFunction:
@@ -237,6 +365,10 @@ def _canonical(text: str) -> str:
     value = _parsed(text)
     if value is _NOT_JSON:
         return "\0" + text  # never equal to JSON's canonical form
+    return _sorted(value)
+
+
+def _sorted(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "Conversation",
     "Har",
     "HarClose",
+    "ProtocolMatch",
     "Recording",
     "RecordingFile",
     "Replay",
@@ -603,6 +604,26 @@ class Step:
     index: int = field(default=-1, compare=False)
 
 
+class ProtocolMatch:
+    """A `Replay` matcher that knows the ids a protocol's client picks (Socket.IO's ack ids,
+    GraphQL's operation ids; `cassettes.matcher`): one per replayed socket (`fresh`), it
+    matches client messages regardless of those ids, learns which recorded id each live one
+    stands for (`bind`), and gives the replay's answers the live ids (`answer`)."""
+
+    def fresh(self) -> ProtocolMatch:
+        return type(self)()
+
+    def __call__(self, recorded: Message, actual: Message) -> bool:
+        return recorded == actual
+
+    def bind(self, recorded: Message, actual: Message) -> None:
+        """`actual` matched `recorded`."""
+
+    def answer(self, message: Message) -> Message:
+        """A recorded server message as this client must get it."""
+        return message
+
+
 @dataclass(slots=True)
 class Replay:
     """The server's side of one recorded conversation, replayed turn by turn.
@@ -643,6 +664,8 @@ class Replay:
     def __post_init__(self) -> None:
         if len(self.played) != len(self.conversation):
             self.played = bytearray(len(self.conversation))
+        if isinstance(self.match, ProtocolMatch):
+            self.match = self.match.fresh()  # its ids are this socket's
         # The recorded client messages, and per payload where they are (built once, O(n)).
         sent, data = self.conversation.sent, self.conversation.data
         i = sent.find(1)
@@ -661,9 +684,12 @@ class Replay:
     def receive(self, message: Message) -> list[Step] | None:
         """What to send for a message from the client (a bytes-like one matches as `bytes`);
         None when nothing recorded matches."""
-        n = self._find(exact(message))
+        message = exact(message)
+        n = self._find(message)
         if n is None:
             return None
+        if isinstance(self.match, ProtocolMatch):
+            self.match.bind(self.conversation.data[self._client[n]], message)
         if self.order == "sequential":
             self.position = max(self.position, n + 1)
         start = self._client[n]
@@ -712,9 +738,11 @@ class Replay:
         timed = self.timing == "recorded"
         steps = []
         times, data = conversation.times, conversation.data
+        answer = self.match.answer if isinstance(self.match, ProtocolMatch) else None
         for i in range(start, end):
             t = times[i]
-            steps.append(Step(_gap(before, t) if timed else 0.0, data[i], index=i))
+            message = data[i] if answer is None else answer(data[i])
+            steps.append(Step(_gap(before, t) if timed else 0.0, message, index=i))
             before = t
         close = conversation.close
         if end == len(conversation) and close is not None and close.by == "server":

@@ -122,8 +122,9 @@ def route_from_har(
             None: ``"all"`` with ``update=True``, else ``"none"``. The ``wsroute_record_mode``
             option wins over it.
         match: how a client message matches a recorded one: ``"exact"``, ``"json"``,
-            ``"json_subset"``, a compiled regex, or ``(recorded, actual) -> bool`` (see
-            `cassettes.matcher`).
+            ``"json_subset"``, ``"socket.io"`` (by event, with the client's ack ids),
+            ``"graphql"`` (by operation, with the client's ids), a compiled regex, or
+            ``(recorded, actual) -> bool`` (see `cassettes.matcher`).
         order: ``"sequential"``: the next recorded client message that matches (skipping
             others); ``"any"``: any not played yet.
         allow_playback_repeats: a recorded client message (and its answer) may play again.
@@ -192,6 +193,10 @@ def _any(url: str) -> bool:
 
 class UnmatchedMessageError(Exception):
     """A replayed client message matched nothing recorded (``record_mode="none"``)."""
+
+
+#: The query parameter Engine.IO clients set to a timestamp (``match="socket.io"`` filters it).
+ENGINE_IO_TIMESTAMP = "t"
 
 
 class Server(Protocol):
@@ -277,6 +282,8 @@ class Cassette:
             )
         check_record_mode(record_mode)
         check_record_mode(record_mode_override, "wsroute_record_mode")
+        if match == "socket.io":  # Engine.IO clients put a timestamp in every URL
+            filter_query = (*filter_query, ENGINE_IO_TIMESTAMP)
         self.filters = Filters.of(filter_headers, filter_query, before_record_message)
         self.match = matcher(match)
         self.order: Order = order
@@ -314,11 +321,13 @@ class Cassette:
             return
         self.har = Har(path, {})
         if exists:
-            self.har = load_har(
-                path,
-                allow_empty=self.mode == "new_episodes",
-                max_size=max_size,
-                max_attached_size=max_attached_size,
+            self.har = self._filtered(
+                load_har(
+                    path,
+                    allow_empty=self.mode == "new_episodes",
+                    max_size=max_size,
+                    max_attached_size=max_attached_size,
+                )
             )
         if self.mode == "new_episodes":
             label = f"{label} (new episodes)"
@@ -330,6 +339,16 @@ class Cassette:
                 return self._matches(u) and bool(loaded.entries(self.filters.url(u)))
 
         self.routes = [Route(url or "**", matches, self._replay, origin, label)]
+
+    def _filtered(self, har: Har) -> Har:
+        """`har` by URL with the filtered query parameters filtered, as live URLs are (a file
+        recorded without the filter, or by another tool, matches too)."""
+        if not self.filters.query:
+            return har
+        by_url: dict[str, list[Conversation]] = {}
+        for c in sorted((c for cs in har.by_url.values() for c in cs), key=lambda c: c.index):
+            by_url.setdefault(self.filters.url(c.url), []).append(c)
+        return Har(har.path, by_url)
 
     def unplayed(self) -> tuple[list[Message], list[Message]]:
         """The recorded client messages no client sent (that matched), and the recorded server

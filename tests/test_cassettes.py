@@ -66,7 +66,11 @@ def test_exact_is_the_replays_own_lookup() -> None:
 @pytest.mark.parametrize(
     ("match", "error"),
     [
-        ("regex", "match must be 'exact', 'json', 'json_subset', a compiled regex or a callable"),
+        (
+            "regex",
+            "match must be 'exact', 'json', 'json_subset', 'socket.io', 'graphql', a compiled "
+            "regex or a callable",
+        ),
         (re.compile(b"x"), "compile a str pattern"),
         (None, "match must be"),
     ],
@@ -82,6 +86,60 @@ def test_bad_matchers(match: Any, error: str) -> None:
 def test_transcript_json_matcher_ignores_key_order() -> None:
     r = Replay(conversation((C, '{"a": 1, "b": 2}'), (S, "ok")), match=matcher("json"))
     assert texts(r.receive('{"b": 2, "a": 1}')) == ["ok"]
+
+
+def test_socket_io_matcher_ignores_ack_ids_and_auth_and_renumbers_acks() -> None:
+    """A recording made with ack ids 0 and 1, replayed to a client that numbers from 7; the
+    server's own ack ids (its emit, the client's answer) stay as recorded."""
+    c = conversation(
+        (S, '0{"sid":"s","upgrades":[],"pingInterval":25000,"pingTimeout":20000}'),
+        (C, '40{"token":"recorded"}'), (S, '40{"sid":"n"}'),
+        (C, '420["add",2,3]'), (S, "430[5]"),
+        (C, '451-1["reverse",{"_placeholder":true,"num":0}]'), (C, b"\x00\x01"),
+        (S, '461-1[{"_placeholder":true,"num":0}]'), (S, b"\x01\x00"),
+        (S, '4/admin,12["ask"]'), (C, '4/admin,312["Ada"]'), (S, "2"), (C, "3"),
+    )  # fmt: skip
+    for _ in range(2):  # the second replay starts afresh: no ids from the first
+        r = Replay(c, match=matcher("socket.io"))
+        assert texts(r.receive('40{"token":"live"}')) == ['40{"sid":"n"}']
+        assert texts(r.receive('427["add",2,3]')) == ["437[5]"]
+        assert texts(r.receive('427["add",2,4]')) is None  # other arguments
+        assert texts(r.receive('451-8["reverse",{"_placeholder":true,"num":0}]')) == []
+        ack = '461-8[{"_placeholder":true,"num":0}]'  # renumbered; binary, then the server's emit
+        assert texts(r.receive(b"\x00\x01")) == [ack, b"\x01\x00", '4/admin,12["ask"]']
+        assert texts(r.receive('4/admin,311["Ada"]')) is None  # not the server's ack id
+        assert texts(r.receive('4/admin,312["Ada"]')) == ["2"]
+        assert texts(r.receive("3")) == []
+
+
+def test_graphql_matcher_by_operation_and_variables_with_the_clients_ids() -> None:
+    def m(**message: Any) -> str:
+        return json.dumps(message)
+
+    sub = {"query": "subscription Ticks($n: Int) { ticks(n: $n) }", "variables": {"n": 2}}
+    c = conversation(
+        (C, m(type="connection_init", payload={"token": "recorded"})),
+        (S, m(type="connection_ack")),
+        (C, m(id="1", type="subscribe", payload=sub)),
+        (S, m(id="1", type="next", payload={"data": {"ticks": 1}})),
+        (S, m(id="1", type="complete")),
+        (C, m(id="2", type="subscribe", payload={**sub, "variables": {"n": 3}})),
+        (S, m(id="2", type="next", payload={"data": {"ticks": 3}})),
+        (C, m(id="2", type="complete")),
+    )
+    r = Replay(c, match=matcher("graphql"), order="any")
+    assert texts(r.receive(m(type="connection_init", payload={"token": "live"}))) == [
+        m(type="connection_ack")
+    ]
+    uuid = "9b2f8c1e-live"
+    three = {**sub, "variables": {"n": 3}, "operationName": "Ticks"}
+    assert texts(r.receive(m(id=uuid, type="subscribe", payload=three))) == [
+        m(id=uuid, type="next", payload={"data": {"ticks": 3}})
+    ]
+    assert texts(r.receive(m(id="other", type="complete"))) is None  # not that operation's
+    assert texts(r.receive(m(id=uuid, type="complete"))) == []
+    four = {**sub, "variables": {"n": 4}}
+    assert texts(r.receive(m(id="x", type="subscribe", payload=four))) is None
 
 
 def test_transcript_order_any_answers_out_of_order_each_once() -> None:

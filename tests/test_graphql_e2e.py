@@ -373,3 +373,34 @@ async def test_client_unsubscribing_stops_an_endless_generator(
         json.loads((await sock.wait_for_message(re.compile('"(complete|stop)"'))).payload)["id"]
         == "1"
     )
+
+
+# --- record, then replay by operation ------------------------------------------------------
+
+
+async def test_record_then_replay_by_operation_with_the_clients_own_ids(
+    graphql_server: str, tmp_path: Any
+) -> None:
+    """Recorded against Strawberry: Count to 2 (id "1"), then Count to 3 (id "2"). Replayed
+    with ``match="graphql"`` to a client that subscribes to Count to 3 only: with its own id,
+    "1", it gets the results recorded for "2"; an exact replay does not answer it."""
+    har = tmp_path / "graphql.har"
+    async with AsyncWsRouteProxy() as p:
+        p.route_from_har(har, update=True)
+        t = transport(graphql_server, p.url, [NEW])
+        assert await collect(t, (COUNT, {"to": 2}), (COUNT, {"to": 3})) == [
+            [{"count": 1}, {"count": 2}],
+            [{"count": 1}, {"count": 2}, {"count": 3}],
+        ]
+    for match in ("exact", "graphql"):
+        async with AsyncWsRouteProxy() as p:
+            p.route_from_har(har, match=match)
+            t = transport(graphql_server, p.url, [NEW])
+            got = asyncio.wait_for(collect(t, (COUNT, {"to": 3})), 2 if match == "exact" else 10)
+            if match == "exact":
+                with pytest.raises(TimeoutError):
+                    await got
+                continue
+            assert await got == [[{"count": 1}, {"count": 2}, {"count": 3}]]
+            assert (await p.wait_for_web_socket()).routed == "mock"
+            assert p.handler_errors == []
