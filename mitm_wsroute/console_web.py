@@ -422,7 +422,7 @@ class ConsoleAddon:
         self.console = Console()
         self.server: ConsoleServer | None = None
         self.listen: tuple[str, int] | None = None
-        self.running_ = False
+        self._running = False
 
     @property
     def url(self) -> str | None:
@@ -479,15 +479,15 @@ class ConsoleAddon:
                 ) from e
             if listen != self.listen:
                 self.listen = listen
-                if self.running_:
+                if self._running:
                     self._restart()
 
     def running(self) -> None:
-        self.running_ = True
+        self._running = True
         self._restart()
 
     def done(self) -> None:
-        self.running_ = False
+        self._running = False
         self._stop()
 
     def _stop(self) -> None:
