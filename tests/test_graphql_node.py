@@ -113,27 +113,32 @@ def test_node_client_refused_at_connection_init(proxy: WsRouteProxy, client: str
 
 def test_node_client_too_slow_to_initialise_gets_4408(proxy: WsRouteProxy) -> None:
     """graphql-ws's client sends connection_init once its connectionParams resolve: 1 s here,
-    past the route's connection_init_wait_timeout."""
+    past the route's connection_init_wait_timeout of 0.2 s."""
+    timeouts: list[float] = []
 
     def api(gql: GraphQLWsRoute) -> None:
         assert gql.connection_init_wait_timeout == CONNECTION_INIT_WAIT_TIMEOUT == 3.0
-        gql.connection_init_wait_timeout = 0.2
+        if timeouts:
+            gql.connection_init_wait_timeout = timeouts[-1]
         mock_api(gql)
 
     proxy.route_graphql_ws("**/graphql", api)
     url = "ws://api.example.com/graphql"
-    args = ["--token", "secret", "--init-delay", "1000", "--ops", "count"]
-    assert node_client(url, proxy.env, "graphql-ws", *args) == [
+    late = ["--token", "secret", "--init-delay", "1000", "--ops", "count"]
+    timeouts.append(0.2)
+    assert node_client(url, proxy.env, "graphql-ws", *late) == [
         "closed 4408 Connection initialisation timeout",
         "count error Connection initialisation timeout",
     ]
     sock = proxy.wait_for_web_socket("**/graphql")
     sock.wait_for_close()
     assert (sock.close_code, sock.messages) == (4408, [])
-    # in time: served; the legacy protocol has no such timeout
-    args[3] = "100"
-    assert results(node_client(url, proxy.env, "graphql-ws", *args)) == COUNTED
-    assert results(node_client(url, proxy.env, "subscriptions-transport-ws", *args)) == COUNTED
+    # the legacy protocol has no such timeout
+    assert results(node_client(url, proxy.env, "subscriptions-transport-ws", *late)) == COUNTED
+    # in time for the default of 3 s
+    timeouts.clear()
+    soon = ["--token", "secret", "--init-delay", "100", "--ops", "count"]
+    assert results(node_client(url, proxy.env, "graphql-ws", *soon)) == COUNTED
 
 
 # --- an intercept of a real Strawberry server ------------------------------------------------
