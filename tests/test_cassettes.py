@@ -97,7 +97,7 @@ def test_socket_io_matcher_ignores_ack_ids_and_auth_and_renumbers_acks() -> None
         (C, '420["add",2,3]'), (S, "430[5]"),
         (C, '451-1["reverse",{"_placeholder":true,"num":0}]'), (C, b"\x00\x01"),
         (S, '461-1[{"_placeholder":true,"num":0}]'), (S, b"\x01\x00"),
-        (S, '4/admin,12["ask"]'), (C, '4/admin,312["Ada"]'), (S, "2"), (C, "3"),
+        (S, '42/admin,12["ask"]'), (C, '43/admin,12["Ada"]'), (S, "2"), (C, "3"),
     )  # fmt: skip
     for _ in range(2):  # the second replay starts afresh: no ids from the first
         r = Replay(c, match=matcher("socket.io"))
@@ -106,9 +106,9 @@ def test_socket_io_matcher_ignores_ack_ids_and_auth_and_renumbers_acks() -> None
         assert texts(r.receive('427["add",2,4]')) is None  # other arguments
         assert texts(r.receive('451-8["reverse",{"_placeholder":true,"num":0}]')) == []
         ack = '461-8[{"_placeholder":true,"num":0}]'  # renumbered; binary, then the server's emit
-        assert texts(r.receive(b"\x00\x01")) == [ack, b"\x01\x00", '4/admin,12["ask"]']
-        assert texts(r.receive('4/admin,311["Ada"]')) is None  # not the server's ack id
-        assert texts(r.receive('4/admin,312["Ada"]')) == ["2"]
+        assert texts(r.receive(b"\x00\x01")) == [ack, b"\x01\x00", '42/admin,12["ask"]']
+        assert texts(r.receive('43/admin,11["Ada"]')) is None  # not the server's ack id
+        assert texts(r.receive('43/admin,12["Ada"]')) == ["2"]
         assert texts(r.receive("3")) == []
 
 
