@@ -20,12 +20,16 @@ from tests.test_cli import COMMAND, start
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 ROUTES = """
-from mitm_wsroute import route_web_socket
+from mitm_wsroute import route_socket_io, route_web_socket
 
 @route_web_socket("**/mock")
 def mock_chat(ws):
     ws.send("hello from the route")
     ws.on_message(lambda m: ws.send(f"echo {m}"))
+
+@route_socket_io("**/socket.io/**")
+def sio_chat(sio):
+    sio.on("chat", lambda text: sio.emit("chat", f"echo {text}"))
 """
 
 
@@ -84,3 +88,31 @@ def test_routed_flows_in_mitmweb(mitmweb: tuple[str, str], page: Page) -> None:
         "[sent by the route]\necho hi",
     ]
     page.screenshot(path=ARTIFACTS / "mitmweb-websocket-tab.png")
+
+
+def test_socket_io_packets_decoded_in_mitmweb(mitmweb: tuple[str, str], page: Page) -> None:
+    proxy, web = mitmweb
+    url = "ws://chat.invalid/socket.io/?EIO=4&transport=websocket"
+    with connect(url, proxy=proxy) as c:
+        assert c.recv(5).startswith('0{"sid":')
+        c.send("40")
+        assert c.recv(5).startswith('40{"sid":')
+        c.send('42["chat","hi"]')
+        assert c.recv(5) == '42["chat","echo hi"]'
+
+    page.goto(web)
+    page.locator("tr", has_text="/socket.io/").locator("td.col-path").click()
+    page.locator("nav a", has_text="WebSocket").click()
+    messages = page.locator(".websocket pre")
+    messages.nth(4).wait_for()
+    shown = messages.all_inner_texts()
+    assert shown[0].startswith("[sent by the route]\nOPEN\n{")
+    assert shown[1:] == [
+        "[consumed by the route: not forwarded]\nCONNECT namespace /",
+        shown[2],  # CONNECT namespace / with the session id, as JSON
+        "[consumed by the route: not forwarded]\nEVENT 'chat' namespace /\n[\n  \"hi\"\n]",
+        "[sent by the route]\nEVENT 'chat' namespace /\n[\n  \"echo hi\"\n]",
+    ]
+    assert shown[2].startswith("[sent by the route]\nCONNECT namespace /\n{")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "mitmweb-socket-io.png")
