@@ -104,7 +104,7 @@ async def test_pause_edit_release_inject_close_from_the_page(mitmdump: Any, upst
             await browser.close()
 
 
-async def test_drop_from_the_page_and_bad_input_shows_the_error(
+async def test_json_path_breakpoint_drop_and_an_error_from_the_page(
     mitmdump: Any, upstream: Any
 ) -> None:
     proxy = mitmdump(ROUTES, "--set", "wsroute_console=127.0.0.1:0")
@@ -115,8 +115,18 @@ async def test_drop_from_the_page_and_bad_input_shows_the_error(
         try:
             page = await browser.new_page(bypass_csp=True)  # for wait_for_function
             await open_console(page, url)
+            await page.fill("#bp-json-path", "$.type")
+            await page.fill("#bp-json-value", '"chat"')
+            await page.click("#bp-add")
+            await page.wait_for_selector("#breakpoints tr")
             async with connect(up.url("/chat"), proxy=proxy.proxy) as client:
+                await client.send('{"type": "chat", "text": "never"}')
+                await page.locator(".paused-item button.drop").click()
+                await client.send('{"type": "ping"}')  # no match: forwarded at once
+                assert await client.recv() == '{"type": "ping"}'
+                assert up.received == ['{"type": "ping"}']  # the dropped one never got there
                 await page.click("#sockets tr[data-id]")
+                await page.wait_for_selector(".msg .action.dropped")
                 await page.fill("#close-code", "1006")
                 await page.click("#close-send")
                 await page.wait_for_function(

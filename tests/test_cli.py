@@ -254,3 +254,28 @@ def test_console_url_is_printed_and_needs_its_token(routes: Path, tmp_path: Path
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(10)
+
+
+@pytest.mark.parametrize(
+    "console, message",
+    [
+        (
+            "nonsense",
+            "mitm-wsroute: Cannot parse wsroute_console option nonsense: expected HOST:PORT*",
+        ),
+        ("127.0.0.1:TAKEN", "mitm-wsroute: error: wsroute: cannot serve the console at *"),
+    ],
+    ids=["bad-address", "port-in-use"],
+)
+def test_console_errors_are_one_line(tmp_path: Path, console: str, message: str) -> None:
+    ports = _taken_port()
+    console = console.replace("TAKEN", str(next(ports)))
+    out = subprocess.run(
+        [COMMAND, "-p", "0", "--console", console, "--", "--set", f"confdir={tmp_path}"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    ports.close()
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in out.stdout + out.stderr, out.stderr
+    assert re.fullmatch(re.escape(message).replace(r"\*", ".*"), lines[0]), lines[0]
