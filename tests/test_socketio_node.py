@@ -62,9 +62,13 @@ def node_chat(url: str, env: dict[str, str], *args: str) -> list[str]:
     return out.stdout.splitlines()
 
 
+#: ... and long-polling alone, for the whole session
+POLLING_ONLY = pytest.param(["--polling-only"], id="polling-only")
+
+
 def opened(transports: list[str]) -> str:
     """The transport the client opens with."""
-    return "open websocket" if transports else "open polling"
+    return "open websocket" if transports == ["--websocket-only"] else "open polling"
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +93,7 @@ def node_mock(sio: SocketIORoute) -> None:
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
-@pytest.mark.parametrize("transports", TRANSPORTS)
+@pytest.mark.parametrize("transports", [*TRANSPORTS, POLLING_ONLY])
 def test_node_client_against_a_mock(
     proxy: WsRouteProxy, transports: list[str], scheme: str
 ) -> None:
@@ -104,6 +108,10 @@ def test_node_client_against_a_mock(
         'picture {"png":"0x89504e47"} {"name":"logo"}',  # an attachment inside an object
         "disconnect io server disconnect",  # the route's disconnect()
     ]
+    assert proxy.handler_errors == []
+    if transports == ["--polling-only"]:
+        assert proxy.web_sockets == []  # all of it by long-polling, answered by the mock
+        return
     sock = proxy.wait_for_web_socket("**/socket.io/**")
     assert sock.routed == "mock"
     assert sock.url.startswith("wss://" if scheme == "https" else "ws://chat.example.com/")
@@ -111,7 +119,36 @@ def test_node_client_against_a_mock(
         assert sock.wait_for_event("add", direction="sent").args == [2, 3]
         assert sock.wait_for_event("reverse", direction="sent").args == [b"\x00\x01\x02"]
     assert sock.wait_for_event("whoami", "/admin", direction="sent").id is not None
-    assert proxy.handler_errors == []
+
+
+@pytest.mark.parametrize("transports", [TRANSPORTS[1], POLLING_ONLY])
+def test_node_client_answers_the_mocks_heartbeats(
+    proxy: WsRouteProxy, transports: list[str]
+) -> None:
+    """Pings every 0.1 s, over the WebSocket or long-polling: the client answers each one (a
+    pong late by more than ping_timeout would disconnect it) and chats on."""
+    disconnects: list[str] = []
+    disconnected = threading.Event()
+
+    def handler(sio: SocketIORoute) -> None:
+        chat_mock(sio)
+        sio.on_disconnect(lambda ns, reason: (disconnects.append(reason), disconnected.set()))
+
+    proxy.route_socket_io("**/socket.io/**", handler, ping_interval=0.1, ping_timeout=5)
+    args = [*transports, "--steps", "pings,chat,pings,add"]
+    assert node_chat("https://chat.example.com", proxy.env, *args)[2:] == [
+        "pings 3 connected",
+        "chat echo hi",
+        "pings 3 connected",
+        "add 5",
+        "disconnect io client disconnect",
+    ]
+    if transports == ["--websocket-only"]:
+        sock = proxy.wait_for_web_socket("**/socket.io/**")
+        sock.wait_for_message("3", direction="sent")  # a pong
+        sock.wait_for_close()
+    assert disconnected.wait(5)
+    assert disconnects == ["client namespace disconnect"]
 
 
 # --- an intercept of python-socketio's own server ---------------------------------------------

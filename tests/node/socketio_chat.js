@@ -3,7 +3,7 @@
 // proxy's CA from NODE_EXTRA_CA_CERTS or --ca FILE. It knows nothing of any test: it chats, and
 // prints one line per thing that happened, then exits (0 if all went, 1 on an error).
 //
-//   node socketio_chat.js URL [--websocket-only] [--ca FILE] [--await-upgrade]
+//   node socketio_chat.js URL [--websocket-only | --polling-only] [--ca FILE] [--await-upgrade]
 //                             [--steps chat,add,reverse,ask,admin]
 //
 // Steps: `chat` emits "chat" "hi" and prints the "chat" event that comes back; `add` asks for
@@ -11,7 +11,7 @@
 // server's "question" (answered with "Ada" by ack) and its "hello"; `admin` connects to /admin
 // with a token on the same connection and asks "whoami"; `picture` asks for a "picture" event
 // with binary data (an attachment) and a JSON object; `leave` asks the server to disconnect it
-// (the last step then).
+// (the last step then); `pings` waits for three of the server's pings.
 const fs = require("node:fs");
 const { io } = require("socket.io-client");
 const { HttpsProxyAgent } = require("https-proxy-agent");
@@ -30,6 +30,7 @@ const options = {
   agent: proxy ? new HttpsProxyAgent(proxy) : undefined,
 };
 if (flag("--websocket-only")) options.transports = ["websocket"];
+if (flag("--polling-only")) options.transports = ["polling"];
 if (option("--ca")) options.ca = fs.readFileSync(option("--ca"));
 
 const out = (line) => console.log(line);
@@ -41,6 +42,7 @@ const show = (value) => JSON.stringify(value, (key, v) =>
 function next(socket, event, wait = WAIT) {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`no "${event}" within ${wait} ms`)), wait);
+    timer.unref(); // only a guard: it keeps no client alive
     socket.once(event, (...args) => {
       clearTimeout(timer);
       resolve(args);
@@ -84,6 +86,10 @@ async function main() {
       const hello = next(socket, "hello");
       socket.emit("ask");
       out(`hello ${(await hello).join(" ")}`);
+    } else if (step === "pings") {
+      // three of the server's heartbeats, each answered by the client on its own
+      for (let i = 1; i <= 3; i++) await next(socket.io.engine, "ping");
+      out(`pings 3 ${socket.connected ? "connected" : "disconnected"}`);
     } else if (step === "picture") {
       const picture = next(socket, "picture");
       socket.emit("picture");
@@ -108,7 +114,7 @@ async function main() {
 }
 
 main().then(
-  () => process.exit(0),
+  () => {}, // Node exits once the client has let go (a polling client's last requests too)
   (error) => {
     console.error(`error ${error.message}${error.description ? ` ${error.description}` : ""}`);
     process.exit(1);
