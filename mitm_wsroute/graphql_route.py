@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, overload
 
@@ -111,6 +112,10 @@ class GraphQLWsRoute:
         #: Operations whose handler should stop (the client completed them, or they ended).
         self._stopped: set[str] = set()
         self._init_timer: asyncio.TimerHandle | None = None
+        #: The thread of the proxy's loop, which runs the route (`complete` from others waits
+        #: for it), and the loop; None when no loop runs here (a unit test).
+        self._thread = threading.get_ident()
+        self._loop = _running_loop()
 
     def __repr__(self) -> str:
         return f"<GraphQLWsRoute {self.protocol} {self.url}>"
@@ -136,7 +141,11 @@ class GraphQLWsRoute:
         self._subscribe.append((operation_matcher(name_or_predicate), fn))
 
     def complete(self, id: str) -> None:
-        """End operation `id` now: ``complete`` goes to the client and its handler stops."""
+        """End operation `id` now: ``complete`` goes to the client and its handler stops.
+        From any thread: from another than the proxy's, it is done there, soon."""
+        if self._loop is not None and threading.get_ident() != self._thread:
+            self._loop.call_soon_threadsafe(self.complete, id)
+            return
         self._run(self._session.complete(id))
 
     def connect_to_server(self) -> GraphQLServerSide:
@@ -431,3 +440,12 @@ def graphql_registrar(
         return register
     register(handler)
     return None
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    import asyncio  # here: the package's import stays pure (see the module's docstring)
+
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

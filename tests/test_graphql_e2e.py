@@ -375,6 +375,52 @@ async def test_client_unsubscribing_stops_an_endless_generator(
     )
 
 
+async def test_complete_from_another_thread_ends_the_operation(
+    async_wsroute: AsyncWsRouteProxy,
+) -> None:
+    """`complete(id)` called from a thread that is not the proxy's (the test's own): done on
+    the proxy's thread (the session is not thread-safe); the client gets ``complete`` after
+    the results so far, and the handler stops."""
+    routes: list[tuple[GraphQLWsRoute, str]] = []
+    started, stopped = threading.Event(), threading.Event()
+    threads: dict[str, int] = {}
+
+    def api(gql: GraphQLWsRoute) -> None:
+        threads["proxy"] = threading.get_ident()
+        session_complete = gql._session.complete
+
+        def complete(id: str) -> Any:
+            threads["complete"] = threading.get_ident()
+            return session_complete(id)
+
+        gql._session.complete = complete  # type: ignore[method-assign]
+
+        async def endless(op: Operation) -> AsyncGenerator[dict[str, int], None]:
+            routes.append((gql, op.id))
+            try:
+                yield {"count": 1}
+                started.set()
+                await asyncio.Event().wait()  # until completed
+            finally:
+                stopped.set()
+
+        gql.on_subscribe("Count", endless)
+
+    async_wsroute.route_graphql_ws("**/graphql", api)
+    t = transport("ws://api.example.com/graphql", async_wsroute.url, [NEW])
+
+    async def complete_when_started() -> None:
+        assert await asyncio.to_thread(started.wait, 5)
+        gql, id = routes[0]
+        await asyncio.to_thread(gql.complete, id)  # from a thread of the test's
+
+    completing = asyncio.get_running_loop().create_task(complete_when_started())
+    assert await asyncio.wait_for(collect(t, (COUNT, {"to": 0})), 10) == [[{"count": 1}]]
+    await completing
+    assert await asyncio.to_thread(stopped.wait, 5)
+    assert threads["complete"] == threads["proxy"]
+
+
 # --- record, then replay by operation ------------------------------------------------------
 
 
