@@ -411,6 +411,7 @@ class SocketWatch:
             return to
         lane.waiting.append(message)
         lane.waiting_bytes += len(message)
+        self.console.socket_changed(self)  # its "waiting" count
         if lane.waiting_bytes > MAX_HELD_BYTES:
             logger.warning(
                 f"{self.url}: over {MAX_HELD_BYTES} bytes wait behind a paused message "
@@ -424,6 +425,7 @@ class SocketWatch:
         if lane.paused is None and not lane.waiting:
             return False
         lane.waiting.append(close)
+        self.console.socket_changed(self)
         return True
 
     def sent(self, to: Side, message: Message) -> None:

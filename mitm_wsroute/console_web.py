@@ -115,6 +115,12 @@ class ConsoleServer:
         )
         self.server = tornado.httpserver.HTTPServer(app, max_body_size=MAX_BODY)
         self.server.add_sockets(sockets)
+        if host in ("", "0.0.0.0", "::"):
+            logger.warning(
+                f"wsroute: the console listens on every address ({host or '*'}:{port}): anyone "
+                "who can reach it and has its token can read and change the traffic"
+            )
+            host = "127.0.0.1" if host != "::" else "::1"  # where this machine reaches it
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{port}/?token={self.token}"
         self.console.on_change = self._changed

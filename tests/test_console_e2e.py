@@ -350,3 +350,19 @@ async def test_the_record_keeps_the_newest(upstream: Any) -> None:
             assert [m["text"] for m in messages] == ["17", "18", "18", "19", "19"]
             [sock] = await api.get("/api/sockets")
             assert sock["counts"] == {C2S: 20, S2C: 20}
+
+
+async def test_a_close_waits_behind_the_paused_messages(console: Any) -> None:
+    proxy, api, up = console
+    feed = await api.feed()
+    await api.post("/api/breakpoints", {"direction": C2S})
+    client = await open_chat(proxy, up)
+    await client.send("last words")
+    [paused] = await feed.paused()
+    closing = asyncio.ensure_future(client.close(1000, "done"))
+    await feed.until(lambda e: e["type"] == "socket" and e["socket"]["waiting"] == 1)
+    assert up.received == [] and not up.closed.is_set()  # the close waits too
+    await api.post(f"/api/paused/{paused['id']}", {"action": "forward"})
+    await asyncio.wait_for(up.closed.wait(), 10)
+    assert up.received == ["last words"] and up.closes == [(1000, "done")]
+    await closing
