@@ -100,6 +100,27 @@ def test_node_client_gets_the_mocks_errors_and_goes_on(proxy: WsRouteProxy, clie
     assert len(lines) == len(results(lines)) + 1
 
 
+@pytest.mark.parametrize(
+    ("client", "keep_alive", "kept"),
+    [("graphql-ws", "50", "pongs 3"), ("subscriptions-transport-ws", "300", "ka 10 open")],
+)
+def test_node_client_keep_alive_and_a_mutation(
+    proxy: WsRouteProxy, client: str, keep_alive: str, kept: str
+) -> None:
+    """graphql-ws's client pings every 50 ms and gets its pongs; the legacy client, which drops
+    a connection without a `ka` for 300 ms, stays over ten of them (every 50 ms here)."""
+
+    def api(gql: GraphQLWsRoute) -> None:
+        mock_api(gql)
+        gql.keep_alive = 0.05
+        gql.on_subscribe("Rename", lambda op: {"rename": op.variables["name"].upper()})
+
+    proxy.route_graphql_ws("**/graphql", api)
+    args = ["--token", "secret", "--keep-alive", keep_alive, "--ops", "rename,count"]
+    lines = node_client("wss://api.example.com/graphql", proxy.env, client, *args)
+    assert results(lines) == [kept, 'rename {"rename":"ANN"}', "rename complete", *COUNTED]
+
+
 @pytest.mark.parametrize("client", CLIENTS)
 def test_node_client_refused_at_connection_init(proxy: WsRouteProxy, client: str) -> None:
     proxy.route_graphql_ws("**/graphql", mock_api)

@@ -234,9 +234,14 @@ def test_node_client_intercept_rewrites_one_server_event(
     proxy: WsRouteProxy, sio_server: Any, transports: list[str], tls: bool
 ) -> None:
     server = sio_server(tls)
-    proxy.route_socket_io("**/socket.io/**", shout)
+
+    def handler(sio: SocketIORoute) -> None:
+        shout(sio)
+        sio.on("triple", lambda n: 3 * n)  # the route answers this one; the server never sees it
+
+    proxy.route_socket_io("**/socket.io/**", handler)
     # events are the route's from the upgrade on: a default client waits for it
-    args = [*transports, "--await-upgrade", "--steps", "chat,add,reverse"]
+    args = [*transports, "--await-upgrade", "--steps", "chat,add,reverse,triple"]
     lines = node_chat(server.url, proxy.env, *args)
     assert lines == [
         opened(transports),
@@ -245,6 +250,7 @@ def test_node_client_intercept_rewrites_one_server_event(
         "chat SERVER SAYS HI",  # rewritten
         "add 5",  # forwarded, and its ack back
         "reverse 020100 3",  # binary attachments both ways, two ack values
+        "triple 21",  # answered by the route
         "disconnect io client disconnect",
     ]
     sock = proxy.wait_for_web_socket("**/socket.io/**")

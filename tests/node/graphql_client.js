@@ -6,11 +6,15 @@
 // prints one line per result, then exits (0 if all went, 1 on an error).
 //
 //   node graphql_client.js URL --client graphql-ws|subscriptions-transport-ws [--ca FILE]
-//        [--token TOKEN] [--init-delay MS] [--ops count,hello,news]
+//        [--token TOKEN] [--init-delay MS] [--keep-alive MS] [--ops count,hello] (the default)
 //
 // Operations: `count` subscribes to Count(to: 3), `hello` queries Hello(name: "ann"), `news`
-// subscribes to News, `nope` queries Nope and `broken` subscribes to Broken (no operationName
-// in the message for these two). Lines: `count {"count":1}` per result, `count complete`, `count error
+// subscribes to News, `rename` is the mutation Rename(name: "ann"), `nope` queries Nope and
+// `broken` subscribes to Broken (no operationName in the message for these two).
+//
+// --keep-alive MS: graphql-ws pings every MS ms (its `keepAlive`), and the client first waits
+// for three pongs; the legacy client takes MS as its `timeout` for the server's `ka` messages
+// (it drops a connection that goes quiet that long), and first waits for ten of them. Lines: `count {"count":1}` per result, `count complete`, `count error
 // MESSAGES`, and `closed CODE REASON` when the socket closes.
 const fs = require("node:fs");
 const WebSocket = require("ws");
@@ -23,6 +27,7 @@ const which = option("--client", "graphql-ws");
 const ops = option("--ops", "count,hello").split(",");
 const token = option("--token");
 const initDelay = Number(option("--init-delay", "0"));
+const keepAlive = Number(option("--keep-alive", "0"));
 
 const OPERATIONS = {
   count: {
@@ -36,6 +41,11 @@ const OPERATIONS = {
     operationName: "Hello",
   },
   news: { query: "subscription News { news }", operationName: "News" },
+  rename: {
+    query: "mutation Rename($name: String!) { rename(name: $name) }",
+    variables: { name: "ann" },
+    operationName: "Rename",
+  },
   nope: { query: "query Nope { nope }" },
   broken: { query: "subscription Broken { broken }" },
 };
@@ -46,9 +56,20 @@ if (option("--ca")) wsOptions.ca = fs.readFileSync(option("--ca"));
 
 // Both clients take a WebSocket implementation: `ws` with the proxy's agent and the CA.
 const closed = [];
+let kas = 0; // the legacy server's keep-alive messages seen
+const kaSeen = [];
 class ProxiedWebSocket extends WebSocket {
   constructor(address, protocols) {
     super(address, protocols, wsOptions);
+    this.on("message", (data) => {
+      let type;
+      try {
+        type = JSON.parse(data).type;
+      } catch {
+        return; // the client's own concern
+      }
+      if (type === "ka" && ++kas === 10) kaSeen.forEach((resolve) => resolve());
+    });
     closed.push(new Promise((resolve) => this.on("close", (code, reason) => {
       out(`closed ${code} ${reason}`);
       resolve();
@@ -89,9 +110,15 @@ async function withGraphqlWs() {
     webSocketImpl: ProxiedWebSocket,
     connectionParams,
     retryAttempts: 0,
-    lazy: true, // connects at the first operation...
+    lazy: !keepAlive, // connects at the first operation...
     lazyCloseTimeout: 60000, // ...and keeps the socket between operations, until dispose()
+    keepAlive,
   });
+  if (keepAlive) {
+    let pongs = 0;
+    await new Promise((resolve) => client.on("pong", () => ++pongs === 3 && resolve()));
+    out("pongs 3");
+  }
   for (const name of ops) await run(name, (payload, sink) => client.subscribe(payload, sink));
   await client.dispose();
 }
@@ -103,11 +130,16 @@ async function withSubscriptionsTransportWs() {
     {
       connectionParams,
       reconnect: false,
-      lazy: true,
+      lazy: !keepAlive,
+      ...(keepAlive ? { timeout: keepAlive } : {}),
       connectionCallback: (error) => error && out(`connection_error ${messages(error)}`),
     },
     ProxiedWebSocket,
   );
+  if (keepAlive) {
+    await new Promise((resolve) => kaSeen.push(resolve));
+    out(`ka 10 ${client.status === WebSocket.OPEN ? "open" : "closed"}`);
+  }
   for (const name of ops) {
     await run(name, (payload, sink) => client.request(payload).subscribe(sink));
   }

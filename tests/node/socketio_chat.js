@@ -4,14 +4,14 @@
 // prints one line per thing that happened, then exits (0 if all went, 1 on an error).
 //
 //   node socketio_chat.js URL [--websocket-only | --polling-only] [--ca FILE] [--await-upgrade]
-//                             [--steps chat,add,reverse,ask,admin]
+//                             [--steps chat,add,reverse,ask] (the default steps)
 //
 // Steps: `chat` emits "chat" "hi" and prints the "chat" event that comes back; `add` asks for
-// 2 + 3 with an ack; `reverse` sends bytes and prints the two ack values; `ask` waits for the
-// server's "question" (answered with "Ada" by ack) and its "hello"; `admin` connects to /admin
-// with a token on the same connection and asks "whoami"; `picture` asks for a "picture" event
-// with binary data (an attachment) and a JSON object; `leave` asks the server to disconnect it
-// (the last step then); `pings` waits for three of the server's pings.
+// 2 + 3 with an ack, `triple` for 3 x 7; `reverse` sends bytes and prints the two ack values;
+// `ask` waits for the server's "question" (answered with "Ada" by ack) and its "hello"; `admin`
+// connects to /admin with a token on the same connection and asks "whoami"; `picture` asks for
+// a "picture" event with binary data (an attachment) and a JSON object; `pings` waits for three
+// of the server's pings; `leave` asks the server to disconnect it (the last step then).
 const fs = require("node:fs");
 const { io } = require("socket.io-client");
 const { HttpsProxyAgent } = require("https-proxy-agent");
@@ -86,6 +86,8 @@ async function main() {
       const hello = next(socket, "hello");
       socket.emit("ask");
       out(`hello ${(await hello).join(" ")}`);
+    } else if (step === "triple") {
+      out(`triple ${await socket.timeout(WAIT).emitWithAck("triple", 7)}`);
     } else if (step === "pings") {
       // three of the server's heartbeats, each answered by the client on its own
       for (let i = 1; i <= 3; i++) await next(socket.io.engine, "ping");
