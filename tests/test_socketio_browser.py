@@ -1,10 +1,12 @@
-"""A Chromium page with the socket.io client chats with a route_socket_io mock through the proxy.
+"""A Chromium page with the socket.io client chats through the proxy: with a route_socket_io
+mock, and with python-socketio's server, intercepted with one event rewritten.
 
-The page and socket.io-client's own browser bundle (``dist/socket.io.min.js`` from
+For the mock, the page and socket.io-client's own browser bundle (``dist/socket.io.min.js`` from
 tests/node/node_modules) come from a small HTTP server on 127.0.0.1; the page's Socket.IO
 server, on another origin, exists nowhere: the mock answers its long-polling (cross-origin, so
-with CORS) and its WebSocket. Debian's Chromium, driven by playwright-python, every request
-through WsRouteProxy (loopback included).
+with CORS) and its WebSocket. For the intercept, python-socketio's server serves the page and
+the bundle itself. Debian's Chromium, driven by playwright-python, every request through
+WsRouteProxy (loopback included).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from playwright.sync_api import Browser, sync_playwright
 from mitm_wsroute.testing import WsRouteProxy
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.test_socketio_e2e import chat_mock
+from tests.test_socketio_node import SocketIOServerThread, shout
 
 NODE_MODULES = Path(__file__).resolve().parent / "node" / "node_modules"
 BUNDLE = NODE_MODULES / "socket.io-client" / "dist" / "socket.io.min.js"
@@ -167,3 +170,53 @@ def test_page_chats_with_a_socket_io_mock(
     assert proxy.handler_errors == []
     assert "/socket.io.min.js" in _Site.paths
     assert not [p for p in _Site.paths if p.startswith("/socket.io/")]  # the mock answered
+
+
+#: A chat with the page's own origin, from the upgrade on (the intercept's events).
+INTERCEPTED_CHAT = """
+async () => {
+  const log = [];
+  const socket = io({ reconnection: false });
+  const next = (s, event) => new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no ${event}`)), 10000);
+    s.once(event, (...args) => { clearTimeout(timer); resolve(args); });
+  });
+  socket.io.on("open", () => log.push(`open ${socket.io.engine.transport.name}`));
+  await next(socket, "connect");
+  if (socket.io.engine.transport.name !== "websocket") {
+    await new Promise((resolve) => socket.io.engine.once("upgrade", resolve));
+  }
+  log.push(`transport ${socket.io.engine.transport.name}`);
+  const chat = next(socket, "chat");
+  socket.emit("chat", "hi");
+  log.push(`chat ${(await chat).join(" ")}`);
+  log.push(`add ${await socket.timeout(5000).emitWithAck("add", 2, 3)}`);
+  socket.disconnect();
+  return log;
+}
+"""
+
+
+def test_page_of_a_socket_io_server_intercepted(browser: Browser, proxy: WsRouteProxy) -> None:
+    """The page's default client long-polls python-socketio's server through the proxy
+    untouched, then upgrades; from there the route rewrites the server's "chat"."""
+    pages = {
+        "/": (PAGE, "text/html"),
+        "/socket.io.min.js": (BUNDLE.read_bytes(), "text/javascript"),
+    }
+    server = SocketIOServerThread(pages=pages)
+    try:
+        proxy.route_socket_io("**/socket.io/**", shout)
+        context = browser.new_context(proxy=proxy.playwright_proxy)
+        try:
+            page = context.new_page()
+            page.goto(server.url + "/")
+            log = page.evaluate(INTERCEPTED_CHAT)
+        finally:
+            context.close()
+    finally:
+        server.stop()
+    assert log == ["open polling", "transport websocket", "chat SERVER SAYS HI", "add 5"]
+    sock = proxy.wait_for_web_socket("**/socket.io/**")
+    assert sock.routed == "intercept"
+    assert proxy.handler_errors == []

@@ -158,10 +158,18 @@ class SocketIOServerThread:
     """python-socketio's own server (aiohttp) on 127.0.0.1, plain or TLS, on a thread and loop
     of its own: "chat" answers with a "chat" of its own, "add" and "reverse" by ack."""
 
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, tls: ssl.SSLContext | None = None, pages: dict[str, tuple[bytes, str]] | None = None
+    ) -> None:
         server = socketio.AsyncServer(async_mode="aiohttp")
         app = web.Application()
         server.attach(app)
+        for path, page in (pages or {}).items():  # `pages`: path -> (body, content type)
+
+            async def get(_: web.Request, page: tuple[bytes, str] = page) -> web.Response:
+                return web.Response(body=page[0], content_type=page[1])
+
+            app.router.add_get(path, get)
 
         @server.on("chat")
         async def chat(sid: str, text: str) -> None:
