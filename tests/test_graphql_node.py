@@ -100,6 +100,32 @@ def test_node_client_gets_the_mocks_errors_and_goes_on(proxy: WsRouteProxy, clie
     assert len(lines) == len(results(lines)) + 1
 
 
+@pytest.mark.parametrize("client", CLIENTS)
+def test_node_client_runs_operations_at_once_on_one_socket(
+    proxy: WsRouteProxy, client: str
+) -> None:
+    proxy.route_graphql_ws("**/graphql", mock_api)
+    args = ["--token", "secret", "--parallel", "--ops", "count,news,hello,nope"]
+    lines = node_client("ws://api.example.com/graphql", proxy.env, client, *args)
+    by_operation: dict[str, list[str]] = {}
+    for line in results(lines):
+        by_operation.setdefault(line.split()[0], []).append(line)
+    assert by_operation == {
+        "count": COUNTED,
+        "news": [
+            'news {"news":"first"}',
+            'news {"data":null,"errors":[{"message":"late"}]}',
+            "news complete",
+        ],
+        "hello": ['hello {"hello":"ann"}', "hello complete"],
+        "nope": ["nope error no route for operation Nope"],
+    }
+    assert len(lines) == len(results(lines)) + 1  # one socket
+    sock = proxy.wait_for_web_socket("**/graphql")
+    started = {sock.wait_for_operation(lambda op: True).operation_name for _ in range(4)}
+    assert started == {"Count", "News", "Hello", "Nope"}
+
+
 @pytest.mark.parametrize(
     ("client", "keep_alive", "kept"),
     [("graphql-ws", "50", "pongs 3"), ("subscriptions-transport-ws", "300", "ka 10 open")],

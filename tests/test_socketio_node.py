@@ -121,6 +121,31 @@ def test_node_client_against_a_mock(
     assert sock.wait_for_event("whoami", "/admin", direction="sent").id is not None
 
 
+def test_node_clients_at_once_each_its_own_session(proxy: WsRouteProxy) -> None:
+    """Four default clients at the same time, long-polling then upgrading: the mock keeps their
+    sessions apart (each gets its own answers, acks and binary data)."""
+    proxy.route_socket_io("**/socket.io/**", node_mock)
+    steps = ["--steps", "chat,add,reverse,ask,picture"]
+    cmd = ["node", str(CHAT), "https://chat.example.com", *steps]
+    env = {**BASE_ENV, **proxy.env}
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    try:
+        outs = [p.communicate(timeout=30) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    expected = ["open polling", "connect", *CHAT_LINES]
+    expected += ['picture {"png":"0x89504e47"} {"name":"logo"}', "disconnect io client disconnect"]
+    assert [out.splitlines() for out, _ in outs] == [expected] * 4, [err for _, err in outs]
+    assert len({sock.url for sock in proxy.web_sockets}) == 4  # four sessions (sid in the URL)
+    assert proxy.handler_errors == []
+
+
 @pytest.mark.parametrize("transports", [TRANSPORTS[1], POLLING_ONLY])
 def test_node_client_answers_the_mocks_heartbeats(
     proxy: WsRouteProxy, transports: list[str]

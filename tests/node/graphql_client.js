@@ -2,11 +2,13 @@
 // `graphql-ws` (the graphql-transport-ws protocol) or Apollo's legacy
 // `subscriptions-transport-ws` (subprotocol graphql-ws), over Node's `ws`, the proxy from
 // HTTPS_PROXY (https-proxy-agent), the proxy's CA from NODE_EXTRA_CA_CERTS or --ca FILE. It
-// knows nothing of any test: it runs its operations one after the other on one connection and
-// prints one line per result, then exits (0 if all went, 1 on an error).
+// knows nothing of any test: it runs its operations one after the other (--parallel: all at
+// once) on one connection and prints one line per result, then exits (0 if all went, 1 on an
+// error).
 //
 //   node graphql_client.js URL --client graphql-ws|subscriptions-transport-ws [--ca FILE]
-//        [--token TOKEN] [--init-delay MS] [--keep-alive MS] [--ops count,hello] (the default)
+//        [--token TOKEN] [--init-delay MS] [--keep-alive MS] [--parallel]
+//        [--ops count,hello] (the default)
 //
 // Operations: `count` subscribes to Count(to: 3), `hello` queries Hello(name: "ann"), `news`
 // subscribes to News, `rename` is the mutation Rename(name: "ann"), `nope` queries Nope and
@@ -28,6 +30,7 @@ const ops = option("--ops", "count,hello").split(",");
 const token = option("--token");
 const initDelay = Number(option("--init-delay", "0"));
 const keepAlive = Number(option("--keep-alive", "0"));
+const parallel = argv.includes("--parallel");
 
 const OPERATIONS = {
   count: {
@@ -103,6 +106,12 @@ function run(name, subscribe) {
   });
 }
 
+// The operations one after the other, or with --parallel all at once on the socket.
+async function each(fn) {
+  if (parallel) return Promise.all(ops.map(fn));
+  for (const name of ops) await fn(name);
+}
+
 async function withGraphqlWs() {
   const { createClient } = require("graphql-ws");
   const client = createClient({
@@ -119,7 +128,7 @@ async function withGraphqlWs() {
     await new Promise((resolve) => client.on("pong", () => ++pongs === 3 && resolve()));
     out("pongs 3");
   }
-  for (const name of ops) await run(name, (payload, sink) => client.subscribe(payload, sink));
+  await each((name) => run(name, (payload, sink) => client.subscribe(payload, sink)));
   await client.dispose();
 }
 
@@ -140,9 +149,7 @@ async function withSubscriptionsTransportWs() {
     await new Promise((resolve) => kaSeen.push(resolve));
     out(`ka 10 ${client.status === WebSocket.OPEN ? "open" : "closed"}`);
   }
-  for (const name of ops) {
-    await run(name, (payload, sink) => client.request(payload).subscribe(sink));
-  }
+  await each((name) => run(name, (payload, sink) => client.request(payload).subscribe(sink)));
   client.close();
 }
 
