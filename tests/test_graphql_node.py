@@ -128,7 +128,10 @@ def test_node_client_runs_operations_at_once_on_one_socket(
 
 @pytest.mark.parametrize(
     ("client", "keep_alive", "kept"),
-    [("graphql-ws", "50", "pongs 3"), ("subscriptions-transport-ws", "300", "ka 10 open")],
+    [
+        pytest.param("graphql-ws", "50", "pongs 3", id="graphql-ws"),
+        pytest.param("subscriptions-transport-ws", "300", "ka 10 open", id="legacy"),
+    ],
 )
 def test_node_client_keep_alive_and_a_mutation(
     proxy: WsRouteProxy, client: str, keep_alive: str, kept: str
