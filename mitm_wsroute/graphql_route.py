@@ -111,7 +111,7 @@ class GraphQLWsRoute:
         self._intercept: InterceptSession | None = None
         #: Operations whose handler should stop (the client completed them, or they ended).
         self._stopped: set[str] = set()
-        self._init_timer: asyncio.TimerHandle | None = None
+        self._init_received: asyncio.Event | None = None
         #: The thread of the proxy's loop, which runs the route (`complete` from others waits
         #: for it), and the loop; None when no loop runs here (a unit test).
         self._thread = threading.get_ident()
@@ -163,8 +163,6 @@ class GraphQLWsRoute:
         ws = self.web_socket
         if self._server is None:
             ws.accept(protocol=self.protocol if self.protocol in ws.protocols else None)
-            if self.connection_init_wait_timeout and not self._session.legacy:
-                self._start_init_timer(self.connection_init_wait_timeout)
             # the socket's tasks (generators, keep-alive) are cancelled when it ends
             ws.on_message(self._mock_message)
             return
@@ -177,19 +175,23 @@ class GraphQLWsRoute:
 
     # mock
 
-    def _start_init_timer(self, seconds: float) -> None:
+    async def _init_deadline(self) -> None:
+        """A mock on ``graphql-transport-ws``: close with 4408 unless ``connection_init`` comes
+        within `connection_init_wait_timeout`. It runs in the route handler's task, which goes
+        on after `accept()` as one of the socket's tasks, so it ends with the socket."""
+        seconds = self.connection_init_wait_timeout
+        if self._server is not None or self._session.legacy or not seconds:
+            return
         import asyncio  # here: the package's import stays pure (see the module's docstring)
 
-        self._init_timer = asyncio.get_running_loop().call_later(
-            seconds, self._init_timed_out, seconds
-        )
-
-    def _init_timed_out(self, seconds: float) -> None:
-        self._init_timer = None
-        commands = self._session.init_timeout()
-        if commands:
-            logger.info(f"{self.url}: {self._name}: no connection_init within {seconds} s: 4408")
-        self._run(commands)
+        self._init_received = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._init_received.wait(), seconds)
+        except TimeoutError:
+            commands = self._session.init_timeout()
+            if commands:
+                logger.info(f"{self.url}: {self._name}: no connection_init within {seconds} s")
+            self._run(commands)
 
     def _mock_message(self, message: str | bytes) -> Awaitable[None] | None:
         return self._run(self._session.receive(message))
@@ -218,9 +220,8 @@ class GraphQLWsRoute:
         return waits[0] if len(waits) == 1 else _all(waits)
 
     def _check_init(self, payload: dict[str, Any]) -> Awaitable[None] | None:
-        if self._init_timer is not None:
-            self._init_timer.cancel()
-            self._init_timer = None
+        if self._init_received is not None:
+            self._init_received.set()
         if self._init is None:
             return self._acked(True)
         try:
@@ -400,6 +401,7 @@ class _Handler:
         if inspect.isawaitable(result):
             await result
         route._start()
+        await route._init_deadline()  # after accept(): one of the socket's tasks
 
 
 def graphql_route_handler(handler: GraphQLHandler) -> Callable[[WebSocketRoute], Any]:
