@@ -1,10 +1,11 @@
 """route_socket_io with Node's socket.io-client v4 from npm (tests/node/socketio_chat.js, a chat
-client that knows nothing of the tests): default transports (long-polling, then the upgrade) and
-websocket-only, ws and wss, through WsRouteProxy and through mitmdump with a route script;
-against a mock with no server anywhere, and intercepting python-socketio's own server with one
-event rewritten. The client reads the proxy from HTTPS_PROXY and the CA from
-NODE_EXTRA_CA_CERTS (or its ``--ca`` option). `make test` installs the Node packages (pinned in
-tests/node/package-lock.json) with ``npm ci``."""
+client that knows nothing of the tests): default transports (long-polling, then the upgrade),
+websocket-only and long-polling alone, ws and wss, through WsRouteProxy and through mitmdump with
+a route script; against a mock with no server anywhere (heartbeats, several clients at once
+too), and intercepting python-socketio's own server (plain and TLS) with one event rewritten.
+The client reads the proxy from HTTPS_PROXY and the CA from NODE_EXTRA_CA_CERTS (or its ``--ca``
+option). `make test` installs the Node packages (pinned in tests/node/package-lock.json) with
+``npm ci``."""
 
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ TRANSPORTS = [
     pytest.param([], id="polling-then-upgrade"),
     pytest.param(["--websocket-only"], id="websocket-only"),
 ]
+#: ... and long-polling alone, for the whole session
+POLLING_ONLY = pytest.param(["--polling-only"], id="polling-only")
 #: What socketio_chat.js prints for its steps chat, add, reverse and ask against `chat_mock`.
 CHAT_LINES = [
     "chat echo hi",
@@ -60,10 +63,6 @@ def node_chat(url: str, env: dict[str, str], *args: str) -> list[str]:
     )
     assert out.returncode == 0, f"stdout:\n{out.stdout}\nstderr:\n{out.stderr}"
     return out.stdout.splitlines()
-
-
-#: ... and long-polling alone, for the whole session
-POLLING_ONLY = pytest.param(["--polling-only"], id="polling-only")
 
 
 def opened(transports: list[str]) -> str:
