@@ -326,3 +326,7 @@ async def backend() -> AsyncIterator[Server]:
     yield server
     server.close()
     await server.wait_closed()
+
+
+# python-socketio's server, for the Socket.IO intercept tests (its module uses `make_cert`).
+from tests.socketio_server import sio_server  # noqa: E402, F401

@@ -21,9 +21,10 @@ import pytest
 from playwright.sync_api import Browser, sync_playwright
 
 from mitm_wsroute.testing import WsRouteProxy
+from tests.socketio_server import SocketIOServerThread
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.test_socketio_e2e import chat_mock
-from tests.test_socketio_node import SocketIOServerThread, shout
+from tests.test_socketio_node import shout
 
 NODE_MODULES = Path(__file__).resolve().parent / "node" / "node_modules"
 BUNDLE = NODE_MODULES / "socket.io-client" / "dist" / "socket.io.min.js"

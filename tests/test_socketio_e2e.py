@@ -17,7 +17,6 @@ import aiohttp
 import pytest
 import requests
 import socketio
-from aiohttp import web
 from websockets.sync.client import connect
 
 from mitm_wsroute import SocketIORoute
@@ -48,8 +47,8 @@ class OneAtATime(ssl.SSLSocket):
     both on one SSL socket, which OpenSSL does not allow: now and then a read returns b"" (an
     end of stream that is not there) and the client drops the connection, with a proxy or
     without (python-socketio#1577, python-engineio#461). Here, under load, about one socket in
-    25 through the proxy; none in 500 over TLS with this socket, which waits for data outside its lock
-    and reads and writes inside it."""
+    25 through the proxy; none in 500 over TLS with this socket, which waits for data outside
+    its lock and reads and writes inside it."""
 
     def _one(self) -> threading.Lock:
         return self.__dict__.setdefault("_lock", threading.Lock())  # type: ignore[no-any-return]
@@ -234,58 +233,30 @@ def test_malformed_packets_disconnect_the_client_only(
 # --- an intercept of python-socketio's own server ------------------------------------------
 
 
-@pytest.fixture
-def sio_server() -> Iterator[int]:
-    """python-socketio's own server (aiohttp) on 127.0.0.1, on a thread and loop of its own."""
-    server = socketio.AsyncServer(async_mode="aiohttp")
-    app = web.Application()
-    server.attach(app)
-
-    @server.on("chat")
-    async def chat(sid: str, text: str) -> None:
-        await server.emit("chat", f"server says {text}", to=sid)
-
-    @server.on("add")
-    async def add(sid: str, a: int, b: int) -> int:
-        return a + b
-
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app)
-    started: list[int] = []
-    ready = threading.Event()
-
-    async def start() -> None:
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        started.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
-        ready.set()
-
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    asyncio.run_coroutine_threadsafe(start(), loop)
-    assert ready.wait(10)
-    yield started[0]
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    loop.close()
+@pytest.fixture(scope="module")
+def insecure() -> Iterator[WsRouteProxy]:
+    """A proxy that takes the TLS server's own certificate."""
+    with WsRouteProxy(options={"ssl_insecure": True}) as p:
+        yield p
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
 @pytest.mark.parametrize("transports", TRANSPORTS)
 def test_intercept_rewrites_one_server_event(
-    proxy: WsRouteProxy, sio_server: int, transports: list[str] | None
+    insecure: WsRouteProxy, sio_server: Any, transports: list[str] | None, tls: bool
 ) -> None:
-    def handler(sio: SocketIORoute) -> None:
-        server = sio.connect_to_server()
-        server.on("chat", lambda text: sio.emit("chat", text.upper()))  # the one rewrite
+    proxy, server = insecure, sio_server(tls)
 
-    proxy.route_socket_io(f"ws://127.0.0.1:{sio_server}/socket.io/**", handler)
+    def handler(sio: SocketIORoute) -> None:
+        upstream = sio.connect_to_server()
+        upstream.on("chat", lambda text: sio.emit("chat", text.upper()))  # the one rewrite
+
+    proxy.route_socket_io("**/socket.io/**", handler)
     client = sync_client(proxy.url, proxy.ca_cert)
     got: list[str] = []
     chat = threading.Event()
     client.on("chat", lambda text: (got.append(text), chat.set()))
-    client.connect(f"http://127.0.0.1:{sio_server}", transports=transports, wait_timeout=10)
+    client.connect(server.url, transports=transports, wait_timeout=10)
     upgraded = proxy.wait_for_web_socket("**/socket.io/**")
     assert upgraded.routed == "intercept"
     if transports is None:
@@ -297,18 +268,43 @@ def test_intercept_rewrites_one_server_event(
     assert upgraded.wait_for_event("add", direction="sent").id is not None
     client.disconnect()
     assert proxy.handler_errors == []
+    proxy.reset()
+
+
+async def test_asyncio_client_intercept_over_wss(insecure: WsRouteProxy, sio_server: Any) -> None:
+    server = sio_server(True)
+
+    def handler(sio: SocketIORoute) -> None:
+        upstream = sio.connect_to_server()
+        upstream.on("chat", lambda text: sio.emit("chat", text.upper()))
+
+    insecure.route_socket_io("**/socket.io/**", handler)
+    async with async_http(insecure) as http:
+        client = async_client(http, insecure.url)
+        got: asyncio.Queue[str] = asyncio.Queue()
+        client.on("chat", got.put_nowait)
+        await client.connect(server.url, wait_timeout=10)
+        sock = await asyncio.to_thread(insecure.wait_for_web_socket, "**/socket.io/**")
+        if client.transport() != "websocket":  # events are the route's from the upgrade on
+            await asyncio.to_thread(sock.wait_for_message, "5", direction="sent")
+        await client.emit("chat", "hi")
+        assert await asyncio.wait_for(got.get(), 5) == "SERVER SAYS HI"
+        assert await client.call("add", (1, 2), timeout=5) == 3
+        await client.disconnect()
+    assert sock.routed == "intercept" and insecure.handler_errors == []
+    insecure.reset()
 
 
 # --- record, then replay by event ----------------------------------------------------------
 
 
 def test_record_then_replay_by_event_with_the_clients_own_ack_ids(
-    sio_server: int, tmp_path: Path
+    sio_server: Any, tmp_path: Path
 ) -> None:
     """Recorded against python-socketio's server: two calls (ack ids 0 and 1). Replayed with
     ``match="socket.io"`` to a client that makes only the second call: its ack id differs
     from the recorded one, and the replayed ack answers the client's id."""
-    har, url = tmp_path / "chat.har", f"http://127.0.0.1:{sio_server}"
+    har, url = tmp_path / "chat.har", sio_server().url
     with WsRouteProxy() as p:
         p.route_from_har(har, update=True)
         client = sync_client(p.url, p.ca_cert)
