@@ -7,6 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +192,69 @@ async def test_the_page_stays_responsive_at_1000_messages_a_second(
                 assert slowest < 0.5, f"the page took {slowest:.3f} s to answer"
         finally:
             await browser.close()
+
+
+APP = """
+(url) => new Promise((resolve) => {
+  window.got = [];
+  window.ws = new WebSocket(url);
+  ws.onmessage = (e) => got.push(e.data);
+  ws.onopen = () => resolve();
+})
+"""
+
+
+async def test_a_person_edits_a_live_message_with_mitm_wsroute_console(
+    tmp_path: Path, upstream: Any
+) -> None:
+    """The issue's "done when": `mitm-wsroute --console`, a browser app through the proxy, and
+    the console page (in another browser context, not proxied) editing the app's message."""
+    routes = tmp_path / "routes.py"
+    routes.write_text(textwrap.dedent(ROUTES))
+    command = str(Path(sys.executable).with_name("mitm-wsroute"))
+    proc = subprocess.Popen(
+        [command, str(routes), "-p", "0", "--console", "127.0.0.1:0",
+         "--", "--set", f"confdir={tmp_path}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        proxy = console = ""
+        for line in proc.stdout:
+            if m := re.search(r"mitm-wsroute: proxy at (\S+),", line):
+                proxy = m.group(1)
+            if m := re.search(r"mitm-wsroute: console at (\S+)", line):
+                console = m.group(1)
+            if proxy and console:
+                break
+        assert proxy and console, f"exit code {proc.poll()}"
+        threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
+        up = await upstream()
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                app_context = await browser.new_context(
+                    proxy={"server": proxy, "bypass": "<-loopback>"}
+                )
+                app = await app_context.new_page()
+                page = await (await browser.new_context(bypass_csp=True)).new_page()
+                await open_console(page, console)
+                await page.select_option("#bp-direction", "client_to_server")
+                await page.fill("#bp-match", "^order")
+                await page.click("#bp-add")
+                await page.wait_for_selector("#breakpoints tr")
+
+                await app.evaluate(APP, up.url("/chat"))
+                await app.evaluate("ws.send('order 1 coffee')")
+                paused = page.locator(".paused-item")
+                await paused.wait_for()
+                await paused.locator("textarea").fill("order 12 coffees")
+                await paused.locator("button.forward").click()
+                await app.wait_for_function("got.length === 1")
+                assert await app.evaluate("got") == ["order 12 coffees"]  # the server's echo
+                assert up.received == ["order 12 coffees"]
+            finally:
+                await browser.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
