@@ -9,6 +9,9 @@ import sys
 from typing import Any
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from mitm_wsroute.connection import (
     PAGE,
@@ -454,3 +457,87 @@ def test_a_socket_whose_connection_is_collected_ends_at_the_next_step() -> None:
     [sock] = console.sockets_json()
     assert sock["state"] == "closed" and console.paused == {}
     assert actions(console, sid) == [(C2S, "held", "dropped")]
+
+
+# --- the pause queues, as a state machine ---------------------------------------------------
+
+EDIT = " (edited)"
+
+
+class PauseQueues(RuleBasedStateMachine):
+    """Messages both ways, breakpoints coming and going, releases in any order: each direction
+    delivers its messages once, in arrival order (edits in place, drops left out), and neither
+    direction ever waits for the other."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.console = Console()
+        self.c, self.ws, self.server, self.sid = intercept(self.console)
+        self.n = 0
+        self.arrived: dict[int, list[str]] = {PAGE: [], SERVER: []}
+        self.dropped: set[str] = set()
+        self.delivered: dict[int, list[str]] = {PAGE: [], SERVER: []}
+
+    def _collect(self) -> None:
+        for command in self.c.commands_to_execute():
+            assert isinstance(command, Send) and isinstance(command.message, str)
+            self.delivered[command.to.other].append(command.message)
+
+    @rule(side=st.sampled_from([PAGE, SERVER]), stop=st.booleans())
+    def message(self, side: Any, stop: bool) -> None:
+        self.n += 1
+        message = f"{'stop' if stop else 'go'} {side} {self.n}"
+        self.arrived[side].append(message)
+        to = self.c.receive_message(side, message)
+        if to is not None:
+            assert to is side.other
+            self.delivered[side].append(message)
+        self._collect()
+
+    @rule(direction=st.sampled_from([C2S, S2C, "both"]))
+    def add_breakpoint(self, direction: str) -> None:
+        self.console.add_breakpoint({"direction": direction, "match": "^stop"})
+
+    @precondition(lambda self: bool(self.console.breakpoints))
+    @rule(data=st.data())
+    def delete_breakpoint(self, data: st.DataObject) -> None:
+        self.console.delete_breakpoint(data.draw(st.sampled_from(sorted(self.console.breakpoints))))
+
+    @precondition(lambda self: bool(self.console.paused))
+    @rule(data=st.data(), action=st.sampled_from(["forward", "edit", "drop"]))
+    def release(self, data: st.DataObject, action: str) -> None:
+        held = data.draw(st.sampled_from(list(self.console.paused.values())))
+        body: dict[str, Any] = {"action": "drop" if action == "drop" else "forward"}
+        if action == "edit":
+            body["text"] = f"{held.message}{EDIT}"
+        elif action == "drop":
+            self.dropped.add(str(held.message))
+        self.console.release(str(held.id), body)
+        self._collect()
+
+    @rule()
+    def resume_all(self) -> None:
+        self.console.resume_all()
+        self._collect()
+        assert not self.console.paused
+        self.check_everything_delivered()
+
+    def check_everything_delivered(self) -> None:
+        for side in (PAGE, SERVER):
+            expected = [m for m in self.arrived[side] if m not in self.dropped]
+            assert [m.removesuffix(EDIT) for m in self.delivered[side]] == expected
+
+    @invariant()
+    def in_order_and_one_paused_per_direction(self) -> None:
+        for side in (PAGE, SERVER):
+            got = [m.removesuffix(EDIT) for m in self.delivered[side]]
+            expected = [m for m in self.arrived[side] if m not in self.dropped]
+            assert got == expected[: len(got)]  # a prefix, in order
+            lane = self.console.socket(self.sid).lanes[side]
+            if lane.paused is None:
+                assert not lane.waiting and got == expected  # nothing held: all went on
+        assert len(self.console.paused) <= 2
+
+
+TestPauseQueues = PauseQueues.TestCase
+TestPauseQueues.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
