@@ -344,6 +344,9 @@ class Held:
         out["url"] = self.socket.url
         out["breakpoint"] = self.breakpoint
         out["waiting"] = len(self.socket.lanes[self.side].waiting)
+        out["since"] = self.since
+        timeout = self.socket.console.pause_timeout
+        out["released_at"] = self.since + timeout if timeout else None
         return out
 
 

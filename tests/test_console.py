@@ -185,6 +185,8 @@ def test_a_paused_message_holds_its_direction_in_order_not_the_other() -> None:
         "url": "ws://chat.example/ws",
         "breakpoint": next(iter(console.breakpoints)),
         "waiting": 1,
+        "since": paused["since"],
+        "released_at": None,
     }
     assert console.socket(sid).state == "paused"
     console.release(paused["id"], {"action": "forward", "text": "edited"})
@@ -265,6 +267,7 @@ def test_the_timeout_releases_a_direction_unchanged() -> None:
     c, ws, server, sid = intercept(console)
     console.add_breakpoint({"direction": C2S})
     c.receive_message(PAGE, "a")
+    assert console.paused_json()[0]["released_at"] == 1010.0
     clock.now += 5
     c.receive_message(PAGE, "b")  # waits: not looked at again on a timeout
     assert console.expire() == 0 and console.next_expiry() == 1010.0
