@@ -473,7 +473,7 @@ class SocketWatch:
         messages = self.messages
         messages.append(entry)
         self.kept_bytes += len(data)
-        self.counts[direction is SERVER_TO_CLIENT] += 1
+        self.counts[direction == SERVER_TO_CLIENT] += 1
         if len(messages) > console.keep or self.kept_bytes > console.keep_bytes:
             while len(messages) > 1 and (
                 len(messages) > console.keep or self.kept_bytes > console.keep_bytes
