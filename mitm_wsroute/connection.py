@@ -29,6 +29,10 @@ Beyond Playwright, the route handler may answer the client's upgrade itself (`Op
 close with 1006 and the same rule: its TCP connection closes without a close frame) and set a
 side's latency (a `SetLatency` command: the adapter holds what is sent to that side, closes
 included, and tells the connection only when they went out).
+
+A `Watcher` (the live console) may be set: it sees every message before the rules do, may
+hold a side's messages (and that side's close) back and hand them on later, in order
+(`release`, `release_close`), and is told what routes send and how the socket closes.
 """
 
 from __future__ import annotations
@@ -674,7 +678,9 @@ class RoutedConnection:
         to = self.deliver(side, message)
         if to is not None:
             self._emit(Send(to, message))
-            self._pending[to] += len(message)
+            pending = self._pending[to] = self._pending[to] + len(message)
+            if pending > self.max_buffer > 0:
+                self.receive_overflow(to, pending + self.written(to))
         return to
 
     def release_close(self, side: Side, close: Close) -> None:
