@@ -252,6 +252,18 @@ class SocketIOMatch(ProtocolMatch):
             return message
         return message[: found.start(1)] + str(live) + message[found.end(1) :]
 
+    def quiet(self, message: Message) -> bool:
+        """Pongs, the upgrade and noop packets, and goodbyes (Engine.IO's close, a namespace's
+        disconnect): their timing is the client's, and no answer is due."""
+        try:
+            kind, _ = decode_eio(message)
+        except ValueError:
+            return False
+        if kind is not EIO.MESSAGE:
+            return kind in (EIO.PONG, EIO.CLOSE, EIO.UPGRADE, EIO.NOOP)
+        packet = _sio_packet(message)
+        return packet is not None and packet.type is SIO.DISCONNECT
+
 
 #: An Engine.IO message packet holding a Socket.IO ack: the ack id is group 1.
 _ACK_ID = re.compile(r"4[36](?:\d+-)?(?:/[^,]*,)?(\d+)")
@@ -317,6 +329,15 @@ class GraphQLMatch(ProtocolMatch):
         if parsed is None or str(parsed.get("id")) not in self.ids:
             return message
         return json.dumps({**parsed, "id": self.ids[str(parsed["id"])]})
+
+    def quiet(self, message: Message) -> bool:
+        """A pong, the end of an operation (``complete``, the legacy ``stop``: the server may
+        have ended it first) and the legacy ``connection_terminate``: no answer is due."""
+        parsed = _gql(message)
+        return parsed is not None and parsed.get("type") in _QUIET_GRAPHQL
+
+
+_QUIET_GRAPHQL = ("pong", "complete", "stop", "connection_terminate")
 
 
 def _gql(message: Message) -> dict[str, Any] | None:

@@ -623,6 +623,11 @@ class ProtocolMatch:
         """A recorded server message as this client must get it."""
         return message
 
+    def quiet(self, message: Message) -> bool:
+        """A client message that asks for no answer (a heartbeat's, a goodbye): when nothing
+        recorded matches it, the replay lets it go instead of reporting it."""
+        return False
+
 
 @dataclass(slots=True)
 class Replay:

@@ -42,6 +42,7 @@ from .har import (
     Conversation,
     Har,
     Message,
+    ProtocolMatch,
     Recording,
     RecordingFile,
     Replay,
@@ -394,6 +395,7 @@ class Cassette:
             conversation, self.timing, self.match, self.order, self.repeats, played=played
         )
         out = _Sender(ws, self.timing == "recorded", player)
+        quiet = player.match.quiet if isinstance(player.match, ProtocolMatch) else None
         episode = None
         if self.recorder is not None:
             episode = _Episode(ws, player, self.recorder, self.connect)
@@ -406,6 +408,10 @@ class Cassette:
             steps = player.receive(key)
             if steps is not None:
                 out.run(steps)
+                return None
+            if quiet is not None and quiet(key):  # a pong, a goodbye: nothing to answer
+                if episode is not None and episode.server is not None:
+                    episode.forward(message, key)  # (but it never connects the server)
                 return None
             if episode is not None:
                 return episode.forward(message, key)

@@ -142,6 +142,38 @@ def test_graphql_matcher_by_operation_and_variables_with_the_clients_ids() -> No
     assert texts(r.receive(m(id="x", type="subscribe", payload=four))) is None
 
 
+@pytest.mark.parametrize(
+    ("match", "recorded", "quiet", "loud"),
+    [
+        ("socket.io", '42["chat","hi"]', ["3", "1", "41", "5", "6"], ['42["other"]', "2"]),
+        (
+            "graphql",
+            '{"type": "ping"}',
+            ['{"type": "pong"}', '{"id": "9", "type": "complete"}', '{"type": "stop", "id": "1"}'],
+            ['{"type": "ping", "payload": {"x": 1}}', "not json"],
+        ),
+    ],
+)
+def test_protocol_replays_let_unrecorded_heartbeats_and_goodbyes_go(
+    tmp_path: Path, match: Any, recorded: str, quiet: list[str], loud: list[str]
+) -> None:
+    """A pong or a goodbye the recording does not have (their timing is the client's) is no
+    unmatched-message error; anything else still is."""
+    path = tmp_path / "p.har"
+    write(path, entry("wss://h/ws", [msg("send", recorded), msg("receive", "ok")]))
+    cassette = Cassette(path, match=match)
+    c, _ = route_socket(cassette.routes[0].handler)
+    for message in quiet:
+        c.receive_message(PAGE, message)
+        assert run(c) == []
+    for message in loud:
+        c.receive_message(PAGE, message)
+        with pytest.raises(UnmatchedMessageError):
+            run(c)
+    c.receive_message(PAGE, recorded)
+    assert run(c) == [Send(PAGE, "ok")]
+
+
 def test_transcript_order_any_answers_out_of_order_each_once() -> None:
     c = conversation((C, "a"), (S, "A"), (C, "b"), (S, "B"))
     for match in (None, matcher("json")):  # the lookup and the matcher agree
