@@ -329,4 +329,4 @@ async def backend() -> AsyncIterator[Server]:
 
 
 # python-socketio's server, for the Socket.IO intercept tests (its module uses `make_cert`).
-from tests.socketio_server import sio_server  # noqa: E402, F401
+from tests.app_servers import sio_server  # noqa: E402, F401

@@ -14,11 +14,10 @@ import logging
 import re
 import ssl
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import strawberry
 from aiohttp import web
 from gql import Client, GraphQLRequest
@@ -29,6 +28,7 @@ from websockets.asyncio.client import connect
 
 from mitm_wsroute import GraphQLWsRoute, Operation
 from mitm_wsroute.testing.async_api import WsRouteProxy as AsyncWsRouteProxy
+from tests.app_servers import AppThread
 
 NEW, LEGACY = "graphql-transport-ws", "graphql-ws"
 COUNT = "subscription Count($to: Int!) { count(to: $to) }"
@@ -191,43 +191,23 @@ class Subscription:
         yield "real news"
 
 
-async def start_graphql_server() -> tuple[web.AppRunner, str]:
-    """A Strawberry server with subscriptions (both protocols) on 127.0.0.1: its runner (to
-    `cleanup()`) and its ws URL."""
-    schema = strawberry.Schema(query=Query, subscription=Subscription)
-    app = web.Application()
-    app.router.add_route("*", "/graphql", GraphQLView(schema=schema))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, f"ws://127.0.0.1:{runner.addresses[0][1]}/graphql"
+class GraphQLServerThread(AppThread):
+    """A Strawberry server with subscriptions (both protocols), plain or TLS: `url`, its ws(s)
+    URL."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        schema = strawberry.Schema(query=Query, subscription=Subscription)
+        app = web.Application()
+        app.router.add_route("*", "/graphql", GraphQLView(schema=schema))
+        super().__init__(app, tls)
+        self.url = f"{'wss' if tls else 'ws'}://{self.host}:{self.port}/graphql"
 
 
-class GraphQLServerThread:
-    """`start_graphql_server` on a thread of its own, for tests that are not async."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        future = asyncio.run_coroutine_threadsafe(start_graphql_server(), self.loop)
-        self.runner, self.url = future.result(10)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
-
-
-@pytest_asyncio.fixture
-async def graphql_server() -> AsyncIterator[str]:
-    runner, url = await start_graphql_server()
-    try:
-        yield url
-    finally:
-        await runner.cleanup()
+@pytest.fixture
+def graphql_server() -> Iterator[str]:
+    server = GraphQLServerThread()
+    yield server.url
+    server.stop()
 
 
 def rewrite_api(gql: GraphQLWsRoute) -> None:

@@ -9,24 +9,18 @@ The client reads the proxy from HTTPS_PROXY and the CA from NODE_EXTRA_CA_CERTS 
 
 from __future__ import annotations
 
-import asyncio
-import ssl
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import strawberry
-from aiohttp import web
-from strawberry.aiohttp.views import GraphQLView
 
 from mitm_wsroute import GraphQLWsRoute
 from mitm_wsroute.graphql_route import CONNECTION_INIT_WAIT_TIMEOUT
 from mitm_wsroute.testing import WsRouteProxy
-from tests.conftest import make_cert
-from tests.test_graphql_e2e import Query, Subscription, mock_api, rewrite_api
+from tests.app_servers import started
+from tests.test_graphql_e2e import GraphQLServerThread, mock_api, rewrite_api
 from tests.test_socketio_node import BASE_ENV
 
 CLIENT = Path(__file__).resolve().parent / "node" / "graphql_client.js"
@@ -194,53 +188,11 @@ def test_node_client_too_slow_to_initialise_gets_4408(proxy: WsRouteProxy) -> No
 # --- an intercept of a real Strawberry server ------------------------------------------------
 
 
-class StrawberryThread:
-    """The Strawberry server of test_graphql_e2e (both protocols) on 127.0.0.1, plain or TLS,
-    on a thread and loop of its own."""
-
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
-        schema = strawberry.Schema(query=Query, subscription=Subscription)
-        app = web.Application()
-        app.router.add_route("*", "/graphql", GraphQLView(schema=schema))
-        self.runner = web.AppRunner(app)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-        async def start() -> int:
-            await self.runner.setup()
-            await web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=tls).start()
-            return int(self.runner.addresses[0][1])
-
-        port = asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
-        # TLS: by name, since https-proxy-agent 9.1 checks an IP target's certificate against
-        # "localhost" (it sends no SNI for an IP); the server is on 127.0.0.1 all the same
-        self.url = f"wss://localhost:{port}/graphql" if tls else f"ws://127.0.0.1:{port}/graphql"
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
 @pytest.fixture
 def graphql_server(tmp_path: Path) -> Iterator[Any]:
     """``graphql_server(tls=False)`` starts a Strawberry server; all are stopped after."""
-    servers: list[StrawberryThread] = []
-
-    def start(tls: bool = False) -> StrawberryThread:
-        context = None
-        if tls:
-            cert, key = make_cert(tmp_path)
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(cert, key)
-        servers.append(StrawberryThread(context))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.stop()
+    with started(GraphQLServerThread, tmp_path) as start:
+        yield start
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])

@@ -21,7 +21,7 @@ import pytest
 from playwright.sync_api import Browser, sync_playwright
 
 from mitm_wsroute.testing import WsRouteProxy
-from tests.socketio_server import SocketIOServerThread
+from tests.app_servers import SocketIOServerThread
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.test_socketio_e2e import chat_mock
 from tests.test_socketio_node import shout
