@@ -25,6 +25,8 @@ import pytest_asyncio
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from mitm_wsroute.testing import WsRouteProxy
+
 ROOT = Path(__file__).resolve().parent.parent
 MITMDUMP = str(Path(sys.executable).with_name("mitmdump"))
 #: For a test about other addons seeing each message: `make test` runs the end-to-end tests
@@ -326,6 +328,20 @@ async def backend() -> AsyncIterator[Server]:
     yield server
     server.close()
     await server.wait_closed()
+
+
+@pytest.fixture(scope="module")
+def _module_proxy() -> Iterator[WsRouteProxy]:
+    with WsRouteProxy(options={"ssl_insecure": True}) as p:  # test servers' own certificates
+        yield p
+
+
+@pytest.fixture
+def proxy(_module_proxy: WsRouteProxy) -> Iterator[WsRouteProxy]:
+    """A test proxy per module (a module may define its own `proxy`), reset after each test:
+    its routes, records and handler errors are the test's."""
+    yield _module_proxy
+    _module_proxy.reset()
 
 
 # python-socketio's server, for the Socket.IO intercept tests (its module uses `make_cert`).

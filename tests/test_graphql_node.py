@@ -48,18 +48,6 @@ def results(lines: list[str]) -> list[str]:
     return [line for line in lines if not line.startswith("closed ")]
 
 
-@pytest.fixture(scope="module")
-def proxy() -> Iterator[WsRouteProxy]:
-    with WsRouteProxy(options={"ssl_insecure": True}) as p:  # the TLS server's own certificate
-        yield p
-
-
-@pytest.fixture(autouse=True)
-def _reset(proxy: WsRouteProxy) -> Iterator[None]:
-    yield
-    proxy.reset()
-
-
 # --- mocks with no server anywhere ------------------------------------------------------------
 
 

@@ -112,18 +112,6 @@ def site() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def proxy() -> Iterator[WsRouteProxy]:
-    with WsRouteProxy() as p:
-        yield p
-
-
-@pytest.fixture(autouse=True)
-def _reset(proxy: WsRouteProxy) -> Iterator[None]:
-    yield
-    proxy.reset()
-
-
-@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -9,7 +9,6 @@ import asyncio
 import select
 import ssl
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +25,6 @@ TRANSPORTS = [
     pytest.param(None, id="polling-then-upgrade"),
     pytest.param(["websocket"], id="websocket-only"),
 ]
-
-
-@pytest.fixture(scope="module")
-def proxy() -> Iterator[WsRouteProxy]:
-    with WsRouteProxy() as p:
-        yield p
-
-
-@pytest.fixture(autouse=True)
-def _reset(proxy: WsRouteProxy) -> Iterator[None]:
-    yield
-    proxy.reset()
 
 
 class OneAtATime(ssl.SSLSocket):
@@ -233,19 +220,12 @@ def test_malformed_packets_disconnect_the_client_only(
 # --- an intercept of python-socketio's own server ------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def insecure() -> Iterator[WsRouteProxy]:
-    """A proxy that takes the TLS server's own certificate."""
-    with WsRouteProxy(options={"ssl_insecure": True}) as p:
-        yield p
-
-
 @pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
 @pytest.mark.parametrize("transports", TRANSPORTS)
 def test_intercept_rewrites_one_server_event(
-    insecure: WsRouteProxy, sio_server: Any, transports: list[str] | None, tls: bool
+    proxy: WsRouteProxy, sio_server: Any, transports: list[str] | None, tls: bool
 ) -> None:
-    proxy, server = insecure, sio_server(tls)
+    server = sio_server(tls)
 
     def handler(sio: SocketIORoute) -> None:
         upstream = sio.connect_to_server()
@@ -268,31 +248,29 @@ def test_intercept_rewrites_one_server_event(
     assert upgraded.wait_for_event("add", direction="sent").id is not None
     client.disconnect()
     assert proxy.handler_errors == []
-    proxy.reset()
 
 
-async def test_asyncio_client_intercept_over_wss(insecure: WsRouteProxy, sio_server: Any) -> None:
+async def test_asyncio_client_intercept_over_wss(proxy: WsRouteProxy, sio_server: Any) -> None:
     server = sio_server(True)
 
     def handler(sio: SocketIORoute) -> None:
         upstream = sio.connect_to_server()
         upstream.on("chat", lambda text: sio.emit("chat", text.upper()))
 
-    insecure.route_socket_io("**/socket.io/**", handler)
-    async with async_http(insecure) as http:
-        client = async_client(http, insecure.url)
+    proxy.route_socket_io("**/socket.io/**", handler)
+    async with async_http(proxy) as http:
+        client = async_client(http, proxy.url)
         got: asyncio.Queue[str] = asyncio.Queue()
         client.on("chat", got.put_nowait)
         await client.connect(server.url, wait_timeout=10)
-        sock = await asyncio.to_thread(insecure.wait_for_web_socket, "**/socket.io/**")
+        sock = await asyncio.to_thread(proxy.wait_for_web_socket, "**/socket.io/**")
         if client.transport() != "websocket":  # events are the route's from the upgrade on
             await asyncio.to_thread(sock.wait_for_message, "5", direction="sent")
         await client.emit("chat", "hi")
         assert await asyncio.wait_for(got.get(), 5) == "SERVER SAYS HI"
         assert await client.call("add", (1, 2), timeout=5) == 3
         await client.disconnect()
-    assert sock.routed == "intercept" and insecure.handler_errors == []
-    insecure.reset()
+    assert sock.routed == "intercept" and proxy.handler_errors == []
 
 
 # --- record, then replay by event ----------------------------------------------------------

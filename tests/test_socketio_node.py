@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,18 +62,6 @@ def node_chat(url: str, env: dict[str, str], *args: str) -> list[str]:
 def opened(transports: list[str]) -> str:
     """The transport the client opens with."""
     return "open websocket" if transports == ["--websocket-only"] else "open polling"
-
-
-@pytest.fixture(scope="module")
-def proxy() -> Iterator[WsRouteProxy]:
-    with WsRouteProxy(options={"ssl_insecure": True}) as p:  # the TLS server's own certificate
-        yield p
-
-
-@pytest.fixture(autouse=True)
-def _reset(proxy: WsRouteProxy) -> Iterator[None]:
-    yield
-    proxy.reset()
 
 
 # --- a mock with no server anywhere -----------------------------------------------------------
