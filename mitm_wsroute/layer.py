@@ -800,8 +800,9 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
 
         A connection becomes the layer's once mitmproxy holds nothing read from it that the
         layer has not had (its stream's buffer is empty, no event waits in the layer's queue,
-        its TLS holds no decrypted bytes): until then, this is tried again after each of
-        mitmproxy's events (`to_own`). Under TLS, the layer decrypts and encrypts with the
+        its TLS holds no decrypted bytes, and no read of mitmproxy's waits for its turn to be
+        handed over): until then, this is tried again after each of mitmproxy's events
+        (`to_own`). Under TLS, the layer decrypts and encrypts with the
         connection's own TLS object (`TlsTransport`). Not through an upstream proxy, nor
         under layers it does not know (`_why_not_own`)."""
         assert self.socket is not None
@@ -833,6 +834,12 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             buffered = reader._buffer  # type: ignore[attr-defined]
             if buffered or self._paused is not None or self._paused_event_queue:
                 self.to_own = True  # mitmproxy still holds data from it: after that
+                continue
+            if self.handler._server_event_lock._waiters:
+                # mitmproxy's handler hands its connections' reads over one event at a time:
+                # a read from this one may wait for its turn (behind the event being handled
+                # now). It would come after what the layer reads itself: after that event.
+                self.to_own = True
                 continue
             tls = tls_of(self.context, conn)
             if tls is not None and (tls.tunnel_state is not TunnelState.OPEN or tls.tls.pending()):

@@ -151,7 +151,8 @@ def own_io_problems() -> list[str]:
 
     problems = []
     for function, names in (
-        (ConnectionHandler.__init__, ("transports", "timeout_watchdog")),
+        (ConnectionHandler.__init__, ("transports", "timeout_watchdog", "_server_event_lock")),
+        (asyncio.Lock.__init__, ("_waiters",)),
         (Proxyserver.inject_event, ("connections",)),
         (layer.Layer.__init__, ("_paused", "_paused_event_queue")),
         (HttpLayer.__init__, ("connections",)),

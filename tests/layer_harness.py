@@ -11,6 +11,7 @@ transport's protocol, and what the layer writes comes out of ``write``.
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -297,12 +298,17 @@ class Harness:
         self.hold_hooks = 1 if hold_start_hook else 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ios: dict[Side, Io] = {}
+        #: Reads mitmproxy's handler took that wait for their turn (`read_waits_its_turn`).
+        self.waiting: list[tuple[Side, bytes]] = []
         if io == OWN:
             self.loop = asyncio.new_event_loop()
             handler = SimpleNamespace(
                 transports={},
                 timeout_watchdog=SimpleNamespace(register_activity=lambda: None),
+                # whose waiters are reads waiting for their turn (`read_waits_its_turn`)
+                _server_event_lock=asyncio.Lock(),
             )
+            self.handler = handler
             for side in sides:
                 io_ = Io(self.loop, lambda data, side=side: self.to_peer(side, data))
                 self.ios[side] = io_
@@ -337,6 +343,26 @@ class Harness:
     def owned(self, side: Side) -> bool:
         """The layer reads this side's transport itself."""
         return id(self.conn[side]) in self.layer.transports
+
+    def read_waits_its_turn(self, side: Side) -> bool:
+        """mitmproxy's handler takes a read out of the side's stream while another event is
+        being handled: it waits for the handler's lock, the data in hand, until `hand_over`
+        (its reads of that side wait meanwhile). False if there was nothing to read."""
+        assert self.loop is not None
+        data = self.ios[side].mitmproxy_reads()
+        if data:
+            lock = self.handler._server_event_lock
+            if lock._waiters is None:
+                lock._waiters = collections.deque()
+            lock._waiters.append(self.loop.create_future())
+            self.waiting.append((side, data))
+        return bool(data)
+
+    def hand_over(self) -> None:
+        """The read that waited longest for its turn goes to the layer."""
+        side, data = self.waiting.pop(0)
+        self.handler._server_event_lock._waiters.popleft()
+        self.feed(events.DataReceived(self.conn[side], data))
 
     def feed(self, event: events.Event) -> None:
         """Run the layer on `event` as mitmproxy does, then on the events it injected."""

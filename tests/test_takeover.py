@@ -158,12 +158,35 @@ def test_a_hook_while_the_queue_drains_keeps_the_connection_mitmproxys() -> None
         assert h.peer_messages[PAGE] == ["from an addon"]
 
 
+def test_a_read_waiting_for_its_turn_goes_first() -> None:
+    # The server's first byte comes with the 101 and waits in the layer's queue while the start
+    # hook runs; mitmproxy's handler reads the next bytes, but must wait for its turn to hand
+    # them over (the hook's answer is being handled). Taken over then, the layer would read
+    # what comes after them first: the message's bytes out of order (a text message failed
+    # with 1007, found by Autobahn's 4.1.5 through mitmdump).
+    wire = frames(SERVER, ["Hello, world!", "and after"])
+    with Harness(mode=INTERCEPT, io=OWN, hold_start_hook=True, limit=LIMIT) as h:
+        h.ios[SERVER].arrive(wire[:1])
+        assert mitmproxy_reads_once(h, SERVER)  # queued: the layer waits for its hook
+        h.ios[SERVER].arrive(wire[1:2])
+        assert h.read_waits_its_turn(SERVER)
+        h.release_hook()
+        assert not h.owned(SERVER), "taken over while a read waited for its turn"
+        h.hand_over()
+        assert h.owned(SERVER)
+        h.ios[SERVER].arrive(wire[2:])
+        assert h.got[SERVER] == ["Hello, world!", "and after"]
+        assert h.closes[SERVER] == []
+
+
 #: What happens around a takeover: bytes arrive on a side's transport, mitmproxy takes a read
 #: out of a side's stream, the start hook is answered, the layer's wake-ups run.
 actions = st.lists(
     st.one_of(
         st.tuples(st.just("arrive"), st.sampled_from([PAGE, SERVER])),
         st.tuples(st.just("read"), st.sampled_from([PAGE, SERVER])),
+        st.tuples(st.just("take"), st.sampled_from([PAGE, SERVER])),
+        st.tuples(st.just("hand"), st.none()),
         st.tuples(st.just("release"), st.none()),
         st.tuples(st.just("wakeups"), st.none()),
     ),
@@ -183,7 +206,8 @@ def test_whatever_the_order_of_reads_and_takeover_messages_keep_theirs(
     mode: str, hold: bool, sizes: list[int], cuts: list[int], actions: list[Any]
 ) -> None:
     """Each side's messages, cut into pieces that arrive whenever, read by mitmproxy
-    whenever, with the start hook answered whenever: the route gets them all, in order."""
+    whenever (and handed over at once, or after other events), with the start hook answered
+    whenever: the route gets them all, in order."""
     sides = [PAGE] if mode == MOCK else [PAGE, SERVER]
     sent = {
         side: [(f"{side}{i}:" + "t" * n) if i % 2 else bytes([i]) * n for i, n in enumerate(sizes)]
@@ -200,13 +224,22 @@ def test_whatever_the_order_of_reads_and_takeover_messages_keep_theirs(
         parts.append(wire[pos:])
         pending[side] = [p for p in parts if p]
     with Harness(mode=mode, io=OWN, hold_start_hook=hold, limit=LIMIT) as h:
+
+        def waits(side: Side) -> bool:  # a read of that side waits for its turn
+            return any(s == side for s, _ in h.waiting)
+
         for what, side in actions:
             if side is not None and side not in sides:
                 continue
             if what == "arrive" and pending[side]:
                 h.ios[side].arrive(pending[side].pop(0))
-            elif what == "read" and not h.owned(side):
-                mitmproxy_reads_once(h, side)
+            elif what in ("read", "take") and not h.owned(side) and not waits(side):
+                if what == "read":
+                    mitmproxy_reads_once(h, side)
+                else:  # read, but handed over later: its turn comes after other events
+                    h.read_waits_its_turn(side)
+            elif what == "hand" and h.waiting:
+                h.hand_over()
             elif what == "release" and h.held:
                 h.release_hook()
             elif what == "wakeups":
@@ -215,6 +248,8 @@ def test_whatever_the_order_of_reads_and_takeover_messages_keep_theirs(
         # stream dry after each arrival (as its handler does), the wake-ups run
         if h.held:
             h.release_hook()
+        while h.waiting:
+            h.hand_over()
         for side in sides:
             while mitmproxy_reads_once(h, side):
                 pass
@@ -303,22 +338,27 @@ async def greeting_server(rounds: int) -> tuple[asyncio.Server, int, list[str | 
         for wire in later:
             await asyncio.sleep(0)  # may come in the same read as what came before, or not
             writer.write(wire)
-        try:  # the client's frames (pongs, then its close, answered)
-            while True:
-                b0, b1 = await reader.readexactly(2)
-                n = b1 & 0x7F
-                if n >= 126:
-                    n = int.from_bytes(await reader.readexactly(2 if n == 126 else 8))
-                await reader.readexactly(4 + n)  # masked
-                if b0 & 0x0F == 8:
-                    writer.write(b"\x88\x02\x03\xe8")
-                    break
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        writer.close()
+        await answer_close(reader, writer)
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1], expected
+
+
+async def answer_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read the client's frames (pongs, then its close, answered), then close."""
+    try:
+        while True:
+            b0, b1 = await reader.readexactly(2)
+            n = b1 & 0x7F
+            if n >= 126:
+                n = int.from_bytes(await reader.readexactly(2 if n == 126 else 8))
+            await reader.readexactly(4 + n)  # masked
+            if b0 & 0x0F == 8:
+                writer.write(b"\x88\x02\x03\xe8")
+                break
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    writer.close()
 
 
 @pytest.mark.parametrize("hooks", [False, True], ids=["hooks_off", "hooks_on"])
@@ -353,3 +393,39 @@ async def test_the_route_gets_them_in_order_and_with_their_types(mitmdump: Any) 
         server.close()
     assert got == [f"{type(m).__name__}:{len(m)}" for m in expected]
     assert "routed socket has crashed" not in p.output
+
+
+async def trickling_server() -> tuple[asyncio.Server, int, list[str | bytes]]:
+    """A server whose 101 goes out with its first byte, then every other byte in a write of
+    its own: mitmproxy reads them one at a time, around the takeover (Autobahn's 4.1.5)."""
+    expected, wire = burst(0, 4)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        writer.write(switching_protocols(head) + wire[:1])
+        for i in range(1, 300):  # the first messages, byte by byte; then the rest at once
+            await asyncio.sleep(0.00001)
+            writer.write(wire[i : i + 1])
+        writer.write(wire[300:])
+        await answer_close(reader, writer)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], expected
+
+
+@pytest.mark.parametrize("hooks", [False, True], ids=["hooks_off", "hooks_on"])
+async def test_bytes_that_trickle_in_around_the_takeover_keep_their_order(
+    mitmdump: Any, hooks: bool
+) -> None:
+    server, port, expected = await trickling_server()
+    p = mitmdump(ROUTES, "--set", f"wsroute_message_hooks={str(hooks).lower()}")
+    try:
+        for _ in range(5):  # each takeover races the bytes' reads differently
+            async with connect(
+                f"ws://127.0.0.1:{port}/forward", proxy=p.proxy, max_size=None, compression=None
+            ) as ws:
+                got = [await asyncio.wait_for(ws.recv(), 10) for _ in expected]
+                assert got == expected
+    finally:
+        server.close()
+    assert "failing the server" not in p.output
