@@ -87,6 +87,7 @@ async def throughput_and_rtt(
             times.append((time.perf_counter() - t) * 1e6)
         in_flight = asyncio.Semaphore(window)
         sent = received = 0
+        cpu0 = p.cpu_ns()
         t0 = time.perf_counter()
         stop_at = t0 + max_secs if max_secs is not None else float("inf")
 
@@ -109,11 +110,13 @@ async def throughput_and_rtt(
                 await asyncio.sleep(0)
         await task
         dt = time.perf_counter() - t0
+        cpu = (p.cpu_ns() - cpu0) / 1000 / max(received, 1)
     times.sort()
+    result = {"msgs": received / dt, "cpu": cpu} if p.proc else {"msgs": received / dt}
     if not times:
-        return {"msgs": received / dt}
+        return result
     return {
-        "msgs": received / dt,
+        **result,
         "p50": times[len(times) // 2],
         "p99": times[int(len(times) * 0.99)],
     }

@@ -24,6 +24,10 @@ few percent), and 64 KiB of random base64 (to about 75 %). The same message is s
 and over: the 64 KiB ones are larger than any deflate window, so one message does not make
 the next smaller.
 
+Besides msgs/s, the table has each proxy process's CPU time per echo (all its threads,
+from the scheduler's counts): msgs/s stop at what the client and the echo server can do (the
+direct case), CPU per echo does not.
+
 Writes the table (markdown), a bar chart of msgs/s (SVG, drawn here: no plotting dependency)
 and each round's results (JSON) to test-artifacts/bench/.
 """
@@ -189,7 +193,16 @@ def table(cases: list[Case], results: dict[tuple[str, str], Runs], rounds: int) 
     msgs = tuple(m for m in run.METRICS if m[0] == "msgs")
     for (payload, transport), runs in results.items():
         lines += run.summarize(runs, labels, payload, f"{transport}, ", msgs)
+    # What each proxy's process spent per echo, whatever the client and the echo server (which
+    # share the other CPU, and cap msgs/s: see the direct case) could do.
+    proxied = [c.label for c in cases if c.proxy.proc is not None]
+    for (payload, transport), runs in results.items():
+        lines += run.summarize(runs, proxied, payload, f"{transport}, ", (CPU,))
     return lines
+
+
+#: The proxy's CPU time per echo (both messages through it), all its threads; lower is better.
+CPU = ("cpu", "proxy CPU per echo", "µs", False)
 
 
 #: Bar colours of the transports, in `TRANSPORTS` order.

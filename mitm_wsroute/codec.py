@@ -25,11 +25,10 @@ import codecs
 import enum
 import os
 import threading
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .deflate import Deflate
+from .deflate import Deflate, ZlibError
 
 __all__ = [
     "BINARY",
@@ -296,7 +295,7 @@ class Codec:
                     message = payload.decode() if opcode == TEXT else payload
                 except UnicodeDecodeError:
                     return self._fail(out, INVALID_DATA, "invalid UTF-8 in a text message")
-                except (OverflowError, zlib.error) as e:
+                except (OverflowError, ZlibError) as e:
                     return self._inflate_failed(out, e)
                 out.append(Fragment(message, True, True, deflated))
             else:
@@ -358,7 +357,7 @@ class Codec:
         except UnicodeDecodeError:
             self._fail(out, INVALID_DATA, "invalid UTF-8 in a text message")
             return
-        except (OverflowError, zlib.error) as e:
+        except (OverflowError, ZlibError) as e:
             self._inflate_failed(out, e)
             return
         out.append(Fragment(chunk, frame_done, done))

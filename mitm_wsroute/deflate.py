@@ -3,14 +3,22 @@
 Pure: this module imports neither mitmproxy nor asyncio. `Deflate` is what `codec.Codec`
 compresses and decompresses a side's messages with; `negotiated` reads its parameters from the
 ``Sec-WebSocket-Extensions`` of the 101 response.
+
+The streams are zlib-ng's (``zlib_ng``, the API of Python's `zlib`): it compresses 64 KiB of
+text about 1.8x as fast as the system's zlib 1.2 (and inflates somewhat faster), as Node's
+zlib (Chromium's) does for Mockttp; its output is plain deflate, which any peer inflates.
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterable
 
-__all__ = ["TAIL", "Deflate", "negotiated"]
+from zlib_ng import zlib_ng as zlib
+
+__all__ = ["TAIL", "Deflate", "ZlibError", "negotiated"]
+
+#: What inflating an invalid stream raises (zlib_ng's stub calls it an instance: it is a class).
+ZlibError: type[Exception] = zlib.error  # type: ignore[assignment]
 
 #: RFC 7692 §7.2.1: a compressed message is sent without the 4 bytes that end a sync flush,
 #: and the receiver appends them again (§7.2.2).
@@ -39,7 +47,7 @@ class Deflate:
         Raises:
             OverflowError: more than `limit` bytes come out (0: no limit); what is past it is
                 never decompressed.
-            zlib.error: `payload` is not a valid deflate stream.
+            ZlibError: `payload` is not a valid deflate stream.
         """
         decompressor = self._decompressor
         if decompressor is None:
