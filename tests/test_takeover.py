@@ -16,7 +16,9 @@ in the same TCP segment as its 101, then keeps writing.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +31,7 @@ from websockets.asyncio.client import connect
 from wsproto.frame_protocol import Opcode
 
 from mitm_wsroute.connection import PAGE, SERVER, Side
+from tests.conftest import make_cert
 from tests.layer_harness import INTERCEPT, MOCK, OWN, Harness, Sender
 from tests.sockets import switching_protocols
 
@@ -395,7 +398,9 @@ async def test_the_route_gets_them_in_order_and_with_their_types(mitmdump: Any) 
     assert "routed socket has crashed" not in p.output
 
 
-async def trickling_server() -> tuple[asyncio.Server, int, list[str | bytes]]:
+async def trickling_server(
+    tls: ssl.SSLContext | None = None,
+) -> tuple[asyncio.Server, int, list[str | bytes]]:
     """A server whose 101 goes out with its first byte, then every other byte in a write of
     its own: mitmproxy reads them one at a time, around the takeover (Autobahn's 4.1.5)."""
     expected, wire = burst(0, 4)
@@ -409,20 +414,29 @@ async def trickling_server() -> tuple[asyncio.Server, int, list[str | bytes]]:
         writer.write(wire[300:])
         await answer_close(reader, writer)
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=tls)
     return server, server.sockets[0].getsockname()[1], expected
 
 
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
 @pytest.mark.parametrize("hooks", [False, True], ids=["hooks_off", "hooks_on"])
 async def test_bytes_that_trickle_in_around_the_takeover_keep_their_order(
-    mitmdump: Any, hooks: bool
+    mitmdump: Any, hooks: bool, scheme: str, tmp_path: Path
 ) -> None:
-    server, port, expected = await trickling_server()
+    tls = None
+    if scheme == "wss":  # the layer then drives mitmproxy's TLS connections itself
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(*make_cert(tmp_path))
+    server, port, expected = await trickling_server(tls)
     p = mitmdump(ROUTES, "--set", f"wsroute_message_hooks={str(hooks).lower()}")
     try:
         for _ in range(5):  # each takeover races the bytes' reads differently
             async with connect(
-                f"ws://127.0.0.1:{port}/forward", proxy=p.proxy, max_size=None, compression=None
+                f"{scheme}://127.0.0.1:{port}/forward",
+                proxy=p.proxy,
+                max_size=None,
+                compression=None,
+                ssl=p.ca() if tls else None,
             ) as ws:
                 got = [await asyncio.wait_for(ws.recv(), 10) for _ in expected]
                 assert got == expected
