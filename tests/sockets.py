@@ -76,14 +76,19 @@ async def no_leaks(p: Any) -> None:
     assert open_tcp_connections(p.proc.pid) == []
 
 
-def switching_protocols(head: str) -> bytes:
-    """A server's 101 answer to the upgrade request `head` (RFC 6455 §4.2.2)."""
+def switching_protocols(head: str, extensions: str = "") -> bytes:
+    """A server's 101 answer to the upgrade request `head` (RFC 6455 §4.2.2), agreeing on
+    `extensions` if any."""
     key = re.search(r"(?i)sec-websocket-key: *(\S+)", head)
     assert key is not None
     digest = hashlib.sha1((key.group(1) + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode())
     return (
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Accept: " + base64.b64encode(digest.digest()) + b"\r\n\r\n"
+        b"Sec-WebSocket-Accept: "
+        + base64.b64encode(digest.digest())
+        + b"\r\n"
+        + (f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else "").encode()
+        + b"\r\n"
     )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -398,16 +399,32 @@ async def test_the_route_gets_them_in_order_and_with_their_types(mitmdump: Any) 
     assert "routed socket has crashed" not in p.output
 
 
+def compressed_burst(count: int) -> tuple[list[str | bytes], bytes]:
+    """`count` messages, text and binary, each compressed in one frame (permessage-deflate,
+    one compressor for all: context takeover), and their frames."""
+    compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+    messages: list[str | bytes] = []
+    wire = b""
+    for i in range(count):
+        m: str | bytes = f"text {i} " * 20 if i % 2 else bytes([i]) * 300
+        raw = m.encode() if isinstance(m, str) else m
+        body = (compressor.compress(raw) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+        wire += server_frame(body, 0x40 | (1 if isinstance(m, str) else 2))  # RSV1
+        messages.append(m)
+    return messages, wire
+
+
 async def trickling_server(
-    tls: ssl.SSLContext | None = None,
+    tls: ssl.SSLContext | None = None, deflate: bool = False
 ) -> tuple[asyncio.Server, int, list[str | bytes]]:
     """A server whose 101 goes out with its first byte, then every other byte in a write of
     its own: mitmproxy reads them one at a time, around the takeover (Autobahn's 4.1.5)."""
-    expected, wire = burst(0, 4)
+    expected, wire = compressed_burst(6) if deflate else burst(0, 4)
+    extensions = "permessage-deflate" if deflate else ""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = (await reader.readuntil(b"\r\n\r\n")).decode()
-        writer.write(switching_protocols(head) + wire[:1])
+        writer.write(switching_protocols(head, extensions) + wire[:1])
         for i in range(1, 300):  # the first messages, byte by byte; then the rest at once
             await asyncio.sleep(0.00001)
             writer.write(wire[i : i + 1])
@@ -418,16 +435,17 @@ async def trickling_server(
     return server, server.sockets[0].getsockname()[1], expected
 
 
-@pytest.mark.parametrize("scheme", ["ws", "wss"])
+@pytest.mark.parametrize("transport", ["ws", "wss", "wss+deflate"])
 @pytest.mark.parametrize("hooks", [False, True], ids=["hooks_off", "hooks_on"])
 async def test_bytes_that_trickle_in_around_the_takeover_keep_their_order(
-    mitmdump: Any, hooks: bool, scheme: str, tmp_path: Path
+    mitmdump: Any, hooks: bool, transport: str, tmp_path: Path
 ) -> None:
+    scheme, deflate = transport.split("+")[0], transport.endswith("deflate")
     tls = None
     if scheme == "wss":  # the layer then drives mitmproxy's TLS connections itself
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls.load_cert_chain(*make_cert(tmp_path))
-    server, port, expected = await trickling_server(tls)
+    server, port, expected = await trickling_server(tls, deflate)
     p = mitmdump(ROUTES, "--set", f"wsroute_message_hooks={str(hooks).lower()}")
     try:
         for _ in range(5):  # each takeover races the bytes' reads differently
@@ -435,7 +453,7 @@ async def test_bytes_that_trickle_in_around_the_takeover_keep_their_order(
                 f"{scheme}://127.0.0.1:{port}/forward",
                 proxy=p.proxy,
                 max_size=None,
-                compression=None,
+                compression="deflate" if deflate else None,
                 ssl=p.ca() if tls else None,
             ) as ws:
                 got = [await asyncio.wait_for(ws.recv(), 10) for _ in expected]
