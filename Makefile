@@ -81,7 +81,7 @@ bench-console: $(STAMP)
 	$(PY) bench/console.py $(BENCH_CONSOLE_ARGS)
 
 # Autobahn|Testsuite through mitmdump, plain and with the addon (bench/autobahn/run.py). Slow:
-# 15 to 30 minutes for each of its 10 modes on 2 CPUs, most of it in the compression cases;
+# 10 to 30 minutes for each of its 11 modes on 2 CPUs, most of it in the compression cases;
 # `make autobahn AUTOBAHN_ARGS="--mode client-mock --exclude 12.*,13.*"` runs one mode in about
 # two. wstest runs on Python 2.7 only (python2.7, else pyenv's); its virtualenv is made by
 # virtualenv 20.21, the last to create 2.7 environments, run from the project's Python.
