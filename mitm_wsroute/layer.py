@@ -456,9 +456,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             content, opcode = data, Opcode.BINARY
         message = websocket.WebSocketMessage(opcode, side is PAGE, content)
         self._keep(message)
-        observer = self.socket.observer
-        if observer is not None and side is PAGE:
-            observer.message(True, data)
+        if side is PAGE and self.socket.observer is not None:
+            self.socket.observer.message(True, data)  # what the client sent
         reassembly = self.reassembly[side]
         frame_sizes = reassembly.frame_sizes
         if frame_sizes:
@@ -496,15 +495,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 frames = codec.message(data, compress=deflated is not None or not codec.relay)
         else:
             frames = codec.fragmented(cut(data, frame_sizes))
-        if self.delays is None:
-            yield commands.SendData(self.conns[to], frames)
-        else:
-            yield from self._out(commands.SendData(self.conns[to], frames), data=True)
-        if observer is not None and to is PAGE:
-            if self.delays is None:
-                observer.message(False, data)
-            else:
-                yield from self._observe_later(None, data)
+        yield from self._send(to, data, frames)
 
     def _injected(self, message: websocket.WebSocketMessage) -> layer.CommandGenerator[None]:
         """``inject.websocket`` from another addon: a message to the client or the server."""
@@ -627,14 +618,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             if command.side is PAGE:
                 yield from self._observe_later((ABNORMAL_CLOSURE, ""))
         elif isinstance(command, CloseSide):
-            codec = self.codecs[command.side]
-            code = command.close.code
-            if codec.state is OPEN or codec.state is REMOTE_CLOSING:
-                reason = command.close.reason or ""
-                frame = codec.close(code, reason)
-                yield from self._out(commands.SendData(self.conns[command.side], frame))
-                if command.side is PAGE:
-                    yield from self._observe_later((NO_STATUS if code is None else code, reason))
+            code, reason = command.close.code, command.close.reason or ""
+            yield from self._close_frame(command.side, code, reason)
         elif isinstance(command, StartCloseTimer):
             wakeup = commands.RequestWakeup(self.close_timeout)
             self.close_timers[wakeup] = command.side
@@ -677,16 +662,49 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         yield wsl.WebsocketEndHook(self.flow)
         self.flow.live = False
 
-    def _send(self, to: Side, data: str | bytes) -> layer.CommandGenerator[None]:
-        codec = self.codecs[to]
-        if codec.state is OPEN:
-            frame = commands.SendData(self.conns[to], codec.message(data))
-            if self.delays is None:
-                yield frame
+    def _send(
+        self, to: Side, data: str | bytes, frames: bytes | None = None
+    ) -> layer.CommandGenerator[None]:
+        """Send a message to a side, as `frames` when it was encoded already (a message passed
+        on), else as the codec encodes it now (unless the side is closing). Every message to
+        a side goes out here, once; the client's observer sees it when it went out."""
+        assert self.socket is not None
+        if frames is None:
+            codec = self.codecs[to]
+            if codec.state is not OPEN:
+                return
+            frames = codec.message(data)
+        command = commands.SendData(self.conns[to], frames)
+        if self.delays is None:  # per message: no latency, the common case
+            yield command
+            if to is PAGE and self.socket.observer is not None:
+                self.socket.observer.message(False, data)
+            return
+        yield from self._out(command, data=True)
+        if to is PAGE:
+            yield from self._observe_later(None, data)
+
+    def _close_frame(
+        self, side: Side, code: int | None, reason: str, now: bool = False
+    ) -> layer.CommandGenerator[None]:
+        """Send a side our close frame, if its codec may still send one: behind what waits for
+        that side (`set_latency`), or `now`. Every close frame the proxy sends goes out here,
+        except the echo of a peer's close (`_close_received`); the client's observer sees it
+        when it went out."""
+        codec = self.codecs[side]
+        if codec.state is not OPEN and codec.state is not REMOTE_CLOSING:
+            return
+        command = commands.SendData(self.conns[side], codec.close(code, reason))
+        if now:
+            yield command
+        else:
+            yield from self._out(command)
+        if side is PAGE:
+            close = (NO_STATUS if code is None else code, reason)
+            if now:
+                self._observe(close)
             else:
-                yield from self._out(frame, data=True)
-            if to is PAGE:
-                yield from self._observe_later(None, data)
+                yield from self._observe_later(close)
 
     def _observe(self, close: tuple[int, str] | None, data: str | bytes = b"") -> None:
         """Tell the observer, if any, what the client was sent: `data`, or a `close`."""
@@ -746,11 +764,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             logger.warning(f"{self.socket.connection.url}: set_latency: {e} for the {side}")
             self.delays.lines[side].clear()
             reason = "too much waiting (set_latency)"
-            codec = self.codecs[side]
-            if codec.state is OPEN:
-                yield commands.SendData(self.conns[side], codec.close(MESSAGE_TOO_BIG, reason))
-                if side is PAGE:
-                    self._observe((MESSAGE_TOO_BIG, reason))
+            if self.codecs[side].state is OPEN:
+                yield from self._close_frame(side, MESSAGE_TOO_BIG, reason, now=True)
             self.socket.connection.receive_failure(side, MESSAGE_TOO_BIG, reason)
             return
         if wait is not None:

@@ -29,6 +29,20 @@ from mitm_wsroute.route import WebSocketRoute
 MAX = 300  # wsroute_max_message_size for the machine
 
 
+class Observer:
+    """The layer's observer (the test API records a socket through it): what it was told."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[bool, Any]] = []
+        self.closes: list[int] = []
+
+    def message(self, sent: bool, data: str | bytes) -> None:
+        self.messages.append((sent, data))
+
+    def closed(self, code: int, reason: str) -> None:
+        self.closes.append(code)
+
+
 class LayerMachine(RuleBasedStateMachine):
     @initialize(keep=st.integers(0, 6))
     def start(self, keep: int) -> None:
@@ -49,11 +63,13 @@ class LayerMachine(RuleBasedStateMachine):
         self.route = {PAGE: WebSocketRoute(connection)}
         self.route[SERVER] = self.route[PAGE].connect_to_server()
         socket = layer.RoutedSocket(connection, lambda h, a, url: h(*a), lambda e: None)
+        self.observer = socket.observer = Observer()
         layer.routed_socket(self.flow, socket)
         self.flow.websocket = WebSocketData()
         ctx = Context(self.flow.client_conn, options)  # type: ignore[arg-type]
         ctx.server = self.flow.server_conn
         self.layer = layer.RoutedWebsocketLayer(ctx, self.flow)
+        self.page_sent: list[Any] = []  # what the client sent that the proxy took
         # the peers: what the client and the server see of the layer
         self.peer = {
             PAGE: wsproto.Connection(wsproto.ConnectionType.CLIENT),
@@ -168,6 +184,8 @@ class LayerMachine(RuleBasedStateMachine):
         too_big = len(data) + FRAME_COST * (len(pieces) - 1) > MAX
         if not too_big:
             self.expected[side.other].append(data)
+            if side is PAGE:
+                self.page_sent.append(data)
         for i in range(0, len(wire), chunk):
             self.feed(events.DataReceived(conn, wire[i : i + chunk]))
         if too_big:  # RFC 6455 §7.4.1: 1009 to the sender, mirrored to the other side
@@ -263,6 +281,21 @@ class LayerMachine(RuleBasedStateMachine):
             )
         if self.tcp_closed == [SERVER, PAGE]:
             assert self.flow.live is False  # websocket_end ran, the flow is over
+
+    @invariant()
+    def the_observer_sees_the_clients_wire(self) -> None:
+        """The observer (the test API's record of a socket) sees the client's side as its
+        wire carries it: each message the client sent, each it got once it went out (after
+        any latency), and the first close frame it got, or 1006 when it was dropped."""
+        observed = self.observer.messages
+        assert [data for sent, data in observed if sent] == self.page_sent
+        assert [data for sent, data in observed if not sent] == self.received[PAGE]
+        if self.closes[PAGE]:
+            assert self.observer.closes[:1] == self.closes[PAGE][:1]
+        elif self.dropped[PAGE] and PAGE in self.tcp_closed:
+            assert self.observer.closes == [1006]
+        else:
+            assert self.observer.closes == []
 
     @invariant()
     def retention_is_bounded(self) -> None:
