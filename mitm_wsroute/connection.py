@@ -815,7 +815,7 @@ class RoutedConnection:
         return bool(self._commands)
 
     @property
-    def finished(self) -> bool:
+    def both_closed(self) -> bool:
         """Both sides are closed (or the server side never existed)."""
         return self.states[PAGE] is State.CLOSED and self.states[SERVER] in _DONE
 
@@ -867,7 +867,7 @@ class RoutedConnection:
         if wires[SERVER] is Wire.DONE and self.states[SERVER] in _DONE:
             wires[SERVER] = Wire.CLOSED
             self._emit(CloseTcp(SERVER, SERVER in self.aborted))
-        if not self.finished or wires[SERVER] not in _GONE:
+        if not self.both_closed or wires[SERVER] not in _GONE:
             return
         if wires[PAGE] is Wire.DONE:
             wires[PAGE] = Wire.CLOSED

@@ -500,7 +500,7 @@ class SocketWatch:
     @property
     def state(self) -> str:
         connection = self._connection()
-        if self.over or connection is None or connection.finished:
+        if self.over or connection is None or connection.both_closed:
             return "closed"
         if self.lanes[0].paused is not None or self.lanes[1].paused is not None:
             return "paused"

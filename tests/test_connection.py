@@ -210,7 +210,7 @@ def test_client_close_mirrors_to_server() -> None:
     c, ws, server = connected()
     c.receive_close(PAGE, 4003, "bye")
     assert rules(c) == [CloseSide(SERVER, Close(4003, "bye"))]
-    assert c.finished
+    assert c.both_closed
 
 
 def test_server_close_mirrors_to_client_empty_payload() -> None:
@@ -239,7 +239,7 @@ def test_server_on_close_keeps_client_open() -> None:
         Send(PAGE, "server left"),
         CloseSide(PAGE, Close(4006, "later")),
     ]
-    assert c.finished
+    assert c.both_closed
 
 
 def test_page_on_close_keeps_server_open() -> None:
@@ -276,7 +276,7 @@ def test_a_mirrored_close_reaches_that_sides_on_close_afterwards(
         CloseSide(closing.other, Close(4012, "why")),
         CallHandler(c.handlers[closing.other].close, (4012, "why")),  # type: ignore[arg-type]
     ]
-    assert c.finished
+    assert c.both_closed
 
 
 def test_route_close_of_page_mirrors_to_server() -> None:
@@ -337,7 +337,7 @@ def test_client_connection_lost_closes_server_left_open() -> None:
     c.commands_to_execute()
     c.receive_connection_lost(PAGE)
     assert rules(c) == [CloseSide(SERVER, Close(1001, "client connection gone"))]
-    assert c.finished
+    assert c.both_closed
 
 
 def test_close_awaitable_either_way() -> None:
@@ -395,14 +395,14 @@ def test_handler_error_closes_page_1011_and_never_connects() -> None:
         CloseSide(PAGE, Close(1011, "route handler raised ZeroDivisionError")),
         StartCloseTimer(PAGE),
     ]
-    assert c.finished
+    assert c.both_closed
 
 
 def test_upstream_failure_without_server_on_close() -> None:
     c, ws = mock()
     ws.connect_to_server()
     assert c.receive_upstream_failed() is False
-    assert c.finished
+    assert c.both_closed
 
 
 def test_upstream_failure_with_server_on_close_degrades_to_mock() -> None:

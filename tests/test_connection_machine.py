@@ -85,7 +85,7 @@ class RoutedSocket(RuleBasedStateMachine):
         self.c.handler_returned()
         if opening == "reject":  # the client got an HTTP answer: no socket, no layer
             self.peer_open[PAGE], self.wire_closed[PAGE] = False, True
-            assert self.c.commands_to_execute() == [] and self.c.finished
+            assert self.c.commands_to_execute() == [] and self.c.both_closed
             return
         self.c.receive_open()
         self.run()
@@ -317,7 +317,7 @@ class RoutedSocket(RuleBasedStateMachine):
             self.peer_done[PAGE] = True  # the client leaves
             self.c.receive_connection_lost(PAGE)
             self.run()
-            assert self.c.finished
+            assert self.c.both_closed
             for side in sorted(self.timers):  # once every handshake is over, the socket ends
                 self.timers.discard(side)
                 self.timed_out[side] = True

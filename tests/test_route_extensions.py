@@ -60,7 +60,7 @@ def test_reject_answers_and_closes_everything() -> None:
     assert c.commands_to_execute() == []
     ws.send("ignored")  # a warning, nothing else
     assert c.commands_to_execute() == []
-    assert c.finished
+    assert c.both_closed
 
 
 def test_reject_defaults_to_403() -> None:
@@ -176,7 +176,7 @@ def test_handler_raising_after_accept_closes_the_client_1011() -> None:
         CloseSide(PAGE, Close(1011, "route handler raised KeyError")),
         StartCloseTimer(PAGE),
     ]
-    assert c.finished
+    assert c.both_closed
 
 
 # --- drop -----------------------------------------------------------------------------------
@@ -192,7 +192,7 @@ def test_page_drop_is_mirrored_as_a_drop() -> None:
         CloseTcp(PAGE),
         End(),
     ]
-    assert c.finished and c.first_close == (False, DROP)
+    assert c.both_closed and c.first_close == (False, DROP)
 
 
 def test_server_drop_goes_to_the_server_on_close() -> None:
@@ -213,7 +213,7 @@ def test_drop_in_the_handler_ends_the_client_after_its_101() -> None:
     c.handler_returned()
     c.receive_open()
     assert c.commands_to_execute() == [DropSide(PAGE), CloseTcp(PAGE), End()]
-    assert c.finished
+    assert c.both_closed
 
 
 def test_drop_of_a_closed_side_is_a_no_op() -> None:
