@@ -495,7 +495,10 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 frames = codec.message(data, compress=deflated is not None or not codec.relay)
         else:
             frames = codec.fragmented(cut(data, frame_sizes))
-        yield from self._send(to, data, frames)
+        if self.delays is None and self.socket.observer is None:
+            yield commands.SendData(self.conns[to], frames)  # per message: the common case
+        else:
+            yield from self._send(to, data, frames)
 
     def _injected(self, message: websocket.WebSocketMessage) -> layer.CommandGenerator[None]:
         """``inject.websocket`` from another addon: a message to the client or the server."""
