@@ -683,8 +683,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             if to is PAGE and self.socket.observer is not None:
                 self.socket.observer.message(False, data)
             return
-        yield from self._out(command, data=True)
-        if to is PAGE:
+        if (yield from self._out(command, data=True)) and to is PAGE:  # not dropped (1009)
             yield from self._observe_later(None, data)
 
     def _close_frame(
@@ -742,19 +741,20 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
 
     def _out(
         self, command: commands.Command, side: Side | None = None, data: bool = False
-    ) -> layer.CommandGenerator[None]:
+    ) -> layer.CommandGenerator[bool]:
         """Send a frame, close TCP or start a close timer (for `side`) now, or, when that side
         has a latency or something waiting, behind what waits (`set_latency`). The `data`
-        frames (messages and pings) count against the size limit; closes never fail it."""
+        frames (messages and pings) count against the size limit; closes never fail it.
+        False if it was dropped: too much waited, and the side failed (1009)."""
         if self.delays is None:
             yield command
-            return
+            return True
         if side is None:
             assert isinstance(command, commands.SendData | commands.CloseConnection)
             side = PAGE if command.connection is self.context.client else SERVER
         if not self.delays.waits(side):
             yield command
-            return
+            return True
         size = len(command.data) if data and isinstance(command, commands.SendData) else 0
         try:
             wait = self.delays.push(side, clock(), command, size)
@@ -770,9 +770,10 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             if self.codecs[side].state is OPEN:
                 yield from self._close_frame(side, MESSAGE_TOO_BIG, reason, now=True)
             self.socket.connection.receive_failure(side, MESSAGE_TOO_BIG, reason)
-            return
+            return False
         if wait is not None:
             yield from self._delay_timer(side, wait)
+        return True
 
     def _delay_timer(self, side: Side, wait: float) -> layer.CommandGenerator[None]:
         timer = self.delay_timers[side] = _DelayWakeup(wait, side)
