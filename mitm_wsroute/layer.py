@@ -88,6 +88,29 @@ _ORIGINAL: type[wsl.WebsocketLayer] = getattr(wsl, "_wsroute_original", wsl.Webs
 
 _NO_MESSAGE = websocket.WebSocketMessage(Opcode.TEXT, True, b"")
 
+
+def _flow_message(
+    data: str | bytes, from_client: bool, injected: bool = False
+) -> websocket.WebSocketMessage:
+    """A message for the flow: mitmproxy's `WebSocketMessage`, its attributes set here rather
+    than by its constructor (which converts the opcode through the `Opcode` enum again: half
+    of what making one costs, twice per echo). `patches.check_internals` checks that these
+    are the attributes its constructor sets."""
+    message = _new(_WS_MESSAGE)
+    if isinstance(data, str):
+        message.type, message.content = Opcode.TEXT, data.encode()
+    else:
+        message.type, message.content = Opcode.BINARY, data
+    message.from_client = from_client
+    message.timestamp = time.time()
+    message.dropped = False
+    message.injected = injected
+    return message
+
+
+_new = object.__new__
+_WS_MESSAGE = websocket.WebSocketMessage
+
 #: The close code of a close frame without one (RFC 6455 §7.1.5).
 NO_STATUS = 1005
 
@@ -450,11 +473,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         compressed stream is the same as this side's; anything else makes them differ."""
         assert self.socket is not None
         connection = self.socket.connection
-        if isinstance(data, str):
-            content, opcode = data.encode(), Opcode.TEXT
-        else:
-            content, opcode = data, Opcode.BINARY
-        message = websocket.WebSocketMessage(opcode, side is PAGE, content)
+        message = _flow_message(data, side is PAGE)
+        content = message.content
         self._keep(message)
         if side is PAGE and self.socket.observer is not None:
             self.socket.observer.message(True, data)  # what the client sent
@@ -604,14 +624,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             if command.to in connection.aborted:
                 return  # its peer stopped reading: nothing more goes to it
             self.route_sent = True
-            self._keep(
-                websocket.WebSocketMessage(
-                    Opcode.TEXT if isinstance(data, str) else Opcode.BINARY,
-                    command.to is SERVER,
-                    data.encode() if isinstance(data, str) else data,
-                    injected=True,
-                )
-            )
+            self._keep(_flow_message(data, command.to is SERVER, injected=True))
             yield from self._send(command.to, data)
             if connection.max_buffer and (size := self._written(command.to)) > (
                 connection.max_buffer

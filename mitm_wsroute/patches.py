@@ -13,15 +13,17 @@ import time
 import types
 from typing import Any, ClassVar
 
+from mitmproxy import websocket
 from mitmproxy.proxy import layer
 from mitmproxy.proxy.layers import websocket as wsl
 from mitmproxy.proxy.layers.http import GetHttpConnection, HttpStream
 from mitmproxy.proxy.layers.http._hooks import HttpResponseHeadersHook
+from wsproto.frame_protocol import Opcode
 
 from . import own_io
 from .connection import SERVER
 from .handshake import accept
-from .layer import _ORIGINAL, RoutedWebsocketLayer, _routed
+from .layer import _ORIGINAL, RoutedWebsocketLayer, _flow_message, _routed
 from .own_io import names_used, own_io_problems
 
 __all__ = ["check_internals", "install", "share_ctx_per_thread"]
@@ -84,6 +86,9 @@ def check_internals() -> None:
         problems.append("HttpStream.flow_done no longer creates websocket.WebsocketLayer")
     if "GetHttpConnection" not in names_used(_ORIGINAL_MAKE_SERVER_CONNECTION):
         problems.append("HttpStream.make_server_connection no longer uses GetHttpConnection")
+    made = websocket.WebSocketMessage(Opcode.TEXT, True, b"")
+    if vars(_flow_message(b"", True)).keys() != vars(made).keys():
+        problems.append("WebSocketMessage's attributes")
     if problems:
         raise RuntimeError(
             "mitm_wsroute needs mitmproxy 12.3's WebSocket internals, which changed in this "

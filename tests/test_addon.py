@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mitmproxy import exceptions, http
+from mitmproxy import exceptions, http, websocket
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.proxy.layers import websocket as wsl
 from mitmproxy.proxy.layers.http import HttpStream
 from mitmproxy.test import taddons, tflow
+from wsproto.frame_protocol import Opcode
 
 from mitm_wsroute import addon as addon_module
 from mitm_wsroute import layer, own_io, patches
@@ -229,6 +230,29 @@ def test_self_check_refuses_changed_internals(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(
         RuntimeError, match=r"WebsocketConnection\.send2 missing.*mitmproxy>=12.3,<13"
     ):
+        patches.check_internals()
+
+
+def test_flow_messages_are_what_mitmproxy_would_make() -> None:
+    for data, opcode in (("é", Opcode.TEXT), (b"\x00", Opcode.BINARY)):
+        for injected in (False, True):
+            ours = layer._flow_message(data, False, injected)
+            theirs = websocket.WebSocketMessage(
+                opcode, False, ours.content, ours.timestamp, injected=injected
+            )
+            assert ours.get_state() == theirs.get_state() and vars(ours) == vars(theirs)
+            assert (ours.text if opcode is Opcode.TEXT else ours.content) == data
+
+
+def test_self_check_refuses_a_changed_websocket_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    init = websocket.WebSocketMessage.__init__
+
+    def with_a_new_attribute(self: websocket.WebSocketMessage, *args: Any, **kw: Any) -> None:
+        init(self, *args, **kw)
+        self.compressed = False  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(websocket.WebSocketMessage, "__init__", with_a_new_attribute)
+    with pytest.raises(RuntimeError, match="WebSocketMessage's attributes"):
         patches.check_internals()
 
 
