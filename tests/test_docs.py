@@ -357,8 +357,13 @@ def setup_cassette(folder: Path, module: str) -> None:
 TEST_SETUPS: dict[str, Callable[[Path, str], None]] = {"cassette": setup_cassette}
 
 
+@pytest.mark.timeout(300)
 def test_pytest_examples(pytester: pytest.Pytester) -> None:
-    """Every test example passes, replaying cassettes only (as in CI: no server is reached)."""
+    """Every test example passes, replaying cassettes only (as in CI: no server is reached).
+
+    The inner run has a timeout of its own: a hang there prints every thread's stack in this
+    test's output instead of being cut off, unseen, by this test's timeout.
+    """
     count = 0
     for example in of_kind("test"):
         module = f"test_doc_{example.name.replace('-', '_')}"
@@ -368,7 +373,14 @@ def test_pytest_examples(pytester: pytest.Pytester) -> None:
         count += len(re.findall(r"^(?:async )?def test_", example.code, re.M))
     assert count >= 3
     result = pytester.runpytest_subprocess(
-        "--wsroute-record-mode", "none", "-p", "no:cacheprovider"
+        "--wsroute-record-mode",
+        "none",
+        "-p",
+        "no:cacheprovider",
+        "--timeout",
+        "60",
+        "-o",
+        "timeout_method=thread",
     )
     result.assert_outcomes(passed=count)
 
