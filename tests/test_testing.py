@@ -36,8 +36,9 @@ def proxy() -> Iterator[WsRouteProxy]:
 @pytest.fixture(autouse=True)
 def _reset(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
-    if "proxy" in request.fixturenames:
-        request.getfixturevalue("proxy").reset()
+    for name in ("proxy", "proxy_without_hooks"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name).reset()
 
 
 def _echo(ws: ServerConnection) -> None:
@@ -158,6 +159,81 @@ def test_records_an_intercept_and_a_pass_through(
             ("received", echoed),
             ("sent", "cmd:close"),
         ]
+
+
+@pytest.fixture(scope="module")
+def proxy_without_hooks() -> Iterator[WsRouteProxy]:
+    with WsRouteProxy(options={"ssl_insecure": True, "wsroute_message_hooks": False}) as p:
+        yield p
+
+
+@pytest.mark.parametrize("routed", ["mock", "intercept"])
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+@pytest.mark.parametrize("hooks", [True, False], ids=["hooks", "no-hooks"])
+def test_records_when_the_client_was_sent_it_with_a_latency(
+    request: pytest.FixtureRequest,
+    echo: Server,
+    tls_echo: Server,
+    hooks: bool,
+    tls: bool,
+    routed: str,
+) -> None:
+    """With `set_latency`, the record is the client's wire: what waited is recorded when it went
+    out, in order; over ws and wss, permessage-deflate negotiated as the client offers it, with
+    other addons' message hooks called or not."""
+    proxy: WsRouteProxy = request.getfixturevalue("proxy" if hooks else "proxy_without_hooks")
+
+    @proxy.route_web_socket("**/slow")
+    def slow(ws: Any) -> None:
+        server = ws.connect_to_server() if routed == "intercept" else None
+        if server is None:
+            ws.send("welcome")
+
+        def on_message(m: str) -> None:
+            if m.startswith("latency "):
+                ws.set_latency(float(m.split()[1]))
+            elif m == "bye":
+                ws.close(code=4001, reason="bye")
+            elif server is not None:
+                server.send(m)
+            else:
+                ws.send(m)
+
+        ws.on_message(on_message)
+
+    host = (
+        f"127.0.0.1:{port_of(tls_echo if tls else echo)}" if routed == "intercept" else "x.invalid"
+    )
+    kwargs: dict[str, Any] = {"proxy": proxy.url, "ssl": client_ssl(proxy) if tls else None}
+    with connect(f"{'wss' if tls else 'ws'}://{host}/slow", **kwargs) as c:
+        assert [e.name for e in c.protocol.extensions] == ["permessage-deflate"]
+        assert c.recv(5) == "welcome"
+        c.send("latency 0.3")
+        for i in range(3):
+            c.send(f"m{i}")
+        assert [c.recv(5) for _ in range(3)] == ["m0", "m1", "m2"]
+        c.send("bye")
+        with pytest.raises(ConnectionClosed) as closed:
+            c.recv(5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4001
+
+    sock = proxy.wait_for_web_socket("**/slow").wait_for_close()
+    assert (sock.routed, sock.close_code, sock.close_reason) == (routed, 4001, "bye")
+    got = [(m.direction, m.payload) for m in sock.messages]
+    sent, received = (
+        [("sent", f"m{i}") for i in range(3)],
+        [("received", f"m{i}") for i in range(3)],
+    )
+    assert got == [
+        ("received", "welcome"),
+        ("sent", "latency 0.3"),
+        *sent,
+        *received,
+        ("sent", "bye"),
+    ]
+    at = {(m.direction, m.payload): m.timestamp for m in sock.messages}
+    for i in range(3):  # recorded when it went out, after its 0.3 s
+        assert at["received", f"m{i}"] - at["sent", f"m{i}"] >= 0.29
 
 
 def test_a_refused_handshake_is_recorded_as_1006(proxy: WsRouteProxy) -> None:
