@@ -433,6 +433,8 @@ async def main() -> None:
         help="only the transport matrix (ws/wss, permessage-deflate or not)",
     )
     ap.add_argument("--no-transports", action="store_true", help="all but the transport matrix")
+    ap.add_argument("--client", choices=("python", "node"), default="python",
+                    help="the transport matrix's client: python-websockets or Node ws")  # fmt: skip
     ap.add_argument(
         "--memory",
         action="store_true",
@@ -473,7 +475,8 @@ async def main() -> None:
             import transports  # here: it imports this module
 
             t = time.monotonic()
-            new, files = await transports.main(confdir, echo_port, tls_port, transport_rounds, q)
+            new, files = await transports.main(confdir, echo_port, tls_port, transport_rounds, q,
+                                                  a.client)  # fmt: skip
             matrix.extend(new)
             print(*new, sep="\n", flush=True)
             print(

@@ -28,12 +28,18 @@ Besides msgs/s, the table has each proxy process's CPU time per echo (all its th
 from the scheduler's counts): msgs/s stop at what the client and the echo server can do (the
 direct case), CPU per echo does not.
 
+The client is python-websockets, or with ``--client node`` Node's ws (`mockttp/echo_client.js`,
+the same echoes, window and stopping rule; it compresses every message, as python-websockets
+does): a client that costs less CPU leaves more of the shared CPU to the echo server, so the
+ceiling (the direct case) is higher.
+
 Writes the table (markdown), a bar chart of msgs/s (SVG, drawn here: no plotting dependency)
 and each round's results (JSON) to test-artifacts/bench/.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import math
@@ -44,11 +50,12 @@ import statistics
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
+from tempfile import NamedTemporaryFile
 
 import echo_server
 import proxies
 import run
-from proxies import ADDON, HOOKLESS, ROOT, Proxy, start_mitmdump, stop
+from proxies import ADDON, HERE, HOOKLESS, ROOT, Proxy, start_mitmdump, stop
 
 #: Where the table and the chart go (git-ignored).
 OUT = ROOT / "test-artifacts" / "bench"
@@ -79,6 +86,9 @@ CASES: tuple[tuple[str, str, tuple[str, ...] | str, str], ...] = (
         "direct",
     ),
 )
+
+#: The clients, by ``--client``.
+CLIENTS = {"python": "python-websockets", "node": "Node ws"}
 
 #: (scheme, permessage-deflate offered)
 TRANSPORTS = (("ws", False), ("ws", True), ("wss", False), ("wss", True))
@@ -141,22 +151,61 @@ def start_cases(confdir: str) -> list[Case]:
     return cases
 
 
+def trusted(confdir: str) -> list[str]:
+    """The certificates a client trusts: mitmproxy's CA, Mockttp's CAs and the echo server's
+    self-signed one."""
+    ours = ("mitmproxy-ca-cert.pem", echo_server.CERT)
+    names = sorted(os.listdir(confdir))
+    return [str(Path(confdir, n)) for n in names if n in ours or n.startswith("mockttp-ca-")]
+
+
 def client_context(confdir: str) -> ssl.SSLContext:
-    """Trusts mitmproxy's CA, Mockttp's CAs and the echo server's self-signed certificate."""
-    ctx = ssl.create_default_context(cafile=str(Path(confdir, "mitmproxy-ca-cert.pem")))
-    for name in sorted(os.listdir(confdir)):
-        if name.startswith("mockttp-ca-") or name == echo_server.CERT:
-            ctx.load_verify_locations(str(Path(confdir, name)))
+    ctx = ssl.create_default_context()
+    for cafile in trusted(confdir):
+        ctx.load_verify_locations(cafile)
     return ctx
+
+
+async def node_throughput(
+    url: str, p: Proxy, payload: str, n: int, *, deflate: bool, cafiles: list[str],
+    max_secs: float, warmup: int, window: int = 200,
+) -> dict[str, float]:  # fmt: skip
+    """`run.throughput_and_rtt`'s pipelined phase with Node's ws as the client."""
+    with NamedTemporaryFile("w", suffix=".txt") as f:
+        f.write(payload)
+        f.flush()
+        client = await asyncio.create_subprocess_exec(
+            "node", str(HERE / "mockttp" / "echo_client.js"), url, p.url or "-", f.name, str(n),
+            str(max_secs), str(window), str(warmup), "1" if deflate else "0", ",".join(cafiles),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert client.stdin is not None and client.stdout is not None
+        try:
+            ready = await asyncio.wait_for(client.stdout.readline(), 60)
+            if ready != b"ready\n":
+                raise RuntimeError(f"echo_client.js for {p.name}, {url}: {ready!r}")
+            cpu0 = p.cpu_ns()
+            client.stdin.write(b"go\n")
+            await client.stdin.drain()
+            done = json.loads(await asyncio.wait_for(client.stdout.readline(), 120))
+            cpu = (p.cpu_ns() - cpu0) / 1000 / max(done["received"], 1)
+            await asyncio.wait_for(client.wait(), 10)
+        finally:
+            if client.returncode is None:
+                client.kill()
+                await client.wait()
+    result = {"msgs": done["received"] / done["secs"]}
+    return {**result, "cpu": cpu} if p.proc else result
 
 
 Runs = dict[str, list[dict[str, float]]]
 
 
 async def measure(
-    confdir: str, ws_port: int, wss_port: int, rounds: int, quick: bool
+    confdir: str, ws_port: int, wss_port: int, rounds: int, quick: bool, client: str
 ) -> tuple[list[Case], dict[tuple[str, str], Runs]]:
-    """Every (payload, transport) group of every case, `rounds` times, interleaved."""
+    """Every (payload, transport) group of every case, `rounds` times, interleaved; `client`:
+    "python" (python-websockets) or "node" (ws)."""
     n = {32: 1000, 65536: 200} if quick else {32: 5000, 65536: 1000}
     max_secs = MAX_SECS * (0.4 if quick else 1)
     cases = start_cases(confdir)
@@ -171,11 +220,18 @@ async def measure(
         todo = [(g, c) for g in groups for c in cases]
         for i in range(rounds):
             for (what, text, scheme, deflate), c in todo[:: -1 if i % 2 else 1]:
-                result = await run.throughput_and_rtt(
-                    c.url(scheme, ws_port, wss_port), c.proxy, text, n[len(text)], 0,
-                    compression="deflate" if deflate else None,
-                    ssl=ctx if scheme == "wss" else None, max_secs=max_secs, warmup=WARMUP,
-                )  # fmt: skip
+                url = c.url(scheme, ws_port, wss_port)
+                if client == "node":
+                    result = await node_throughput(
+                        url, c.proxy, text, n[len(text)], deflate=deflate,
+                        cafiles=trusted(confdir), max_secs=max_secs, warmup=WARMUP,
+                    )  # fmt: skip
+                else:
+                    result = await run.throughput_and_rtt(
+                        url, c.proxy, text, n[len(text)], 0,
+                        compression="deflate" if deflate else None,
+                        ssl=ctx if scheme == "wss" else None, max_secs=max_secs, warmup=WARMUP,
+                    )  # fmt: skip
                 results[what, transport_name(scheme, deflate)][c.label].append(result)
     finally:
         for c in cases:
@@ -183,8 +239,11 @@ async def measure(
     return cases, results
 
 
-def table(cases: list[Case], results: dict[tuple[str, str], Runs], rounds: int) -> list[str]:
-    what = f"msgs/s with 200 in flight: medians of {rounds} round{'s' if rounds > 1 else ''}"
+def table(
+    cases: list[Case], results: dict[tuple[str, str], Runs], rounds: int, client: str
+) -> list[str]:
+    what = (f"msgs/s with 200 in flight, {CLIENTS[client]} client: medians of {rounds} "
+            f"round{'s' if rounds > 1 else ''}")  # fmt: skip
     if len(proxies.CPUS) > 1:
         what += f"; proxies on CPU {min(proxies.PROXY_CPUS)}, client and echo servers on the others"
     lines = [f"| measurement ({what}) | value | vs plain mitmdump, same transport (range over "
@@ -304,15 +363,16 @@ async def memory(confdir: str, ws_port: int, wss_port: int, n: int) -> list[str]
 
 
 async def main(
-    confdir: str, ws_port: int, wss_port: int, rounds: int, quick: bool
+    confdir: str, ws_port: int, wss_port: int, rounds: int, quick: bool, client: str = "python"
 ) -> tuple[list[str], list[Path]]:
     """The matrix's table, and the files written (table and chart). `confdir` is mitmdump's
     (a temporary directory), where the wss:// echo server wrote its certificate
     (`echo_server.CERT`) and Mockttp writes its CAs'."""
-    cases, results = await measure(confdir, ws_port, wss_port, rounds, quick)
-    lines = table(cases, results, rounds)
+    cases, results = await measure(confdir, ws_port, wss_port, rounds, quick, client)
+    lines = table(cases, results, rounds, client)
     OUT.mkdir(parents=True, exist_ok=True)
-    md, svg, raw = OUT / "transports.md", OUT / "transports.svg", OUT / "transports.json"
+    name = "transports" if client == "python" else f"transports-{client}"
+    md, svg, raw = OUT / f"{name}.md", OUT / f"{name}.svg", OUT / f"{name}.json"
     md.write_text("\n".join(lines) + "\n")
     raw.write_text(json.dumps({f"{p}, {t}": runs for (p, t), runs in results.items()}, indent=1))
     title = (f"Echoes per second, 200 in flight on one connection (medians of {rounds} "
