@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import ssl
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ from websockets.sync.client import ClientConnection, connect
 from websockets.sync.server import ServerConnection, serve
 
 from mitm_wsroute.testing import WsRouteProxy
+from tests.sockets import sync_client_tls
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -157,7 +157,7 @@ def echo_server() -> Iterator[EchoServer]:
 
 
 def client(proxy: WsRouteProxy, url: str) -> ClientConnection:
-    tls = ssl.create_default_context(cafile=str(proxy.ca_cert)) if url.startswith("wss:") else None
+    tls = sync_client_tls(proxy.ca_cert) if url.startswith("wss:") else None
     return connect(url, proxy=proxy.url, ssl=tls, open_timeout=5)
 
 
@@ -252,7 +252,7 @@ def test_flaky_feed_drops_the_client_under_latency(tmp_path: Path) -> None:
     with WsRouteProxy(scripts=[script(tmp_path, "flaky-feed")]) as proxy:
         with pytest.raises(InvalidStatus):
             client(proxy, "wss://api.example.com/feed")
-        tls = ssl.create_default_context(cafile=str(proxy.ca_cert))
+        tls = sync_client_tls(proxy.ca_cert)
         url = "wss://api.example.com/feed"
         with connect(url, proxy=proxy.url, ssl=tls, close_timeout=0.5) as ws:
             ws.send("subscribe")

@@ -20,6 +20,7 @@ from mitm_wsroute.harroute import UnmatchedMessageError
 from mitm_wsroute.testing import WsRouteProxy
 from mitm_wsroute.upstream import UpstreamError
 from tests.conftest import make_cert
+from tests.sockets import sync_client_tls
 
 
 def app(ws: ServerConnection) -> None:
@@ -70,7 +71,7 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
 def talk(proxy: WsRouteProxy, url: str, **more: Any) -> ClientConnection:
     kwargs: dict[str, Any] = {"proxy": proxy.url, "open_timeout": 5, **more}
     if url.startswith("wss:"):
-        kwargs["ssl"] = ssl.create_default_context(cafile=str(proxy.ca_cert))
+        kwargs["ssl"] = sync_client_tls(proxy.ca_cert)
     return connect(url, **kwargs)
 
 

@@ -6,7 +6,6 @@ rewritten. Every wait is on an event; nothing sleeps to synchronise."""
 from __future__ import annotations
 
 import asyncio
-import select
 import ssl
 import threading
 from pathlib import Path
@@ -20,6 +19,7 @@ from websockets.sync.client import connect
 
 from mitm_wsroute import SocketIORoute
 from mitm_wsroute.testing import WsRouteProxy
+from tests.sockets import sync_client_tls
 
 TRANSPORTS = [
     pytest.param(None, id="polling-then-upgrade"),
@@ -27,45 +27,12 @@ TRANSPORTS = [
 ]
 
 
-class OneAtATime(ssl.SSLSocket):
-    """An SSL socket that never reads and writes at the same time.
-
-    python-socketio's sync client reads its WebSocket on one thread and writes it on another,
-    both on one SSL socket, which OpenSSL does not allow: now and then a read returns b"" (an
-    end of stream that is not there) and the client drops the connection, with a proxy or
-    without (python-socketio#1577, python-engineio#461). Here, under load, about one socket in
-    25 through the proxy; none in 500 over TLS with this socket, which waits for data outside
-    its lock and reads and writes inside it."""
-
-    def _one(self) -> threading.Lock:
-        return self.__dict__.setdefault("_lock", threading.Lock())  # type: ignore[no-any-return]
-
-    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
-        timeout = self.gettimeout()
-        while True:
-            if not self.pending() and not select.select([self], [], [], timeout)[0]:
-                raise TimeoutError("timed out")
-            with self._one():
-                self.settimeout(0)
-                try:
-                    return super().recv(buflen, flags)
-                except ssl.SSLWantReadError:
-                    continue  # a record without data (a session ticket): wait again
-                finally:
-                    self.settimeout(timeout)
-
-    def send(self, data: Any, flags: int = 0) -> int:
-        with self._one():
-            return super().send(data, flags)
-
-
 def sync_client(proxy_url: str, ca: Path) -> socketio.Client:
     http = requests.Session()
     http.trust_env = False  # REQUESTS_CA_BUNDLE would win over `verify`
     http.proxies = {"http": proxy_url, "https": proxy_url}
     http.verify = str(ca)
-    tls = ssl.create_default_context(cafile=str(ca))
-    tls.sslsocket_class = OneAtATime
+    tls = sync_client_tls(ca)
     return socketio.Client(
         http_session=http,
         reconnection=False,
@@ -200,7 +167,7 @@ def test_malformed_packets_disconnect_the_client_only(
     proxy: WsRouteProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     proxy.route_socket_io("wss://chat.example.com/socket.io/**", chat_mock)
-    tls = ssl.create_default_context(cafile=str(proxy.ca_cert))
+    tls = sync_client_tls(proxy.ca_cert)
     url = "wss://chat.example.com/socket.io/?EIO=4&transport=websocket"
     for garbage in ("40", "42[1,2]", "9", '451-["x"]\x00'):
         with connect(url, proxy=proxy.url, ssl=tls) as ws:

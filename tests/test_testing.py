@@ -25,6 +25,7 @@ from websockets.sync.server import Server, ServerConnection, serve
 
 from mitm_wsroute.testing import WebSocket, WsRouteProxy, async_api
 from tests.conftest import make_cert
+from tests.sockets import sync_client_tls
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def port_of(server: Server) -> int:
 
 
 def client_ssl(proxy: WsRouteProxy) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(proxy.ca_cert))
+    return sync_client_tls(proxy.ca_cert)
 
 
 # --- recording: every socket, routed or not, as the client saw it -----------------------------
