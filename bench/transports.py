@@ -30,8 +30,9 @@ direct case), CPU per echo does not.
 
 The client is python-websockets, or with ``--client node`` Node's ws (`mockttp/echo_client.js`,
 the same echoes, window and stopping rule; it compresses every message, as python-websockets
-does): a client that costs less CPU leaves more of the shared CPU to the echo server, so the
-ceiling (the direct case) is higher.
+does). ws batches its writes (many frames to a read, which favours Mockttp) and runs zlib on
+libuv's thread pool (with permessage-deflate it, not the proxy, is the limit): see
+docs/performance.md.
 
 Writes the table (markdown), a bar chart of msgs/s (SVG, drawn here: no plotting dependency)
 and each round's results (JSON) to test-artifacts/bench/.
