@@ -12,7 +12,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3 $$HOME/.pyenv/versions/
 	if command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; \
 	then command -v $$p; break; fi; done)
 
-.PHONY: demo test docs lint bench bench-console chromium clean autobahn
+.PHONY: demo test docs docs-img lint bench bench-console chromium clean autobahn
 
 $(STAMP): pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then \
@@ -57,6 +57,11 @@ demo: $(STAMP)
 DOCS_BUILD := NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 docs: $(STAMP)
 	$(DOCS_BUILD)
+
+# The live console's screenshots in docs/img/, taken again (a test run writes them to
+# test-artifacts/ and leaves docs/img/ as it is).
+docs-img: $(STAMP) chromium
+	WSROUTE_DOCS_IMG=1 $(PY) -m pytest tests/test_browser_console.py
 
 # The end-to-end tests run twice: as configured by default, and with mitmproxy's per-message
 # hooks off, where the layer reads and writes routed sockets itself.

@@ -1,7 +1,9 @@
 """The live console's page in a real browser (Debian's Chromium through playwright-python),
 against a real mitmdump and a real python-websockets client and server: a breakpoint set on
 the page pauses a message, the page edits and releases it, the server receives the edited
-one; the page injects and closes. The screenshots in docs/img/ are taken here."""
+one; the page injects and closes. The screenshots in docs/img/ are taken here: they go to
+test-artifacts/ unless WSROUTE_DOCS_IMG=1 (`make docs-img`), so a test run leaves the tree
+as it was."""
 
 from __future__ import annotations
 
@@ -25,7 +27,12 @@ from websockets.exceptions import ConnectionClosed
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.timeout(60)
-IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
+_ROOT = Path(__file__).resolve().parent.parent
+IMG = (
+    _ROOT / "docs" / "img"
+    if os.environ.get("WSROUTE_DOCS_IMG") == "1"
+    else _ROOT / "test-artifacts"
+)
 ROUTES = """
     from mitm_wsroute import route_web_socket
 
