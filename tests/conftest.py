@@ -6,13 +6,17 @@ Everything binds 127.0.0.1 on ephemeral ports, and every process a test starts i
 from __future__ import annotations
 
 import asyncio
+import atexit
 import datetime
+import functools
 import os
 import re
+import shutil
 import signal
 import ssl
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -91,6 +95,18 @@ def _reader(p: Proc) -> None:
         p._cond.notify_all()
 
 
+@functools.cache
+def _ca() -> Path:
+    """A mitmproxy CA made once per test run (mitmdump makes one, an RSA key, in each empty
+    confdir: about a tenth of a second of every start)."""
+    from mitmproxy.certs import CertStore
+
+    made = Path(tempfile.mkdtemp(prefix="wsroute-test-ca-"))
+    atexit.register(shutil.rmtree, made, ignore_errors=True)
+    CertStore.from_store(made, "mitmproxy", 2048)
+    return made
+
+
 def start_mitmdump(
     tmp: Path, *args: str, addon: Path | None = ROOT / "addons" / "wsroute.py"
 ) -> Proc:
@@ -98,6 +114,9 @@ def start_mitmdump(
     ephemeral port and wait until it listens."""
     confdir = tmp / "confdir"
     confdir.mkdir(exist_ok=True)
+    for made in _ca().iterdir():
+        if not (confdir / made.name).exists():
+            shutil.copy(made, confdir)
     cmd = [
         MITMDUMP,
         "--listen-host", "127.0.0.1",

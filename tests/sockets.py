@@ -101,10 +101,16 @@ async def raw_websocket_server(then_send: bytes, read: bool = True) -> tuple[asy
     bytes, e.g. a frame that breaks the protocol) and reads until the peer goes (without
     `read`: never reads again, a stalled peer)."""
 
+    # A stalled connection's reading is paused once its buffer is full: then nothing but its
+    # own task, transport and protocol refer to each other, and the garbage collector would
+    # close it (a reset for the proxy). Held here while the server lives.
+    stalled: list[asyncio.StreamWriter] = []
+
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = (await reader.readuntil(b"\r\n\r\n")).decode()
         writer.write(switching_protocols(head) + then_send)
         if not read:
+            stalled.append(writer)
             await asyncio.Event().wait()  # until the server closes: cancelled then
         while await reader.read(65536):
             pass

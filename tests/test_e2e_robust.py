@@ -139,6 +139,7 @@ def proxy(mitmdump: Any) -> Any:
             1009,
         ),
     ],
+    ids=lambda value: "frame" if isinstance(value, bytes) else None,  # random masks
 )
 async def test_bad_frames_close_with_the_right_code(
     proxy: Any, name: str, data: bytes, code: int
@@ -151,7 +152,9 @@ async def test_bad_frames_close_with_the_right_code(
 
 
 @pytest.mark.parametrize(
-    ("data", "code"), [(frame(0x3, b"?"), 1002), (frame(0x1, b"\xff\xfe"), 1007)]
+    ("data", "code"),
+    [(frame(0x3, b"?"), 1002), (frame(0x1, b"\xff\xfe"), 1007)],
+    ids=["reserved opcode", "invalid UTF-8"],  # frames have random masks: the same id everywhere
 )
 async def test_a_client_breaking_the_protocol_is_a_drop_for_the_upstream(
     proxy: Any, upstream: Any, data: bytes, code: int
