@@ -64,11 +64,17 @@ docs-img: $(STAMP) chromium
 	WSROUTE_DOCS_IMG=1 $(PY) -m pytest tests/test_browser_console.py
 
 # The end-to-end tests run twice: as configured by default, and with mitmproxy's per-message
-# hooks off, where the layer reads and writes routed sockets itself.
+# hooks off, where the layer reads and writes routed sockets itself. Two pytest workers
+# (pytest-xdist), each taking whole modules (their module-scoped proxies stay one per module):
+# most of a test's time is spent waiting on its processes and sockets, so two workers take
+# less than half the time of one on a 2-CPU machine. `make test PYTEST_WORKERS=0` runs it in
+# one process.
+PYTEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadscope
 test: $(STAMP) chromium $(NODE_DEPS) $(TEST_NODE_DEPS)
 	$(DOCS_BUILD)
-	$(PY) -m pytest
-	WSROUTE_TEST_MESSAGE_HOOKS=false $(PY) -m pytest tests/test_e2e_*.py tests/test_browser*.py
+	$(PYTEST)
+	WSROUTE_TEST_MESSAGE_HOOKS=false $(PYTEST) tests/test_e2e_*.py tests/test_browser*.py
 
 # Routed sockets against plain mitmdump, in one run (several minutes; `BENCH_ARGS=--quick` for less).
 # Mockttp, the peer the bench measures against (pinned in bench/mockttp/package-lock.json).
