@@ -156,7 +156,16 @@ class Observer(Protocol):
 
 @dataclass(eq=False)
 class RoutedSocket:
-    """What the layer needs for one routed flow, set up by the addon before the 101."""
+    """What the layer needs for one routed flow, set up by the addon before the 101.
+
+    A routed socket is three objects: its `RoutedConnection` (the pure core, which decides),
+    this (the socket as the addon and route code reach it: wake-ups, handler calls, tasks,
+    the test API's observer), and the `RoutedWebsocketLayer` that mitmproxy makes for the flow
+    once the 101 went out (the wire: codecs, the connections, what waits to be written). This
+    one cannot be the layer: the route's handler runs in the ``request`` hook, before mitmproxy
+    makes the layer, and a socket it rejects there never gets one. It keeps the
+    flow weakly, because `_routed` is keyed by the flow and must not keep it alive.
+    """
 
     connection: RoutedConnection
     #: Runs a user handler: logs its exceptions, schedules what it returns if awaitable.
