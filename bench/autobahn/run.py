@@ -9,8 +9,8 @@ time, everything on 127.0.0.1 and ephemeral ports:
   mocked by an echo (``mock.py``), with ``wsroute_message_hooks`` on and off.
 - fuzzingserver (Autobahn is the server): a python-websockets client that runs every case and
   echoes what it gets, directly and through mitmdump in regular mode (``proxy=``): plain,
-  plain with a script that adds nothing (``noop.py``: loading a script changes how plain
-  mitmdump fares in 3.4, 4.1.5 and 4.2.5), and intercepting.
+  plain with a script that adds nothing (``noop.py``, as the addon's modes load one), and
+  intercepting.
 
 Reports (Autobahn's JSON and HTML, logs of every process) go to test-artifacts/autobahn/MODE/.
 Prints the count of each result per mode, and the cases where a mode through mitmdump did
@@ -94,7 +94,7 @@ MODES = [
     Mode("client-mock-nohooks", CLIENT, addon("mock.py", False)),
     Mode("server-direct", SERVER, None),
     Mode("server-plain", SERVER, ()),
-    # plain mitmdump with a script that adds nothing: for its cases, loading any script matters
+    # plain mitmdump with a script that adds nothing, as the addon's modes load one
     Mode("server-plain-script", SERVER, ("-s", str(HERE / "noop.py"))),
     Mode("server-intercept", SERVER, addon("intercept.py", True)),
     Mode("server-intercept-nohooks", SERVER, addon("intercept.py", False)),
@@ -198,7 +198,11 @@ def run_mode(mode: Mode, cases: list[str], exclude: list[str]) -> None:
             (out / "spec.json").write_text(json.dumps(spec, indent=2))
             fuzzer = procs.start("wstest", [*wstest, "-m", SERVER, "-u", "0"])
             url = f"ws://127.0.0.1:{fuzzer.port(r'fuzzingserver listening on port (\d+)')}"
-            proxy = f"http://127.0.0.1:{start_mitmdump(procs, mode, None)}" if mode.proxy else ""
+            proxy = (
+                f"http://127.0.0.1:{start_mitmdump(procs, mode, None)}"
+                if mode.proxy is not None
+                else ""
+            )
             procs.start("client", [sys.executable, __file__, "client", url, mode.name, proxy],
                         PEER_ENV).wait()  # fmt: skip
 
