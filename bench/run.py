@@ -433,8 +433,14 @@ async def main() -> None:
         help="only the transport matrix (ws/wss, permessage-deflate or not)",
     )
     ap.add_argument("--no-transports", action="store_true", help="all but the transport matrix")
-    ap.add_argument("--client", choices=("python", "node"), default="python",
-                    help="the transport matrix's client: python-websockets or Node ws")  # fmt: skip
+    ap.add_argument(
+        "--client",
+        choices=("python", "node", "aiohttp"),
+        default="python",
+        help="the transport matrix's client: python-websockets, Node ws or aiohttp",
+    )
+    ap.add_argument("--server", choices=("python", "aiohttp"), default="python",
+                    help="the echo server: python-websockets or aiohttp")  # fmt: skip
     ap.add_argument(
         "--memory",
         action="store_true",
@@ -460,11 +466,12 @@ async def main() -> None:
     matrix: list[str] = []
     cases: list[Case] = []
     with tempfile.TemporaryDirectory() as confdir:
-        echo, echo_port = start([sys.executable, str(HERE / "echo_server.py")], r"port (\d+)",
-                                CLIENT_CPUS)  # fmt: skip
+        server = [sys.executable, str(HERE / "echo_server.py")]
+        if a.server == "aiohttp":
+            server.append("--aiohttp")
+        echo, echo_port = start(server, r"port (\d+)", CLIENT_CPUS)
         # wss://, its self-signed certificate written to confdir (echo_server.CERT)
-        echo_tls, tls_port = start([sys.executable, str(HERE / "echo_server.py"), "--tls",
-                                    confdir], r"port (\d+)", CLIENT_CPUS)  # fmt: skip
+        echo_tls, tls_port = start([*server, "--tls", confdir], r"port (\d+)", CLIENT_CPUS)
         up = f"ws://127.0.0.1:{echo_port}"
 
         def out(new: list[str]) -> None:
@@ -476,7 +483,7 @@ async def main() -> None:
 
             t = time.monotonic()
             new, files = await transports.main(confdir, echo_port, tls_port, transport_rounds, q,
-                                                  a.client)  # fmt: skip
+                                                  a.client, a.server)  # fmt: skip
             matrix.extend(new)
             print(*new, sep="\n", flush=True)
             print(

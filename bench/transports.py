@@ -32,7 +32,12 @@ The client is python-websockets, or with ``--client node`` Node's ws (`mockttp/e
 the same echoes, window and stopping rule; it compresses every message, as python-websockets
 does). ws batches its writes (many frames to a read, which favours Mockttp) and runs zlib on
 libuv's thread pool (with permessage-deflate it, not the proxy, is the limit): see
-docs/performance.md.
+docs/performance.md. With ``--client aiohttp`` the client is aiohttp, and with ``--server
+aiohttp`` so is the echo server (`echo_server.py --aiohttp`): both cost less per message than
+python-websockets (aiohttp's frame reader is compiled), so that an intercept's msgs/s are not
+capped by its peers as soon; aiohttp negotiates 15-bit deflate windows. aiohttp's client runs
+over wss:// only: it asks a proxy for a ws:// URL in absolute form ("GET ws://..."), which
+mitmproxy refuses.
 
 Writes the table (markdown), a bar chart of msgs/s (SVG, drawn here: no plotting dependency)
 and each round's results (JSON) to test-artifacts/bench/.
@@ -48,6 +53,7 @@ import os
 import random
 import ssl
 import statistics
+import time
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
@@ -88,8 +94,9 @@ CASES: tuple[tuple[str, str, tuple[str, ...] | str, str], ...] = (
     ),
 )
 
-#: The clients, by ``--client``.
-CLIENTS = {"python": "python-websockets", "node": "Node ws"}
+#: The clients, by ``--client``, and the echo servers, by ``--server``.
+CLIENTS = {"python": "python-websockets", "node": "Node ws", "aiohttp": "aiohttp"}
+SERVERS = {"python": "python-websockets", "aiohttp": "aiohttp"}
 
 #: (scheme, permessage-deflate offered)
 TRANSPORTS = (("ws", False), ("ws", True), ("wss", False), ("wss", True))
@@ -134,11 +141,13 @@ class Case:
         return f"{scheme}://{host}/{self.path}"
 
 
-def start_cases(confdir: str) -> list[Case]:
+def start_cases(confdir: str, server: str = "python") -> list[Case]:
     """One process per case, as in run.py: no case runs in a process others have used."""
     cases: list[Case] = []
     try:
         for label, short, kind, path in CASES:
+            if kind == proxies.DIRECT:
+                label = label.replace(SERVERS["python"], SERVERS[server])
             if isinstance(kind, tuple):
                 p = start_mitmdump(label, confdir, *kind, "--set", "ssl_insecure=true")
             else:
@@ -199,21 +208,85 @@ async def node_throughput(
     return {**result, "cpu": cpu} if p.proc else result
 
 
+async def aiohttp_throughput(
+    url: str, p: Proxy, payload: str, n: int, *, deflate: bool, ssl: ssl.SSLContext | None,
+    max_secs: float, warmup: int, window: int = 200,
+) -> dict[str, float]:  # fmt: skip
+    """`run.throughput_and_rtt`'s pipelined phase with aiohttp as the client (15-bit
+    permessage-deflate windows offered, every message compressed)."""
+    import aiohttp
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(
+            url,
+            proxy=p.url,
+            ssl=ssl if ssl is not None else True,
+            compress=15 if deflate else 0,
+            max_msg_size=0,
+            autoping=False,
+            timeout=aiohttp.ClientWSTimeout(ws_close=10),
+        ) as ws,  # fmt: skip
+    ):
+        if deflate and not ws.compress:
+            raise RuntimeError(f"{p.name}, {url}: permessage-deflate was not negotiated")
+        for _ in range(warmup):
+            await ws.send_str(payload)
+            await ws.receive_str()
+        in_flight = asyncio.Semaphore(window)
+        sent = received = 0
+        cpu0 = p.cpu_ns()
+        t0 = time.perf_counter()
+        stop_at = t0 + max_secs
+
+        async def sender() -> None:
+            nonlocal sent
+            for _ in range(n):
+                await in_flight.acquire()
+                if time.perf_counter() > stop_at:
+                    return
+                await ws.send_str(payload)
+                sent += 1
+
+        task = asyncio.ensure_future(sender())
+        while received < sent or not task.done():
+            if received < sent:
+                await ws.receive_str()
+                received += 1
+                in_flight.release()
+            else:
+                await asyncio.sleep(0)
+        await task
+        dt = time.perf_counter() - t0
+        cpu = (p.cpu_ns() - cpu0) / 1000 / max(received, 1)
+    result = {"msgs": received / dt}
+    return {**result, "cpu": cpu} if p.proc else result
+
+
 Runs = dict[str, list[dict[str, float]]]
 
 
 async def measure(
-    confdir: str, ws_port: int, wss_port: int, rounds: int, quick: bool, client: str
+    confdir: str,
+    ws_port: int,
+    wss_port: int,
+    rounds: int,
+    quick: bool,
+    client: str,
+    server: str,
 ) -> tuple[list[Case], dict[tuple[str, str], Runs]]:
-    """Every (payload, transport) group of every case, `rounds` times, interleaved; `client`:
-    "python" (python-websockets) or "node" (ws)."""
+    """Every (payload, transport) group of every case, `rounds` times, interleaved; `client`
+    and `server` (the echo server's kind) are keys of `CLIENTS` and `SERVERS`."""
     n = {32: 1000, 65536: 200} if quick else {32: 5000, 65536: 1000}
     max_secs = MAX_SECS * (0.4 if quick else 1)
-    cases = start_cases(confdir)
+    cases = start_cases(confdir, server)
     try:
         ctx = client_context(confdir)
+        # aiohttp asks a proxy for a ws:// URL in absolute form, "GET ws://...", which mitmproxy
+        # refuses (400, "Invalid request scheme: ws"); for wss:// it sends a CONNECT
+        transports = [t for t in TRANSPORTS if client != "aiohttp" or t[0] == "wss"]
         groups = [(what, text, scheme, deflate) for what, text in payloads()
-                  for scheme, deflate in TRANSPORTS]  # fmt: skip
+                  for scheme, deflate in transports]  # fmt: skip
         results: dict[tuple[str, str], Runs] = {
             (what, transport_name(scheme, deflate)): {c.label: [] for c in cases}
             for what, _, scheme, deflate in groups
@@ -226,6 +299,11 @@ async def measure(
                     result = await node_throughput(
                         url, c.proxy, text, n[len(text)], deflate=deflate,
                         cafiles=trusted(confdir), max_secs=max_secs, warmup=WARMUP,
+                    )  # fmt: skip
+                elif client == "aiohttp":
+                    result = await aiohttp_throughput(
+                        url, c.proxy, text, n[len(text)], deflate=deflate,
+                        ssl=ctx if scheme == "wss" else None, max_secs=max_secs, warmup=WARMUP,
                     )  # fmt: skip
                 else:
                     result = await run.throughput_and_rtt(
@@ -241,10 +319,14 @@ async def measure(
 
 
 def table(
-    cases: list[Case], results: dict[tuple[str, str], Runs], rounds: int, client: str
+    cases: list[Case],
+    results: dict[tuple[str, str], Runs],
+    rounds: int,
+    client: str,
+    server: str = "python",
 ) -> list[str]:
-    what = (f"msgs/s with 200 in flight, {CLIENTS[client]} client: medians of {rounds} "
-            f"round{'s' if rounds > 1 else ''}")  # fmt: skip
+    what = (f"msgs/s with 200 in flight, {CLIENTS[client]} client, {SERVERS[server]} echo "
+            f"server: medians of {rounds} round{'s' if rounds > 1 else ''}")  # fmt: skip
     if len(proxies.CPUS) > 1:
         what += f"; proxies on CPU {min(proxies.PROXY_CPUS)}, client and echo servers on the others"
     lines = [f"| measurement ({what}) | value | vs plain mitmdump, same transport (range over "
@@ -277,7 +359,9 @@ def svg_chart(cases: list[Case], results: dict[tuple[str, str], Runs], title: st
         for key, runs in results.items()
     }
     payload_names = list(dict.fromkeys(p for p, _ in results))
-    transports = [transport_name(s, d) for s, d in TRANSPORTS]
+    measured = {t for _, t in results}
+    shown = [(transport_name(s, d), c) for (s, d), c in zip(TRANSPORTS, COLOURS, strict=True)
+             if transport_name(s, d) in measured]  # fmt: skip
     values = [v for m in medians.values() for v in m.values() if v > 0]
     steps = [k * 10**e for e in range(-1, 8) for k in (1, 2, 5)]
     lo = max(v for v in steps if v <= min(values) / 2)  # the shortest bar still shows
@@ -289,7 +373,7 @@ def svg_chart(cases: list[Case], results: dict[tuple[str, str], Runs], title: st
     def x(v: float) -> float:
         return left + plot_w * (math.log10(max(v, lo)) - math.log10(lo)) / math.log10(hi / lo)
 
-    group_h = bar * len(transports) + gap
+    group_h = bar * len(shown) + gap
     panel_h = head + group_h * len(cases) + 10
     legend_h = 30
     height = 40 + legend_h + panel_h * len(payload_names) + 10
@@ -299,7 +383,7 @@ def svg_chart(cases: list[Case], results: dict[tuple[str, str], Runs], title: st
         f'<rect width="{width}" height="{height}" fill="white"/>',
         f'<text x="{width / 2}" y="22" text-anchor="middle" font-size="14">{escape(title)}</text>',
     ]
-    for i, (name, colour) in enumerate(zip(transports, COLOURS, strict=True)):
+    for i, (name, colour) in enumerate(shown):
         lx = left + i * 180
         out.append(f'<rect x="{lx}" y="36" width="12" height="12" fill="{colour}"/>')
         out.append(f'<text x="{lx + 16}" y="46">{escape(name)}</text>')
@@ -318,11 +402,11 @@ def svg_chart(cases: list[Case], results: dict[tuple[str, str], Runs], title: st
             gy = y0 + head + i * group_h
             out.append(f'<text x="{left - 6}" y="{gy + group_h / 2}" text-anchor="end">'
                        f"{escape(c.short)}</text>")  # fmt: skip
-            for j, transport in enumerate(transports):
+            for j, (transport, colour) in enumerate(shown):
                 v = medians[payload, transport][c.label]
                 by = gy + j * bar
                 out.append(f'<rect x="{left}" y="{by}" width="{x(v) - left:.1f}" '
-                           f'height="{bar - 1}" fill="{COLOURS[j]}"><title>{escape(transport)}: '
+                           f'height="{bar - 1}" fill="{colour}"><title>{escape(transport)}: '
                            f"{run.number(v)} msg/s</title></rect>")  # fmt: skip
                 out.append(f'<text x="{x(v) + 3:.1f}" y="{by + bar - 1.5}" font-size="8" '
                            f'fill="#333">{run.number(v)}</text>')  # fmt: skip
@@ -364,15 +448,20 @@ async def memory(confdir: str, ws_port: int, wss_port: int, n: int) -> list[str]
 
 
 async def main(
-    confdir: str, ws_port: int, wss_port: int, rounds: int, quick: bool, client: str = "python"
-) -> tuple[list[str], list[Path]]:
+    confdir: str, ws_port: int, wss_port: int, rounds: int, quick: bool, client: str = "python",
+    server: str = "python",
+) -> tuple[list[str], list[Path]]:  # fmt: skip
     """The matrix's table, and the files written (table and chart). `confdir` is mitmdump's
     (a temporary directory), where the wss:// echo server wrote its certificate
-    (`echo_server.CERT`) and Mockttp writes its CAs'."""
-    cases, results = await measure(confdir, ws_port, wss_port, rounds, quick, client)
-    lines = table(cases, results, rounds, client)
+    (`echo_server.CERT`) and Mockttp writes its CAs'; the echo servers on `ws_port` and
+    `wss_port` are of the `server` kind."""
+    cases, results = await measure(confdir, ws_port, wss_port, rounds, quick, client, server)
+    lines = table(cases, results, rounds, client, server)
     OUT.mkdir(parents=True, exist_ok=True)
-    name = "transports" if client == "python" else f"transports-{client}"
+    name = "-".join(
+        ["transports"]
+        + [f"{kind}-{k}" for kind, k in (("client", client), ("server", server)) if k != "python"]
+    )
     md, svg, raw = OUT / f"{name}.md", OUT / f"{name}.svg", OUT / f"{name}.json"
     md.write_text("\n".join(lines) + "\n")
     raw.write_text(json.dumps({f"{p}, {t}": runs for (p, t), runs in results.items()}, indent=1))
