@@ -49,6 +49,7 @@ from .headers import Headers, HeadersLike, header_fields
 __all__ = [
     "ABNORMAL_CLOSURE",
     "INTERNAL_ERROR",
+    "NO_STATUS",
     "Accept",
     "CallHandler",
     "Close",
@@ -75,6 +76,7 @@ __all__ = [
     "check_close",
     "check_latency",
     "check_message",
+    "reported_code",
 ]
 
 logger = logging.getLogger(__name__)
@@ -90,6 +92,16 @@ ABNORMAL_CLOSURE = 1006
 MESSAGE_TOO_BIG = 1009
 #: RFC 6455 §7.4.1: "an unexpected condition that prevented it from fulfilling the request".
 INTERNAL_ERROR = 1011
+#: RFC 6455 §7.1.5: the code reported for a close frame without one.
+NO_STATUS = 1005
+
+
+def reported_code(code: int | None) -> int:
+    """A close code as a browser's ``CloseEvent`` reports it (and mitmproxy's flow records
+    it): 1005 for a close frame without one."""
+    return NO_STATUS if code is None else code
+
+
 #: ``wsroute_max_buffer``: bytes a route may have waiting for one side before that side fails.
 DEFAULT_MAX_BUFFER = 64 * 1024 * 1024
 

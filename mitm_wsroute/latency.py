@@ -106,13 +106,29 @@ class Outbox[T]:
         #: The socket ended while something waited.
         self.end_pending = False
 
+    def set_latency(self, side: int, seconds: float) -> None:
+        """Hold what is sent to `side` from now on for `seconds` (0: no longer)."""
+        self.lines[side].latency = seconds
+
     def waits(self, side: int) -> bool:
         """Whether what is sent to `side` now must go through its line."""
         return self.lines[side].active
 
     def push(self, side: int, now: float, item: T, size: int) -> float | None:
-        """`DelayLine.push` on `side`'s line."""
-        return self.lines[side].push(now, item, size)
+        """`DelayLine.push` on `side`'s line, bounded like a message: past the limit, what
+        waited for `side` is dropped (the side fails: nothing is sent to it after its close
+        frame) and its latency with it, so the close frame the adapter sends next goes out at
+        once, and `OverflowError` is raised."""
+        line = self.lines[side]
+        try:
+            return line.push(now, item, size)
+        except OverflowError:
+            line.clear()
+            raise
+
+    def forget(self, side: int) -> None:
+        """`side`'s connection is gone: nothing that waits for it will reach it."""
+        self.lines[side].clear()
 
     def close_client(self, close: T) -> bool:
         """The client's TCP close: True if it may go now (through the client's line); else it

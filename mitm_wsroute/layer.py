@@ -72,6 +72,7 @@ from .connection import (
     Side,
     StartCloseTimer,
     State,
+    reported_code,
 )
 from .deflate import negotiated
 from .latency import Outbox
@@ -111,9 +112,6 @@ def _flow_message(
 _new = object.__new__
 _WS_MESSAGE = websocket.WebSocketMessage
 
-#: The close code of a close frame without one (RFC 6455 §7.1.5).
-NO_STATUS = 1005
-
 #: The clock of `set_latency()` (asyncio's, which runs the wake-ups; tests replace it).
 clock = time.monotonic
 
@@ -136,6 +134,15 @@ class _DelayWakeup(commands.RequestWakeup):
 
 #: What waits for a side: data or a TCP close to send, or the observer to tell.
 _Delayed = commands.Command | Callable[[], None]
+
+
+def _now(item: _Delayed) -> layer.CommandGenerator[None]:
+    """Carry out what waited: yield a command, tell the observer."""
+    if isinstance(item, commands.Command):
+        yield item
+    else:
+        item()
+
 
 #: Runs a user handler of a socket with its arguments; returns the task
 #: that runs what an async handler returned, if any.
@@ -418,7 +425,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             return
         codec.fail()  # the connection ended: our end closes when the connection says (CloseTcp)
         if self.delays is not None:
-            self.delays.lines[side].clear()  # nothing reaches that peer any more
+            self.delays.forget(side)
         if side is PAGE:
             self._observe((ABNORMAL_CLOSURE, ""))
         connection.receive_connection_lost(side)
@@ -454,7 +461,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             frame = codec.close(close.code, close.reason)
             yield from self._out(commands.SendData(self.conns[side], frame))
         if side is PAGE:
-            self._observe((NO_STATUS if close.code is None else close.code, close.reason))
+            self._observe((reported_code(close.code), close.reason))
         self.socket.connection.receive_close(side, close.code, close.reason)
 
     def _keep(self, message: websocket.WebSocketMessage) -> None:
@@ -662,7 +669,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         elif isinstance(command, SetLatency):
             if self.delays is None:
                 self.delays = Outbox(self.max_message_size)
-            self.delays.lines[command.to].latency = command.seconds
+            self.delays.set_latency(command.to, command.seconds)
         else:
             assert isinstance(command, End)
             if self.delays is None or self.delays.end():
@@ -675,7 +682,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         if connection.first_close is not None:
             by_client, close = connection.first_close
             self.flow.websocket.closed_by_client = by_client
-            self.flow.websocket.close_code = NO_STATUS if close.code is None else close.code
+            self.flow.websocket.close_code = reported_code(close.code)
             self.flow.websocket.close_reason = close.reason or ""
         self.flow.websocket.timestamp_end = time.time()
         self._handle_event = self._after_end
@@ -724,7 +731,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         else:
             yield from self._out(command)
         if side is PAGE:
-            close = (NO_STATUS if code is None else code, reason)
+            close = (reported_code(code), reason)
             if now:
                 self._observe(close)
             else:
@@ -741,14 +748,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
     ) -> layer.CommandGenerator[None]:
         """`_observe`, once what the client still waits for (`set_latency`) went out."""
         call = self._observation(close, data)
-        if call is None:
-            return
-        if self.delays is None or not self.delays.waits(PAGE):
-            call()
-            return
-        wait = self.delays.push(PAGE, clock(), call, 0)
-        if wait is not None:  # nothing waited before it: its own wake-up
-            yield from self._delay_timer(PAGE, wait)
+        if call is not None:
+            yield from self._out(call, PAGE)
 
     def _observation(
         self, close: tuple[int, str] | None, data: str | bytes
@@ -762,32 +763,32 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         return functools.partial(observer.closed, *close)
 
     def _out(
-        self, command: commands.Command, side: Side | None = None, data: bool = False
+        self, item: _Delayed, side: Side | None = None, data: bool = False
     ) -> layer.CommandGenerator[bool]:
-        """Send a frame, close TCP or start a close timer (for `side`) now, or, when that side
-        has a latency or something waiting, behind what waits (`set_latency`). The `data`
-        frames (messages and pings) count against the size limit; closes never fail it.
-        False if it was dropped: too much waited, and the side failed (1009)."""
+        """Send a frame, close TCP, start a close timer or tell the observer (for `side`) now,
+        or, when that side has a latency or something waiting, behind what waits
+        (`set_latency`). The `data` frames (messages and pings) count against the size limit;
+        the rest never fails it. False if it was dropped: too much waited, and the side failed
+        (1009)."""
         if self.delays is None:
-            yield command
+            yield from _now(item)
             return True
         if side is None:
-            assert isinstance(command, commands.SendData | commands.CloseConnection)
-            side = PAGE if command.connection is self.context.client else SERVER
+            assert isinstance(item, commands.SendData | commands.CloseConnection)
+            side = PAGE if item.connection is self.context.client else SERVER
         if not self.delays.waits(side):
-            yield command
+            yield from _now(item)
             return True
-        size = len(command.data) if data and isinstance(command, commands.SendData) else 0
+        size = len(item.data) if data and isinstance(item, commands.SendData) else 0
         try:
-            wait = self.delays.push(side, clock(), command, size)
+            wait = self.delays.push(side, clock(), item, size)
         except OverflowError as e:
             # Bounded like a message: past wsroute_max_message_size waiting, the side is
-            # closed with 1009 (message too big), as for a message that large.
-            # What waited is dropped (never a close: nothing is sent after one), and the 1009
-            # close frame goes out now, so nothing sent later in this event can precede it.
+            # closed with 1009 (message too big), as for a message that large, and what
+            # waited for it is dropped (`Outbox.push`). The 1009 close frame goes out now, so
+            # nothing sent later in this event can precede it.
             assert self.socket is not None
             logger.warning(f"{self.socket.connection.url}: set_latency: {e} for the {side}")
-            self.delays.lines[side].clear()
             reason = "too much waiting (set_latency)"
             if self.codecs[side].state is OPEN:
                 yield from self._close_frame(side, MESSAGE_TOO_BIG, reason, now=True)
@@ -807,10 +808,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             return
         due, wait, released = self.delays.due(timer.side, clock())
         for item in due:
-            if isinstance(item, commands.Command):
-                yield item
-            else:
-                item()
+            yield from _now(item)
         if wait is not None:
             yield from self._delay_timer(timer.side, wait)
             return

@@ -91,3 +91,28 @@ def test_outbox_closes_the_client_after_the_server_and_ends_last() -> None:
 def test_outbox_lets_the_client_close_and_end_at_once_when_nothing_waits() -> None:
     box: Outbox[str] = Outbox()
     assert box.close_client("close") and box.end() and not box.end_pending
+
+
+def test_outbox_drops_what_waited_for_a_side_past_its_limit() -> None:
+    """Past the limit the side fails (1009): what waited for it never goes, nor does its
+    latency hold the close frame; the other side's line is untouched."""
+    box: Outbox[str] = Outbox(limit=10)
+    box.set_latency(0, 1.0)
+    box.set_latency(1, 1.0)
+    box.push(0, 0.0, "a", 6)
+    box.push(1, 0.0, "to server", 6)
+    with pytest.raises(OverflowError):
+        box.push(0, 0.0, "b", 5)
+    assert not box.waits(0)  # the close frame goes at once
+    assert box.due(0, 5.0) == ([], None, None)
+    assert box.due(1, 5.0) == (["to server"], None, None)
+
+
+def test_outbox_forgets_a_side_whose_connection_is_gone() -> None:
+    box: Outbox[str] = Outbox()
+    box.set_latency(1, 1.0)
+    box.push(1, 0.0, "lost", 4)
+    assert not box.close_client("close client")
+    box.forget(1)
+    assert not box.waits(1)
+    assert box.due(1, 0.0) == ([], None, "close client")  # the stale wake-up releases it

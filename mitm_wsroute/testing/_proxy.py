@@ -22,7 +22,7 @@ from mitmproxy.utils import asyncio_utils
 
 from mitm_wsroute import harroute, layer, patches
 from mitm_wsroute.addon import WsRoute
-from mitm_wsroute.connection import PAGE, SERVER, RoutedConnection, State
+from mitm_wsroute.connection import PAGE, SERVER, RoutedConnection, State, reported_code
 from mitm_wsroute.handshake import is_websocket_upgrade
 from mitm_wsroute.route import WebSocketRoute
 from mitm_wsroute.router import Route, RouteHandler, registrar
@@ -146,7 +146,7 @@ class _Recorder:
         if record is None or flow.websocket is None:
             return
         code = flow.websocket.close_code
-        record.closed(1005 if code is None else code, flow.websocket.close_reason or "")
+        record.closed(reported_code(code), flow.websocket.close_reason or "")
 
 
 class ProxyEngine:
