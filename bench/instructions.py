@@ -11,7 +11,8 @@ Used by run.py when valgrind is installed; runs alone too (``python bench/instru
 ``--cached-dispatch`` runs every mitmdump with mitmproxy's `AddonManager` patched by the
 hook-dispatch cache proposed in upstream/hook-dispatch-cache/ (see bench/cached_dispatch.py):
 what the hooks would cost with it. ``--only TEXT`` (repeatable) keeps the cases whose label
-contains one of the texts.
+contains one of the texts. ``--wss`` echoes over wss:// (TLS between the client and the proxy,
+and between the proxy and the echo server), without permessage-deflate as over ws://.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import os
 import re
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -50,7 +52,10 @@ async def _count(out: str, confdir: str, args: tuple[str, ...], url: str, size: 
     pid = str(proxy.proc.pid)
     try:
         payload = "x" * size
-        async with connect(url, proxy=proxy.url, compression=None, max_size=None,
+        tls = None
+        if url.startswith("wss:"):  # trust mitmproxy's CA, which signs what a mock answers with
+            tls = ssl.create_default_context(cafile=str(Path(confdir, "mitmproxy-ca-cert.pem")))
+        async with connect(url, proxy=proxy.url, compression=None, max_size=None, ssl=tls,
                            ping_interval=None, open_timeout=300) as ws:  # fmt: skip
             for _ in range(20):  # warm-up: first-message paths, caches
                 await ws.send(payload)
@@ -75,9 +80,11 @@ def per_echo(
     only: tuple[str, ...] = (),
 ) -> list[tuple[str, float]]:
     """Instructions per echo for each case, in `cases` order; `extra` goes to every mitmdump;
-    with `only`, just the cases whose label contains one of its texts."""
+    with `only`, just the cases whose label contains one of its texts. With a wss://
+    `upstream`, every case's URL is wss://."""
+    wss = upstream.startswith("wss:")
     todo = [
-        (label, (*args, *extra), url)
+        (label, (*args, *extra), url.replace("ws://", "wss://") if wss else url)
         for label, args, url in cases(upstream)
         if not only or any(text in label for text in only)
     ]
@@ -98,23 +105,29 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cached-dispatch", action="store_true")
     parser.add_argument("--only", action="append", default=[], metavar="TEXT")
+    parser.add_argument("--wss", action="store_true", help="over wss:// instead of ws://")
     args = parser.parse_args()
-    echo, port = start([sys.executable, str(HERE / "echo_server.py")], r"port (\d+)", set(CPUS))
-    try:
-        with tempfile.TemporaryDirectory() as confdir:
+    with tempfile.TemporaryDirectory() as confdir:
+        server = [sys.executable, str(HERE / "echo_server.py")]
+        if args.wss:  # its certificate goes to confdir; mitmdump is told not to verify it
+            server += ["--tls", confdir]
+        echo, port = start(server, r"port (\d+)", set(CPUS))
+        upstream = f"wss://localhost:{port}" if args.wss else f"ws://127.0.0.1:{port}"
+        extra = ("--set", "ssl_insecure=true") if args.wss else ()
+        try:
             if args.cached_dispatch:
                 path = cached_dispatch.overlay(Path(confdir, "patched"))
                 os.environ["PYTHONPATH"] = os.pathsep.join(
                     [str(path), *filter(None, [os.environ.get("PYTHONPATH")])]
                 )
             for size, n in ((32, 300), (65536, 100)):
-                rows = per_echo(confdir, f"ws://127.0.0.1:{port}", size, n, (), tuple(args.only))
+                rows = per_echo(confdir, upstream, size, n, extra, tuple(args.only))
                 base = rows[0][1]
                 for label, count in rows:
                     print(f"{size} B, {label}: {count:,.0f} instructions per echo, "
                           f"{base / count:.3f}x {rows[0][0]}")  # fmt: skip
-    finally:
-        stop(echo)
+        finally:
+            stop(echo)
 
 
 if __name__ == "__main__":
