@@ -30,7 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from ssl import SSLContext
 
@@ -51,6 +51,42 @@ from proxies import (
     stop,
 )
 from websockets.asyncio.client import ClientConnection, connect
+
+
+async def pipelined(
+    send: Callable[[str], Awaitable[object]], recv: Callable[[], Awaitable[object]],
+    payload: str, p: Proxy, n: int, window: int, max_secs: float | None,
+) -> dict[str, float]:  # fmt: skip
+    """`n` echoes of `payload` over one connection, `window` at a time (stopping after
+    `max_secs` if given, then waiting for what is in flight): msgs/s, and through a proxy its
+    CPU time per echo in µs."""
+    in_flight = asyncio.Semaphore(window)
+    sent = received = 0
+    cpu0 = p.cpu_ns()
+    t0 = time.perf_counter()
+    stop_at = t0 + max_secs if max_secs is not None else float("inf")
+
+    async def sender() -> None:
+        nonlocal sent
+        for _ in range(n):
+            await in_flight.acquire()
+            if time.perf_counter() > stop_at:
+                return
+            await send(payload)
+            sent += 1
+
+    task = asyncio.ensure_future(sender())
+    while received < sent or not task.done():
+        if received < sent:
+            await recv()
+            received += 1
+            in_flight.release()
+        else:  # all echoed: the sender sends more (or ends) as soon as it runs
+            await asyncio.sleep(0)
+    await task
+    dt = time.perf_counter() - t0
+    cpu = (p.cpu_ns() - cpu0) / 1000 / max(received, 1)
+    return {"msgs": received / dt, "cpu": cpu} if p.proc else {"msgs": received / dt}
 
 
 async def throughput_and_rtt(
@@ -85,34 +121,8 @@ async def throughput_and_rtt(
             await ws.send(payload)
             await ws.recv()
             times.append((time.perf_counter() - t) * 1e6)
-        in_flight = asyncio.Semaphore(window)
-        sent = received = 0
-        cpu0 = p.cpu_ns()
-        t0 = time.perf_counter()
-        stop_at = t0 + max_secs if max_secs is not None else float("inf")
-
-        async def sender() -> None:
-            nonlocal sent
-            for _ in range(n):
-                await in_flight.acquire()
-                if time.perf_counter() > stop_at:
-                    return
-                await ws.send(payload)
-                sent += 1
-
-        task = asyncio.ensure_future(sender())
-        while received < sent or not task.done():
-            if received < sent:
-                await ws.recv()
-                received += 1
-                in_flight.release()
-            else:  # all echoed: the sender sends more (or ends) as soon as it runs
-                await asyncio.sleep(0)
-        await task
-        dt = time.perf_counter() - t0
-        cpu = (p.cpu_ns() - cpu0) / 1000 / max(received, 1)
+        result = await pipelined(ws.send, ws.recv, payload, p, n, window, max_secs)
     times.sort()
-    result = {"msgs": received / dt, "cpu": cpu} if p.proc else {"msgs": received / dt}
     if not times:
         return result
     return {

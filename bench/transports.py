@@ -53,7 +53,6 @@ import os
 import random
 import ssl
 import statistics
-import time
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
@@ -233,34 +232,7 @@ async def aiohttp_throughput(
         for _ in range(warmup):
             await ws.send_str(payload)
             await ws.receive_str()
-        in_flight = asyncio.Semaphore(window)
-        sent = received = 0
-        cpu0 = p.cpu_ns()
-        t0 = time.perf_counter()
-        stop_at = t0 + max_secs
-
-        async def sender() -> None:
-            nonlocal sent
-            for _ in range(n):
-                await in_flight.acquire()
-                if time.perf_counter() > stop_at:
-                    return
-                await ws.send_str(payload)
-                sent += 1
-
-        task = asyncio.ensure_future(sender())
-        while received < sent or not task.done():
-            if received < sent:
-                await ws.receive_str()
-                received += 1
-                in_flight.release()
-            else:
-                await asyncio.sleep(0)
-        await task
-        dt = time.perf_counter() - t0
-        cpu = (p.cpu_ns() - cpu0) / 1000 / max(received, 1)
-    result = {"msgs": received / dt}
-    return {**result, "cpu": cpu} if p.proc else result
+        return await run.pipelined(ws.send_str, ws.receive_str, payload, p, n, window, max_secs)
 
 
 Runs = dict[str, list[dict[str, float]]]

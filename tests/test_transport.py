@@ -4,21 +4,20 @@ without the internals it uses), which must agree byte for byte. No mitmproxy, no
 
 from __future__ import annotations
 
-import datetime
 import random
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
 
 from mitm_wsroute import transport
 from mitm_wsroute.transport import TlsTransport
+from tests.conftest import make_cert
 
 
 class Wire:
@@ -45,22 +44,11 @@ class Wire:
 
 
 def _contexts() -> tuple[SSL.Context, SSL.Context]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
     server = SSL.Context(SSL.TLS_METHOD)
-    server.use_certificate(cert)
-    server.use_privatekey(key)
+    cert, key = make_cert(Path(tempfile.mkdtemp(prefix="wsroute-tls-")))
+    server.use_certificate_file(str(cert))
+    server.use_privatekey_file(str(key))
+    shutil.rmtree(cert.parent)
     return server, SSL.Context(SSL.TLS_METHOD)
 
 
