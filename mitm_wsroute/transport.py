@@ -28,8 +28,8 @@ try:
     _SSL_read, _SSL_write, _SSL_get_error = _lib.SSL_read, _lib.SSL_write, _lib.SSL_get_error
     _BIO_read, _BIO_write, _ERR_clear_error = _lib.BIO_read, _lib.BIO_write, _lib.ERR_clear_error
     _WANT_READ = _lib.SSL_ERROR_WANT_READ
-    #: What records are decrypted and encrypted into: one buffer for all (the event loop
-    #: runs one call at a time, and each copies out of it at once).
+    #: What records are decrypted into and encrypted ones read out of: one buffer for all (the
+    #: event loop runs one call at a time, and each copies out of it at once).
     _BUFFER = _ffi.new("char[]", 65536)
     _VIEW = memoryview(_ffi.buffer(_BUFFER))
     _RAW = True
