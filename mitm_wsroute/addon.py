@@ -473,6 +473,16 @@ class WsRoute:
         if self.on_handler_error is not None:
             self.on_handler_error(error, None)
 
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        socket = layer.routed_socket(flow)
+        if (
+            socket is not None
+            and flow.response is not None
+            and flow.response.status_code == 101
+            and socket.connection.states[SERVER] is State.CONNECTING
+        ):  # an intercept's upstream accepted: what it agreed on, before other addons' hooks
+            socket.upstream_extensions = flow.response.headers.get("Sec-WebSocket-Extensions", "")
+
     def response(self, flow: http.HTTPFlow) -> None:
         if "wsroute_socketio" in flow.metadata:  # an intercepted Socket.IO polling handshake
             socketio_polling.response(flow)

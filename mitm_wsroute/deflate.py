@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from zlib_ng import zlib_ng as zlib
 
-__all__ = ["TAIL", "Deflate", "ZlibError", "negotiated"]
+__all__ = ["TAIL", "Deflate", "ZlibError", "negotiated", "relayable"]
 
 #: What inflating an invalid stream raises (zlib_ng's stub calls it an instance: it is a class).
 ZlibError: type[Exception] = zlib.error  # type: ignore[assignment]
@@ -28,14 +28,23 @@ TAIL = b"\x00\x00\xff\xff"
 class Deflate:
     """One side's permessage-deflate: a decompressor for what its peer sends and a compressor
     for what is sent to it, each kept from message to message (context takeover, §7.1.1)
-    unless the side's parameters reset it after every message."""
+    unless the side's parameters reset it after every message. ``out_*``: what we compress
+    with (our window's bits, at most as agreed; whether we reset after each message), ``in_*``:
+    what the peer compresses with."""
 
-    __slots__ = ("_compressor", "_decompressor", "in_reset", "out_bits", "out_reset")
+    __slots__ = ("_compressor", "_decompressor", "in_bits", "in_reset", "out_bits", "out_reset")
 
-    def __init__(self, out_bits: int = 15, in_reset: bool = False, out_reset: bool = False):
+    def __init__(
+        self,
+        out_bits: int = 15,
+        in_reset: bool = False,
+        out_reset: bool = False,
+        in_bits: int = 15,
+    ):
         # zlib cannot compress with an 8-bit window: 9 bits is what zlib itself uses then.
         # Inflating with a window larger than the peer's is always valid: 15 bits.
         self.out_bits = max(out_bits, 9)
+        self.in_bits = in_bits
         self.in_reset = in_reset
         self.out_reset = out_reset
         self._decompressor: zlib._Decompress | None = None
@@ -100,10 +109,29 @@ def negotiated(extensions: str, server: bool) -> Deflate | None:
             key, _, value = (x.strip().strip('"') for x in param.partition("="))
             values[key.lower()] = value
         ours, theirs = ("server", "client") if server else ("client", "server")
-        bits = values.get(f"{ours}_max_window_bits") or "15"
         return Deflate(
-            out_bits=int(bits) if bits.isdigit() else 15,
+            out_bits=_bits(values.get(f"{ours}_max_window_bits")),
             in_reset=f"{theirs}_no_context_takeover" in values,
             out_reset=f"{ours}_no_context_takeover" in values,
+            in_bits=_bits(values.get(f"{theirs}_max_window_bits")),
         )
     return None
+
+
+def _bits(value: str | None) -> int:
+    """A ``*_max_window_bits`` value: 8 to 15 (§7.1.2); absent, empty or invalid: 15."""
+    return int(value) if value and value.isdigit() and 8 <= int(value) <= 15 else 15
+
+
+def relayable(source: Deflate | None, target: Deflate | None) -> bool:
+    """Whether a message that the `source` side's peer compressed may be written to the
+    `target` side's peer as it came: the target's peer inflates it with what it agreed on for
+    us, so the source's peer must have compressed within that (a window no larger, and no
+    context kept across messages if the target's peer may forget it). Both sides agreed on
+    the same parameters unless another addon changed the 101 that the client got."""
+    return (
+        source is not None
+        and target is not None
+        and source.in_bits <= target.out_bits
+        and (source.in_reset or not target.out_reset)
+    )

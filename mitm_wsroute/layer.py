@@ -74,7 +74,7 @@ from .connection import (
     State,
     reported_code,
 )
-from .deflate import negotiated
+from .deflate import negotiated, relayable
 from .latency import Outbox
 from .messages import KEEP_BYTES, Piece, Reassembly, cut, trim
 from .own_io import Reader, tls_of, why_not_own
@@ -181,6 +181,9 @@ class RoutedSocket:
     inject: Callable[[events.MessageInjected[Any]], None]
     #: The flow, weakly: the flow is the key of `_routed`, which must not keep it alive.
     flow: Callable[[], http.HTTPFlow | None] = lambda: None
+    #: An intercept's ``Sec-WebSocket-Extensions`` as the upstream's 101 had it, before other
+    #: addons' ``response`` hooks (None: a mock, or not answered yet).
+    upstream_extensions: str | None = None
     #: The layer is handling an event: it drains the connection's commands at its end.
     busy: bool = False
     #: A `RouteWakeup` is scheduled or on its way; later commands ride with it.
@@ -313,12 +316,22 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             return
         connection = self.socket.connection
         assert self.flow.response is not None
+        # What the client got (another addon may have changed the 101), and the upstream's own.
         extensions = self.flow.response.headers.get("Sec-WebSocket-Extensions", "")
+        upstream = self.socket.upstream_extensions
+        if upstream is None:
+            upstream = extensions
+        elif upstream != extensions:
+            logger.info(
+                f"{connection.url}: the client got extensions {extensions!r}, the upstream "
+                f"agreed on {upstream!r}: each side's messages are compressed as it agreed"
+            )
         limit = self.max_message_size
-        self.codecs = (
-            Codec(True, negotiated(extensions, server=True), limit),
-            Codec(False, negotiated(extensions, server=False), limit),
-        )
+        page = Codec(True, negotiated(extensions, server=True), limit)
+        server = Codec(False, negotiated(upstream, server=False), limit)
+        page.relay = relayable(server.deflate, page.deflate)
+        server.relay = relayable(page.deflate, server.deflate)
+        self.codecs = (page, server)
         self.conns = (self.context.client, self.context.server)
         self.socket.layer_started = True
         # weakly: `_routed` holds the connection as long as the flow lives, the layer the flow

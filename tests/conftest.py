@@ -243,10 +243,12 @@ class Upstream:
 
 @pytest_asyncio.fixture
 async def upstream(tmp_path: Path) -> AsyncIterator[object]:
-    """``await upstream(tls=False)``: an echo server; ``cmd:close:CODE:REASON`` closes."""
+    """``await upstream(tls=False, compression="deflate")``: an echo server (with
+    python-websockets' permessage-deflate unless `compression` is None);
+    ``cmd:close:CODE:REASON`` closes."""
     servers: list[Upstream] = []
 
-    async def start(tls: bool = False) -> Upstream:
+    async def start(tls: bool = False, compression: str | None = "deflate") -> Upstream:
         ssl_ctx = None
         if tls:
             cert, key = make_cert(tmp_path)
@@ -287,6 +289,7 @@ async def upstream(tmp_path: Path) -> AsyncIterator[object]:
             ssl=ssl_ctx,
             ping_interval=None,
             max_size=None,
+            compression=compression,
             select_subprotocol=lambda ws, offered: offered[0] if offered else None,
         )
         up = Upstream(server, tls)

@@ -3,6 +3,7 @@ stream cut into any reads, what it writes, and permessage-deflate with each para
 
 from __future__ import annotations
 
+import random
 import struct
 import threading
 import zlib
@@ -33,7 +34,7 @@ from mitm_wsroute.codec import (
     unmask_in_python,
 )
 from mitm_wsroute.connection import PAGE, SERVER
-from mitm_wsroute.deflate import Deflate, negotiated
+from mitm_wsroute.deflate import Deflate, negotiated, relayable
 from tests.layer_harness import FixedPerMessageDeflate, oracle
 from tests.test_read_paths import pieces, streams, wire
 
@@ -260,6 +261,57 @@ def test_negotiated_parameters() -> None:
     assert d is not None and (d.out_bits, d.in_reset, d.out_reset) == (11, True, True)
     d = negotiated("permessage-deflate; client_max_window_bits=8", server=False)
     assert d is not None and d.out_bits == 9  # zlib's smallest: it cannot compress with 8
+
+
+def test_negotiated_reads_the_peers_parameters_too() -> None:
+    header = "permessage-deflate; client_max_window_bits=12; server_max_window_bits=10"
+    d = negotiated(header, server=True)
+    assert d is not None and (d.out_bits, d.in_bits) == (10, 12)
+    d = negotiated(header, server=False)
+    assert d is not None and (d.out_bits, d.in_bits) == (12, 10)
+    for bad in ("16", "7", "x", ""):  # not a window: 15, as when absent
+        d = negotiated(f"permessage-deflate; server_max_window_bits={bad}", server=True)
+        assert d is not None and d.out_bits == 15
+
+
+#: Random messages, each sent twice: the copy is the whole next message, at a distance of 100
+#: bytes (any window), then just over 2^9, 2^10, ... 2^14 bytes (within the next window, less
+#: zlib's 262-byte lookahead). A copy fails a decompressor whose window is too small, or that
+#: forgets between messages. (Within one message zlib inflates a distance past its window
+#: while the output is in one piece: only a copy from an earlier message tells.)
+PROBES = [m for n in (100, 700, 1500, 3000, 6000, 12000, 24000) for m in [random.randbytes(n)] * 2]
+SIDES = [*PARAMS, "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12"]
+
+
+@pytest.mark.parametrize("source", SIDES)
+@pytest.mark.parametrize("target", SIDES)
+@pytest.mark.parametrize("client_to_server", [True, False])
+def test_relayable_is_when_the_target_inflates_what_the_source_compressed(
+    source: str, target: str, client_to_server: bool
+) -> None:
+    # Each side agreed on its own header (another addon changed the client's 101): a message
+    # the source side's peer compressed, written on as it came, is read by the target's peer
+    # (wsproto, which inflates with the window and context it agreed on) when `relayable`;
+    # when not, and the source's peer keeps its context, it is not.
+    peer = FrameProtocol(client=client_to_server, extensions=[wsproto_deflate(source)])
+    wire = b"".join(bytes(peer.send_data(m, True)) for m in PROBES)
+    ours = Codec(client_to_server, negotiated(source, server=client_to_server))
+    on = Codec(not client_to_server, negotiated(target, server=not client_to_server))
+    assert ours.deflate is not None and on.deflate is not None
+    deflated = [ev.deflated for ev in ours.receive(wire) if isinstance(ev, Fragment)]
+    assert len(deflated) == len(PROBES) and None not in deflated
+    relayed = b"".join(on.relayed(False, d) for d in deflated if d is not None)
+    read = wsproto_reads(relayed, not client_to_server, wsproto_deflate(target))
+    if relayable(ours.deflate, on.deflate):
+        assert read == PROBES
+    elif not ours.deflate.in_reset:
+        assert read != PROBES
+    assert relayable(ours.deflate, on.deflate) or source != target  # the same: as it came
+
+
+def test_nothing_is_relayable_without_deflate_on_both_sides() -> None:
+    assert not relayable(None, Deflate()) and not relayable(Deflate(), None)
+    assert not relayable(None, None)
 
 
 def test_a_ping_between_compressed_fragments() -> None:

@@ -4,6 +4,7 @@ for ws and wss, through mitmdump in regular, reverse and upstream mode."""
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -473,3 +474,62 @@ async def test_handlers_get_bytes_with_permessage_deflate(
             expected = message if isinstance(message, str) else bytes(message)
             assert got == [f"client gave {kind}", expected, f"server gave {kind}"]
     assert "failed" not in p.output
+
+
+PER_SIDE = """
+    from mitm_wsroute import route_web_socket
+
+    @route_web_socket("**/relay/*")
+    def relay(ws):
+        ws.connect_to_server()
+
+    @route_web_socket("**/handled/*")
+    def handled(ws):
+        server = ws.connect_to_server()
+        ws.on_message(server.send)
+        server.on_message(ws.send)
+
+    @route_web_socket("**/mock/*")
+    def mock(ws):
+        ws.on_message(ws.send)
+"""
+
+#: Another addon changes the extensions of the client's 101, as the path's last part says:
+#: none at all, or permessage-deflate with 15-bit windows both ways.
+CHANGES_EXTENSIONS = """
+def response(flow):
+    if flow.response.status_code == 101 and flow.request.path.endswith("/none"):
+        flow.response.headers.pop("Sec-WebSocket-Extensions", None)
+    elif flow.response.status_code == 101 and flow.request.path.endswith("/wide"):
+        flow.response.headers["Sec-WebSocket-Extensions"] = "permessage-deflate"
+"""
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+async def test_each_side_keeps_the_permessage_deflate_it_agreed_on(
+    mitmdump: Any, upstream: Any, tls: bool
+) -> None:
+    # The upstream agreed on 12-bit windows (python-websockets' server), or on no deflate; the
+    # client got no deflate, or 15-bit windows. Each side's peer gets what it can read: written
+    # on as it came only where that is valid, else inflated and compressed again (or not).
+    # Each message is sent twice: the copy refers back to the first beyond a 12-bit window.
+    messages: list[str | bytes] = []
+    for m in (random.randbytes(6000), "text " * 2000, b"short"):
+        messages += [m, m]
+    p = mitmdump(PER_SIDE, *MESSAGE_HOOKS, other_addon=CHANGES_EXTENSIONS)
+    for compression, change, route in (
+        *((c, "none", r) for c in ("deflate", None) for r in ("relay", "handled", "mock")),
+        *(("deflate", "wide", r) for r in ("relay", "handled", "mock")),
+        *((None, "wide", r) for r in ("relay", "handled")),
+    ):
+        up = await upstream(tls=tls, compression=compression)
+        url = up.url(f"/{route}/{change}")
+        async with connect(url, proxy=p.proxy, ssl=p.ca() if tls else None, max_size=None) as ws:
+            got = ws.response.headers.get("Sec-WebSocket-Extensions")
+            assert got == (None if change == "none" else "permessage-deflate"), url
+            for m in messages:
+                await ws.send(m)
+            assert [await asyncio.wait_for(ws.recv(), 5) for _ in messages] == messages, url
+        assert up.received == ([] if route == "mock" else messages), url
+    assert "failed" not in p.output
+    assert p.output.count("each side's messages are compressed as it agreed") == 6
