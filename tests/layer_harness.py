@@ -41,10 +41,10 @@ EVENTS, OWN = "events", "own"
 MOCK, INTERCEPT = "mock", "intercept"
 
 
-def deflate() -> PerMessageDeflate:
+def deflate(header: str = "permessage-deflate") -> PerMessageDeflate:
     """permessage-deflate as mitmproxy finalizes it from a 101's header (both directions)."""
     ext = PerMessageDeflate()
-    ext.finalize("permessage-deflate")
+    ext.finalize(header)
     return ext
 
 
@@ -90,9 +90,9 @@ class Sender:
     """Writes frames as a side's peer does: masked for the client, compressed with deflate;
     also frames no codec writes (invalid UTF-8, fragments cut inside a character)."""
 
-    def __init__(self, side: Side, compressed: bool) -> None:
+    def __init__(self, side: Side, compressed: bool, header: str = "permessage-deflate") -> None:
         self.proto = FrameProtocol(
-            client=side is PAGE, extensions=[deflate()] if compressed else []
+            client=side is PAGE, extensions=[deflate(header)] if compressed else []
         )
 
     def data(self, opcode: Opcode, payload: bytes, fin: bool) -> bytes:
@@ -243,7 +243,11 @@ class Harness:
         limit: int = 150,
         hold_start_hook: bool = False,
         start: bool = True,
+        extensions: tuple[str, str] | None = None,
     ) -> None:
+        """`extensions`: the ``Sec-WebSocket-Extensions`` the client's 101 had and the
+        upstream's ("" for none), when another addon made them differ; else what `path`
+        says for both."""
         self.mode, self.path, self.io, self.hooks = mode, path, io, hooks
         options = SimpleNamespace(
             wsroute_max_message_size=limit,
@@ -254,8 +258,10 @@ class Harness:
         self.flow = tflow.twebsocketflow(messages=False)
         self.flow.websocket = None
         assert self.flow.response is not None
-        if path in COMPRESSED:
-            self.flow.response.headers["Sec-WebSocket-Extensions"] = "permessage-deflate"
+        if extensions is None:
+            extensions = ("permessage-deflate",) * 2 if path in COMPRESSED else ("", "")
+        if extensions[PAGE]:
+            self.flow.response.headers["Sec-WebSocket-Extensions"] = extensions[PAGE]
         self.connection = RoutedConnection("ws://example.com/ws", [])
         self.route: dict[Side, WebSocketRoute] = {PAGE: WebSocketRoute(self.connection)}
         sides = [PAGE]
@@ -272,6 +278,7 @@ class Harness:
             )
         self.injected: list[events.Event] = []
         socket = layer.RoutedSocket(self.connection, lambda h, a, url: h(*a), self.injected.append)
+        socket.upstream_extensions = extensions[SERVER] if mode == INTERCEPT else None
         layer.routed_socket(self.flow, socket)
         self.socket = socket
         self.flow.websocket = WebSocketData()
@@ -283,7 +290,7 @@ class Harness:
         self.peer = {
             side: wsproto.Connection(
                 wsproto.ConnectionType.CLIENT if side is PAGE else wsproto.ConnectionType.SERVER,
-                extensions=[deflate()] if path in COMPRESSED else None,
+                extensions=[deflate(extensions[side])] if extensions[side] else None,
             )
             for side in (PAGE, SERVER)
         }

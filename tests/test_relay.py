@@ -7,6 +7,7 @@ message after the streams differ would refer to text that peer never saw."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -15,7 +16,8 @@ from hypothesis import strategies as st
 from wsproto.frame_protocol import Opcode
 
 from mitm_wsroute.codec import COMPRESS_FROM
-from mitm_wsroute.connection import PAGE, SERVER
+from mitm_wsroute.connection import PAGE, SERVER, Side
+from mitm_wsroute.deflate import relayable
 from tests.layer_harness import DEFLATE, INTERCEPT, Harness, Sender
 
 #: Messages that share most of their text: each compressed one refers to the ones before.
@@ -48,43 +50,72 @@ def test_forwarded_messages_are_relayed_and_read_right() -> None:
         assert codec.deflate._compressor is None  # never compressed anything itself
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.sampled_from([FORWARD] * 4 + [CONSUME, CONSUME_AND_SEND, HOOK_CHANGES]),
-                min_size=1, max_size=30))  # fmt: skip
-def test_every_message_is_read_right_whatever_the_route_does(steps: list[str]) -> None:
-    h = intercept(hooks=True)
-    client = Sender(PAGE, True)
+#: (the client's 101, the upstream's): the same, or made to differ by another addon.
+UPSTREAM_12 = "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12"
+HEADERS = [
+    ("permessage-deflate", "permessage-deflate"),
+    ("permessage-deflate", UPSTREAM_12),  # the client got 15-bit windows
+    ("permessage-deflate; server_max_window_bits=10", "permessage-deflate"),
+    ("", UPSTREAM_12),  # the client got no deflate
+    ("permessage-deflate", ""),  # the client got deflate, the upstream has none
+    # the upstream may forget between the client's messages, the client was not told to
+    ("permessage-deflate", "permessage-deflate; client_no_context_takeover"),
+]  # fmt: skip
+#: Messages that refer to the one three before, 4.5 KiB back: beyond a 12-bit window.
+FAR = [f"{i}: " + random.Random(i % 3).randbytes(1100).hex() for i in range(30)]
+
+
+@settings(max_examples=25, deadline=None)
+@given(steps=st.lists(st.sampled_from([FORWARD] * 4 + [CONSUME, CONSUME_AND_SEND, HOOK_CHANGES]),
+                      min_size=1, max_size=30),
+       far=st.booleans())  # fmt: skip
+@pytest.mark.parametrize("side", [PAGE, SERVER])
+@pytest.mark.parametrize("headers", HEADERS)
+def test_every_message_is_read_right_whatever_the_route_does(
+    headers: tuple[str, str], side: Side, steps: list[str], far: bool
+) -> None:
+    # Each side's peer reads with what it agreed on (wsproto): a message is passed on as it
+    # came only while that is right, whatever came before it.
+    h = Harness(mode=INTERCEPT, path=DEFLATE, hooks=True, limit=0, extensions=headers)
+    for each in (PAGE, SERVER):
+        h.connection.handlers[each].message = None  # forwarded unless a step says otherwise
+    sender = Sender(side, bool(headers[side]), headers[side] or "permessage-deflate")
+    relay = h.layer.codecs[side.other].relay
+    assert relay is relayable(h.layer.codecs[side].deflate, h.layer.codecs[side.other].deflate)
     expected: list[str] = []
     changed: set[int] = set()
 
     class ChangeSome:  # another addon's websocket_message hook
         def websocket_message(self, flow: Any) -> None:
             message = flow.websocket.messages[-1]
-            if message.from_client and len(flow.websocket.messages) - 1 in changed:
+            if (
+                message.from_client is (side is PAGE)
+                and len(flow.websocket.messages) - 1 in changed
+            ):
                 message.content = b"changed " + message.content
 
     from mitm_wsroute.addon_hooks import message_hooks
 
     h.socket.hooks = message_hooks([ChangeSome()], skip=None)
     for i, step in enumerate(steps):
-        text = TEXTS[i]
-        page = h.connection.handlers[PAGE]
+        text = (FAR if far else TEXTS)[i]
+        handlers = h.connection.handlers[side]
         if step == FORWARD:
-            page.message = None
+            handlers.message = None
             expected.append(text)
         elif step == CONSUME:
-            page.message = lambda m: None
+            handlers.message = lambda m: None
         elif step == CONSUME_AND_SEND:
             reply = "route: " + text[::-1] * (1 + i % 3)  # some over COMPRESS_FROM
-            page.message = lambda m, reply=reply: h.route[SERVER].send(reply)
+            handlers.message = lambda m, reply=reply: h.route[side.other].send(reply)
             expected.append(reply)
         else:
-            page.message = None
+            handlers.message = None
             changed.add(len(h.flow.websocket.messages))
             expected.append("changed " + text)
-        h.receive(PAGE, compressed_frame(client, text))
-    assert h.peer_messages[SERVER] == expected
-    assert h.layer.codecs[SERVER].relay is all(s == FORWARD for s in steps)
+        h.receive(side, compressed_frame(sender, text))
+    assert h.peer_messages[side.other] == expected
+    assert h.layer.codecs[side.other].relay is (relay and all(s == FORWARD for s in steps))
 
 
 def test_the_proxy_compresses_only_messages_worth_it() -> None:
