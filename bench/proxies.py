@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,24 +42,38 @@ class Proxy:
         return f"http://127.0.0.1:{self.port}" if self.proc else None
 
     def cpu_ns(self) -> int:
-        """CPU time the process has used so far, all its threads (Node's zlib and TLS work on
-        threads of their own), in ns: the scheduler's count, not the 10 ms ticks of ``stat``."""
-        if self.proc is None:
-            return 0
-        total = 0
-        for task in os.listdir(f"/proc/{self.proc.pid}/task"):
-            try:
-                with open(f"/proc/{self.proc.pid}/task/{task}/schedstat") as f:
-                    total += int(f.read().split()[0])
-            except (FileNotFoundError, ProcessLookupError):
-                pass  # a thread that ended meanwhile
-        return total
+        """CPU time the process has used so far (`cpu_ns`); 0 for the direct case."""
+        return 0 if self.proc is None else cpu_ns(self.proc.pid)
 
     def rss_mib(self) -> float:
         assert self.proc is not None
         with open(f"/proc/{self.proc.pid}/status") as f:
             kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
         return kib / 1024
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time process `pid` has used so far, all its threads (Node's zlib and TLS work on
+    threads of their own), in ns: the scheduler's count, not the 10 ms ticks of ``stat``."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # a thread that ended meanwhile
+    return total
+
+
+#: The echo servers' processes, once started: the peers' CPU time counts theirs (`peers_cpu_ns`).
+ECHO_PIDS: list[int] = []
+
+
+def peers_cpu_ns(client: int | None = None) -> int:
+    """CPU time the peers have used so far: the echo servers and the client (process `client`,
+    or this one, all its threads)."""
+    own = time.process_time_ns() if client is None else cpu_ns(client)
+    return own + sum(cpu_ns(pid) for pid in ECHO_PIDS)
 
 
 def start(cmd: list[str], ready: str, cpus: set[int]) -> tuple[subprocess.Popen[str], int]:

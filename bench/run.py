@@ -46,6 +46,7 @@ from proxies import (
     PROXY_CPUS,
     ROOT,
     Proxy,
+    peers_cpu_ns,
     start,
     start_mitmdump,
     stop,
@@ -58,22 +59,28 @@ async def pipelined(
     payload: str, p: Proxy, n: int, window: int, max_secs: float | None,
 ) -> dict[str, float]:  # fmt: skip
     """`n` echoes of `payload` over one connection, `window` at a time (stopping after
-    `max_secs` if given, then waiting for what is in flight): msgs/s, and through a proxy its
-    CPU time per echo in µs."""
+    `max_secs` if given, then waiting for what is in flight): msgs/s, how busy the peers kept
+    their CPUs (`peers_busy`), and through a proxy its CPU time per echo in µs."""
     in_flight = asyncio.Semaphore(window)
     sent = received = 0
-    cpu0 = p.cpu_ns()
+    cpu0, peers0 = p.cpu_ns(), peers_cpu_ns()
     t0 = time.perf_counter()
     stop_at = t0 + max_secs if max_secs is not None else float("inf")
 
+    sent_more = asyncio.Event()  # set when the sender sent one more, or ended
+
     async def sender() -> None:
         nonlocal sent
-        for _ in range(n):
-            await in_flight.acquire()
-            if time.perf_counter() > stop_at:
-                return
-            await send(payload)
-            sent += 1
+        try:
+            for _ in range(n):
+                await in_flight.acquire()
+                if time.perf_counter() > stop_at:
+                    return
+                await send(payload)
+                sent += 1
+                sent_more.set()
+        finally:
+            sent_more.set()
 
     task = asyncio.ensure_future(sender())
     while received < sent or not task.done():
@@ -81,12 +88,20 @@ async def pipelined(
             await recv()
             received += 1
             in_flight.release()
-        else:  # all echoed: the sender sends more (or ends) as soon as it runs
-            await asyncio.sleep(0)
+        else:  # all echoed: wait for the sender (not in a busy loop: the peers' CPU counts)
+            sent_more.clear()
+            await sent_more.wait()
     await task
     dt = time.perf_counter() - t0
     cpu = (p.cpu_ns() - cpu0) / 1000 / max(received, 1)
-    return {"msgs": received / dt, "cpu": cpu} if p.proc else {"msgs": received / dt}
+    result = {"msgs": received / dt, "peers": peers_busy(peers_cpu_ns() - peers0, dt)}
+    return {**result, "cpu": cpu} if p.proc else result
+
+
+def peers_busy(cpu_ns: int, secs: float) -> float:
+    """The share of their CPUs' time (%) that the client and the echo servers used: near
+    100, they were the limit, whatever the proxy did."""
+    return cpu_ns / 1e7 / secs / len(CLIENT_CPUS)
 
 
 async def throughput_and_rtt(
@@ -482,6 +497,7 @@ async def main() -> None:
         echo, echo_port = start(server, r"port (\d+)", CLIENT_CPUS)
         # wss://, its self-signed certificate written to confdir (echo_server.CERT)
         echo_tls, tls_port = start([*server, "--tls", confdir], r"port (\d+)", CLIENT_CPUS)
+        proxies.ECHO_PIDS[:] = [echo.pid, echo_tls.pid]
         up = f"ws://127.0.0.1:{echo_port}"
 
         def out(new: list[str]) -> None:

@@ -193,17 +193,18 @@ async def node_throughput(
             ready = await asyncio.wait_for(client.stdout.readline(), 60)
             if ready != b"ready\n":
                 raise RuntimeError(f"echo_client.js for {p.name}, {url}: {ready!r}")
-            cpu0 = p.cpu_ns()
+            cpu0, peers0 = p.cpu_ns(), proxies.peers_cpu_ns(client.pid)
             client.stdin.write(b"go\n")
             await client.stdin.drain()
             done = json.loads(await asyncio.wait_for(client.stdout.readline(), 120))
             cpu = (p.cpu_ns() - cpu0) / 1000 / max(done["received"], 1)
+            peers = run.peers_busy(proxies.peers_cpu_ns(client.pid) - peers0, done["secs"])
             await asyncio.wait_for(client.wait(), 10)
         finally:
             if client.returncode is None:
                 client.kill()
                 await client.wait()
-    result = {"msgs": done["received"] / done["secs"]}
+    result = {"msgs": done["received"] / done["secs"], "peers": peers}
     return {**result, "cpu": cpu} if p.proc else result
 
 
@@ -312,11 +313,22 @@ def table(
     proxied = [c.label for c in cases if c.proxy.proc is not None]
     for (payload, transport), runs in results.items():
         lines += run.summarize(runs, proxied, payload, f"{transport}, ", (CPU,))
+    # How busy the client and the echo server kept their CPU: near 100 %, they were the limit.
+    for (payload, transport), runs in results.items():
+        for label in labels:
+            busy = [r["peers"] for r in runs[label]]
+            spread = f" ({min(busy):.0f} to {max(busy):.0f})" if len(busy) > 1 else ""
+            name = f"{payload} {PEERS[1]}, {transport}, {label}"
+            lines.append(run.row(name, statistics.median(busy), PEERS[2], None, spread))
     return lines
 
 
 #: The proxy's CPU time per echo (both messages through it), all its threads; lower is better.
 CPU = ("cpu", "proxy CPU per echo", "µs", False)
+
+
+#: The share of their CPU's time that the client and the echo server used (`run.peers_busy`).
+PEERS = ("peers", "client and echo server CPU busy", "%", False)
 
 
 #: Bar colours of the transports, in `TRANSPORTS` order.
