@@ -97,7 +97,8 @@ class Fragment:
     data: str | bytes
     frame_finished: bool = True
     message_finished: bool = True
-    #: A whole message in one compressed frame: its payload as it came (`Codec.relayed`).
+    #: A piece of a compressed message: its payload as it came, before inflating
+    #: (`Codec.relayed`); None for a message that came uncompressed.
     deflated: bytes | None = None
 
 
@@ -350,8 +351,9 @@ class Codec:
             self.text = _utf8() if opcode == TEXT else None
             self.room = self.max_size * (4 if opcode == TEXT else 1)  # characters: up to 4 bytes
         done = frame_done and self.fin
+        deflated = payload if self.compressed else None
         try:
-            if self.compressed:
+            if deflated is not None:
                 payload = self._inflate(payload, self.opcode, done)
             chunk = payload if self.text is None else self.text.decode(payload, done)
         except UnicodeDecodeError:
@@ -360,7 +362,7 @@ class Codec:
         except (OverflowError, ZlibError) as e:
             self._inflate_failed(out, e)
             return
-        out.append(Fragment(chunk, frame_done, done))
+        out.append(Fragment(chunk, frame_done, done, deflated))
         if done:
             self.opcode, self.text = 0, None
 
@@ -430,19 +432,26 @@ class Codec:
             self.relay = False
         return encode(opcode, payload, self._key())
 
-    def relayed(self, text: bool, deflated: bytes) -> bytes:
+    def relayed(self, text: bool, deflated: list[bytes]) -> bytes:
         """A message that the other side's peer compressed (`Fragment.deflated`), written as
-        it came, without inflating and deflating it again: only while `relay`."""
+        it came, frame for frame, without inflating and deflating it again: only while
+        `relay`."""
         assert self.relay and self.deflate is not None
-        return encode((TEXT if text else BINARY) | RSV1, deflated, self._key())
+        return self._frames((TEXT if text else BINARY) | RSV1, deflated)
 
-    def fragmented(self, pieces: list[str | bytes]) -> bytes:
-        """A message in one frame per piece (the framing it came with)."""
+    def fragmented(self, pieces: list[str | bytes], compress: bool = True) -> bytes:
+        """A message in one frame per piece (the framing it came with), compressed with
+        permessage-deflate unless not `compress`."""
         opcode = TEXT if isinstance(pieces[0], str) else BINARY
         payloads = [p.encode() if isinstance(p, str) else p for p in pieces]
-        if self.deflate is not None:
+        if compress and self.deflate is not None:
             payloads, opcode = self.deflate.deflate(payloads), opcode | RSV1
             self.relay = False
+        return self._frames(opcode, payloads)
+
+    def _frames(self, opcode: int, payloads: list[bytes]) -> bytes:
+        if len(payloads) == 1:  # per message: most come in one frame
+            return encode(opcode, payloads[0], self._key())
         last = len(payloads) - 1
         return b"".join(
             encode(CONTINUATION if i else opcode, p, self._key(), i == last)

@@ -417,7 +417,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                         and (not limit or len(data) <= limit)
                         and connection.states[side] is State.OPEN
                     ):  # a whole message in one frame, the common case: `_piece`, inline
-                        yield from self._message(side, data, ev.deflated)
+                        deflated = None if ev.deflated is None else [ev.deflated]
+                        yield from self._message(side, data, deflated)
                     elif not (yield from self._piece(side, ev)):
                         return  # the side failed (1009): what came after it gets no answer
                 elif isinstance(ev, Close):
@@ -459,10 +460,10 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             yield from self._drain()
             return False
         if message is not None:
-            codec = self.codecs[side]
-            if codec.compressed and codec.deflate is not None:
-                self.codecs[side.other].relay = False  # not written as it came: the other
-            yield from self._message(side, message)  # side's compressed stream differs now
+            deflated = self.reassembly[side].deflated or None
+            if deflated is None and self.codecs[side].compressed:  # too big to keep as it came:
+                self.codecs[side.other].relay = False  # the other side's stream differs now
+            yield from self._message(side, message, deflated)
         return True
 
     def _close_received(self, side: Side, close: Close) -> layer.CommandGenerator[None]:
@@ -492,13 +493,13 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             self.kept_bytes = trim(messages, keep, self.keep_bytes)
 
     def _message(
-        self, side: Side, data: str | bytes, deflated: bytes | None = None
+        self, side: Side, data: str | bytes, deflated: list[bytes] | None = None
     ) -> layer.CommandGenerator[None]:
         """A whole message from `side`: kept in the flow, shown to other addons, then forwarded
         or handed to the route, as the connection decides. Per message: keep it lean.
 
-        `deflated`: the message came in one frame, compressed so (permessage-deflate). Passed
-        on unchanged, it is written as it came (`Codec.relayed`) while the other side's
+        `deflated`: the message came compressed (permessage-deflate), its frames' payloads so.
+        Passed on unchanged, it is written as it came (`Codec.relayed`) while the other side's
         compressed stream is the same as this side's; anything else makes them differ."""
         assert self.socket is not None
         connection = self.socket.connection
@@ -537,13 +538,14 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             if deflated is not None:
                 codec.relay = False
                 deflated = None
-        if len(frame_sizes) <= 1:  # per message: most come in one frame
-            if deflated is not None and codec.relay:
-                frames = codec.relayed(isinstance(data, str), deflated)
-            else:  # as it came: compressed (unless sent on as it came) or not
-                frames = codec.message(data, compress=deflated is not None or not codec.relay)
-        else:
-            frames = codec.fragmented(cut(data, frame_sizes))
+        if deflated is not None and codec.relay:
+            frames = codec.relayed(isinstance(data, str), deflated)
+        else:  # as it came: compressed (unless the streams are still the same) or not
+            compress = deflated is not None or not codec.relay
+            if len(frame_sizes) <= 1:  # per message: most come in one frame
+                frames = codec.message(data, compress)
+            else:
+                frames = codec.fragmented(cut(data, frame_sizes), compress)
         if self.delays is None and self.socket.observer is None:
             yield commands.SendData(self.conns[to], frames)  # per message: the common case
         else:

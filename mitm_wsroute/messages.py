@@ -42,6 +42,8 @@ class Piece(Protocol):
     def frame_finished(self) -> bool: ...
     @property
     def message_finished(self) -> bool: ...
+    @property
+    def deflated(self) -> bytes | None: ...
 
 
 def _join(chunks: list[str | bytes | bytearray]) -> str | bytes:
@@ -51,66 +53,115 @@ def _join(chunks: list[str | bytes | bytearray]) -> str | bytes:
 
 
 @dataclass(slots=True)
-class Reassembly:
-    """A message being received, kept as chunks so that joining it is linear (mitmproxy's
-    ``bytes +=`` is quadratic: 26 s for 64 MiB), and its size checked as it grows."""
+class _Chunks:
+    """The pieces of a message, kept so that joining them is linear (mitmproxy's ``bytes +=``
+    is quadratic: 26 s for 64 MiB), joined in groups of `JOINED_PIECES` as they arrive."""
 
-    chunks: list[str | bytes | bytearray] = field(default_factory=list)
+    items: list[str | bytes | bytearray] = field(default_factory=list)
+    #: `items[:joined]` are groups of pieces joined already.
+    joined: int = 0
+    size: int = 0
+
+    def add(self, data: str | bytes | bytearray) -> None:
+        if not data:
+            return
+        self.size += len(data)
+        items = self.items
+        items.append(data)
+        if len(items) - self.joined >= JOINED_PIECES:
+            items[self.joined :] = [_join(items[self.joined :])]
+            self.joined += 1
+
+    def take(self, empty: str | bytes) -> str | bytes:
+        """All of it, joined (`empty` if nothing came); forgets it."""
+        out = _join(self.items) if self.items else empty
+        self.clear()
+        return out
+
+    def clear(self) -> None:
+        self.items.clear()
+        self.joined = self.size = 0
+
+
+@dataclass(slots=True)
+class Reassembly:
+    """A message being received from its pieces, its size checked as it grows. A compressed
+    message's payload as it came is kept too (up to twice the limit), to be passed on as it
+    came (`Codec.relayed`)."""
+
+    chunks: _Chunks = field(default_factory=_Chunks)
     #: The sizes of the frames of the last message, when it came in several (and not too many).
     frame_sizes: list[int] = field(default_factory=list)
     frame: int = 0
     #: Payload so far, and `FRAME_COST` per frame.
     size: int = 0
     pieces: int = 0
-    #: `chunks[:joined]` are groups of pieces joined already.
-    joined: int = 0
     framing_kept: bool = True
+    #: The last message's payload as it came compressed, a piece per frame as `frame_sizes`
+    #: (one if they were not kept); empty if it came uncompressed or was too big to keep.
+    deflated: list[bytes] = field(default_factory=list)
+    #: Of the message being received: its compressed payload so far, the sizes of its frames
+    #: and of the current one so far (as `frame_sizes` and `frame`), and whether it is kept.
+    zchunks: _Chunks = field(default_factory=_Chunks)
+    zframe_sizes: list[int] = field(default_factory=list)
+    zframe: int = 0
+    zkept: bool = True
 
     def add(self, piece: Piece, limit: int) -> str | bytes | None:
         """Add a piece (of a frame: the codec hands them over as they arrive); the whole
         message once it is complete. `OverflowError` past `limit` bytes (characters for text;
         each frame of a fragmented message but the last counts `FRAME_COST` more), which
         forgets the message: its rest is never stored."""
-        data = piece.data
+        data, deflated = piece.data, piece.deflated
         if not self.pieces and piece.message_finished:  # one piece: most messages
             if limit and len(data) > limit:
                 raise OverflowError(f"message larger than {limit} bytes")
+            self.deflated = [] if deflated is None else [deflated]
             # a `bytearray` (wsproto's binary payloads) is copied: handlers get `bytes`, whichever
             # path read the message
             return bytes(data) if isinstance(data, bytearray) else data
         self.pieces += 1
         self.size += len(data)
         self.frame += len(data)
+        if self.zkept and deflated is not None:
+            self.zchunks.add(deflated)
+            self.zframe += len(deflated)
+            self.zkept = not limit or self.zchunks.size <= 2 * limit
+        if not self.zkept or deflated is None:  # uncompressed, or too big: not kept
+            self.zkept = False
+            self.zchunks.clear()
         message_finished = piece.message_finished
         if piece.frame_finished:
             if not message_finished:
                 self.size += FRAME_COST
             if self.framing_kept and len(self.frame_sizes) < KEPT_FRAMES:
                 self.frame_sizes.append(self.frame)
+                self.zframe_sizes.append(self.zframe)
             else:  # too many frames to keep their sizes: forwarded as one
                 self.framing_kept = False
                 self.frame_sizes.clear()
-            self.frame = 0
+                self.zframe_sizes.clear()
+            self.frame = self.zframe = 0
         if limit and self.size > limit:
             self._forget()
             self.frame_sizes.clear()
             raise OverflowError(f"message larger than {limit} bytes")
-        chunks = self.chunks
-        if data:
-            chunks.append(data)
-            if len(chunks) - self.joined >= JOINED_PIECES:
-                chunks[self.joined :] = [_join(chunks[self.joined :])]
-                self.joined += 1
+        self.chunks.add(data)
         if not message_finished:
             return None
-        message = _join(chunks) if chunks else ("" if isinstance(data, str) else b"")
+        message = self.chunks.take("" if isinstance(data, str) else b"")
+        self.deflated = []
+        if self.zkept:
+            self.deflated = cast(list[bytes], cut(self.zchunks.take(b""), self.zframe_sizes))
         self._forget()
         return message
 
     def _forget(self) -> None:
         self.chunks.clear()
-        self.frame = self.size = self.pieces = self.joined = 0
-        self.framing_kept = True
+        self.zchunks.clear()
+        self.zframe_sizes.clear()
+        self.frame = self.zframe = self.size = self.pieces = 0
+        self.framing_kept = self.zkept = True
 
 
 def cut(message: str | bytes, sizes: list[int]) -> list[str | bytes]:

@@ -296,6 +296,8 @@ class Harness:
         }
         self.peer_messages: dict[Side, list[Any]] = {PAGE: [], SERVER: []}
         self.peer_partial: dict[Side, list[Any]] = {PAGE: [], SERVER: []}
+        #: In how many pieces (frames, as the proxy writes whole ones) each message came.
+        self.peer_framing: dict[Side, list[int]] = {PAGE: [], SERVER: []}
         self.peer_pings: dict[Side, list[bytes]] = {PAGE: [], SERVER: []}
         self.peer_pongs: dict[Side, list[bytes]] = {PAGE: [], SERVER: []}
         self.peer_closes: dict[Side, list[int]] = {PAGE: [], SERVER: []}
@@ -436,6 +438,7 @@ class Harness:
                 self.peer_partial[side].append(ev.data)
                 if ev.message_finished:
                     parts, self.peer_partial[side] = self.peer_partial[side], []
+                    self.peer_framing[side].append(len(parts))
                     joined = "".join(parts) if isinstance(ev.data, str) else b"".join(parts)
                     self.peer_messages[side].append(joined)
             elif isinstance(ev, wse.Ping):

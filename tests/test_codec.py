@@ -300,7 +300,7 @@ def test_relayable_is_when_the_target_inflates_what_the_source_compressed(
     assert ours.deflate is not None and on.deflate is not None
     deflated = [ev.deflated for ev in ours.receive(wire) if isinstance(ev, Fragment)]
     assert len(deflated) == len(PROBES) and None not in deflated
-    relayed = b"".join(on.relayed(False, d) for d in deflated if d is not None)
+    relayed = b"".join(on.relayed(False, [d]) for d in deflated if d is not None)
     read = wsproto_reads(relayed, not client_to_server, wsproto_deflate(target))
     if relayable(ours.deflate, on.deflate):
         assert read == PROBES

@@ -22,6 +22,7 @@ class Piece:
     data: str | bytes
     frame_finished: bool = True
     message_finished: bool = True
+    deflated: bytes | None = None
 
 
 def cut_at(data: Any, cuts: list[int]) -> list[Any]:
@@ -53,6 +54,42 @@ def test_reassembly_and_original_framing(
     assert message_cut(message, r.frame_sizes) == (frames if len(frames) > 1 else [message])
 
 
+@given(frames=st.lists(st.tuples(st.binary(max_size=50), st.binary(max_size=50)), min_size=1,
+                       max_size=6),
+       chunk_cuts=cuts)  # fmt: skip
+def test_a_compressed_message_is_kept_as_it_came_frame_for_frame(
+    frames: list[tuple[bytes, bytes]], chunk_cuts: list[int]
+) -> None:
+    # Each frame: (what it inflates to, its payload as it came), the payload read in pieces.
+    r = Reassembly()
+    for fi, (data, deflated) in enumerate(frames):
+        pieces = cut_at(deflated, chunk_cuts)
+        for ci, piece in enumerate(pieces):
+            last = ci == len(pieces) - 1
+            result = r.add(Piece(data if last else b"", last, last and fi == len(frames) - 1,
+                                 piece), limit=0)  # fmt: skip
+    assert result == b"".join(data for data, _ in frames)
+    assert r.deflated == [deflated for _, deflated in frames]
+    assert r.add(Piece(b"next, uncompressed"), 0) == b"next, uncompressed"
+    assert r.deflated == []
+
+
+def test_a_compressed_message_is_kept_as_it_came_up_to_twice_the_limit() -> None:
+    r = Reassembly()
+    for deflated, kept in ((b"z" * 200, True), (b"z" * 201, False)):
+        r.add(Piece(b"", True, False, deflated[:50]), 100)
+        assert r.add(Piece(b"x" * 90, True, True, deflated[50:]), 100) == b"x" * 90
+        assert r.deflated == ([deflated[:50], deflated[50:]] if kept else [])
+        assert r.zchunks.items == []  # not kept once past it, nor after the message
+
+
+def test_a_message_partly_uncompressed_is_not_kept_as_it_came() -> None:
+    r = Reassembly()  # not something a codec hands over: nothing to pass on as it came
+    r.add(Piece(b"a", True, False, b"za"), 0)
+    assert r.add(Piece(b"b", True, True, None), 0) == b"ab"
+    assert r.deflated == []
+
+
 @given(sizes=st.lists(st.integers(0, 50), min_size=1, max_size=10), limit=st.integers(1, 200))
 def test_size_limit_checked_while_the_message_grows(sizes: list[int], limit: int) -> None:
     r = Reassembly()
@@ -64,7 +101,7 @@ def test_size_limit_checked_while_the_message_grows(sizes: list[int], limit: int
         if total > limit:
             with pytest.raises(OverflowError, match=f"larger than {limit} bytes"):
                 r.add(Piece(*event), limit)
-            assert r.chunks == [] and r.size == 0  # nothing of it is kept
+            assert r.chunks.items == [] and r.size == 0  # nothing of it is kept
             return
         r.add(Piece(*event), limit)
     assert total <= limit
@@ -76,11 +113,11 @@ def test_many_empty_frames_are_bounded_and_cost_no_memory() -> None:
     with pytest.raises(OverflowError, match="larger than 100000 bytes"):
         for _ in range(100_000):
             r.add(Piece(b"", True, False), 100_000)
-    assert r.chunks == [] and r.frame_sizes == []
+    assert r.chunks.items == [] and r.frame_sizes == []
     # ...and without a limit they keep nothing but a count.
     for _ in range(100_000):
         assert r.add(Piece(b"", True, False), 0) is None
-    assert r.chunks == [] and len(r.frame_sizes) <= KEPT_FRAMES
+    assert r.chunks.items == [] and len(r.frame_sizes) <= KEPT_FRAMES
     assert r.add(Piece(b"end", True, True), 0) == b"end"
 
 
@@ -88,7 +125,7 @@ def test_a_message_of_many_small_frames_is_joined_as_it_arrives() -> None:
     r = Reassembly()
     for i in range(10_000):
         r.add(Piece("é", True, False), 0)
-        assert len(r.chunks) <= JOINED_PIECES + i // JOINED_PIECES
+        assert len(r.chunks.items) <= JOINED_PIECES + i // JOINED_PIECES
     assert r.add(Piece("!", True, True), 0) == "é" * 10_000 + "!"
     assert r.frame_sizes == []  # more frames than KEPT_FRAMES: forwarded as one
 

@@ -7,7 +7,9 @@ message after the streams differ would refer to text that peer never saw."""
 
 from __future__ import annotations
 
+import itertools
 import random
+import zlib
 from typing import Any
 
 import pytest
@@ -15,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from wsproto.frame_protocol import Opcode
 
-from mitm_wsroute.codec import COMPRESS_FROM
+from mitm_wsroute.codec import COMPRESS_FROM, RSV1, TEXT, encode
 from mitm_wsroute.connection import PAGE, SERVER, Side
 from mitm_wsroute.deflate import relayable
 from tests.layer_harness import DEFLATE, INTERCEPT, Harness, Sender
@@ -33,8 +35,23 @@ def intercept(hooks: bool = False) -> Harness:
     return h
 
 
-def compressed_frame(sender: Sender, text: str) -> bytes:
-    return sender.data(Opcode.TEXT, text.encode(), True)
+def compressed_frame(sender: Sender, text: str, frames: int = 1) -> bytes:
+    """`text` as `sender` writes it, in `frames` frames."""
+    data = text.encode()
+    step = -(-len(data) // frames)
+    parts = [data[i : i + step] for i in range(0, len(data), step)]
+    return b"".join(
+        sender.data(Opcode.CONTINUATION if i else Opcode.TEXT, part, i == len(parts) - 1)
+        for i, part in enumerate(parts)
+    )
+
+
+def receive_in_reads(h: Harness, side: Side, data: bytes, cuts: list[int]) -> None:
+    """`data` from `side`'s peer, as reads cut at the given offsets (modulo its length)."""
+    edges = [0, *sorted({c % (len(data) + 1) for c in cuts}), len(data)]
+    for a, b in itertools.pairwise(edges):
+        if b > a:
+            h.receive(side, data[a:b])
 
 
 def test_forwarded_messages_are_relayed_and_read_right() -> None:
@@ -48,6 +65,43 @@ def test_forwarded_messages_are_relayed_and_read_right() -> None:
         codec = h.layer.codecs[side]
         assert codec.relay and codec.deflate is not None
         assert codec.deflate._compressor is None  # never compressed anything itself
+
+
+@pytest.mark.parametrize("frames", [1, 3])
+@pytest.mark.parametrize("side", [PAGE, SERVER])
+def test_messages_read_in_pieces_are_relayed_too(side: Side, frames: int) -> None:
+    # A big compressed frame comes in several reads (a TLS record holds 16 KiB): it is still
+    # written as it came, frame for frame, and so are the messages after it.
+    h = intercept()
+    sender = Sender(side, True)
+    texts = [f"{i}: " + random.Random(i).randbytes(20_000).hex() for i in range(4)]
+    for text in texts:
+        data = compressed_frame(sender, text, frames)
+        receive_in_reads(h, side, data, list(range(0, len(data), 4096)))
+    assert h.peer_messages[side.other] == texts
+    assert h.peer_framing[side.other] == [frames] * len(texts)  # frame for frame
+    codec = h.layer.codecs[side.other]
+    assert codec.relay and codec.deflate is not None
+    assert codec.deflate._compressor is None  # never compressed anything itself
+
+
+@pytest.mark.parametrize("side", [PAGE, SERVER])
+def test_a_message_too_big_to_keep_as_it_came_is_compressed_again(side: Side) -> None:
+    # Its compressed payload, padded with empty blocks, is over twice the size limit (which
+    # its text is not): the proxy compresses it itself, and the ones after it.
+    h = Harness(mode=INTERCEPT, path=DEFLATE, hooks=False, limit=1000)
+    h.connection.handlers[side].message = None
+    sender = Sender(side, True)
+    compressor = zlib.compressobj(wbits=-15)
+    empty_block = b"\x00\x00\x00\xff\xff"  # stored, no bytes: after a sync flush, aligned
+    padded = compressor.compress(b"x" * 900) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    padded += empty_block * 500
+    assert len(padded) > 2000 and padded.endswith(b"\x00\x00\xff\xff")
+    frame = encode(TEXT | RSV1, padded[:-4], b"\x01\x02\x03\x04" if side is PAGE else None)
+    receive_in_reads(h, side, frame, [len(frame) // 2])
+    receive_in_reads(h, side, compressed_frame(sender, "after"), [])
+    assert h.peer_messages[side.other] == ["x" * 900, "after"]
+    assert not h.layer.codecs[side.other].relay
 
 
 #: (the client's 101, the upstream's): the same, or made to differ by another addon.
@@ -68,14 +122,17 @@ FAR = [f"{i}: " + random.Random(i % 3).randbytes(1100).hex() for i in range(30)]
 @settings(max_examples=25, deadline=None)
 @given(steps=st.lists(st.sampled_from([FORWARD] * 4 + [CONSUME, CONSUME_AND_SEND, HOOK_CHANGES]),
                       min_size=1, max_size=30),
-       far=st.booleans())  # fmt: skip
+       far=st.booleans(), frames=st.integers(1, 3),
+       cuts=st.lists(st.integers(0, 10_000), max_size=3))  # fmt: skip
 @pytest.mark.parametrize("side", [PAGE, SERVER])
 @pytest.mark.parametrize("headers", HEADERS)
 def test_every_message_is_read_right_whatever_the_route_does(
-    headers: tuple[str, str], side: Side, steps: list[str], far: bool
-) -> None:
+    headers: tuple[str, str], side: Side, steps: list[str], far: bool, frames: int,
+    cuts: list[int],
+) -> None:  # fmt: skip
     # Each side's peer reads with what it agreed on (wsproto): a message is passed on as it
-    # came only while that is right, whatever came before it.
+    # came only while that is right, whatever came before it, in however many frames and
+    # reads it came.
     h = Harness(mode=INTERCEPT, path=DEFLATE, hooks=True, limit=0, extensions=headers)
     for each in (PAGE, SERVER):
         h.connection.handlers[each].message = None  # forwarded unless a step says otherwise
@@ -113,7 +170,7 @@ def test_every_message_is_read_right_whatever_the_route_does(
             handlers.message = None
             changed.add(len(h.flow.websocket.messages))
             expected.append("changed " + text)
-        h.receive(side, compressed_frame(sender, text))
+        receive_in_reads(h, side, compressed_frame(sender, text, frames), cuts)
     assert h.peer_messages[side.other] == expected
     assert h.layer.codecs[side.other].relay is (relay and all(s == FORWARD for s in steps))
 
