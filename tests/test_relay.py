@@ -20,7 +20,7 @@ from wsproto.frame_protocol import Opcode
 from mitm_wsroute.codec import COMPRESS_FROM, RSV1, TEXT, encode
 from mitm_wsroute.connection import PAGE, SERVER, Side
 from mitm_wsroute.deflate import relayable
-from tests.layer_harness import DEFLATE, INTERCEPT, Harness, Sender
+from tests.layer_harness import DEFLATE, EVENTS, INTERCEPT, OWN, Harness, Sender
 
 #: Messages that share most of their text: each compressed one refers to the ones before.
 TEXTS = [f'{"{"}"user": "alice", "seq": {i}, "note": "{"hello " * 40}"{"}"}' for i in range(60)]
@@ -28,8 +28,8 @@ TEXTS = [f'{"{"}"user": "alice", "seq": {i}, "note": "{"hello " * 40}"{"}"}' for
 FORWARD, CONSUME, CONSUME_AND_SEND, HOOK_CHANGES = "forward", "consume", "consume+send", "hook"
 
 
-def intercept(hooks: bool = False) -> Harness:
-    h = Harness(mode=INTERCEPT, path=DEFLATE, hooks=hooks, limit=0)
+def intercept(hooks: bool = False, io: str = EVENTS) -> Harness:
+    h = Harness(mode=INTERCEPT, path=DEFLATE, hooks=hooks, limit=0, io=io)
     for side in (PAGE, SERVER):
         h.connection.handlers[side].message = None  # forwarded unless a step says otherwise
     return h
@@ -67,12 +67,13 @@ def test_forwarded_messages_are_relayed_and_read_right() -> None:
         assert codec.deflate._compressor is None  # never compressed anything itself
 
 
+@pytest.mark.parametrize("io", [EVENTS, OWN])
 @pytest.mark.parametrize("frames", [1, 3])
 @pytest.mark.parametrize("side", [PAGE, SERVER])
-def test_messages_read_in_pieces_are_relayed_too(side: Side, frames: int) -> None:
+def test_messages_read_in_pieces_are_relayed_too(side: Side, frames: int, io: str) -> None:
     # A big compressed frame comes in several reads (a TLS record holds 16 KiB): it is still
-    # written as it came, frame for frame, and so are the messages after it.
-    h = intercept()
+    # written as it came, frame for frame, and so are the messages after it, whoever reads.
+    h = intercept(io=io)
     sender = Sender(side, True)
     texts = [f"{i}: " + random.Random(i).randbytes(20_000).hex() for i in range(4)]
     for text in texts:
