@@ -329,8 +329,11 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         limit = self.max_message_size
         page = Codec(True, negotiated(extensions, server=True), limit)
         server = Codec(False, negotiated(upstream, server=False), limit)
-        page.relay = relayable(server.deflate, page.deflate)
-        server.relay = relayable(page.deflate, server.deflate)
+        if connection.states[SERVER] is State.CONNECTING:  # an intercept: relayed both ways?
+            page.relay = relayable(server.deflate, page.deflate)
+            server.relay = relayable(page.deflate, server.deflate)
+        else:  # a mock: nothing to pass on
+            page.relay = server.relay = False
         self.codecs = (page, server)
         self.conns = (self.context.client, self.context.server)
         self.socket.layer_started = True
@@ -452,7 +455,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         if connection.states[side] is not State.OPEN:
             return True  # the route closed this side: what it still sends is dropped
         try:
-            message = self.reassembly[side].add(piece, self.max_message_size)
+            relay = self.codecs[side.other].relay  # its compressed payload may be passed on
+            message = self.reassembly[side].add(piece, self.max_message_size, relay)
         except OverflowError as e:
             logger.info(f"{connection.url}: failing the {side}: 1009 {e}")
             self.codecs[side].fail()

@@ -107,11 +107,12 @@ class Reassembly:
     zframe: int = 0
     zkept: bool = True
 
-    def add(self, piece: Piece, limit: int) -> str | bytes | None:
+    def add(self, piece: Piece, limit: int, relay: bool = True) -> str | bytes | None:
         """Add a piece (of a frame: the codec hands them over as they arrive); the whole
         message once it is complete. `OverflowError` past `limit` bytes (characters for text;
         each frame of a fragmented message but the last counts `FRAME_COST` more), which
-        forgets the message: its rest is never stored."""
+        forgets the message: its rest is never stored. Without `relay` (nothing is passed on
+        as it came), a compressed payload is not kept."""
         data, deflated = piece.data, piece.deflated
         if not self.pieces and piece.message_finished:  # one piece: most messages
             if limit and len(data) > limit:
@@ -123,11 +124,11 @@ class Reassembly:
         self.pieces += 1
         self.size += len(data)
         self.frame += len(data)
-        if self.zkept and deflated is not None:
+        if self.zkept and relay and deflated is not None:
             self.zchunks.add(deflated)
             self.zframe += len(deflated)
             self.zkept = not limit or self.zchunks.size <= 2 * limit
-        if not self.zkept or deflated is None:  # uncompressed, or too big: not kept
+        if not self.zkept or not relay or deflated is None:  # or too big: not kept
             self.zkept = False
             self.zchunks.clear()
         message_finished = piece.message_finished

@@ -20,7 +20,7 @@ from wsproto.frame_protocol import Opcode
 from mitm_wsroute.codec import COMPRESS_FROM, RSV1, TEXT, encode
 from mitm_wsroute.connection import PAGE, SERVER, Side
 from mitm_wsroute.deflate import relayable
-from tests.layer_harness import DEFLATE, EVENTS, INTERCEPT, OWN, Harness, Sender
+from tests.layer_harness import DEFLATE, EVENTS, INTERCEPT, MOCK, OWN, Harness, Sender
 
 #: Messages that share most of their text: each compressed one refers to the ones before.
 TEXTS = [f'{"{"}"user": "alice", "seq": {i}, "note": "{"hello " * 40}"{"}"}' for i in range(60)]
@@ -84,6 +84,15 @@ def test_messages_read_in_pieces_are_relayed_too(side: Side, frames: int, io: st
     codec = h.layer.codecs[side.other]
     assert codec.relay and codec.deflate is not None
     assert codec.deflate._compressor is None  # never compressed anything itself
+
+
+@pytest.mark.parametrize("mode", [MOCK, INTERCEPT])
+def test_only_an_intercept_keeps_a_compressed_payload_as_it_came(mode: str) -> None:
+    h = Harness(mode=mode, path=DEFLATE, limit=0)
+    frame = compressed_frame(Sender(PAGE, True), random.Random(0).randbytes(20_000).hex())
+    h.receive(PAGE, frame[: len(frame) // 2])  # half of it: a message under way
+    kept = h.layer.reassembly[PAGE].zchunks.size
+    assert (kept > 0, h.layer.codecs[SERVER].relay) == (mode == INTERCEPT,) * 2
 
 
 @pytest.mark.parametrize("side", [PAGE, SERVER])
