@@ -102,10 +102,10 @@ class Reassembly:
     deflated: list[bytes] = field(default_factory=list)
     #: Of the message being received: its compressed payload so far, the sizes of its frames
     #: and of the current one so far (as `frame_sizes` and `frame`), and whether it is kept.
-    zchunks: _Chunks = field(default_factory=_Chunks)
-    zframe_sizes: list[int] = field(default_factory=list)
-    zframe: int = 0
-    zkept: bool = True
+    deflated_chunks: _Chunks = field(default_factory=_Chunks)
+    deflated_sizes: list[int] = field(default_factory=list)
+    deflated_frame: int = 0
+    deflated_kept: bool = True
 
     def add(self, piece: Piece, limit: int, relay: bool = True) -> str | bytes | None:
         """Add a piece (of a frame: the codec hands them over as they arrive); the whole
@@ -124,25 +124,26 @@ class Reassembly:
         self.pieces += 1
         self.size += len(data)
         self.frame += len(data)
-        if self.zkept and relay and deflated is not None:
-            self.zchunks.add(deflated)
-            self.zframe += len(deflated)
-            self.zkept = not limit or self.zchunks.size <= 2 * limit
-        if not self.zkept or not relay or deflated is None:  # or too big: not kept
-            self.zkept = False
-            self.zchunks.clear()
+        if self.deflated_kept and relay and deflated is not None:
+            self.deflated_chunks.add(deflated)
+            self.deflated_frame += len(deflated)
+            self.deflated_kept = not limit or self.deflated_chunks.size <= 2 * limit
+        else:
+            self.deflated_kept = False
+        if not self.deflated_kept:  # uncompressed, not to be relayed, or too big
+            self.deflated_chunks.clear()
         message_finished = piece.message_finished
         if piece.frame_finished:
             if not message_finished:
                 self.size += FRAME_COST
             if self.framing_kept and len(self.frame_sizes) < KEPT_FRAMES:
                 self.frame_sizes.append(self.frame)
-                self.zframe_sizes.append(self.zframe)
+                self.deflated_sizes.append(self.deflated_frame)
             else:  # too many frames to keep their sizes: forwarded as one
                 self.framing_kept = False
                 self.frame_sizes.clear()
-                self.zframe_sizes.clear()
-            self.frame = self.zframe = 0
+                self.deflated_sizes.clear()
+            self.frame = self.deflated_frame = 0
         if limit and self.size > limit:
             self._forget()
             self.frame_sizes.clear()
@@ -152,17 +153,18 @@ class Reassembly:
             return None
         message = self.chunks.take("" if isinstance(data, str) else b"")
         self.deflated = []
-        if self.zkept:
-            self.deflated = cast(list[bytes], cut(self.zchunks.take(b""), self.zframe_sizes))
+        if self.deflated_kept:
+            deflated = cast(bytes, self.deflated_chunks.take(b""))
+            self.deflated = cast(list[bytes], cut(deflated, self.deflated_sizes))
         self._forget()
         return message
 
     def _forget(self) -> None:
         self.chunks.clear()
-        self.zchunks.clear()
-        self.zframe_sizes.clear()
-        self.frame = self.zframe = self.size = self.pieces = 0
-        self.framing_kept = self.zkept = True
+        self.deflated_chunks.clear()
+        self.deflated_sizes.clear()
+        self.frame = self.deflated_frame = self.size = self.pieces = 0
+        self.framing_kept = self.deflated_kept = True
 
 
 def cut(message: str | bytes, sizes: list[int]) -> list[str | bytes]:

@@ -80,7 +80,7 @@ def test_a_compressed_message_is_kept_as_it_came_up_to_twice_the_limit() -> None
         r.add(Piece(b"", True, False, deflated[:50]), 100)
         assert r.add(Piece(b"x" * 90, True, True, deflated[50:]), 100) == b"x" * 90
         assert r.deflated == ([deflated[:50], deflated[50:]] if kept else [])
-        assert r.zchunks.items == []  # not kept once past it, nor after the message
+        assert r.deflated_chunks.items == []  # not kept once past it, nor after the message
 
 
 def test_a_message_partly_uncompressed_is_not_kept_as_it_came() -> None:
