@@ -464,7 +464,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
             yield from self._drain()
             return False
         if message is not None:
-            deflated = self.reassembly[side].deflated or None
+            reassembly = self.reassembly[side]  # its compressed payload: taken, not kept on
+            deflated, reassembly.deflated = reassembly.deflated or None, []
             if deflated is None and self.codecs[side].compressed:  # too big to keep as it came:
                 self.codecs[side.other].relay = False  # the other side's stream differs now
             yield from self._message(side, message, deflated)

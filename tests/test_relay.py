@@ -81,6 +81,7 @@ def test_messages_read_in_pieces_are_relayed_too(side: Side, frames: int, io: st
         receive_in_reads(h, side, data, list(range(0, len(data), 4096)))
     assert h.peer_messages[side.other] == texts
     assert h.peer_framing[side.other] == [frames] * len(texts)  # frame for frame
+    assert h.layer.reassembly[side].deflated == []  # nothing of it kept once passed on
     codec = h.layer.codecs[side.other]
     assert codec.relay and codec.deflate is not None
     assert codec.deflate._compressor is None  # never compressed anything itself
