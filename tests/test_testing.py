@@ -466,9 +466,13 @@ def test_env_points_a_subprocess_client_at_the_proxy_over_wss(
     )
     url = f"wss://127.0.0.1:{port_of(tls_echo)}/sub"
     env = {**os.environ, **proxy.env}
-    out = subprocess.run(
-        [sys.executable, "-c", client, url], env=env, capture_output=True, text=True, timeout=30
-    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", client, url], env=env, capture_output=True, text=True,
+            timeout=30,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as e:  # say how far it got (seen once in CI, under load)
+        pytest.fail(f"the client hung: {e.stdout!r} {e.stderr!r}, {proxy.web_sockets!r}")
     assert out.stdout.strip() == "mock hi", out.stderr
     assert proxy.wait_for_web_socket("**/sub").routed == "mock"
     assert proxy.env["HTTPS_PROXY"] == proxy.url and proxy.env["NO_PROXY"] == ""
