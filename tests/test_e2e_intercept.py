@@ -536,5 +536,7 @@ async def test_each_side_keeps_the_permessage_deflate_it_agreed_on(
                 await ws.send(m)
             assert [await asyncio.wait_for(ws.recv(), 5) for _ in messages] == messages, url
         assert up.received == ([] if route == "mock" else messages), url
+    agreed = "each side's messages are compressed as it agreed"
+    await p.async_wait_for(agreed, count=6)  # printed at each start; read from a pipe
     assert "failed" not in p.output
-    assert p.output.count("each side's messages are compressed as it agreed") == 6
+    assert p.output.count(agreed) == 6

@@ -135,6 +135,8 @@ async def test_with_message_hooks_the_layer_calls_sync_hooks_itself(
             assert await asyncio.wait_for(ws.recv(), 5) == ("changed" if m == "change-me" else m)
     await p.async_wait_for(OWN)
     await p.async_wait_for(OWN_SERVER)
+    await p.async_wait_for("addon saw ", count=6)  # printed before the echo; read from a pipe
+    await p.async_wait_for("addon update 1")  # mitmproxy's update hook after each, as before
     seen = [
         line.split("addon saw ")[1].strip()
         for line in p.output.splitlines()
@@ -148,7 +150,6 @@ async def test_with_message_hooks_the_layer_calls_sync_hooks_itself(
             (b"three", True), (b"three", False),
         ]
     ]  # fmt: skip
-    assert "addon update 1" in p.output  # mitmproxy's update hook after each, as before
 
 
 async def test_an_async_message_hook_has_mitmproxy_read_every_socket(mitmdump: Any) -> None:
