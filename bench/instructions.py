@@ -1,11 +1,14 @@
 """CPU instructions the proxy executes per echo, counted by valgrind's callgrind.
 
 Timings on a shared machine move from run to run; instruction counts do not (the same count,
-to a few parts in ten thousand, whatever else the machine does). Each case runs ``mitmdump``
-under callgrind, warms up, zeroes the counters (``callgrind_control -z``), does `n` sequential
-echoes of one message size, and dumps the counters (``callgrind_control -d``): the count
-covers exactly those echoes, the whole proxy included (event loop, layers, every addon's
-hooks, wsproto, our code). Cases run in parallel, one per CPU: counts do not depend on it.
+to a few parts in ten thousand, whatever else the machine does), except where the proxy
+acts on the clock: with the hooks on, a mock's coalesced ``update`` hooks (at most one per
+0.2 s) fall more often on each echo the slower the run, so compare hooks-off counts. Each
+case runs ``mitmdump`` under callgrind, warms up, zeroes the counters (``callgrind_control
+-z``), does `n` sequential echoes of one message size, and dumps the counters
+(``callgrind_control -d``): the count covers exactly those echoes, the whole proxy included
+(event loop, layers, every addon's hooks, wsproto, our code). Cases run in parallel, one per
+CPU: counts do not depend on it.
 
 Used by run.py when valgrind is installed; runs alone too (``python bench/instructions.py``).
 ``--cached-dispatch`` runs every mitmdump with mitmproxy's `AddonManager` patched by the
