@@ -277,7 +277,10 @@ async def test_script_load_reload_and_unload(
     a.add(Rec("before"), loader, Rec("after"))
     tctx.configure(loader, scripts=[str(path)])
     assert await dispatch(tctx) == ["before.websocket_message", "after.websocket_message"]
-    await asyncio.sleep(0.05)  # the script's watcher loads it
+    (sc,) = loader.addons
+    async with asyncio.timeout(10):
+        while sc.ns is None:  # the script's watcher loads it, on its first turn
+            await asyncio.sleep(0.01)
     expected = [
         "before.websocket_message",
         "script v1",
@@ -286,7 +289,6 @@ async def test_script_load_reload_and_unload(
     ]
     assert await dispatch(tctx) == expected
     write("v2")
-    (sc,) = loader.addons
     sc.loadscript()  # what the watcher does when the file changes
     assert await dispatch(tctx) == [e.replace("v1", "v2") for e in expected]
     tctx.configure(loader, scripts=[])
