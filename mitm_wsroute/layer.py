@@ -412,6 +412,11 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         if isinstance(event, events.DataReceived):
             reassembly, limit = self.reassembly[side], self.max_message_size
             for ev in codec.receive(event.data):
+                if connection.has_commands:
+                    # What the route sent for what came before goes first, before this
+                    # event's own frames (a close's echo, a pong): as if each came in a read
+                    # of its own.
+                    yield from self._drain()
                 if isinstance(ev, Fragment):  # per message: first
                     data = ev.data
                     if (
@@ -518,8 +523,6 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         if frame_sizes:
             reassembly.frame_sizes = []
 
-        if connection.has_commands:
-            yield from self._drain()  # what is older than this message goes first
         to = connection.receive_message(side, data)
         if to is None:
             message.drop()  # consumed by a handler, or dropped by the rules: show it in mitmweb

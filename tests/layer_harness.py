@@ -171,6 +171,11 @@ def oracle(wire: bytes, side: Side, compressed: bool, limit: int) -> Expected:
     return out
 
 
+def reply(message: str | bytes) -> str | bytes:
+    """What a `Harness` with `replies` sends back for a message."""
+    return "re:" + message if isinstance(message, str) else b"re:" + message
+
+
 class FakeTransport(asyncio.Transport):
     """A connection's transport: what the layer (or mitmproxy) writes goes to `sink`."""
 
@@ -194,6 +199,9 @@ class FakeTransport(asyncio.Transport):
 
     def is_closing(self) -> bool:
         return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return 0  # what is written goes to the sink at once
 
     def close(self) -> None:
         self.closing = True
@@ -244,10 +252,12 @@ class Harness:
         hold_start_hook: bool = False,
         start: bool = True,
         extensions: tuple[str, str] | None = None,
+        replies: bool = False,
     ) -> None:
         """`extensions`: the ``Sec-WebSocket-Extensions`` the client's 101 had and the
         upstream's ("" for none), when another addon made them differ; else what `path`
-        says for both."""
+        says for both. `replies`: each side's ``on_message`` also sends `reply(message)`
+        back to that side at once, as an echo does."""
         self.mode, self.path, self.io, self.hooks = mode, path, io, hooks
         options = SimpleNamespace(
             wsroute_max_message_size=limit,
@@ -271,8 +281,9 @@ class Harness:
         self.sides = sides
         self.got: dict[Side, list[Any]] = {PAGE: [], SERVER: []}
         self.closes: dict[Side, list[tuple[Any, Any]]] = {PAGE: [], SERVER: []}
+        self.replies = replies
         for side in sides:
-            self.route[side].on_message(self.got[side].append)
+            self.route[side].on_message(self._handler(side))
             self.route[side].on_close(
                 lambda code, reason, side=side: self.closes[side].append((code, reason))
             )
@@ -327,6 +338,17 @@ class Harness:
             own_io.ok = True
         if start:
             self.start()
+
+    def _handler(self, side: Side) -> Callable[[str | bytes], None]:
+        got, route = self.got[side], self.route[side]
+        if not self.replies:
+            return got.append
+
+        def on_message(message: str | bytes) -> None:
+            got.append(message)
+            route.send(reply(message))
+
+        return on_message
 
     def start(self) -> None:
         """The 101 went out: mitmproxy starts the layer (the start hook answered at once, or
@@ -453,7 +475,8 @@ class Harness:
 
     def check(self, side: Side, want: Expected) -> None:
         """The route saw of `side` what wsproto read: the same messages, of the same types,
-        and the same close; the peer got the close frame wsproto's code calls for."""
+        and the same close; the peer got the close frame wsproto's code calls for (and, with
+        `replies`, every reply, in order)."""
         got = self.got[side]
         assert got == want.messages
         assert [type(m) for m in got] == [type(m) for m in want.messages], "str/bytes types"
@@ -467,6 +490,8 @@ class Harness:
             assert self.peer_closes[side] == []
         else:
             assert self.peer_closes[side] == [want.peer_close]
+        if self.replies:  # every reply went out, in order, before anything that came after
+            assert self.peer_messages[side] == [reply(m) for m in got]
         if self.mode == MOCK and side is PAGE:  # the proxy answers each ping itself
             pongs = self.peer_pongs[side]
             assert pongs[: len(want.pings)] == want.pings

@@ -188,6 +188,20 @@ async def test_fragmented_message_under_the_limit_is_reassembled(proxy: Any) -> 
     w.close()
 
 
+async def test_a_message_and_a_close_in_one_write_get_the_reply_before_the_close(
+    proxy: Any,
+) -> None:
+    # The mock's reply to a message goes out before the echo of a close (or a pong) that came
+    # in the same read, as when each frame comes in a read of its own.
+    r, w = await raw_socket(proxy)
+    close = frame(0x8, struct.pack("!H", 1000) + b"bye")
+    w.write(frame(0x1, b"hi") + frame(0x9, b"p") + close)
+    assert await asyncio.wait_for(read_frame(r), 5) == (0x1, b"hi")
+    assert await asyncio.wait_for(read_frame(r), 5) == (0xA, b"p")
+    assert await close_code(r) == 1000
+    w.close()
+
+
 async def test_tcp_reset_mid_message(proxy: Any) -> None:
     r, w = await raw_socket(proxy)
     w.write(frame(0x2, b"x" * 5000)[:3000])

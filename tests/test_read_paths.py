@@ -15,8 +15,9 @@ random read boundaries, and fed to the real layer on each of its read paths:
 The route must see what wsproto (a server for the client's bytes, a client for the server's)
 reads from the same bytes: the same messages, as exactly `str` and `bytes`, and the same
 close (code); the peer gets the close frame wsproto's code calls for; in a mock each ping is
-answered. Both a mock (the page side's handlers) and an intercept (both sides' handlers,
-their reads interleaved).
+answered; and what the route's handler sends back for each message (as an echo does) reaches
+the peer in order, before the close frame, however the reads were cut. Both a mock (the page
+side's handlers) and an intercept (both sides' handlers, their reads interleaved).
 
 Then one fixed stream of single-frame and fragmented messages, on every path: cut in two at
 every offset, and in 1-byte reads.
@@ -271,7 +272,7 @@ def run(data: st.DataObject, mode: str, path: str, io: str, hooks: bool, limit: 
     for side in sides:
         reads += [(side, p) for p in per_side[side]]
     flushes = data.draw(st.lists(st.booleans(), min_size=len(reads), max_size=len(reads)))
-    with Harness(mode=mode, path=path, io=io, hooks=hooks, limit=limit) as h:
+    with Harness(mode=mode, path=path, io=io, hooks=hooks, limit=limit, replies=True) as h:
         if io == OWN:
             assert all(h.owned(side) for side in sides), "the layer did not take the connections"
         for (side, chunk), flush in zip(reads, flushes, strict=True):
@@ -394,7 +395,9 @@ def test_a_stream_split_in_two_at_every_offset(path: str, io: str, hooks: bool) 
             for side in sides
             if (part := (wires[side][:offset], wires[side][offset:])[i])
         ]
-        with Harness(mode=INTERCEPT, path=path, io=io, hooks=hooks, limit=SMALL_LIMIT) as h:
+        with Harness(
+            mode=INTERCEPT, path=path, io=io, hooks=hooks, limit=SMALL_LIMIT, replies=True
+        ) as h:
             feed_reads(h, reads)
             for side in sides:
                 h.check(side, expected[side])
@@ -425,7 +428,7 @@ def test_a_stream_in_one_byte_reads(
         for side in sides
         if i < len(wires[side])
     ]
-    with Harness(mode=mode, path=path, io=io, hooks=hooks, limit=SMALL_LIMIT) as h:
+    with Harness(mode=mode, path=path, io=io, hooks=hooks, limit=SMALL_LIMIT, replies=True) as h:
         feed_reads(h, reads, flush)
         for side in sides:
             h.check(side, oracle(wires[side], side, path in COMPRESSED, SMALL_LIMIT))
