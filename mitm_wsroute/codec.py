@@ -422,11 +422,18 @@ class Codec:
     def _key(self) -> bytes | None:
         return None if self.server else _mask_key()
 
-    def message(self, data: str | bytes, compress: bool = True) -> bytes:
+    def message(
+        self, data: str | bytes, compress: bool = True, payload: bytes | None = None
+    ) -> bytes:
         """A message, in one frame: compressed with permessage-deflate if it has
         `COMPRESS_FROM` bytes or more (RFC 7692 §6: a message may go uncompressed), unless not
-        `compress`."""
-        opcode, payload = (TEXT, data.encode()) if isinstance(data, str) else (BINARY, data)
+        `compress`. `payload`: `data` as bytes (text in UTF-8), when the caller has it."""
+        if isinstance(data, str):
+            opcode = TEXT
+            if payload is None:
+                payload = data.encode()
+        else:
+            opcode, payload = BINARY, data
         if compress and self.deflate is not None and len(payload) >= COMPRESS_FROM:
             payload, opcode = self.deflate.deflate_one(payload), opcode | RSV1
             self.relay = False

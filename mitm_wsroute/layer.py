@@ -532,9 +532,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 yield wsl.WebsocketMessageHook(self.flow)  # through mitmproxy's machinery
             elif hooks.call(self.flow):
                 yield WaitForResume(self.flow)  # an addon intercepted the flow
-        if connection.has_commands:  # the handler to call
-            for command in connection.commands_to_execute():
-                yield from self._execute(command)
+        if connection.has_commands:  # the handler to call, then what it sent (an echo)
+            yield from self._drain()
         if to is None or message.dropped or connection.states[to] is not State.OPEN:
             if deflated is not None:
                 self.codecs[side.other].relay = False
@@ -551,7 +550,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         else:  # as it came: compressed (unless the streams are still the same) or not
             compress = deflated is not None or not codec.relay
             if len(frame_sizes) <= 1:  # per message: most come in one frame
-                frames = codec.message(data, compress)
+                frames = codec.message(data, compress, message.content)
             else:
                 frames = codec.fragmented(cut(data, frame_sizes), compress)
         if self.delays is None and self.socket.observer is None:
@@ -576,7 +575,10 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         connection = self.socket.connection
         while connection.has_commands:
             for command in connection.commands_to_execute():
-                yield from self._execute(command)
+                if type(command) is CallHandler:  # per message in an echo: no generator
+                    self._call(command)
+                else:
+                    yield from self._execute(command)
         if self.drain_waiters:  # what they waited for went out
             for waiter in self.drain_waiters:
                 if not waiter.done():
@@ -650,25 +652,35 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         except ConnectionError:
             pass  # the side is gone: nothing waits any more
 
+    def _call(self, command: CallHandler) -> None:
+        """Call a route's handler; an async one's task runs until it returns or the socket
+        ends."""
+        assert self.socket is not None
+        task = self.socket.call_user(command.handler, command.args, self.socket)
+        if isinstance(task, asyncio.Task) and not task.done():
+            self.socket.tasks.add(task)
+            task.add_done_callback(self.socket.tasks.discard)
+
     def _execute(self, command: Command) -> layer.CommandGenerator[None]:
+        """Carry out a command of the connection (but `CallHandler`: `_call`)."""
         assert self.socket is not None and self.flow.websocket is not None
-        if isinstance(command, CallHandler):
-            task = self.socket.call_user(command.handler, command.args, self.socket)
-            if isinstance(task, asyncio.Task) and not task.done():
-                self.socket.tasks.add(task)
-                task.add_done_callback(self.socket.tasks.discard)
-        elif isinstance(command, Send):
-            data = command.message
+        if isinstance(command, Send):
+            data, to = command.message, command.to
             connection = self.socket.connection
-            if command.to in connection.aborted:
+            if to in connection.aborted:
                 return  # its peer stopped reading: nothing more goes to it
             self.route_sent = True
-            self._keep(_flow_message(data, command.to is SERVER, injected=True))
-            yield from self._send(command.to, data)
-            if connection.max_buffer and (size := self._written(command.to)) > (
+            message = _flow_message(data, to is SERVER, injected=True)
+            self._keep(message)
+            codec = self.codecs[to]
+            if self.delays is not None or self.socket.observer is not None:
+                yield from self._send(to, data)
+            elif codec.state is OPEN:  # per route-sent message: `_send`, inline
+                yield commands.SendData(self.conns[to], codec.message(data, True, message.content))
+            if connection.max_buffer and (size := self._written(to)) > (
                 connection.max_buffer
             ):  # per route-sent message: `_written` is kept cheap
-                connection.receive_overflow(command.to, size)
+                connection.receive_overflow(to, size)
         elif isinstance(command, DropSide):  # no close frame: its TCP connection closes (CloseTcp)
             if command.side is PAGE:
                 yield from self._observe_later((ABNORMAL_CLOSURE, ""))
