@@ -382,6 +382,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 self.socket.connection.receive_close_timeout(side)
         else:
             assert isinstance(event, wsl.WebSocketMessageInjected)
+            if self.socket.connection.has_commands:  # what the route sent before goes first
+                yield from self._drain()
             yield from self._injected(event.message)
         if self.socket.connection.has_commands:
             yield from self._drain()

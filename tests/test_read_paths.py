@@ -33,6 +33,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mitmproxy import websocket
+from mitmproxy.proxy.layers import websocket as wsl
 from wsproto.frame_protocol import Opcode
 
 from mitm_wsroute.connection import PAGE, SERVER, Side
@@ -459,3 +461,22 @@ def test_a_ping_between_compressed_fragments(path: str, text: bool) -> None:
         assert h.got[PAGE] == [message if text else raw]
         assert h.closes[PAGE] == []
         assert h.peer_pongs[PAGE] == [b"ping"]  # a mock answers the ping itself
+
+
+# --- what waits goes first -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("io", [EVENTS, OWN])
+def test_what_a_route_sent_before_an_injected_message_goes_before_it(io: str) -> None:
+    # A route sends from outside the layer's events (an async handler, another thread): the
+    # message waits for the wake-up the layer asked for. Another addon's
+    # ``inject.websocket`` that comes meanwhile goes after it.
+    with Harness(io=io) as h:
+        h.route[PAGE].send("from the route")
+        assert h.injected, "the layer asked for a wake-up"
+        wakeups, h.injected[:] = list(h.injected), []
+        injected = websocket.WebSocketMessage(Opcode.TEXT, False, b"from an addon")
+        h.feed(wsl.WebSocketMessageInjected(h.flow, injected))
+        for wakeup in wakeups:
+            h.feed(wakeup)
+        assert h.peer_messages[PAGE] == ["from the route", "from an addon"]
