@@ -16,8 +16,9 @@ The route must see what wsproto (a server for the client's bytes, a client for t
 reads from the same bytes: the same messages, as exactly `str` and `bytes`, and the same
 close (code); the peer gets the close frame wsproto's code calls for; in a mock each ping is
 answered; and what the route's handler sends back for each message (as an echo does) reaches
-the peer in order, before the close frame, however the reads were cut. Both a mock (the page
-side's handlers) and an intercept (both sides' handlers, their reads interleaved).
+the peer in order, before the close frame, however the reads were cut. A mock (the page side's
+handlers), an intercept (both sides' handlers, their reads interleaved), and an intercept
+without handlers, where the other side's peer must read the messages wsproto read.
 
 Then one fixed stream of single-frame and fragmented messages, on every path: cut in two at
 every offset, and in 1-byte reads.
@@ -252,8 +253,15 @@ def raw_error(name: str, masked: bool, s: Sender) -> bytes:
 # --- the property ----------------------------------------------------------------------------
 
 
+#: An intercept without handlers: each message goes on to the other side's peer.
+FORWARD = "forward"
+
+
 def run(data: st.DataObject, mode: str, path: str, io: str, hooks: bool, limit: int) -> None:
-    sides = [PAGE] if mode == MOCK else [PAGE, SERVER]
+    if mode == FORWARD:  # one side's peer writes; the other's reads what went on
+        sides = [data.draw(st.sampled_from([PAGE, SERVER]), label="writes")]
+    else:
+        sides = [PAGE] if mode == MOCK else [PAGE, SERVER]
     wires = {}
     for side in sides:
         items, terminal = data.draw(streams, label=f"{side} frames")
@@ -274,12 +282,25 @@ def run(data: st.DataObject, mode: str, path: str, io: str, hooks: bool, limit: 
     for side in sides:
         reads += [(side, p) for p in per_side[side]]
     flushes = data.draw(st.lists(st.booleans(), min_size=len(reads), max_size=len(reads)))
-    with Harness(mode=mode, path=path, io=io, hooks=hooks, limit=limit, replies=True) as h:
+    forward = mode == FORWARD
+    with Harness(
+        mode=INTERCEPT if forward else mode, path=path, io=io, hooks=hooks, limit=limit,
+        replies=not forward,
+    ) as h:  # fmt: skip
+        if forward:
+            for side in (PAGE, SERVER):
+                h.connection.handlers[side].message = None
         if io == OWN:
             assert all(h.owned(side) for side in sides), "the layer did not take the connections"
         for (side, chunk), flush in zip(reads, flushes, strict=True):
             h.receive(side, chunk, flush=flush or io == EVENTS)
         h.flush_injected()
+        if forward:  # the other side's peer got what wsproto read, as `str` and `bytes`
+            (side,) = sides
+            want, got = expected[side].messages, h.peer_messages[side.other]
+            assert got == want
+            assert [type(m) for m in got] == [type(m) for m in want], "str/bytes types"
+            return
         for side in reversed(sides):  # the server's connection ends first
             h.connection_lost(side)
         for side in sides:
@@ -293,7 +314,7 @@ SETTINGS = settings(max_examples=250, deadline=None)
 @SETTINGS
 @given(
     data=st.data(),
-    mode=st.sampled_from([MOCK, INTERCEPT]),
+    mode=st.sampled_from([MOCK, INTERCEPT, FORWARD]),
     hooks=st.booleans(),
     limit=st.sampled_from([SMALL_LIMIT, BIG_LIMIT]),
 )
@@ -307,7 +328,7 @@ def test_mitmproxy_reads(
 @SETTINGS
 @given(
     data=st.data(),
-    mode=st.sampled_from([MOCK, INTERCEPT]),
+    mode=st.sampled_from([MOCK, INTERCEPT, FORWARD]),
     path=st.sampled_from(PATHS),
     limit=st.sampled_from([SMALL_LIMIT, BIG_LIMIT]),
 )
