@@ -50,6 +50,7 @@ from tests.layer_harness import (
     Harness,
     Sender,
     oracle,
+    reply,
 )
 
 PATHS = [FAST, DEFLATE]
@@ -501,3 +502,66 @@ def test_what_a_route_sent_before_an_injected_message_goes_before_it(io: str) ->
         for wakeup in wakeups:
             h.feed(wakeup)
         assert h.peer_messages[PAGE] == ["from the route", "from an addon"]
+
+
+# --- however the reads are cut, the same ------------------------------------------------------
+
+
+def acting(h: Harness) -> None:
+    """The mock's route acts on each message by its length: replies once or twice, not at
+    all, or closes the socket with a code of its own."""
+    ws, got = h.route[PAGE], h.got[PAGE]
+
+    def on_message(message: str | bytes) -> None:
+        got.append(message)
+        act = len(message) % 5
+        if act == 4:
+            ws.close(code=4000 + len(message) % 100, reason="enough")
+        elif act == 3:
+            ws.send(message)
+            ws.send(reply(message))
+        elif act != 2:
+            ws.send(reply(message))
+
+    ws.on_message(on_message)
+
+
+def outcome(h: Harness) -> tuple[Any, ...]:
+    """Everything the route and the client's peer saw, and what the proxy closed."""
+    side = PAGE
+    return (
+        h.got[side], [type(m) for m in h.got[side]], h.closes[side], h.peer_messages[side],
+        [type(m) for m in h.peer_messages[side]], h.peer_framing[side], h.peer_pings[side],
+        h.peer_pongs[side], h.peer_closes[side], h.tcp_closed,
+    )  # fmt: skip
+
+
+@SETTINGS
+@given(
+    data=st.data(),
+    path=st.sampled_from(PATHS),
+    reader=st.sampled_from(READERS),
+    limit=st.sampled_from([SMALL_LIMIT, BIG_LIMIT]),
+)
+def test_a_mock_acts_the_same_however_the_reads_are_cut(
+    data: st.DataObject, path: str, reader: tuple[str, bool], limit: int
+) -> None:
+    # The same stream, in one read and cut at random (wake-ups run at once or later): the
+    # route sees the same, and the client's peer gets the same replies, pongs and close, in
+    # the same order, as the route replies, stays silent or closes.
+    io, hooks = reader
+    items, terminal = data.draw(streams, label="frames")
+    w = wire(PAGE, items, terminal, path in COMPRESSED)
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, max(1, len(w) - 1)), max_size=12))))
+    reads = [p for p in pieces(w, tuple(c for c in cuts if c < len(w))) if p]
+    flushes = data.draw(st.lists(st.booleans(), min_size=len(reads), max_size=len(reads)))
+    outcomes = []
+    for chunks, flush in (([w], [True]), (reads, flushes)):
+        with Harness(mode=MOCK, path=path, io=io, hooks=hooks, limit=limit, replies=True) as h:
+            acting(h)
+            for chunk, now in zip(chunks, flush, strict=True):
+                h.receive(PAGE, chunk, flush=now or io == EVENTS)
+            h.flush_injected()
+            h.connection_lost(PAGE)
+            outcomes.append(outcome(h))
+    assert outcomes[1] == outcomes[0]
