@@ -508,9 +508,11 @@ def test_what_a_route_sent_before_an_injected_message_goes_before_it(io: str) ->
 
 
 def acting(h: Harness) -> None:
-    """The mock's route acts on each message by its length: replies once or twice, not at
-    all, or closes the socket with a code of its own."""
+    """The route acts on each message from the client by its length: replies once or twice
+    (in an intercept, the first goes to the server), not at all, or closes the client's side
+    with a code of its own."""
     ws, got = h.route[PAGE], h.got[PAGE]
+    first = ws if h.mode == MOCK else h.route[SERVER]
 
     def on_message(message: str | bytes) -> None:
         got.append(message)
@@ -518,7 +520,7 @@ def acting(h: Harness) -> None:
         if act == 4:
             ws.close(code=4000 + len(message) % 100, reason="enough")
         elif act == 3:
-            ws.send(message)
+            first.send(message)
             ws.send(reply(message))
         elif act != 2:
             ws.send(reply(message))
@@ -527,28 +529,31 @@ def acting(h: Harness) -> None:
 
 
 def outcome(h: Harness) -> tuple[Any, ...]:
-    """Everything the route and the client's peer saw, and what the proxy closed."""
-    side = PAGE
-    return (
-        h.got[side], [type(m) for m in h.got[side]], h.closes[side], h.peer_messages[side],
-        [type(m) for m in h.peer_messages[side]], h.peer_framing[side], h.peer_pings[side],
-        h.peer_pongs[side], h.peer_closes[side], h.tcp_closed,
+    """Everything the route and the peers saw, and what the proxy closed."""
+    return h.tcp_closed, *(
+        (
+            h.got[side], [type(m) for m in h.got[side]], h.closes[side], h.peer_messages[side],
+            [type(m) for m in h.peer_messages[side]], h.peer_framing[side], h.peer_pings[side],
+            h.peer_pongs[side], h.peer_closes[side],
+        )
+        for side in h.sides
     )  # fmt: skip
 
 
 @SETTINGS
 @given(
     data=st.data(),
+    mode=st.sampled_from([MOCK, INTERCEPT]),
     path=st.sampled_from(PATHS),
     reader=st.sampled_from(READERS),
     limit=st.sampled_from([SMALL_LIMIT, BIG_LIMIT]),
 )
-def test_a_mock_acts_the_same_however_the_reads_are_cut(
-    data: st.DataObject, path: str, reader: tuple[str, bool], limit: int
+def test_a_route_acts_the_same_however_the_reads_are_cut(
+    data: st.DataObject, mode: str, path: str, reader: tuple[str, bool], limit: int
 ) -> None:
-    # The same stream, in one read and cut at random (wake-ups run at once or later): the
-    # route sees the same, and the client's peer gets the same replies, pongs and close, in
-    # the same order, as the route replies, stays silent or closes.
+    # The client's stream, in one read and cut at random (wake-ups run at once or later):
+    # the route sees the same, and the peers get the same messages, pongs and closes, in the
+    # same order, as the route replies, stays silent or closes.
     io, hooks = reader
     items, terminal = data.draw(streams, label="frames")
     w = wire(PAGE, items, terminal, path in COMPRESSED)
@@ -557,7 +562,7 @@ def test_a_mock_acts_the_same_however_the_reads_are_cut(
     flushes = data.draw(st.lists(st.booleans(), min_size=len(reads), max_size=len(reads)))
     outcomes = []
     for chunks, flush in (([w], [True]), (reads, flushes)):
-        with Harness(mode=MOCK, path=path, io=io, hooks=hooks, limit=limit, replies=True) as h:
+        with Harness(mode=mode, path=path, io=io, hooks=hooks, limit=limit) as h:
             acting(h)
             for chunk, now in zip(chunks, flush, strict=True):
                 h.receive(PAGE, chunk, flush=now or io == EVENTS)
