@@ -529,8 +529,10 @@ def acting(h: Harness) -> None:
 
 
 def outcome(h: Harness) -> tuple[Any, ...]:
-    """Everything the route and the peers saw, and what the proxy closed."""
-    return h.tcp_closed, *(
+    """Everything the route, the peers and the flow saw, and what the proxy closed."""
+    assert h.flow.websocket is not None
+    flow = [(m.from_client, m.type, m.content, m.dropped) for m in h.flow.websocket.messages]
+    return flow, h.tcp_closed, *(
         (
             h.got[side], [type(m) for m in h.got[side]], h.closes[side], h.peer_messages[side],
             [type(m) for m in h.peer_messages[side]], h.peer_framing[side], h.peer_pings[side],
@@ -552,8 +554,9 @@ def test_a_route_acts_the_same_however_the_reads_are_cut(
     data: st.DataObject, mode: str, path: str, reader: tuple[str, bool], limit: int
 ) -> None:
     # The client's stream, in one read and cut at random (wake-ups run at once or later):
-    # the route sees the same, and the peers get the same messages, pongs and closes, in the
-    # same order, as the route replies, stays silent or closes.
+    # the route sees the same, the peers get the same messages, pongs and closes, and the
+    # flow keeps the same messages, in the same order, as the route replies, stays silent or
+    # closes.
     io, hooks = reader
     items, terminal = data.draw(streams, label="frames")
     w = wire(PAGE, items, terminal, path in COMPRESSED)
