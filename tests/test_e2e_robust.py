@@ -22,6 +22,9 @@ from websockets.exceptions import ConnectionClosed
 from tests.conftest import MITMDUMP, ROOT
 from tests.sockets import raw_upgrade, read_frame
 
+BURST = Path(__file__).resolve().parent / "node" / "burst_then_close.js"
+CA = "mitmproxy-ca-cert.pem"
+
 ROUTES = """
     import asyncio
     import logging
@@ -200,6 +203,23 @@ async def test_a_message_and_a_close_in_one_write_get_the_reply_before_the_close
     assert await asyncio.wait_for(read_frame(r), 5) == (0xA, b"p")
     assert await close_code(r) == 1000
     w.close()
+
+
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+async def test_node_client_that_closes_right_after_a_burst_gets_every_reply(
+    proxy: Any, scheme: str
+) -> None:
+    # Node's ws sends 300 messages and its close frame in a loop: the close comes in the same
+    # read as the last messages (over wss with permessage-deflate, as ws offers it), and the
+    # mock's replies to them must still go out before the close's echo.
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")}
+    env |= {"HTTPS_PROXY": proxy.proxy, "NODE_EXTRA_CA_CERTS": str(proxy.confdir / CA)}
+    out = await asyncio.to_thread(
+        subprocess.run,
+        ["node", str(BURST), f"{scheme}://chat.invalid/echo", "300"],
+        env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.stdout.splitlines() == ["received 300 in order true close 1000 done"], out.stderr
 
 
 async def test_tcp_reset_mid_message(proxy: Any) -> None:
