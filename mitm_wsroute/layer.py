@@ -109,6 +109,12 @@ def _flow_message(
     return message
 
 
+def _text_or_bytes(message: websocket.WebSocketMessage) -> str | bytes:
+    """What another addon made a message (or injected): its text, where what is no UTF-8 is
+    replaced (U+FFFD), as mitmproxy's own layer sends it; or its bytes."""
+    return message.content.decode(errors="replace") if message.is_text else message.content
+
+
 _new = object.__new__
 _WS_MESSAGE = websocket.WebSocketMessage
 
@@ -541,8 +547,10 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
                 self.codecs[side.other].relay = False
             return
         codec = self.codecs[to]
+        payload: bytes | None = content
         if message.content is not content:  # modified by another addon
-            data = message.text if isinstance(data, str) else message.content
+            payload = None
+            data = _text_or_bytes(message)
             frame_sizes = []
             if deflated is not None:
                 codec.relay = False
@@ -552,7 +560,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         else:  # as it came: compressed (unless the streams are still the same) or not
             compress = deflated is not None or not codec.relay
             if len(frame_sizes) <= 1:  # per message: most come in one frame
-                frames = codec.message(data, compress, message.content)
+                frames = codec.message(data, compress, payload)
             else:
                 frames = codec.fragmented(cut(data, frame_sizes), compress)
         if self.delays is None and self.socket.observer is None:
@@ -569,7 +577,7 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
         self._keep(message)
         yield wsl.WebsocketMessageHook(self.flow)
         if not message.dropped:
-            data = message.text if message.is_text else message.content
+            data = _text_or_bytes(message)
             yield from self._send(to, data)
 
     def _drain(self) -> layer.CommandGenerator[None]:

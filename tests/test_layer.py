@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from mitmproxy import exceptions, websocket
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.context import Context
+from mitmproxy.proxy.layers import websocket as wsl
 from mitmproxy.test import tflow
 from mitmproxy.websocket import WebSocketData
 from wsproto.frame_protocol import Opcode
@@ -38,6 +39,7 @@ from mitm_wsroute.connection import (
 )
 from mitm_wsroute.layer import RoutedWebsocketLayer
 from mitm_wsroute.route import WebSocketRoute
+from tests.layer_harness import EVENTS, INTERCEPT, OWN, Harness, Sender
 
 
 @given(
@@ -308,6 +310,29 @@ def test_an_async_hook_leaves_messages_to_mitmproxy() -> None:
 
     assert message_hooks([Async()], skip=None) is None
     assert message_hooks([Holder()], skip=None) is None
+
+
+@pytest.mark.parametrize("io", [EVENTS, OWN])
+def test_text_an_addon_makes_no_utf8_goes_on_with_replacement_characters(io: str) -> None:
+    # An intercept forwards what another addon's hook made of a text message, and sends what
+    # one injects; bytes that are no UTF-8 are replaced (U+FFFD), as mitmproxy's own layer
+    # does, rather than crashing the socket.
+    class Garble:
+        def websocket_message(self, flow: Any) -> None:
+            flow.websocket.messages[-1].content = b"ok \xff\xfe ok"
+
+    with Harness(mode=INTERCEPT, io=io, hooks=True) as h:
+        for side in (PAGE, SERVER):
+            h.connection.handlers[side].message = None
+        h.socket.hooks = message_hooks([Garble()], skip=None)
+        sender = Sender(PAGE, False)
+        h.receive(PAGE, sender.data(Opcode.TEXT, b"hello", True))
+        h.receive(PAGE, sender.data(Opcode.TEXT, b"again", True))
+        assert h.peer_messages[SERVER] == ["ok \ufffd\ufffd ok"] * 2
+        injected = websocket.WebSocketMessage(Opcode.TEXT, False, b"\xffto the client")
+        h.feed(wsl.WebSocketMessageInjected(h.flow, injected))  # ``inject.websocket``
+        assert h.peer_messages[PAGE] == ["\ufffdto the client"]
+        assert h.peer_closes == {PAGE: [], SERVER: []}
 
 
 def test_an_error_in_a_hook_is_logged_and_the_rest_run(caplog: pytest.LogCaptureFixture) -> None:
