@@ -377,8 +377,8 @@ class Codec:
         return data
 
     def _inflate_failed(self, out: list[Event], e: Exception) -> list[Event]:
-        if isinstance(e, OverflowError):
-            return self._fail(out, MESSAGE_TOO_BIG, str(e))
+        if isinstance(e, OverflowError):  # the limit, whatever was left of it for this piece
+            return self._fail(out, MESSAGE_TOO_BIG, f"message larger than {self.max_size} bytes")
         return self._fail(out, INVALID_DATA, f"invalid compressed data ({e})")
 
     def _control(self, opcode: int, payload: bytes, out: list[Event]) -> None:

@@ -329,6 +329,17 @@ def test_a_ping_between_compressed_fragments() -> None:
     assert joined(Codec(True, Deflate()).receive(data)) == [("Ping",), b"hello " * 50]
 
 
+def test_the_limit_a_message_read_in_pieces_broke_is_the_limit() -> None:
+    # The reason names the limit, not what was left of it for the piece that went past it:
+    # the same close reason however the message fell into reads.
+    body = Deflate().deflate([random.Random(0).randbytes(1500)])[0]  # about as big
+    frame = bytes([0xC2, 126]) + len(body).to_bytes(2) + body
+    codec = Codec(False, Deflate(), max_size=1000)
+    first = codec.receive(frame[:200])
+    assert [type(e) for e in first] == [Fragment]  # some of it, under the limit
+    assert codec.receive(frame[200:]) == [Failure(1009, "message larger than 1000 bytes")]
+
+
 def test_inflate_stops_past_the_limit() -> None:
     bomb = Deflate().deflate([b"\0" * 10_000_000])[0]  # 10 MB in about 10 KB
     frame = bytes([0xC2, 0xFF]) + len(bomb).to_bytes(8) + bomb

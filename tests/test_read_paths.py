@@ -38,6 +38,7 @@ from mitmproxy import websocket
 from mitmproxy.proxy.layers import websocket as wsl
 from wsproto.frame_protocol import Opcode
 
+from mitm_wsroute.addon_hooks import message_hooks
 from mitm_wsroute.connection import PAGE, SERVER, Side
 from tests.layer_harness import (
     COMPRESSED,
@@ -528,6 +529,21 @@ def acting(h: Harness) -> None:
     ws.on_message(on_message)
 
 
+class Meddler:
+    """Another addon's ``websocket_message`` hook: by each message's length, drops it,
+    makes a text message no UTF-8, doubles it, or leaves it."""
+
+    def websocket_message(self, flow: Any) -> None:
+        message = flow.websocket.messages[-1]
+        act = len(message.content) % 4
+        if act == 0:
+            message.drop()
+        elif act == 1:
+            message.content = b"\xff" + message.content
+        elif act == 2:
+            message.content *= 2
+
+
 def outcome(h: Harness) -> tuple[Any, ...]:
     """Everything the route, the peers and the flow saw, and what the proxy closed."""
     assert h.flow.websocket is not None
@@ -545,18 +561,19 @@ def outcome(h: Harness) -> tuple[Any, ...]:
 @SETTINGS
 @given(
     data=st.data(),
-    mode=st.sampled_from([MOCK, INTERCEPT]),
+    mode=st.sampled_from([MOCK, INTERCEPT, FORWARD]),
     path=st.sampled_from(PATHS),
     reader=st.sampled_from(READERS),
     limit=st.sampled_from([SMALL_LIMIT, BIG_LIMIT]),
+    meddle=st.booleans(),
 )
 def test_a_route_acts_the_same_however_the_reads_are_cut(
-    data: st.DataObject, mode: str, path: str, reader: tuple[str, bool], limit: int
+    data: st.DataObject, mode: str, path: str, reader: tuple[str, bool], limit: int, meddle: bool
 ) -> None:
     # The client's stream, in one read and cut at random (wake-ups run at once or later):
     # the route sees the same, the peers get the same messages, pongs and closes, and the
     # flow keeps the same messages, in the same order, as the route replies, stays silent or
-    # closes.
+    # closes (or, without handlers, as another addon's hook drops and changes messages).
     io, hooks = reader
     items, terminal = data.draw(streams, label="frames")
     w = wire(PAGE, items, terminal, path in COMPRESSED)
@@ -565,8 +582,15 @@ def test_a_route_acts_the_same_however_the_reads_are_cut(
     flushes = data.draw(st.lists(st.booleans(), min_size=len(reads), max_size=len(reads)))
     outcomes = []
     for chunks, flush in (([w], [True]), (reads, flushes)):
-        with Harness(mode=mode, path=path, io=io, hooks=hooks, limit=limit) as h:
-            acting(h)
+        with Harness(
+            mode=MOCK if mode == MOCK else INTERCEPT, path=path, io=io, hooks=hooks, limit=limit
+        ) as h:
+            if mode == FORWARD:
+                h.connection.handlers[PAGE].message = None
+            else:
+                acting(h)
+            if hooks and meddle:
+                h.socket.hooks = message_hooks([Meddler()], skip=None)
             for chunk, now in zip(chunks, flush, strict=True):
                 h.receive(PAGE, chunk, flush=now or io == EVENTS)
             h.flush_injected()
