@@ -198,6 +198,11 @@ def pieces(raw: bytes, cuts: tuple[int, ...]) -> list[bytes]:
 def wire(side: Side, items: list[Item], terminal: Any, compressed: bool) -> bytes:
     """The bytes a side's peer sends: `items`, then the terminal (a close, an error, or
     nothing)."""
+    return b"".join(frames_of(side, items, terminal, compressed))
+
+
+def frames_of(side: Side, items: list[Item], terminal: Any, compressed: bool) -> list[bytes]:
+    """`wire`, frame by frame (an error of two frames as one)."""
     s = Sender(side, compressed)
     masked = side is PAGE
     out = []
@@ -229,7 +234,7 @@ def wire(side: Side, items: list[Item], terminal: Any, compressed: bool) -> byte
             out.append(s.data(opcode, part, i == len(parts) - 1))
     elif isinstance(t, Raw):
         out.append(raw_error(t.name, masked, s))
-    return b"".join(out)
+    return [f for f in out if f]
 
 
 def raw_error(name: str, masked: bool, s: Sender) -> bytes:
@@ -595,5 +600,52 @@ def test_a_route_acts_the_same_however_the_reads_are_cut(
                 h.receive(PAGE, chunk, flush=now or io == EVENTS)
             h.flush_injected()
             h.connection_lost(PAGE)
+            outcomes.append(outcome(h))
+    assert outcomes[1] == outcomes[0]
+
+
+@SETTINGS
+@given(
+    data=st.data(),
+    mode=st.sampled_from([INTERCEPT, FORWARD]),
+    path=st.sampled_from(PATHS),
+    reader=st.sampled_from(READERS),
+    limit=st.sampled_from([SMALL_LIMIT, BIG_LIMIT]),
+    meddle=st.booleans(),
+)
+def test_an_intercept_acts_the_same_however_each_sides_reads_are_cut(
+    data: st.DataObject, mode: str, path: str, reader: tuple[str, bool], limit: int, meddle: bool
+) -> None:
+    # Both peers write, their frames in one order. Each frame in a read of its own, and each
+    # run of one side's frames in reads cut at random (what one side sent in between stays in
+    # between): the same for the route, the peers and the flow.
+    io, hooks = reader
+    frames = {
+        side: frames_of(side, *data.draw(streams, label=f"{side} frames"), path in COMPRESSED)
+        for side in (PAGE, SERVER)
+    }
+    order = data.draw(st.permutations([PAGE] * len(frames[PAGE]) + [SERVER] * len(frames[SERVER])))
+    sequence = [(side, frames[side].pop(0)) for side in order]
+    cut: list[tuple[Side, bytes]] = []
+    for side, run in itertools.groupby(sequence, key=lambda item: item[0]):
+        joined = b"".join(f for _, f in run)
+        cuts = data.draw(st.lists(st.integers(1, max(1, len(joined) - 1)), max_size=4))
+        cut += [(side, p) for p in pieces(joined, tuple(sorted(set(cuts)))) if p]
+    flushes = data.draw(st.lists(st.booleans(), min_size=len(cut), max_size=len(cut)))
+    outcomes = []
+    for reads, flush in ((sequence, [True] * len(sequence)), (cut, flushes)):
+        with Harness(mode=INTERCEPT, path=path, io=io, hooks=hooks, limit=limit) as h:
+            if mode == FORWARD:
+                for side in (PAGE, SERVER):
+                    h.connection.handlers[side].message = None
+            else:
+                acting(h)
+            if hooks and meddle:
+                h.socket.hooks = message_hooks([Meddler()], skip=None)
+            for (side, chunk), now in zip(reads, flush, strict=True):
+                h.receive(side, chunk, flush=now or io == EVENTS)
+            h.flush_injected()
+            for side in (SERVER, PAGE):
+                h.connection_lost(side)
             outcomes.append(outcome(h))
     assert outcomes[1] == outcomes[0]
