@@ -575,18 +575,21 @@ def outcome(h: Harness) -> tuple[Any, ...]:
 def test_a_route_acts_the_same_however_the_reads_are_cut(
     data: st.DataObject, mode: str, path: str, reader: tuple[str, bool], limit: int, meddle: bool
 ) -> None:
-    # The client's stream, in one read and cut at random (wake-ups run at once or later):
-    # the route sees the same, the peers get the same messages, pongs and closes, and the
-    # flow keeps the same messages, in the same order, as the route replies, stays silent or
-    # closes (or, without handlers, as another addon's hook drops and changes messages).
+    # The client's stream, in one read and cut at random (wake-ups run at once or later;
+    # mitmproxy's message hooks answered at once or after later reads): the route sees the
+    # same, the peers get the same messages, pongs and closes, and the flow keeps the same
+    # messages, in the same order, as the route replies, stays silent or closes (or, without
+    # handlers, as another addon's hook drops and changes messages).
     io, hooks = reader
     items, terminal = data.draw(streams, label="frames")
     w = wire(PAGE, items, terminal, path in COMPRESSED)
     cuts = sorted(set(data.draw(st.lists(st.integers(1, max(1, len(w) - 1)), max_size=12))))
     reads = [p for p in pieces(w, tuple(c for c in cuts if c < len(w))) if p]
     flushes = data.draw(st.lists(st.booleans(), min_size=len(reads), max_size=len(reads)))
+    late = hooks and not meddle and data.draw(st.booleans(), label="hooks answered late")
+    releases = data.draw(st.lists(st.integers(0, 3), min_size=len(reads), max_size=len(reads)))
     outcomes = []
-    for chunks, flush in (([w], [True]), (reads, flushes)):
+    for chunks, flush, held in (([w], [True], False), (reads, flushes, late)):
         with Harness(
             mode=MOCK if mode == MOCK else INTERCEPT, path=path, io=io, hooks=hooks, limit=limit
         ) as h:
@@ -596,8 +599,15 @@ def test_a_route_acts_the_same_however_the_reads_are_cut(
                 acting(h)
             if hooks and meddle:
                 h.socket.hooks = message_hooks([Meddler()], skip=None)
-            for chunk, now in zip(chunks, flush, strict=True):
+            if held:  # mitmproxy's hooks wait: the layer waits, what is read meanwhile too
+                h.hold_hooks = 1_000_000
+            for chunk, now, release in zip(chunks, flush, releases, strict=False):
                 h.receive(PAGE, chunk, flush=now or io == EVENTS)
+                for _ in range(min(release, len(h.held))):
+                    h.release_hook()
+            h.hold_hooks = 0
+            while h.held:
+                h.release_hook()
             h.flush_injected()
             h.connection_lost(PAGE)
             outcomes.append(outcome(h))
