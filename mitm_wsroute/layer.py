@@ -487,6 +487,8 @@ class RoutedWebsocketLayer(_ORIGINAL):  # type: ignore[misc,valid-type]
     def _close_received(self, side: Side, close: Close) -> layer.CommandGenerator[None]:
         """The peer's close frame: echoed at once unless ours went first (RFC 6455 §5.5.1)."""
         assert self.socket is not None
+        # proxy: Playwright keeps a page that closed CLOSING until the upstream's close is
+        # done, and gives it the upstream's code; here each peer's close is answered at once.
         codec = self.codecs[side]
         codec.receive_close()
         if codec.state is REMOTE_CLOSING:
