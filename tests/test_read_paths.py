@@ -575,11 +575,12 @@ def outcome(h: Harness) -> tuple[Any, ...]:
 def test_a_route_acts_the_same_however_the_reads_are_cut(
     data: st.DataObject, mode: str, path: str, reader: tuple[str, bool], limit: int, meddle: bool
 ) -> None:
-    # The client's stream, in one read and cut at random (wake-ups run at once or later;
-    # mitmproxy's message hooks answered at once or after later reads): the route sees the
-    # same, the peers get the same messages, pongs and closes, and the flow keeps the same
-    # messages, in the same order, as the route replies, stays silent or closes (or, without
-    # handlers, as another addon's hook drops and changes messages).
+    # The client's stream, in one read on one read path and cut at random on the other
+    # (wake-ups run at once or later; mitmproxy's message hooks answered at once or after
+    # later reads): the route sees the same, the peers get the same messages, pongs and
+    # closes, and the flow keeps the same messages, in the same order, as the route replies,
+    # stays silent or closes (or, without handlers, as another addon's hook drops and changes
+    # messages).
     io, hooks = reader
     items, terminal = data.draw(streams, label="frames")
     w = wire(PAGE, items, terminal, path in COMPRESSED)
@@ -589,9 +590,10 @@ def test_a_route_acts_the_same_however_the_reads_are_cut(
     late = hooks and not meddle and data.draw(st.booleans(), label="hooks answered late")
     releases = data.draw(st.lists(st.integers(0, 3), min_size=len(reads), max_size=len(reads)))
     outcomes = []
-    for chunks, flush, held in (([w], [True], False), (reads, flushes, late)):
+    other = EVENTS if io == OWN else OWN
+    for chunks, flush, held, by in (([w], [True], False, other), (reads, flushes, late, io)):
         with Harness(
-            mode=MOCK if mode == MOCK else INTERCEPT, path=path, io=io, hooks=hooks, limit=limit
+            mode=MOCK if mode == MOCK else INTERCEPT, path=path, io=by, hooks=hooks, limit=limit
         ) as h:
             if mode == FORWARD:
                 h.connection.handlers[PAGE].message = None
@@ -602,7 +604,7 @@ def test_a_route_acts_the_same_however_the_reads_are_cut(
             if held:  # mitmproxy's hooks wait: the layer waits, what is read meanwhile too
                 h.hold_hooks = 1_000_000
             for chunk, now, release in zip(chunks, flush, releases, strict=False):
-                h.receive(PAGE, chunk, flush=now or io == EVENTS)
+                h.receive(PAGE, chunk, flush=now or by == EVENTS)
                 for _ in range(min(release, len(h.held))):
                     h.release_hook()
             h.hold_hooks = 0
@@ -626,9 +628,9 @@ def test_a_route_acts_the_same_however_the_reads_are_cut(
 def test_an_intercept_acts_the_same_however_each_sides_reads_are_cut(
     data: st.DataObject, mode: str, path: str, reader: tuple[str, bool], limit: int, meddle: bool
 ) -> None:
-    # Both peers write, their frames in one order. Each frame in a read of its own, and each
-    # run of one side's frames in reads cut at random (what one side sent in between stays in
-    # between): the same for the route, the peers and the flow.
+    # Both peers write, their frames in one order. Each frame in a read of its own on one read
+    # path, and each run of one side's frames in reads cut at random on the other (what one
+    # side sent in between stays in between): the same for the route, the peers and the flow.
     io, hooks = reader
     frames = {
         side: frames_of(side, *data.draw(streams, label=f"{side} frames"), path in COMPRESSED)
@@ -643,8 +645,9 @@ def test_an_intercept_acts_the_same_however_each_sides_reads_are_cut(
         cut += [(side, p) for p in pieces(joined, tuple(sorted(set(cuts)))) if p]
     flushes = data.draw(st.lists(st.booleans(), min_size=len(cut), max_size=len(cut)))
     outcomes = []
-    for reads, flush in ((sequence, [True] * len(sequence)), (cut, flushes)):
-        with Harness(mode=INTERCEPT, path=path, io=io, hooks=hooks, limit=limit) as h:
+    other = EVENTS if io == OWN else OWN
+    for reads, flush, by in ((sequence, [True] * len(sequence), other), (cut, flushes, io)):
+        with Harness(mode=INTERCEPT, path=path, io=by, hooks=hooks, limit=limit) as h:
             if mode == FORWARD:
                 for side in (PAGE, SERVER):
                     h.connection.handlers[side].message = None
@@ -653,7 +656,7 @@ def test_an_intercept_acts_the_same_however_each_sides_reads_are_cut(
             if hooks and meddle:
                 h.socket.hooks = message_hooks([Meddler()], skip=None)
             for (side, chunk), now in zip(reads, flush, strict=True):
-                h.receive(side, chunk, flush=now or io == EVENTS)
+                h.receive(side, chunk, flush=now or by == EVENTS)
             h.flush_injected()
             for side in (SERVER, PAGE):
                 h.connection_lost(side)
