@@ -563,6 +563,40 @@ def outcome(h: Harness) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+def acted(
+    reads: list[tuple[Side, bytes]], flushes: list[bool], releases: list[int], late: bool,
+    mode: str, path: str, io: str, hooks: bool, limit: int, meddle: bool,
+) -> tuple[Any, ...]:  # fmt: skip
+    """The `outcome` of `reads` through a routed socket: a mock or an intercept whose route
+    is `acting`, or an intercept without handlers (`FORWARD`), under a `Meddler` with the
+    hooks on if `meddle`. After each read, the wake-ups run (`flushes`) and, with `late`,
+    some of mitmproxy's message hooks held back so far are answered (`releases`; the rest at
+    the end); without, each is answered at once."""
+    with Harness(
+        mode=MOCK if mode == MOCK else INTERCEPT, path=path, io=io, hooks=hooks, limit=limit
+    ) as h:
+        if mode == FORWARD:
+            for side in (PAGE, SERVER):
+                h.connection.handlers[side].message = None
+        else:
+            acting(h)
+        if hooks and meddle:
+            h.socket.hooks = message_hooks([Meddler()], skip=None)
+        if late:  # mitmproxy's hooks wait: the layer waits, what is read meanwhile too
+            h.hold_hooks = 1_000_000
+        for (side, chunk), now, release in zip(reads, flushes, releases, strict=True):
+            h.receive(side, chunk, flush=now or io == EVENTS)
+            for _ in range(min(release, len(h.held))):
+                h.release_hook()
+        h.hold_hooks = 0
+        while h.held:
+            h.release_hook()
+        h.flush_injected()
+        for side in reversed(h.sides):  # the server's connection ends first
+            h.connection_lost(side)
+        return outcome(h)
+
+
 @SETTINGS
 @given(
     data=st.data(),
@@ -589,31 +623,10 @@ def test_a_route_acts_the_same_however_the_reads_are_cut(
     flushes = data.draw(st.lists(st.booleans(), min_size=len(reads), max_size=len(reads)))
     late = hooks and not meddle and data.draw(st.booleans(), label="hooks answered late")
     releases = data.draw(st.lists(st.integers(0, 3), min_size=len(reads), max_size=len(reads)))
-    outcomes = []
     other = EVENTS if io == OWN else OWN
-    for chunks, flush, held, by in (([w], [True], False, other), (reads, flushes, late, io)):
-        with Harness(
-            mode=MOCK if mode == MOCK else INTERCEPT, path=path, io=by, hooks=hooks, limit=limit
-        ) as h:
-            if mode == FORWARD:
-                h.connection.handlers[PAGE].message = None
-            else:
-                acting(h)
-            if hooks and meddle:
-                h.socket.hooks = message_hooks([Meddler()], skip=None)
-            if held:  # mitmproxy's hooks wait: the layer waits, what is read meanwhile too
-                h.hold_hooks = 1_000_000
-            for chunk, now, release in zip(chunks, flush, releases, strict=False):
-                h.receive(PAGE, chunk, flush=now or by == EVENTS)
-                for _ in range(min(release, len(h.held))):
-                    h.release_hook()
-            h.hold_hooks = 0
-            while h.held:
-                h.release_hook()
-            h.flush_injected()
-            h.connection_lost(PAGE)
-            outcomes.append(outcome(h))
-    assert outcomes[1] == outcomes[0]
+    reference = acted([(PAGE, w)], [True], [0], False, mode, path, other, hooks, limit, meddle)
+    cut = [(PAGE, r) for r in reads]
+    assert acted(cut, flushes, releases, late, mode, path, io, hooks, limit, meddle) == reference
 
 
 @SETTINGS
@@ -630,7 +643,8 @@ def test_an_intercept_acts_the_same_however_each_sides_reads_are_cut(
 ) -> None:
     # Both peers write, their frames in one order. Each frame in a read of its own on one read
     # path, and each run of one side's frames in reads cut at random on the other (what one
-    # side sent in between stays in between): the same for the route, the peers and the flow.
+    # side sent in between stays in between; mitmproxy's hooks answered at once or late):
+    # the same for the route, the peers and the flow.
     io, hooks = reader
     frames = {
         side: frames_of(side, *data.draw(streams, label=f"{side} frames"), path in COMPRESSED)
@@ -644,21 +658,9 @@ def test_an_intercept_acts_the_same_however_each_sides_reads_are_cut(
         cuts = data.draw(st.lists(st.integers(1, max(1, len(joined) - 1)), max_size=4))
         cut += [(side, p) for p in pieces(joined, tuple(sorted(set(cuts)))) if p]
     flushes = data.draw(st.lists(st.booleans(), min_size=len(cut), max_size=len(cut)))
-    outcomes = []
+    late = hooks and not meddle and data.draw(st.booleans(), label="hooks answered late")
+    releases = data.draw(st.lists(st.integers(0, 3), min_size=len(cut), max_size=len(cut)))
     other = EVENTS if io == OWN else OWN
-    for reads, flush, by in ((sequence, [True] * len(sequence), other), (cut, flushes, io)):
-        with Harness(mode=INTERCEPT, path=path, io=by, hooks=hooks, limit=limit) as h:
-            if mode == FORWARD:
-                for side in (PAGE, SERVER):
-                    h.connection.handlers[side].message = None
-            else:
-                acting(h)
-            if hooks and meddle:
-                h.socket.hooks = message_hooks([Meddler()], skip=None)
-            for (side, chunk), now in zip(reads, flush, strict=True):
-                h.receive(side, chunk, flush=now or by == EVENTS)
-            h.flush_injected()
-            for side in (SERVER, PAGE):
-                h.connection_lost(side)
-            outcomes.append(outcome(h))
-    assert outcomes[1] == outcomes[0]
+    n = len(sequence)
+    reference = acted(sequence, [True] * n, [0] * n, False, mode, path, other, hooks, limit, meddle)
+    assert acted(cut, flushes, releases, late, mode, path, io, hooks, limit, meddle) == reference
