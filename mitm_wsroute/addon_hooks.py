@@ -35,16 +35,29 @@ class MessageHooks:
 
     def call(self, flow: http.HTTPFlow) -> bool:
         """Call the hooks for the newest message of `flow`; True if one intercepted it."""
-        for handlers, arg in ((self.message, flow), (self.update, [flow])):
-            for handler in handlers:
-                try:
-                    handler(arg)  # type: ignore[arg-type]
-                except AddonHalt:
-                    break
-                except Exception:  # logged as mitmproxy logs it; `safecall` (a generator's
-                    with safecall():  # context) costs a microsecond: only once one raised
-                        raise
+        _call_each(self.message, flow)
+        if self.update:  # mitmdump's addons have none: per message, no list
+            _call_each(self.update, [flow])
         return flow.intercepted
+
+
+def _call_each(handlers: tuple[Callable[[Any], object], ...], arg: object) -> None:
+    """Call each handler with `arg`, as mitmproxy's ``safecall`` would: an error is logged,
+    `AddonHalt` stops the rest."""
+    for handler in handlers:
+        try:
+            handler(arg)
+        except AddonHalt:
+            return
+        except Exception:
+            _log_error()
+
+
+def _log_error() -> None:
+    """Log the exception being handled as mitmproxy logs an addon's. Its `safecall` (a
+    generator's context) costs a microsecond: only once a hook raised."""
+    with safecall():
+        raise
 
 
 def message_hooks(chain: list[Any], skip: object) -> MessageHooks | None:
