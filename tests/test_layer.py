@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
+import traceback
 import weakref
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
@@ -341,9 +342,15 @@ def test_an_error_in_a_hook_is_logged_and_the_rest_run(caplog: pytest.LogCapture
     def broken(flow: Any) -> None:
         raise ValueError("addon bug")
 
-    hooks = MessageHooks((broken, seen.append), ())
+    hooks = MessageHooks((broken, seen.append), (broken,))
     hooks.call(tflow.twebsocketflow())
     assert len(seen) == 1 and "Addon error: addon bug" in caplog.text
+    errors = [r for r in caplog.records if r.getMessage() == "Addon error: addon bug"]
+    assert len(errors) == 2  # the message hook's, then the update hook's
+    for record in errors:
+        assert record.exc_info is not None
+        frames = traceback.extract_tb(record.exc_info[2])
+        assert frames[-1].name == "broken"  # the addon's own code, where it raised
 
 
 def test_an_ended_socket_is_freed() -> None:
