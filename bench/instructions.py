@@ -11,11 +11,11 @@ case runs ``mitmdump`` under callgrind, warms up, zeroes the counters (``callgri
 CPU: counts do not depend on it.
 
 Used by run.py when valgrind is installed; runs alone too (``python bench/instructions.py``).
-``--cached-dispatch`` runs every mitmdump with mitmproxy's `AddonManager` patched by the
-hook-dispatch cache proposed in upstream/hook-dispatch-cache/ (see bench/cached_dispatch.py):
-what the hooks would cost with it. ``--only TEXT`` (repeatable) keeps the cases whose label
-contains one of the texts. ``--wss`` echoes over wss:// (TLS between the client and the proxy,
-and between the proxy and the echo server), without permessage-deflate as over ws://.
+``--upstream NAME`` (repeatable) runs every mitmdump with mitmproxy changed as proposed in
+upstream/NAME/ (see bench/upstream_patches.py): what the proxy would cost with it. ``--only
+TEXT`` (repeatable) keeps the cases whose label contains one of the texts. ``--wss`` echoes
+over wss:// (TLS between the client and the proxy, and between the proxy and the echo
+server), without permessage-deflate as over ws://.
 ``--batch B`` has the client send B messages before it reads their echoes, each in a write of
 its own (a TLS record each over wss), as Node's ``ws`` does when it sends in a loop: the proxy
 then reads many frames at once, and what it costs per message stands out from what it costs
@@ -37,8 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import cached_dispatch
 import proxies
+import upstream_patches
 from proxies import ADDON, CPUS, HERE, start, start_mitmdump, stop
 from websockets.asyncio.client import connect
 
@@ -122,7 +122,8 @@ def per_echo(
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cached-dispatch", action="store_true")
+    parser.add_argument("--upstream", action="append", default=[], metavar="NAME",
+                        help="with mitmproxy patched as upstream/NAME/ proposes")  # fmt: skip
     parser.add_argument("--only", action="append", default=[], metavar="TEXT")
     parser.add_argument("--wss", action="store_true", help="over wss:// instead of ws://")
     parser.add_argument("--batch", type=int, default=1, metavar="B",
@@ -136,8 +137,8 @@ async def main() -> None:
         upstream = f"wss://localhost:{port}" if args.wss else f"ws://127.0.0.1:{port}"
         extra = ("--set", "ssl_insecure=true") if args.wss else ()
         try:
-            if args.cached_dispatch:
-                path = cached_dispatch.overlay(Path(confdir, "patched"))
+            if args.upstream:
+                path = upstream_patches.overlay(Path(confdir, "patched"), args.upstream)
                 os.environ["PYTHONPATH"] = os.pathsep.join(
                     [str(path), *filter(None, [os.environ.get("PYTHONPATH")])]
                 )

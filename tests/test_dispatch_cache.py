@@ -29,26 +29,17 @@ from mitmproxy.proxy.layers.http import HttpRequestHook  # type: ignore[attr-def
 from mitmproxy.proxy.layers.websocket import WebsocketMessageHook
 from mitmproxy.test import taddons, tflow
 
-PATCH = (
-    Path(__file__).resolve().parent.parent
-    / "upstream"
-    / "hook-dispatch-cache"
-    / "addonmanager.patch"
-)
+from tests.upstream_patch import UPSTREAM, patched_spec
+
+PATCH = UPSTREAM / "hook-dispatch-cache" / "addonmanager.patch"
 INSTALLED = Path(addonmanager.__file__).resolve()
 SITE = INSTALLED.parent.parent  # the root `patch -p1` applies in
 
 
 def _load_patched(directory: Path) -> ModuleType:
     """mitmproxy/addonmanager.py with the patch applied, as a module of the same name."""
-    target = directory / "mitmproxy" / "addonmanager.py"
-    target.parent.mkdir(parents=True)
-    target.write_bytes(INSTALLED.read_bytes())
-    subprocess.run(
-        ["patch", "-p1", "--batch", "--quiet", "-i", str(PATCH)], cwd=directory, check=True
-    )
-    spec = importlib.util.spec_from_file_location("mitmproxy.addonmanager", target)
-    assert spec is not None and spec.loader is not None
+    spec = patched_spec(directory, "hook-dispatch-cache", INSTALLED, "mitmproxy.addonmanager")
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     registered = dict(hooks.all_hooks)
     with warnings.catch_warnings():
