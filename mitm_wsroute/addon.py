@@ -502,12 +502,23 @@ class WsRoute:
             flow.metadata["wsroute"]["mode"] = "mock (upstream failed)"
 
     def _flow_updated(self, flow: http.HTTPFlow) -> None:
-        ctx.master.addons.trigger(hooks.UpdateHook([flow]))
+        """Tell other addons that `flow` changed (mitmproxy's ``update`` hook). A socket whose
+        layer calls the hooks itself calls the same ``update`` handlers as after each message
+        (those of the addons loaded when it opened; none in mitmdump), else mitmproxy walks
+        every addon."""
+        socket = layer.routed_socket(flow)
+        if socket is None or socket.hooks is None:
+            ctx.master.addons.trigger(hooks.UpdateHook([flow]))
+        else:
+            socket.hooks.updated(flow)
 
     def _flow_updated_soon(self, flow: http.HTTPFlow) -> None:
         """`_flow_updated`, at most once per `UPDATE_DELAY` and flow."""
         if flow in self._updates_due:
             return
+        socket = layer.routed_socket(flow)
+        if socket is not None and socket.hooks is not None and not socket.hooks.update:
+            return  # no addon has an update hook: nothing to schedule
         self._updates_due.add(flow)
         asyncio.get_running_loop().call_later(UPDATE_DELAY, self._update_due, flow)
 

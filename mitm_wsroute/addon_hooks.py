@@ -36,9 +36,13 @@ class MessageHooks:
     def call(self, flow: http.HTTPFlow) -> bool:
         """Call the hooks for the newest message of `flow`; True if one intercepted it."""
         _call_each(self.message, flow)
+        self.updated(flow)
+        return flow.intercepted
+
+    def updated(self, flow: http.HTTPFlow) -> None:
+        """Call the ``update`` hooks: `flow` changed (also for messages a route sent)."""
         if self.update:  # mitmdump's addons have none: per message, no list
             _call_each(self.update, [flow])
-        return flow.intercepted
 
 
 def _call_each(handlers: tuple[Callable[[Any], object], ...], arg: object) -> None:

@@ -22,6 +22,7 @@ from wsproto.frame_protocol import Opcode
 from mitm_wsroute import addon as addon_module
 from mitm_wsroute import layer, own_io, patches
 from mitm_wsroute.addon import WsRoute, accept, requested_protocols
+from mitm_wsroute.addon_hooks import MessageHooks
 from mitm_wsroute.connection import PAGE, SERVER, CloseSide, Send, StartCloseTimer, State
 
 ROUTES = """
@@ -135,6 +136,30 @@ async def test_intercept_goes_upstream(addon: Any) -> None:
     await a.request(f)
     assert f.response is None
     assert f.metadata["wsroute"]["mode"] == "intercept"
+
+
+async def test_route_sent_messages_update_only_the_addons_with_an_update_hook(
+    addon: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, tctx = addon
+    f = upgrade("/mock")
+    await a.request(f)
+    socket = layer.routed_socket(f)
+    assert socket is not None and socket.hooks is not None
+    walks: list[object] = []  # mitmproxy's own dispatch: every addon of the chain
+    monkeypatch.setattr(tctx.master.addons, "trigger", walks.append)
+    seen: list[object] = []
+    socket.hooks = MessageHooks((), (seen.append,))  # as an addon with `update` makes it
+    a._flow_updated(f)
+    assert seen == [[f]] and walks == []
+    socket.hooks = MessageHooks((), ())  # mitmdump: no addon has one
+    a._flow_updated_soon(f)
+    assert f not in a._updates_due  # nothing is even scheduled
+    a._flow_updated(f)
+    assert seen == [[f]] and walks == []
+    socket.hooks = None  # an async hook, or the hooks off: mitmproxy calls them all
+    a._flow_updated(f)
+    assert len(walks) == 1
 
 
 @pytest.mark.parametrize(
