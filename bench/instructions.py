@@ -2,8 +2,9 @@
 
 Timings on a shared machine move from run to run; instruction counts do not (the same count,
 to a few parts in ten thousand, whatever else the machine does), except where the proxy
-acts on the clock: with the hooks on, a mock's coalesced ``update`` hooks (at most one per
-0.2 s) fall more often on each echo the slower the run, so compare hooks-off counts. Each
+acts on the clock: a mock's coalesced ``update`` hooks (at most one per 0.2 s) would fall
+more often on each echo the slower the run, but only where an addon has an ``update`` hook
+(none of mitmdump's has one, and since 5e2b898 nothing is then called). Each
 case runs ``mitmdump`` under callgrind, warms up, zeroes the counters (``callgrind_control
 -z``), does `n` sequential echoes of one message size, and dumps the counters
 (``callgrind_control -d``): the count covers exactly those echoes, the whole proxy included
