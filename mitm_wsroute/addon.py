@@ -267,6 +267,8 @@ class WsRoute:
 
     def configure(self, updated: set[str]) -> None:
         _check_option_names(ctx.options)
+        if "scripts" in updated:  # mitmproxy's scripts, reordered: so are their hooks
+            patches.chain_changed(ctx.master.addons)
         if "wsroute_gc_freeze" in updated and not self._gc_decided:  # read once
             self._gc_decided = True
             if ctx.options.wsroute_gc_freeze:
@@ -386,7 +388,7 @@ class WsRoute:
         )
         if ctx.options.wsroute_message_hooks:
             # other addons' hooks called by the layer itself, when it can (all synchronous)
-            socket.hooks = message_hooks(ctx.master.addons.chain, self)
+            socket.hooks = message_hooks(ctx.master.addons, self)
         layer.routed_socket(flow, socket)
         flow.metadata["wsroute"] = {"url": url, "route": route.origin}
         try:
@@ -504,8 +506,7 @@ class WsRoute:
     def _flow_updated(self, flow: http.HTTPFlow) -> None:
         """Tell other addons that `flow` changed (mitmproxy's ``update`` hook). A socket whose
         layer calls the hooks itself calls the same ``update`` handlers as after each message
-        (those of the addons loaded when it opened; none in mitmdump), else mitmproxy walks
-        every addon."""
+        (none in mitmdump), else mitmproxy walks every addon."""
         socket = layer.routed_socket(flow)
         if socket is None or socket.hooks is None:
             ctx.master.addons.trigger(hooks.UpdateHook([flow]))

@@ -4,7 +4,10 @@ mitmproxy calls a ``websocket_message`` hook through its event machinery: a task
 through the whole layer stack for each message. When every loaded addon's ``websocket_message``
 and ``update`` handlers are synchronous, the layer calls them itself (`MessageHooks`), in the
 order and with the error handling mitmproxy's ``handle_lifecycle`` has; an addon that
-intercepts the flow holds the socket until it is resumed (`WaitForResume`).
+intercepts the flow holds the socket until it is resumed (`WaitForResume`). A socket's handlers
+are looked up when it opens and again whenever the addon chain changes (`patches` tells it:
+an addon added or removed, a script loaded again), so that it calls the handlers mitmproxy
+would.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import inspect
 import types
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mitmproxy import http
@@ -32,6 +35,14 @@ class MessageHooks:
 
     message: tuple[Callable[[http.HTTPFlow], object], ...]
     update: tuple[Callable[[list[http.HTTPFlow]], object], ...]
+    #: mitmproxy's ``AddonManager`` they were found in, and the addon left out (ours): what
+    #: `again` looks them up in.
+    addons: Any = field(default=None, compare=False, repr=False)
+    skip: object = field(default=None, compare=False, repr=False)
+
+    def again(self) -> MessageHooks | None:
+        """The handlers of the addon chain as it is now (`message_hooks`)."""
+        return message_hooks(self.addons, self.skip)
 
     def call(self, flow: http.HTTPFlow) -> bool:
         """Call the hooks for the newest message of `flow`; True if one intercepted it."""
@@ -64,12 +75,13 @@ def _log_error() -> None:
         raise
 
 
-def message_hooks(chain: list[Any], skip: object) -> MessageHooks | None:
-    """The ``websocket_message`` and ``update`` handlers of the addons in `chain` (and the
-    addons they hold, as mitmproxy walks them) but `skip`; None if any is a coroutine
-    function, which only mitmproxy's machinery can await."""
+def message_hooks(addons: Any, skip: object) -> MessageHooks | None:
+    """The ``websocket_message`` and ``update`` handlers of the addons in the chain of
+    `addons` (mitmproxy's ``AddonManager``; and the addons they hold, as mitmproxy walks them)
+    but `skip`; None if any is a coroutine function, which only mitmproxy's machinery can
+    await."""
     found: dict[str, list[Callable[..., object]]] = {"websocket_message": [], "update": []}
-    for addon in traverse(chain):
+    for addon in traverse(addons.chain):
         if addon is skip:
             continue
         for name, handlers in found.items():
@@ -79,7 +91,7 @@ def message_hooks(chain: list[Any], skip: object) -> MessageHooks | None:
             if not callable(handler) or _is_async(handler):
                 return None
             handlers.append(handler)
-    return MessageHooks(tuple(found["websocket_message"]), tuple(found["update"]))
+    return MessageHooks(tuple(found["websocket_message"]), tuple(found["update"]), addons, skip)
 
 
 def _is_async(handler: Callable[..., object]) -> bool:

@@ -1,12 +1,15 @@
 """What the addon changes in mitmproxy, at start (`install`): its `WebsocketLayer` becomes
 `layer.RoutedWebsocketLayer` for every WebSocket (a flow without a route runs mitmproxy's own
-code, untouched), and `HttpStream.make_server_connection` lets a route take over when the
-upstream cannot be reached. `check_internals` refuses to run on a mitmproxy whose internals
-moved. `share_ctx_per_thread` lets the test API run several masters in one process.
+code, untouched), `HttpStream.make_server_connection` lets a route take over when the
+upstream cannot be reached, and `AddonManager.register` and ``remove`` tell the routed
+sockets that the addon chain changed (`chain_changed`). `check_internals` refuses to run on a
+mitmproxy whose internals moved. `share_ctx_per_thread` lets the test API run several masters
+in one process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -14,6 +17,7 @@ import types
 from typing import Any, ClassVar
 
 from mitmproxy import websocket
+from mitmproxy.addonmanager import AddonManager
 from mitmproxy.proxy import layer
 from mitmproxy.proxy.layers import websocket as wsl
 from mitmproxy.proxy.layers.http import GetHttpConnection, HttpStream
@@ -26,7 +30,7 @@ from .handshake import accept
 from .layer import _ORIGINAL, RoutedWebsocketLayer, _flow_message, _routed
 from .own_io import names_used, own_io_problems
 
-__all__ = ["check_internals", "install", "share_ctx_per_thread"]
+__all__ = ["chain_changed", "check_internals", "install", "share_ctx_per_thread"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +72,59 @@ def _make_server_connection(self: HttpStream) -> layer.CommandGenerator[bool]:
     return False
 
 
+_ORIGINAL_REGISTER = getattr(AddonManager, "_wsroute_original_register", AddonManager.register)
+_ORIGINAL_REMOVE = getattr(AddonManager, "_wsroute_original_remove", AddonManager.remove)
+
+
+def _register(self: AddonManager, addon: Any) -> Any:
+    """`AddonManager.register` (``add`` and a script's load call it), then `chain_changed`."""
+    try:
+        return _ORIGINAL_REGISTER(self, addon)
+    finally:
+        chain_changed(self)
+
+
+def _remove(self: AddonManager, addon: Any) -> None:
+    """`AddonManager.remove` (a script's reload and unload call it), then `chain_changed`."""
+    try:
+        _ORIGINAL_REMOVE(self, addon)
+    finally:
+        chain_changed(self)
+
+
+#: The addon managers whose sockets look their hooks up again soon (`chain_changed`).
+_hooks_due: set[AddonManager] = set()
+
+
+def chain_changed(addons: AddonManager) -> None:
+    """The addon chain of `addons` changed: every routed socket whose layer calls the other
+    addons' message hooks itself looks them up again (`MessageHooks.again`), so that a socket
+    open across the change calls the hooks mitmproxy would call. After the current callback
+    (once, however many changes it made): a script's reload removes its old module and
+    registers the new one before its addon hands the new one out."""
+    if addons in _hooks_due:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # no loop runs (mitmproxy's test helpers): nothing else to wait for
+        _hooks_again(addons)
+        return
+    _hooks_due.add(addons)
+    loop.call_soon(_hooks_again, addons)
+
+
+def _hooks_again(addons: AddonManager) -> None:
+    _hooks_due.discard(addons)
+    # The plain dict under the weak one, copied in one step: the test API's other masters,
+    # on their own threads, may add sockets meanwhile.
+    sockets: list[Any] = list(_routed.data.values())  # type: ignore[attr-defined]
+    for socket in sockets:
+        hooks = socket.hooks
+        if hooks is not None and hooks.addons is addons:
+            # None now (an async hook came): mitmproxy's machinery carries every message on
+            socket.hooks = hooks.again()
+
+
 def check_internals() -> None:
     """Raise `RuntimeError` unless mitmproxy's internals are the ones this layer was built on."""
     problems = []
@@ -76,6 +133,7 @@ def check_internals() -> None:
         (wsl.WebsocketConnection, ("send2",)),
         (wsl, ("WebsocketStartHook", "WebsocketMessageHook", "WebsocketEndHook")),
         (HttpStream, ("make_server_connection", "send_response", "flow_done")),
+        (AddonManager, ("register", "remove")),
     ):
         problems += [
             f"{getattr(owner, '__name__', owner)}.{n}" for n in names if not hasattr(owner, n)
@@ -97,7 +155,8 @@ def check_internals() -> None:
 
 
 def install() -> None:
-    """Make mitmproxy create our layer for every WebSocket (routed or not). Idempotent."""
+    """Make mitmproxy create our layer for every WebSocket (routed or not), and tell routed
+    sockets when the addon chain changes. Idempotent."""
     check_internals()
     problems = own_io_problems()
     if problems:
@@ -110,6 +169,10 @@ def install() -> None:
     wsl.WebsocketLayer = RoutedWebsocketLayer  # type: ignore[misc]
     HttpStream._wsroute_original_make_server_connection = _ORIGINAL_MAKE_SERVER_CONNECTION  # type: ignore[attr-defined]
     HttpStream.make_server_connection = _make_server_connection  # type: ignore[method-assign]
+    AddonManager._wsroute_original_register = _ORIGINAL_REGISTER  # type: ignore[attr-defined]
+    AddonManager._wsroute_original_remove = _ORIGINAL_REMOVE  # type: ignore[attr-defined]
+    AddonManager.register = _register  # type: ignore[method-assign]
+    AddonManager.remove = _remove  # type: ignore[method-assign]
 
 
 class _ThreadCtx(types.ModuleType):

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from mitmproxy import exceptions, http, websocket
 from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.addons.script import ScriptLoader
 from mitmproxy.proxy.layers import websocket as wsl
 from mitmproxy.proxy.layers.http import HttpStream
 from mitmproxy.test import taddons, tflow
@@ -160,6 +161,65 @@ async def test_route_sent_messages_update_only_the_addons_with_an_update_hook(
     socket.hooks = None  # an async hook, or the hooks off: mitmproxy calls them all
     a._flow_updated(f)
     assert len(walks) == 1
+
+
+async def test_a_live_socket_calls_the_hooks_of_the_addon_chain_as_it_changes(
+    addon: Any,
+) -> None:
+    # mitmproxy calls the addons loaded when a message comes: so does a socket whose layer
+    # calls the hooks itself, though it looked them up when it opened
+    a, tctx = addon
+    patches.install()
+    f = upgrade("/mock")
+    await a.request(f)
+    socket = layer.routed_socket(f)
+    assert socket is not None and socket.hooks is not None
+
+    class Later:
+        def websocket_message(self, flow: Any) -> None:
+            pass
+
+    class Async:
+        async def websocket_message(self, flow: Any) -> None:
+            pass
+
+    later = Later()
+    tctx.master.addons.add(later)
+    await asyncio.sleep(0)  # after the change's callback, as a script's reload does it
+    assert later.websocket_message in socket.hooks.message
+    tctx.master.addons.remove(later)
+    await asyncio.sleep(0)
+    assert later.websocket_message not in socket.hooks.message
+    tctx.master.addons.add(Async())  # from now on, mitmproxy's machinery carries them
+    await asyncio.sleep(0)
+    assert socket.hooks is None
+
+
+async def test_reordered_scripts_hooks_run_in_their_new_order(addon: Any, tmp_path: Path) -> None:
+    # mitmproxy's scripts option, reordered: its ScriptLoader reorders their addons without
+    # registering or removing any; a live socket calls their hooks in the new order
+    a, tctx = addon
+    patches.install()
+    loader = ScriptLoader()
+    tctx.master.addons.add(loader)
+    paths = []
+    for name in ("one", "two"):
+        paths.append(str(tmp_path / f"{name}.py"))
+        Path(paths[-1]).write_text(f"def websocket_message(flow):\n    return {name!r}\n")
+    tctx.configure(loader, scripts=paths)
+    for _ in range(10):  # each script loads in its watcher's task, after a turn of the loop
+        if all(s.ns is not None for s in loader.addons):
+            break
+        await asyncio.sleep(0)
+    f = upgrade("/mock")
+    await a.request(f)
+    await asyncio.sleep(0)  # the loads' own look-up again is over
+    socket = layer.routed_socket(f)
+    assert socket is not None and socket.hooks is not None
+    assert [h(f) for h in socket.hooks.message] == ["one", "two"]
+    tctx.configure(loader, scripts=paths[::-1])
+    await asyncio.sleep(0)
+    assert [h(f) for h in socket.hooks.message] == ["two", "one"]
 
 
 @pytest.mark.parametrize(

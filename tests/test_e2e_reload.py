@@ -9,7 +9,7 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
-from tests.conftest import ROOT, start_mitmdump, stop
+from tests.conftest import MESSAGE_HOOKS, ROOT, start_mitmdump, stop
 
 V1 = """
 from mitm_wsroute import route_web_socket
@@ -40,6 +40,42 @@ async def test_edit_takes_effect_for_new_sockets_live_ones_keep_handlers(
         async with connect("ws://app.invalid/mock", proxy=p.proxy) as new:
             assert await ask(new, "b") == "v2 b"
         assert await ask(live, "c") == "v1 c"  # the live socket keeps the handler it started with
+
+
+HOOK = """
+def websocket_message(flow):
+    message = flow.websocket.messages[-1]
+    if not message.from_client:
+        message.content += b" (hook v1)"
+"""
+
+INTERCEPT = """
+from mitm_wsroute import route_web_socket
+route_web_socket("**/echo", lambda ws: ws.connect_to_server())
+"""
+
+
+async def test_a_live_socket_calls_another_addons_hooks_as_reloaded(
+    mitmdump: Any, upstream: Any, tmp_path: Path
+) -> None:
+    # As mitmproxy does: the message after another addon's reload goes to its new code (over
+    # wss, permessage-deflate offered and agreed, as real clients and servers do)
+    up = await upstream(tls=True)
+    p = mitmdump(INTERCEPT, *MESSAGE_HOOKS, other_addon=HOOK)
+    hook = tmp_path / "addon0.py"
+    async with connect(up.url("/echo"), proxy=p.proxy, ssl=p.ca()) as live:
+        assert live.response.headers["Sec-WebSocket-Extensions"].startswith("permessage-deflate")
+        assert await ask(live, "a") == "a (hook v1)"
+        rewrite(hook, HOOK.replace("v1", "v2"))
+        await p.async_wait_for(r"Loading script .*addon0\.py", count=2)
+        assert await ask(live, "b") == "b (hook v2)"
+        # an async hook: only mitmproxy's machinery can await it, and carries the socket on
+        rewrite(hook, HOOK.replace("v1", "v3").replace("def ", "async def "))
+        await p.async_wait_for(r"Loading script .*addon0\.py", count=3)
+        assert [await ask(live, m) for m in "cd"] == ["c (hook v3)", "d (hook v3)"]
+        rewrite(hook, "")  # no hook any more
+        await p.async_wait_for(r"Loading script .*addon0\.py", count=4)
+        assert await ask(live, "e") == "e"
 
 
 async def test_broken_reload_keeps_previous_version(mitmdump: Any, tmp_path: Path) -> None:

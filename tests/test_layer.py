@@ -287,7 +287,7 @@ def test_message_hooks_are_the_sync_handlers_in_chain_order() -> None:
             raise AssertionError("skipped")
 
     ours = Ours()
-    hooks = message_hooks([ours, Nested(), Halting(), Sync()], skip=ours)
+    hooks = message_hooks(SimpleNamespace(chain=[ours, Nested(), Halting(), Sync()]), skip=ours)
     assert hooks is not None and len(hooks.message) == 3 and len(hooks.update) == 1
     flow = tflow.twebsocketflow()
     assert hooks.call(flow) is False
@@ -309,8 +309,8 @@ def test_an_async_hook_leaves_messages_to_mitmproxy() -> None:
     class Holder:
         websocket_message = AsyncCall()
 
-    assert message_hooks([Async()], skip=None) is None
-    assert message_hooks([Holder()], skip=None) is None
+    assert message_hooks(SimpleNamespace(chain=[Async()]), skip=None) is None
+    assert message_hooks(SimpleNamespace(chain=[Holder()]), skip=None) is None
 
 
 @pytest.mark.parametrize("io", [EVENTS, OWN])
@@ -325,7 +325,7 @@ def test_text_an_addon_makes_no_utf8_goes_on_with_replacement_characters(io: str
     with Harness(mode=INTERCEPT, io=io, hooks=True) as h:
         for side in (PAGE, SERVER):
             h.connection.handlers[side].message = None
-        h.socket.hooks = message_hooks([Garble()], skip=None)
+        h.socket.hooks = message_hooks(SimpleNamespace(chain=[Garble()]), skip=None)
         sender = Sender(PAGE, False)
         h.receive(PAGE, sender.data(Opcode.TEXT, b"hello", True))
         h.receive(PAGE, sender.data(Opcode.TEXT, b"again", True))

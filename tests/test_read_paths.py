@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import zlib
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -581,7 +582,7 @@ def acted(
         else:
             acting(h)
         if hooks and meddle:
-            h.socket.hooks = message_hooks([Meddler()], skip=None)
+            h.socket.hooks = message_hooks(SimpleNamespace(chain=[Meddler()]), skip=None)
         if late:  # mitmproxy's hooks wait: the layer waits, what is read meanwhile too
             h.hold_hooks = 1_000_000
         for (side, chunk), now, release in zip(reads, flushes, releases, strict=True):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import random
 import zlib
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -164,7 +165,7 @@ def test_every_message_is_read_right_whatever_the_route_does(
 
     from mitm_wsroute.addon_hooks import message_hooks
 
-    h.socket.hooks = message_hooks([ChangeSome()], skip=None)
+    h.socket.hooks = message_hooks(SimpleNamespace(chain=[ChangeSome()]), skip=None)
     for i, step in enumerate(steps):
         text = (FAR if far else TEXTS)[i]
         handlers = h.connection.handlers[side]
