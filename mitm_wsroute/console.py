@@ -414,7 +414,7 @@ class SocketWatch:
             return to
         lane.waiting.append(message)
         lane.waiting_bytes += len(message)
-        self.console.socket_changed(self)  # its "waiting" count
+        self._waiting_changed()
         if lane.waiting_bytes > MAX_HELD_BYTES:
             logger.warning(
                 f"{self.url}: over {MAX_HELD_BYTES} bytes wait behind a paused message "
@@ -428,8 +428,13 @@ class SocketWatch:
         if lane.paused is None and not lane.waiting:
             return False
         lane.waiting.append(close)
-        self.console.socket_changed(self)
+        self._waiting_changed()
         return True
+
+    def _waiting_changed(self) -> None:
+        """The "waiting" counts of this socket and of its paused message changed."""
+        self.console.socket_changed(self)
+        self.console.paused_changed()
 
     def sent(self, to: Side, message: Message) -> None:
         try:

@@ -155,6 +155,51 @@ async def test_json_path_breakpoint_drop_and_an_error_from_the_page(
             await browser.close()
 
 
+async def test_events_keep_the_rows_and_a_half_typed_edit(mitmdump: Any, upstream: Any) -> None:
+    # The page updates a socket's row and a paused message in place as events come: a click
+    # in progress still lands (a row made anew between its mouse-down and mouse-up gets no
+    # click), and what was typed into a paused message stays when more messages queue behind.
+    proxy = mitmdump(ROUTES, "--set", "wsroute_console=127.0.0.1:0")
+    url = proxy.wait_for(r"console at (http://127\.0\.0\.1:\d+/\?token=\S+)").group(1)
+    up = await upstream()
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(bypass_csp=True)  # for wait_for_function
+            await open_console(page, url)
+            await page.fill("#bp-match", "secret")
+            await page.click("#bp-add")
+            await page.wait_for_selector("#breakpoints tr")
+            async with connect(up.url("/chat"), proxy=proxy.proxy) as client:
+                await client.send("the secret plan")
+                paused = page.locator(".paused-item")
+                await paused.wait_for()
+                await paused.locator("textarea").fill("the edited plan")
+                await page.evaluate(
+                    "window.before = [document.querySelector('#sockets tr[data-id]'),"
+                    " document.querySelector('.paused-item')]"
+                )
+                await client.send("behind it")
+                await page.wait_for_function(
+                    "document.querySelector('.paused-item').textContent.includes('1 waiting')"
+                )
+                async with connect(up.url("/chat"), proxy=proxy.proxy) as other:
+                    await other.send("hi")
+                    assert await other.recv() == "hi"  # a new row, above the first one
+                    await page.wait_for_function(
+                        "document.querySelectorAll('#sockets tr[data-id]').length === 2"
+                    )
+                assert await page.evaluate(
+                    "window.before[0].isConnected && window.before[1].isConnected"
+                    " && window.before[0] === document.querySelectorAll('#sockets tr')[1]"
+                )
+                assert await paused.locator("textarea").input_value() == "the edited plan"
+                await paused.locator("button.forward").click()
+                assert [await client.recv() for _ in range(2)] == ["the edited plan", "behind it"]
+        finally:
+            await browser.close()
+
+
 async def test_the_page_stays_responsive_at_1000_messages_a_second(
     mitmdump: Any, upstream: Any
 ) -> None:

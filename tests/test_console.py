@@ -189,14 +189,23 @@ def test_a_paused_message_holds_its_direction_in_order_not_the_other() -> None:
         "released_at": None,
     }
     assert console.socket(sid).state == "paused"
+    console.listening = True  # the page's feed: what it shows of the paused message changes
+    assert c.receive_message(PAGE, "three") is None
+    [*_, event] = console.take_changes()
+    assert event["type"] == "paused" and event["paused"][0]["waiting"] == 2
     console.release(paused["id"], {"action": "forward", "text": "edited"})
-    assert c.commands_to_execute() == [Send(SERVER, "edited"), Send(SERVER, "two")]
+    assert c.commands_to_execute() == [
+        Send(SERVER, "edited"),
+        Send(SERVER, "two"),
+        Send(SERVER, "three"),
+    ]
     assert console.paused == {} and console.socket(sid).state == "open"
     assert actions(console, sid) == [
         (C2S, "one", "forwarded"),
         (S2C, "answer", "forwarded"),
         (C2S, "edited", "edited"),
         (C2S, "two", "forwarded"),
+        (C2S, "three", "forwarded"),
     ]
 
 
