@@ -8,6 +8,7 @@ as it was."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,29 @@ ROUTES = """
 async def open_console(page: Page, url: str) -> None:
     await page.goto(url)
     await page.wait_for_function("document.getElementById('status').textContent === 'live'")
+
+
+@contextlib.asynccontextmanager
+async def console_with_breakpoint(
+    mitmdump: Any, upstream: Any, **fields: str
+) -> AsyncIterator[tuple[Page, Any, Any]]:
+    """A mitmdump with the console, an echo server, and the console open in Chromium with a
+    breakpoint made of `fields` (the form's ids without ``bp-``): (page, proxy, server)."""
+    proxy = mitmdump(ROUTES, "--set", "wsroute_console=127.0.0.1:0")
+    url = proxy.wait_for(r"console at (http://127\.0\.0\.1:\d+/\?token=\S+)").group(1)
+    up = await upstream()
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(bypass_csp=True)  # for wait_for_function
+            await open_console(page, url)
+            for name, value in fields.items():
+                await page.fill(f"#bp-{name.replace('_', '-')}", value)
+            await page.click("#bp-add")
+            await page.wait_for_selector("#breakpoints tr")
+            yield page, proxy, up
+        finally:
+            await browser.close()
 
 
 async def test_pause_edit_release_inject_close_from_the_page(mitmdump: Any, upstream: Any) -> None:
@@ -121,83 +146,60 @@ async def test_pause_edit_release_inject_close_from_the_page(mitmdump: Any, upst
 async def test_json_path_breakpoint_drop_and_an_error_from_the_page(
     mitmdump: Any, upstream: Any
 ) -> None:
-    proxy = mitmdump(ROUTES, "--set", "wsroute_console=127.0.0.1:0")
-    url = proxy.wait_for(r"console at (http://127\.0\.0\.1:\d+/\?token=\S+)").group(1)
-    up = await upstream()
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = await browser.new_page(bypass_csp=True)  # for wait_for_function
-            await open_console(page, url)
-            await page.fill("#bp-json-path", "$.type")
-            await page.fill("#bp-json-value", '"chat"')
-            await page.click("#bp-add")
-            await page.wait_for_selector("#breakpoints tr")
-            async with connect(up.url("/chat"), proxy=proxy.proxy) as client:
-                await client.send('{"type": "chat", "text": "never"}')
-                await page.locator(".paused-item button.drop").click()
-                await client.send('{"type": "ping"}')  # no match: forwarded at once
-                assert await client.recv() == '{"type": "ping"}'
-                assert up.received == ['{"type": "ping"}']  # the dropped one never got there
-                await page.click("#sockets tr[data-id]")
-                await page.wait_for_selector(".msg .action.dropped")
-                await page.fill("#close-code", "1006")
-                await page.click("#close-send")
-                await page.wait_for_function(
-                    "document.getElementById('error').textContent.includes('cannot be sent')"
-                )
-                await page.select_option("#close-side", "client")
-                await page.click("#drop-send")
-                with pytest.raises(ConnectionClosed):
-                    await asyncio.wait_for(client.recv(), 10)
-                assert client.close_code == 1006
-        finally:
-            await browser.close()
+    async with console_with_breakpoint(
+        mitmdump, upstream, json_path="$.type", json_value='"chat"'
+    ) as (page, proxy, up):
+        async with connect(up.url("/chat"), proxy=proxy.proxy) as client:
+            await client.send('{"type": "chat", "text": "never"}')
+            await page.locator(".paused-item button.drop").click()
+            await client.send('{"type": "ping"}')  # no match: forwarded at once
+            assert await client.recv() == '{"type": "ping"}'
+            assert up.received == ['{"type": "ping"}']  # the dropped one never got there
+            await page.click("#sockets tr[data-id]")
+            await page.wait_for_selector(".msg .action.dropped")
+            await page.fill("#close-code", "1006")
+            await page.click("#close-send")
+            await page.wait_for_function(
+                "document.getElementById('error').textContent.includes('cannot be sent')"
+            )
+            await page.select_option("#close-side", "client")
+            await page.click("#drop-send")
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(client.recv(), 10)
+            assert client.close_code == 1006
 
 
 async def test_events_keep_the_rows_and_a_half_typed_edit(mitmdump: Any, upstream: Any) -> None:
     # The page updates a socket's row and a paused message in place as events come: a click
     # in progress still lands (a row made anew between its mouse-down and mouse-up gets no
     # click), and what was typed into a paused message stays when more messages queue behind.
-    proxy = mitmdump(ROUTES, "--set", "wsroute_console=127.0.0.1:0")
-    url = proxy.wait_for(r"console at (http://127\.0\.0\.1:\d+/\?token=\S+)").group(1)
-    up = await upstream()
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = await browser.new_page(bypass_csp=True)  # for wait_for_function
-            await open_console(page, url)
-            await page.fill("#bp-match", "secret")
-            await page.click("#bp-add")
-            await page.wait_for_selector("#breakpoints tr")
-            async with connect(up.url("/chat"), proxy=proxy.proxy) as client:
-                await client.send("the secret plan")
-                paused = page.locator(".paused-item")
-                await paused.wait_for()
-                await paused.locator("textarea").fill("the edited plan")
-                await page.evaluate(
-                    "window.before = [document.querySelector('#sockets tr[data-id]'),"
-                    " document.querySelector('.paused-item')]"
-                )
-                await client.send("behind it")
+    async with console_with_breakpoint(mitmdump, upstream, match="secret") as (page, proxy, up):
+        async with connect(up.url("/chat"), proxy=proxy.proxy) as client:
+            await client.send("the secret plan")
+            paused = page.locator(".paused-item")
+            await paused.wait_for()
+            await paused.locator("textarea").fill("the edited plan")
+            await page.evaluate(
+                "window.before = [document.querySelector('#sockets tr[data-id]'),"
+                " document.querySelector('.paused-item')]"
+            )
+            await client.send("behind it")
+            await page.wait_for_function(
+                "document.querySelector('.paused-item').textContent.includes('1 waiting')"
+            )
+            async with connect(up.url("/chat"), proxy=proxy.proxy) as other:
+                await other.send("hi")
+                assert await other.recv() == "hi"  # a new row, above the first one
                 await page.wait_for_function(
-                    "document.querySelector('.paused-item').textContent.includes('1 waiting')"
+                    "document.querySelectorAll('#sockets tr[data-id]').length === 2"
                 )
-                async with connect(up.url("/chat"), proxy=proxy.proxy) as other:
-                    await other.send("hi")
-                    assert await other.recv() == "hi"  # a new row, above the first one
-                    await page.wait_for_function(
-                        "document.querySelectorAll('#sockets tr[data-id]').length === 2"
-                    )
-                assert await page.evaluate(
-                    "window.before[0].isConnected && window.before[1].isConnected"
-                    " && window.before[0] === document.querySelectorAll('#sockets tr')[1]"
-                )
-                assert await paused.locator("textarea").input_value() == "the edited plan"
-                await paused.locator("button.forward").click()
-                assert [await client.recv() for _ in range(2)] == ["the edited plan", "behind it"]
-        finally:
-            await browser.close()
+            assert await page.evaluate(
+                "window.before[0].isConnected && window.before[1].isConnected"
+                " && window.before[0] === document.querySelectorAll('#sockets tr')[1]"
+            )
+            assert await paused.locator("textarea").input_value() == "the edited plan"
+            await paused.locator("button.forward").click()
+            assert [await client.recv() for _ in range(2)] == ["the edited plan", "behind it"]
 
 
 async def test_the_page_stays_responsive_at_1000_messages_a_second(
