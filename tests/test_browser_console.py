@@ -50,11 +50,12 @@ async def open_console(page: Page, url: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def console_with_breakpoint(
-    mitmdump: Any, upstream: Any, **fields: str
+async def console_open(
+    mitmdump: Any, upstream: Any, **breakpoint: str
 ) -> AsyncIterator[tuple[Page, Any, Any]]:
-    """A mitmdump with the console, an echo server, and the console open in Chromium with a
-    breakpoint made of `fields` (the form's ids without ``bp-``): (page, proxy, server)."""
+    """A mitmdump with the console, an echo server, and the console open in Chromium, with a
+    breakpoint made of the fields given (the form's ids without ``bp-``): (page, proxy,
+    server)."""
     proxy = mitmdump(ROUTES, "--set", "wsroute_console=127.0.0.1:0")
     url = proxy.wait_for(r"console at (http://127\.0\.0\.1:\d+/\?token=\S+)").group(1)
     up = await upstream()
@@ -63,10 +64,11 @@ async def console_with_breakpoint(
         try:
             page = await browser.new_page(bypass_csp=True)  # for wait_for_function
             await open_console(page, url)
-            for name, value in fields.items():
-                await page.fill(f"#bp-{name.replace('_', '-')}", value)
-            await page.click("#bp-add")
-            await page.wait_for_selector("#breakpoints tr")
+            if breakpoint:
+                for name, value in breakpoint.items():
+                    await page.fill(f"#bp-{name.replace('_', '-')}", value)
+                await page.click("#bp-add")
+                await page.wait_for_selector("#breakpoints tr")
             yield page, proxy, up
         finally:
             await browser.close()
@@ -146,9 +148,11 @@ async def test_pause_edit_release_inject_close_from_the_page(mitmdump: Any, upst
 async def test_json_path_breakpoint_drop_and_an_error_from_the_page(
     mitmdump: Any, upstream: Any
 ) -> None:
-    async with console_with_breakpoint(
-        mitmdump, upstream, json_path="$.type", json_value='"chat"'
-    ) as (page, proxy, up):
+    async with console_open(mitmdump, upstream, json_path="$.type", json_value='"chat"') as (
+        page,
+        proxy,
+        up,
+    ):
         async with connect(up.url("/chat"), proxy=proxy.proxy) as client:
             await client.send('{"type": "chat", "text": "never"}')
             await page.locator(".paused-item button.drop").click()
@@ -173,7 +177,7 @@ async def test_events_keep_the_rows_and_a_half_typed_edit(mitmdump: Any, upstrea
     # The page updates a socket's row and a paused message in place as events come: a click
     # in progress still lands (a row made anew between its mouse-down and mouse-up gets no
     # click), and what was typed into a paused message stays when more messages queue behind.
-    async with console_with_breakpoint(mitmdump, upstream, match="secret") as (page, proxy, up):
+    async with console_open(mitmdump, upstream, match="secret") as (page, proxy, up):
         async with connect(up.url("/chat"), proxy=proxy.proxy) as client:
             await client.send("the secret plan")
             paused = page.locator(".paused-item")
@@ -205,49 +209,39 @@ async def test_events_keep_the_rows_and_a_half_typed_edit(mitmdump: Any, upstrea
 async def test_the_page_stays_responsive_at_1000_messages_a_second(
     mitmdump: Any, upstream: Any
 ) -> None:
-    proxy = mitmdump(ROUTES, "--set", "wsroute_console=127.0.0.1:0")
-    url = proxy.wait_for(r"console at (http://127\.0\.0\.1:\d+/\?token=\S+)").group(1)
-    up = await upstream()
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = await browser.new_page(bypass_csp=True)
-            await open_console(page, url)
-            async with connect(up.url("/chat"), proxy=proxy.proxy) as client:
-                await page.click("#sockets tr[data-id]")
-                n, rate = 2000, 1000
-                loop = asyncio.get_running_loop()
+    async with console_open(mitmdump, upstream) as (page, proxy, up):
+        async with connect(up.url("/chat"), proxy=proxy.proxy) as client:
+            await page.click("#sockets tr[data-id]")
+            n, rate = 2000, 1000
+            loop = asyncio.get_running_loop()
 
-                async def stream() -> None:
-                    start = loop.time()
-                    for i in range(n):
-                        if (delay := start + i / rate - loop.time()) > 0:
-                            await asyncio.sleep(delay)  # pacing, not waiting for an event
-                        await client.send(f"message {i}")
+            async def stream() -> None:
+                start = loop.time()
+                for i in range(n):
+                    if (delay := start + i / rate - loop.time()) > 0:
+                        await asyncio.sleep(delay)  # pacing, not waiting for an event
+                    await client.send(f"message {i}")
 
-                async def echoes() -> None:
-                    for _ in range(n):
-                        await client.recv()
+            async def echoes() -> None:
+                for _ in range(n):
+                    await client.recv()
 
-                sending = asyncio.ensure_future(asyncio.gather(stream(), echoes()))
-                slowest = 0.0
-                while not sending.done():  # the page answers while the messages stream in
-                    t = loop.time()
-                    await page.evaluate("1")
-                    slowest = max(slowest, loop.time() - t)
-                await sending
-                last = f"message {n - 1}"
-                await page.wait_for_function(
-                    f"[...document.querySelectorAll('.msg pre')].some(e => e.textContent === "
-                    f"'{last}')"
-                )
-                shown = await page.locator(".msg").count()
-                assert shown <= 210  # the newest 200 (and a gap, if any), not all 4,000
-                # The page answered all along (`make bench-console` measures how fast); this
-                # bound only catches a page that froze, with room for a loaded machine.
-                assert slowest < 5, f"the page took {slowest:.3f} s to answer"
-        finally:
-            await browser.close()
+            sending = asyncio.ensure_future(asyncio.gather(stream(), echoes()))
+            slowest = 0.0
+            while not sending.done():  # the page answers while the messages stream in
+                t = loop.time()
+                await page.evaluate("1")
+                slowest = max(slowest, loop.time() - t)
+            await sending
+            last = f"message {n - 1}"
+            await page.wait_for_function(
+                f"[...document.querySelectorAll('.msg pre')].some(e => e.textContent === '{last}')"
+            )
+            shown = await page.locator(".msg").count()
+            assert shown <= 210  # the newest 200 (and a gap, if any), not all 4,000
+            # The page answered all along (`make bench-console` measures how fast); this
+            # bound only catches a page that froze, with room for a loaded machine.
+            assert slowest < 5, f"the page took {slowest:.3f} s to answer"
 
 
 APP = """
