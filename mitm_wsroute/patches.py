@@ -118,11 +118,14 @@ def _hooks_again(addons: AddonManager) -> None:
     # The plain dict under the weak one, copied in one step: the test API's other masters,
     # on their own threads, may add sockets meanwhile.
     sockets: list[Any] = list(_routed.data.values())  # type: ignore[attr-defined]
+    found: dict[int, Any] = {}  # by `id` of the addon left out: one look-up for all sockets
     for socket in sockets:
         hooks = socket.hooks
         if hooks is not None and hooks.addons is addons:
+            if id(hooks.skip) not in found:
+                found[id(hooks.skip)] = hooks.again()
             # None now (an async hook came): mitmproxy's machinery carries every message on
-            socket.hooks = hooks.again()
+            socket.hooks = found[id(hooks.skip)]
 
 
 def check_internals() -> None:

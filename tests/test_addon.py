@@ -59,6 +59,15 @@ def upgrade(path: str, protocols: str | None = "a, b") -> http.HTTPFlow:
     return f
 
 
+async def routed(a: WsRoute, path: str = "/mock") -> tuple[http.HTTPFlow, layer.RoutedSocket]:
+    """A WebSocket upgrade to `path` that the addon `a` routed: the flow and its socket."""
+    f = upgrade(path)
+    await a.request(f)
+    socket = layer.routed_socket(f)
+    assert socket is not None
+    return f, socket
+
+
 @pytest.fixture
 def addon(tmp_path: Path) -> Any:
     routes = tmp_path / "routes.py"
@@ -143,10 +152,8 @@ async def test_route_sent_messages_update_only_the_addons_with_an_update_hook(
     addon: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a, tctx = addon
-    f = upgrade("/mock")
-    await a.request(f)
-    socket = layer.routed_socket(f)
-    assert socket is not None and socket.hooks is not None
+    f, socket = await routed(a)
+    assert socket.hooks is not None
     walks: list[object] = []  # mitmproxy's own dispatch: every addon of the chain
     monkeypatch.setattr(tctx.master.addons, "trigger", walks.append)
     seen: list[object] = []
@@ -170,10 +177,8 @@ async def test_a_live_socket_calls_the_hooks_of_the_addon_chain_as_it_changes(
     # calls the hooks itself, though it looked them up when it opened
     a, tctx = addon
     patches.install()
-    f = upgrade("/mock")
-    await a.request(f)
-    socket = layer.routed_socket(f)
-    assert socket is not None and socket.hooks is not None
+    f, socket = await routed(a)
+    assert socket.hooks is not None
 
     class Later:
         def websocket_message(self, flow: Any) -> None:
@@ -183,10 +188,12 @@ async def test_a_live_socket_calls_the_hooks_of_the_addon_chain_as_it_changes(
         async def websocket_message(self, flow: Any) -> None:
             pass
 
+    other, other_socket = await routed(a)
     later = Later()
     tctx.master.addons.add(later)
     await asyncio.sleep(0)  # after the change's callback, as a script's reload does it
     assert later.websocket_message in socket.hooks.message
+    assert other_socket.hooks is socket.hooks  # looked up once for all sockets
     tctx.master.addons.remove(later)
     await asyncio.sleep(0)
     assert later.websocket_message not in socket.hooks.message
@@ -211,11 +218,9 @@ async def test_reordered_scripts_hooks_run_in_their_new_order(addon: Any, tmp_pa
         if all(s.ns is not None for s in loader.addons):
             break
         await asyncio.sleep(0)
-    f = upgrade("/mock")
-    await a.request(f)
+    f, socket = await routed(a)
     await asyncio.sleep(0)  # the loads' own look-up again is over
-    socket = layer.routed_socket(f)
-    assert socket is not None and socket.hooks is not None
+    assert socket.hooks is not None
     assert [h(f) for h in socket.hooks.message] == ["one", "two"]
     tctx.configure(loader, scripts=paths[::-1])
     await asyncio.sleep(0)
@@ -268,10 +273,7 @@ async def test_system_exit_in_a_handler_is_contained_and_reported_with_its_flow(
     addon: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     a, tctx = addon
-    f = upgrade("/mock")
-    await a.request(f)
-    socket = layer.routed_socket(f)
-    assert socket is not None
+    f, socket = await routed(a)
     errors: list[tuple[type[BaseException], Any]] = []
     a.on_handler_error = lambda e, flow: errors.append((type(e), flow))
 
