@@ -173,10 +173,13 @@ async def test_json_path_breakpoint_drop_and_an_error_from_the_page(
             assert client.close_code == 1006
 
 
-async def test_events_keep_the_rows_and_a_half_typed_edit(mitmdump: Any, upstream: Any) -> None:
-    # The page updates a socket's row and a paused message in place as events come: a click
-    # in progress still lands (a row made anew between its mouse-down and mouse-up gets no
-    # click), and what was typed into a paused message stays when more messages queue behind.
+async def test_events_keep_the_rows_a_half_typed_edit_and_a_selection(
+    mitmdump: Any, upstream: Any
+) -> None:
+    # The page updates a socket's row, a paused message and the messages shown in place as
+    # events come: a click in progress still lands (a row made anew between its mouse-down
+    # and mouse-up gets no click), what was typed into a paused message stays when more
+    # messages queue behind, and so does text selected in a message (to copy it).
     async with console_open(mitmdump, upstream, match="secret") as (page, proxy, up):
         async with connect(up.url("/chat"), proxy=proxy.proxy) as client:
             await client.send("the secret plan")
@@ -204,6 +207,17 @@ async def test_events_keep_the_rows_and_a_half_typed_edit(mitmdump: Any, upstrea
             assert await paused.locator("textarea").input_value() == "the edited plan"
             await paused.locator("button.forward").click()
             assert [await client.recv() for _ in range(2)] == ["the edited plan", "behind it"]
+            await page.locator("#sockets tr").nth(1).click()
+            first = page.locator(".msg pre").first
+            await first.wait_for()
+            await first.evaluate("e => getSelection().selectAllChildren(e)")
+            await client.send("after")
+            assert await client.recv() == "after"
+            await page.wait_for_function(  # "after" and its echo are shown
+                "[...document.querySelectorAll('.msg pre')]"
+                ".filter(e => e.textContent === 'after').length === 2"
+            )
+            assert await page.evaluate("getSelection().toString()") == "the edited plan"
 
 
 async def test_the_page_stays_responsive_at_1000_messages_a_second(
