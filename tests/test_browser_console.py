@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Page, async_playwright
+from playwright.async_api import Page, Route, async_playwright
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -218,6 +218,36 @@ async def test_events_keep_the_rows_a_half_typed_edit_and_a_selection(
                 ".filter(e => e.textContent === 'after').length === 2"
             )
             assert await page.evaluate("getSelection().toString()") == "the edited plan"
+
+
+async def test_a_message_that_comes_while_the_record_loads_stays_shown(
+    mitmdump: Any, upstream: Any
+) -> None:
+    # Selecting a socket loads its record over HTTP while the live feed goes on: a message
+    # the record is too old to hold, but that came live meanwhile, is shown too.
+    async with console_open(mitmdump, upstream) as (page, proxy, up):
+        async with connect(up.url("/chat"), proxy=proxy.proxy) as client:
+            await client.send("before")
+            assert await client.recv() == "before"
+            loop = asyncio.get_running_loop()
+            loaded, release = loop.create_future(), loop.create_future()
+
+            async def hold(route: Route) -> None:
+                response = await route.fetch()  # the record now: without what comes next
+                loaded.set_result(None)
+                await release
+                await route.fulfill(response=response)
+
+            await page.route("**/api/sockets/*/messages*", hold)
+            await page.locator("#sockets tr[data-id]").click()
+            await loaded
+            await client.send("during")
+            assert await client.recv() == "during"
+            texts = "[...document.querySelectorAll('.msg pre')].map(e => e.textContent)"
+            await page.wait_for_function(f"{texts}.length === 2")  # the live ones
+            release.set_result(None)
+            await page.wait_for_function(f"{texts}.includes('before')")  # the record
+            assert await page.evaluate(texts) == ["before", "before", "during", "during"]
 
 
 async def test_the_page_stays_responsive_at_1000_messages_a_second(
