@@ -171,6 +171,8 @@ async def test_json_path_breakpoint_drop_and_an_error_from_the_page(
             with pytest.raises(ConnectionClosed):
                 await asyncio.wait_for(client.recv(), 10)
             assert client.close_code == 1006
+        await page.click("#breakpoints tr button")  # delete the breakpoint: its row goes
+        await page.wait_for_selector("#breakpoints tr", state="detached")
 
 
 async def test_events_keep_the_rows_a_half_typed_edit_and_a_selection(
