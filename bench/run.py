@@ -17,6 +17,9 @@ all but it): msgs/s over ws:// and wss://, permessage-deflate offered by the cli
 32 B and 64 KiB of text, for our routes with the message hooks on and off, plain mitmdump,
 Mockttp and the echo server direct, in 5 interleaved rounds; its table prints after the main
 one, and goes with a chart to test-artifacts/bench/.
+``--deflate-negotiation`` runs only the matrix's 64 KiB rows with permessage-deflate, for an
+intercept that passes the upstream's deflate answer on (the addon) against ones that negotiate
+with each side as Mockttp does (`per_side_deflate.py`).
 """
 
 from __future__ import annotations
@@ -457,6 +460,11 @@ async def main() -> None:
         action="store_true",
         help="only the transport matrix (ws/wss, permessage-deflate or not)",
     )
+    ap.add_argument(
+        "--deflate-negotiation",
+        action="store_true",
+        help="only an intercept's permessage-deflate passed on against negotiated per side",
+    )
     ap.add_argument("--no-transports", action="store_true", help="all but the transport matrix")
     ap.add_argument(
         "--client",
@@ -509,7 +517,8 @@ async def main() -> None:
 
             t = time.monotonic()
             new, files = await transports.main(confdir, echo_port, tls_port, transport_rounds, q,
-                                                  a.client, a.server)  # fmt: skip
+                                                  a.client, a.server,
+                                                  a.deflate_negotiation)  # fmt: skip
             matrix.extend(new)
             print(*new, sep="\n", flush=True)
             print(
@@ -519,7 +528,7 @@ async def main() -> None:
             )
 
         try:
-            if a.transports:
+            if a.transports or a.deflate_negotiation:
                 lines.clear()
                 await transport_matrix()
                 return

@@ -72,7 +72,8 @@ WARMUP = 20
 
 #: (label in the table, short label in the chart, kind, what the URL's path is)
 #: kinds: mitmdump arguments, or proxies.MOCKTTP / proxies.DIRECT
-CASES: tuple[tuple[str, str, tuple[str, ...] | str, str], ...] = (
+CaseSpec = tuple[str, str, tuple[str, ...] | str, str]
+CASES: tuple[CaseSpec, ...] = (
     ("plain mitmdump", "plain mitmdump", (), "plain"),
     ("intercept, no handlers", "intercept, hooks on", ADDON, "intercept"),
     (
@@ -91,6 +92,29 @@ CASES: tuple[tuple[str, str, tuple[str, ...] | str, str], ...] = (
         proxies.DIRECT,
         "direct",
     ),
+)
+
+#: ``--deflate-negotiation``: an intercept that passes the upstream's permessage-deflate answer
+#: on to the client (the addon), against one whose client gets the proxy's own answer, its
+#: messages compressed again for the upstream (`per_side_deflate.py`), and both ways; over
+#: the transports with permessage-deflate, 64 KiB only (32 B: within the spread).
+PER_SIDE = (*ADDON, "-s", str(HERE / "per_side_deflate.py"))
+NEGOTIATION_CASES: tuple[CaseSpec, ...] = (
+    CASES[0],
+    ("intercept, no handlers (the upstream's deflate answer)", "intercept", ADDON, "intercept"),
+    (
+        "intercept, the client's deflate answered by the proxy",
+        "intercept, proxy's answer",
+        PER_SIDE,
+        "intercept",
+    ),
+    (
+        "intercept, the proxy's deflate answer, compressing both ways",
+        "intercept, both ways",
+        (*PER_SIDE, "--set", "per_side_deflate=both"),
+        "intercept",
+    ),
+    *(c for c in CASES if c[2] == proxies.DIRECT or c[0] == "Mockttp pass-through"),
 )
 
 #: The clients, by ``--client``, and the echo servers, by ``--server``.
@@ -140,11 +164,14 @@ class Case:
         return f"{scheme}://{host}/{self.path}"
 
 
-def start_cases(confdir: str, server: str = "python") -> list[Case]:
-    """One process per case, as in run.py: no case runs in a process others have used."""
+def start_cases(
+    confdir: str, server: str = "python", which: tuple[CaseSpec, ...] = CASES
+) -> list[Case]:
+    """One process per case of `which`, as in run.py: no case runs in a process others have
+    used."""
     cases: list[Case] = []
     try:
-        for label, short, kind, path in CASES:
+        for label, short, kind, path in which:
             if kind == proxies.DIRECT:
                 label = label.replace(SERVERS["python"], SERVERS[server])
             if isinstance(kind, tuple):
@@ -247,18 +274,24 @@ async def measure(
     quick: bool,
     client: str,
     server: str,
+    negotiation: bool = False,
 ) -> tuple[list[Case], dict[tuple[str, str], Runs]]:
     """Every (payload, transport) group of every case, `rounds` times, interleaved; `client`
-    and `server` (the echo server's kind) are keys of `CLIENTS` and `SERVERS`."""
+    and `server` (the echo server's kind) are keys of `CLIENTS` and `SERVERS`; `negotiation`:
+    the `NEGOTIATION_CASES` instead."""
     n = {32: 1000, 65536: 200} if quick else {32: 5000, 65536: 1000}
     max_secs = MAX_SECS * (0.4 if quick else 1)
-    cases = start_cases(confdir, server)
+    cases = start_cases(confdir, server, NEGOTIATION_CASES if negotiation else CASES)
     try:
         ctx = client_context(confdir)
         # aiohttp asks a proxy for a ws:// URL in absolute form, "GET ws://...", which mitmproxy
         # refuses (400, "Invalid request scheme: ws"); for wss:// it sends a CONNECT
         transports = [t for t in TRANSPORTS if client != "aiohttp" or t[0] == "wss"]
-        groups = [(what, text, scheme, deflate) for what, text in payloads()
+        texts = payloads()
+        if negotiation:
+            transports = [t for t in transports if t[1]]
+            texts = [(what, text) for what, text in texts if len(text) > 32]
+        groups = [(what, text, scheme, deflate) for what, text in texts
                   for scheme, deflate in transports]  # fmt: skip
         results: dict[tuple[str, str], Runs] = {
             (what, transport_name(scheme, deflate)): {c.label: [] for c in cases}
@@ -433,18 +466,21 @@ async def memory(confdir: str, ws_port: int, wss_port: int, n: int) -> list[str]
 
 async def main(
     confdir: str, ws_port: int, wss_port: int, rounds: int, quick: bool, client: str = "python",
-    server: str = "python",
+    server: str = "python", negotiation: bool = False,
 ) -> tuple[list[str], list[Path]]:  # fmt: skip
     """The matrix's table, and the files written (table and chart). `confdir` is mitmdump's
     (a temporary directory), where the wss:// echo server wrote its certificate
     (`echo_server.CERT`) and Mockttp writes its CAs'; the echo servers on `ws_port` and
-    `wss_port` are of the `server` kind."""
-    cases, results = await measure(confdir, ws_port, wss_port, rounds, quick, client, server)
+    `wss_port` are of the `server` kind; `negotiation`: ``--deflate-negotiation``."""
+    cases, results = await measure(
+        confdir, ws_port, wss_port, rounds, quick, client, server, negotiation
+    )
     lines = table(cases, results, rounds, client, server)
     OUT.mkdir(parents=True, exist_ok=True)
     name = "-".join(
         ["transports"]
         + [f"{kind}-{k}" for kind, k in (("client", client), ("server", server)) if k != "python"]
+        + ["deflate-negotiation"] * negotiation
     )
     md, svg, raw = OUT / f"{name}.md", OUT / f"{name}.svg", OUT / f"{name}.json"
     md.write_text("\n".join(lines) + "\n")
